@@ -1,0 +1,131 @@
+//! Record Accounting (222, AM → AS) and its Ack (224, AS → AM).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{Reader, put_bytes_u32};
+use crate::error::DecodeError;
+use crate::frame::{MessageType, put_frame};
+use crate::ids::BatchId;
+use crate::limits::{FRAME_BODY_BYTES_MAX, PAYLOAD_DIGEST_BYTES};
+use crate::signed::SignedFields;
+use crate::text::Name;
+
+/// Largest Parquet payload in one Record Accounting: the frame maximum less
+/// room for the fixed fields, the node name and the signature.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = FRAME_BODY_BYTES_MAX - 1024;
+
+/// 222: a batch of finished records as one Parquet file, signed by the AM.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RecordAccounting {
+    /// The batch id; a retried batch keeps it.
+    pub batch_id: BatchId,
+    /// The AM node that exported the batch.
+    pub node: Name,
+    /// When the batch was cut, Unix ms.
+    pub created_ms: u64,
+    /// Rows in the Parquet file.
+    pub record_count: u32,
+    /// SHA-256 of `payload`.
+    pub digest: [u8; PAYLOAD_DIGEST_BYTES],
+    /// The Parquet file.
+    pub payload: Bytes,
+}
+
+impl RecordAccounting {
+    /// SHA-256 of a payload, as carried in `digest`.
+    pub fn digest_of(payload: &[u8]) -> [u8; PAYLOAD_DIGEST_BYTES] {
+        Sha256::digest(payload).into()
+    }
+
+    /// Whether `digest` is the payload's SHA-256.
+    pub fn digest_matches(&self) -> bool {
+        Self::digest_of(&self.payload) == self.digest
+    }
+}
+
+impl SignedFields for RecordAccounting {
+    const MESSAGE_TYPE: MessageType = MessageType::RECORD_ACCOUNTING;
+    const DOMAIN: &'static [u8] = b"acct/1 record-accounting\0";
+
+    fn encode_fields(&self, out: &mut BytesMut) {
+        debug_assert!(self.payload.len() <= RECORD_PAYLOAD_BYTES_MAX);
+        out.reserve(128 + self.payload.len());
+        out.put_slice(&self.batch_id.0);
+        self.node.encode(out);
+        out.put_u64(self.created_ms);
+        out.put_u32(self.record_count);
+        out.put_slice(&self.digest);
+        put_bytes_u32(out, &self.payload);
+    }
+
+    fn decode_fields(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            batch_id: BatchId(reader.array("batch_id")?),
+            node: Name::decode(reader)?,
+            created_ms: reader.u64("created_ms")?,
+            record_count: reader.u32("record_count")?,
+            digest: reader.array("digest")?,
+            payload: reader.bytes_u32(RECORD_PAYLOAD_BYTES_MAX, "payload")?,
+        })
+    }
+}
+
+/// What the AS did with a batch. A newtype so unknown codes stay representable.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct RecordStatus(pub u8);
+
+impl RecordStatus {
+    /// Stored durably now; the AM may delete the batch.
+    pub const STORED: Self = Self(0x00);
+    /// Stored before with the same bytes; the AM may delete the batch.
+    pub const ALREADY_STORED: Self = Self(0x01);
+    /// The AS cannot store now (disk, overload); retry later.
+    pub const UNAVAILABLE: Self = Self(0x10);
+    /// The digest does not match the payload.
+    pub const DIGEST_MISMATCH: Self = Self(0x20);
+    /// The AM's signature does not verify.
+    pub const BAD_SIGNATURE: Self = Self(0x21);
+    /// The payload is not a readable Parquet file.
+    pub const NOT_PARQUET: Self = Self(0x22);
+    /// The batch id is stored with other bytes.
+    pub const CONFLICTING_BATCH: Self = Self(0x23);
+
+    /// Whether the AM may delete the batch.
+    pub fn is_stored(self) -> bool {
+        self.0 <= 0x0f
+    }
+}
+
+/// 224: the AS's answer to one Record Accounting.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct RecordAck {
+    /// The batch answered.
+    pub batch_id: BatchId,
+    /// The digest the AS stored (or refused).
+    pub digest: [u8; PAYLOAD_DIGEST_BYTES],
+    /// What became of the batch.
+    pub status: RecordStatus,
+}
+
+impl RecordAck {
+    /// Append this ack as a frame.
+    pub fn encode_frame(&self, out: &mut BytesMut) {
+        let mut body = [0u8; 16 + PAYLOAD_DIGEST_BYTES + 1];
+        let (batch, rest) = body.split_at_mut(16);
+        batch.copy_from_slice(&self.batch_id.0);
+        let (digest, status) = rest.split_at_mut(PAYLOAD_DIGEST_BYTES);
+        digest.copy_from_slice(&self.digest);
+        status.fill(self.status.0);
+        put_frame(out, MessageType::RECORD_ACK, &body);
+    }
+
+    /// Read the body.
+    pub fn decode_fields(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            batch_id: BatchId(reader.array("batch_id")?),
+            digest: reader.array("digest")?,
+            status: RecordStatus(reader.u8("status")?),
+        })
+    }
+}
