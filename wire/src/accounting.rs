@@ -75,7 +75,6 @@ impl Usage {
     }
 
     fn encode(&self, out: &mut BytesMut) {
-        debug_assert!(self.custom.len() <= CUSTOM_COUNTERS_MAX);
         out.put_u8(self.present().0);
         for value in [self.units, self.bytes_up, self.bytes_down, self.duration_ms]
             .into_iter()
@@ -305,18 +304,20 @@ pub struct AccountingAck {
 }
 
 impl AccountingAck {
-    /// Append this ack as a frame. The caller keeps `entries` within
-    /// 1..=`ACK_ENTRIES_MAX` (split larger groups into several acks).
-    pub fn encode_frame(&self, out: &mut BytesMut) {
-        debug_assert!(!self.entries.is_empty() && self.entries.len() <= ACK_ENTRIES_MAX);
-        let mut body = BytesMut::with_capacity(2 + self.entries.len() * 25);
-        body.put_u16(u16::try_from(self.entries.len()).unwrap_or(u16::MAX));
-        for entry in &self.entries {
-            body.put_slice(&entry.message_id.session_id.0);
-            body.put_u64(entry.message_id.sequence);
-            body.put_u8(entry.status.0);
+    /// Append this ack as frames of at most `ACK_ENTRIES_MAX` entries each
+    /// (none if there are no entries).
+    pub fn encode_frames(&self, out: &mut BytesMut) {
+        for chunk in self.entries.chunks(ACK_ENTRIES_MAX) {
+            let mut body = BytesMut::with_capacity(2 + chunk.len() * crate::limits::ACK_ENTRY_BYTES);
+            // A chunk holds at most ACK_ENTRIES_MAX (< u16::MAX) entries.
+            body.put_u16(u16::try_from(chunk.len()).unwrap_or(u16::MAX));
+            for entry in chunk {
+                body.put_slice(&entry.message_id.session_id.0);
+                body.put_u64(entry.message_id.sequence);
+                body.put_u8(entry.status.0);
+            }
+            put_frame(out, MessageType::ACCOUNTING_ACK, &body);
         }
-        put_frame(out, MessageType::ACCOUNTING_ACK, &body);
     }
 
     /// Read the body.

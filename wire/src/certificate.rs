@@ -19,6 +19,11 @@ use crate::text::Name;
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the key.
 const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
+/// id-kp-clientAuth, 1.3.6.1.5.5.7.3.2, DER value bytes.
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+/// id-kp-serverAuth, 1.3.6.1.5.5.7.3.1, DER value bytes.
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+
 /// What a certificate is for.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Role {
@@ -120,9 +125,11 @@ impl TrustedCa {
         let der = CertificateDer::from(certificate_der);
         let certificate =
             EndEntityCert::try_from(&der).map_err(|error| CertificateError::Invalid(error.to_string()))?;
+        // The extended key usage is required, not merely checked if present:
+        // a certificate without it serves no role.
         let usage = match role {
-            Role::User | Role::Provider => KeyUsage::client_auth(),
-            Role::AccountingManager | Role::AccountingStorage => KeyUsage::server_auth(),
+            Role::User | Role::Provider => KeyUsage::required(EKU_CLIENT_AUTH),
+            Role::AccountingManager | Role::AccountingStorage => KeyUsage::required(EKU_SERVER_AUTH),
         };
         certificate
             .verify_for_usage(

@@ -146,24 +146,22 @@ fn utf8(raw: &[u8], field: &'static str) -> Result<String, DecodeError> {
         .map_err(|_| DecodeError::InvalidText { field })
 }
 
-/// Write bytes with a u8 length prefix. The caller guarantees `value.len()`
-/// is within the field's maximum (types enforce it at construction).
+/// Write bytes with a u8 length prefix. A value over the prefix's range
+/// writes a wrong length that the decode-back check in `Signed::sign` (and
+/// the peer) refuses; bounded types never produce one.
 pub fn put_bytes_u8(out: &mut impl BufMut, value: &[u8]) {
-    debug_assert!(value.len() <= usize::from(u8::MAX));
     out.put_u8(u8::try_from(value.len()).unwrap_or(u8::MAX));
     out.put_slice(value);
 }
 
 /// Write bytes with a u16 length prefix.
 pub fn put_bytes_u16(out: &mut impl BufMut, value: &[u8]) {
-    debug_assert!(value.len() <= usize::from(u16::MAX));
     out.put_u16(u16::try_from(value.len()).unwrap_or(u16::MAX));
     out.put_slice(value);
 }
 
 /// Write bytes with a u32 length prefix.
 pub fn put_bytes_u32(out: &mut impl BufMut, value: &[u8]) {
-    debug_assert!(u32::try_from(value.len()).is_ok());
     out.put_u32(u32::try_from(value.len()).unwrap_or(u32::MAX));
     out.put_slice(value);
 }

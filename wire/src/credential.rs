@@ -176,7 +176,6 @@ impl SignedFields for ServiceCredentialRequest {
     const DOMAIN: &'static [u8] = b"acct/1 service-credential-request\0";
 
     fn encode_fields(&self, out: &mut BytesMut) {
-        debug_assert!(!self.certificate.is_empty() && self.certificate.len() <= CERTIFICATE_BYTES_MAX);
         out.put_u32(self.service_id.0);
         out.put_slice(&self.request_id.0);
         out.put_slice(&self.nonce.0);

@@ -211,6 +211,30 @@ pub fn verify_batch(items: &[BatchItem<'_>], seed: &[u8; 32]) -> Vec<bool> {
     valid
 }
 
+/// Whether every signature in `items` is valid, by one batch equation (no
+/// splitting). `true` implies each item is valid under [`verify`] (except
+/// with probability below 2⁻¹²⁰); `false` says at least one is not.
+pub fn verify_batch_all(items: &[BatchItem<'_>], seed: &[u8; 32]) -> bool {
+    let mut prepared: Vec<(usize, Prepared)> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        match Prepared::new(item.key, item.domain, item.message, item.signature) {
+            Ok(entry) => prepared.push((index, entry)),
+            Err(_) => return false,
+        }
+    }
+    let coefficients = coefficients(seed, &prepared);
+    let batch: Vec<Term> = prepared
+        .iter()
+        .zip(coefficients)
+        .map(|((index, entry), z)| Term {
+            index: *index,
+            entry,
+            z,
+        })
+        .collect();
+    batch.is_empty() || batch_equation_holds(&batch)
+}
+
 /// Per-signature work done once: decoded R, canonical S, the hash scalar k.
 struct Prepared {
     key_bytes: [u8; PUBLIC_KEY_BYTES],
@@ -301,7 +325,8 @@ fn check_or_split(batch: &mut [Term<'_>], valid: &mut [bool]) {
     check_or_split(right, valid);
 }
 
-/// [8]( [-Σ zS]B + Σ z R + Σ_A (Σ z k) A ) = identity, keys merged.
+/// [8]( [-Σ zS]B + Σ z R + Σ_A (Σ z k) A ) = identity, keys merged: the sum
+/// of z·(R + kA - SB), which is the identity when every single equation holds.
 fn batch_equation_holds(batch: &[Term<'_>]) -> bool {
     let mut scalars: Vec<Scalar> = Vec::with_capacity(2 * batch.len() + 1);
     let mut points: Vec<EdwardsPoint> = Vec::with_capacity(2 * batch.len() + 1);
@@ -329,12 +354,6 @@ fn batch_equation_holds(batch: &[Term<'_>]) -> bool {
                 scalars.push(zk);
                 points.push(term.entry.key_point);
             }
-        }
-    }
-    // Each A slot holds Σ zk for its key; the equation needs -Σ zk.
-    for &slot in key_slots.values() {
-        if let Some(scalar) = scalars.get_mut(slot) {
-            *scalar = -*scalar;
         }
     }
     EdwardsPoint::vartime_multiscalar_mul(scalars.iter(), points.iter())

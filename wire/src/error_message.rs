@@ -57,21 +57,19 @@ pub struct ErrorMessage {
 impl ErrorMessage {
     /// An error with `detail` cut to the limit at a character boundary.
     pub fn new(code: ErrorCode, detail: &str) -> Self {
-        let mut end = detail.len().min(ERROR_DETAIL_BYTES_MAX);
-        while !detail.is_char_boundary(end) {
-            end -= 1;
-        }
         Self {
             code,
-            detail: detail.get(..end).unwrap_or_default().to_owned(),
+            detail: cut(detail).to_owned(),
         }
     }
 
-    /// Append this error as a frame.
+    /// Append this error as a frame; a detail over the limit is cut at a
+    /// character boundary.
     pub fn encode_frame(&self, out: &mut BytesMut) {
-        let mut body = BytesMut::with_capacity(4 + self.detail.len());
+        let detail = cut(&self.detail);
+        let mut body = BytesMut::with_capacity(4 + detail.len());
         body.put_u16(self.code.0);
-        put_bytes_u16(&mut body, self.detail.as_bytes());
+        put_bytes_u16(&mut body, detail.as_bytes());
         put_frame(out, MessageType::ERROR, &body);
     }
 
@@ -82,4 +80,13 @@ impl ErrorMessage {
             detail: reader.text_u16(ERROR_DETAIL_BYTES_MAX, "error detail")?,
         })
     }
+}
+
+/// `detail` cut to `ERROR_DETAIL_BYTES_MAX` at a character boundary.
+fn cut(detail: &str) -> &str {
+    let mut end = detail.len().min(ERROR_DETAIL_BYTES_MAX);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    detail.get(..end).unwrap_or_default()
 }

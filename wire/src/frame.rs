@@ -177,7 +177,8 @@ impl Message {
         })
     }
 
-    /// Append this message as one frame.
+    /// Append this message as a frame. (An Accounting Ack with more than
+    /// `ACK_ENTRIES_MAX` entries becomes several frames; one with none, none.)
     pub fn encode(&self, out: &mut BytesMut) {
         match self {
             Self::ServiceCredentialRequest(message) => message.encode_frame(out),
@@ -186,7 +187,7 @@ impl Message {
             Self::ServiceRequest(message) => message.encode_frame(out),
             Self::ServiceProof(message) => message.encode_frame(out),
             Self::Accounting(message) => message.encode_frame(out),
-            Self::AccountingAck(message) => message.encode_frame(out),
+            Self::AccountingAck(message) => message.encode_frames(out),
             Self::RecordAccounting(message) => message.encode_frame(out),
             Self::RecordAck(message) => message.encode_frame(out),
             Self::Error(message) => message.encode_frame(out),

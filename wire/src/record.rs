@@ -7,7 +7,7 @@ use crate::codec::{Reader, put_bytes_u32};
 use crate::error::DecodeError;
 use crate::frame::{MessageType, put_frame};
 use crate::ids::BatchId;
-use crate::limits::{FRAME_BODY_BYTES_MAX, PAYLOAD_DIGEST_BYTES};
+use crate::limits::{FRAME_BODY_BYTES_MAX, ID_BYTES, PAYLOAD_DIGEST_BYTES};
 use crate::signed::SignedFields;
 use crate::text::Name;
 
@@ -49,7 +49,6 @@ impl SignedFields for RecordAccounting {
     const DOMAIN: &'static [u8] = b"acct/1 record-accounting\0";
 
     fn encode_fields(&self, out: &mut BytesMut) {
-        debug_assert!(self.payload.len() <= RECORD_PAYLOAD_BYTES_MAX);
         out.reserve(128 + self.payload.len());
         out.put_slice(&self.batch_id.0);
         self.node.encode(out);
@@ -95,6 +94,11 @@ impl RecordStatus {
     pub fn is_stored(self) -> bool {
         self.0 <= 0x0f
     }
+
+    /// Whether the AM should send the same batch again later.
+    pub fn is_retryable(self) -> bool {
+        (0x10..=0x1f).contains(&self.0)
+    }
 }
 
 /// 224: the AS's answer to one Record Accounting.
@@ -111,8 +115,8 @@ pub struct RecordAck {
 impl RecordAck {
     /// Append this ack as a frame.
     pub fn encode_frame(&self, out: &mut BytesMut) {
-        let mut body = [0u8; 16 + PAYLOAD_DIGEST_BYTES + 1];
-        let (batch, rest) = body.split_at_mut(16);
+        let mut body = [0u8; ID_BYTES + PAYLOAD_DIGEST_BYTES + 1];
+        let (batch, rest) = body.split_at_mut(ID_BYTES);
         batch.copy_from_slice(&self.batch_id.0);
         let (digest, status) = rest.split_at_mut(PAYLOAD_DIGEST_BYTES);
         digest.copy_from_slice(&self.digest);

@@ -52,17 +52,23 @@ pub struct Signed<T> {
 }
 
 impl<T: SignedFields> Signed<T> {
-    /// Encode `value` and sign it.
-    pub fn sign(value: T, key: &SigningKey) -> Self {
-        let mut body = BytesMut::with_capacity(256);
-        value.encode_fields(&mut body);
+    /// Encode `value` and sign it. The encoded fields are decoded back first,
+    /// so a value the peer would refuse (a bound exceeded, a duplicate
+    /// counter name) is an error here instead of a signed, unusable frame.
+    pub fn sign(value: T, key: &SigningKey) -> Result<Self, DecodeError> {
+        let body = encode_checked(
+            &value,
+            T::encode_fields,
+            T::decode_fields,
+            SIGNATURE_BYTES,
+            T::MESSAGE_TYPE,
+        )?;
         let signature = key.sign(T::DOMAIN, &body);
-        body.put_slice(&signature);
-        Self {
+        Ok(Self {
             value,
-            body: body.freeze(),
+            body: append(body, &signature),
             signature,
-        }
+        })
     }
 
     /// Decode a frame body: fields, then the 64-byte signature. Verifies nothing.
@@ -130,17 +136,16 @@ pub struct Maced<T> {
 }
 
 impl<T: MacedFields> Maced<T> {
-    /// Encode `value` and authenticate it with the session key.
-    pub fn seal(value: T, key: &SessionKey) -> Self {
-        let mut body = BytesMut::with_capacity(128);
-        value.encode_fields(&mut body);
+    /// Encode `value` and authenticate it with the session key; like
+    /// [`Signed::sign`], the fields are decoded back first.
+    pub fn seal(value: T, key: &SessionKey) -> Result<Self, DecodeError> {
+        let body = encode_checked(&value, T::encode_fields, T::decode_fields, MAC_BYTES, T::MESSAGE_TYPE)?;
         let mac = compute_mac(key, T::DOMAIN, &body);
-        body.put_slice(&mac);
-        Self {
+        Ok(Self {
             value,
-            body: body.freeze(),
+            body: append(body, &mac),
             mac,
-        }
+        })
     }
 
     /// Decode a frame body: fields, then the 32-byte MAC. Verifies nothing.
@@ -196,6 +201,39 @@ pub fn compute_mac(key: &SessionKey, domain: &[u8], message: &[u8]) -> [u8; MAC_
 fn new_mac(key: &SessionKey) -> Hmac<Sha256> {
     // HMAC accepts keys of any length; a 32-byte key cannot fail.
     <Hmac<Sha256> as KeyInit>::new_from_slice(&key.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+}
+
+/// Encode fields, check that they decode and that the whole body will fit
+/// its frame.
+fn encode_checked<T>(
+    value: &T,
+    encode: fn(&T, &mut BytesMut),
+    decode: fn(&mut Reader<'_>) -> Result<T, DecodeError>,
+    tail_bytes: usize,
+    message_type: MessageType,
+) -> Result<Bytes, DecodeError> {
+    let mut fields = BytesMut::with_capacity(256);
+    encode(value, &mut fields);
+    let fields = fields.freeze();
+    let max = message_type.body_bytes_max().unwrap_or(0);
+    if fields.len() + tail_bytes > max {
+        return Err(DecodeError::FrameTooLarge {
+            message_type: message_type.0,
+            length: fields.len() + tail_bytes,
+            max,
+        });
+    }
+    let mut reader = Reader::new(&fields);
+    decode(&mut reader)?;
+    reader.finish()?;
+    Ok(fields)
+}
+
+fn append(fields: Bytes, tail: &[u8]) -> Bytes {
+    let mut body = BytesMut::with_capacity(fields.len() + tail.len());
+    body.put_slice(&fields);
+    body.put_slice(tail);
+    body.freeze()
 }
 
 fn split_tail<const N: usize>(body: &Bytes, field: &'static str) -> Result<(Bytes, [u8; N]), DecodeError> {

@@ -383,3 +383,42 @@ proptest! {
 fn empty_batch() {
     assert!(ed25519::verify_batch(&[], &[0; 32]).is_empty());
 }
+
+/// The batch equation itself accepts a batch of valid signatures (a wrong
+/// sign in it would only show as slowness in `verify_batch`, which then falls
+/// back to single checks) and rejects one with a single bad signature.
+#[test]
+fn batch_equation_accepts_valid_batches() {
+    let keys: Vec<SigningKey> = (0..4u8).map(|index| SigningKey::from_seed(&[index + 40; 32])).collect();
+    let parsed: Vec<PublicKey> = keys.iter().map(SigningKey::public_key).collect();
+    let messages: Vec<Vec<u8>> = (0..100).map(|index| format!("m{index}").into_bytes()).collect();
+    let mut signatures: Vec<[u8; 64]> = messages
+        .iter()
+        .enumerate()
+        .map(|(index, message)| keys[index % 4].sign(DOMAIN, message))
+        .collect();
+    for size in [1usize, 2, 3, 10, 100] {
+        let items: Vec<BatchItem<'_>> = (0..size)
+            .map(|index| BatchItem {
+                key: &parsed[index % 4],
+                domain: DOMAIN,
+                message: &messages[index],
+                signature: &signatures[index],
+            })
+            .collect();
+        assert!(ed25519::verify_batch_all(&items, &[size as u8; 32]), "size {size}");
+    }
+    signatures[57][40] ^= 1;
+    let items: Vec<BatchItem<'_>> = (0..100)
+        .map(|index| BatchItem {
+            key: &parsed[index % 4],
+            domain: DOMAIN,
+            message: &messages[index],
+            signature: &signatures[index],
+        })
+        .collect();
+    assert!(!ed25519::verify_batch_all(&items, &[9; 32]));
+    let verdicts = ed25519::verify_batch(&items, &[9; 32]);
+    assert_eq!(verdicts.iter().filter(|valid| !**valid).count(), 1);
+    assert!(!verdicts[57]);
+}

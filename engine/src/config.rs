@@ -1,0 +1,153 @@
+//! The config file: what the deployment is (names, PKI files, addresses).
+//! Flags say how one process runs and override the file where both exist.
+//!
+//! Relative paths in the file are relative to the file's own folder, so a
+//! PKI folder made by `acct init` works wherever it is moved.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node.
+    pub node: NodeConfig,
+    /// Certificates and keys.
+    pub pki: PkiConfig,
+    /// The Accounting Manager.
+    pub am: AmConfig,
+}
+
+/// This node's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name (the name in its certificate).
+    pub name: String,
+}
+
+/// PKI files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiConfig {
+    /// The operator CA's certificate (PEM).
+    pub ca_certificate: PathBuf,
+    /// This node's certificate (PEM).
+    pub certificate: PathBuf,
+    /// This node's Ed25519 key (PKCS#8 PEM).
+    pub key: PathBuf,
+}
+
+/// The Accounting Manager's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmConfig {
+    /// The QUIC address providers and users connect to.
+    pub listen: SocketAddr,
+    /// The data folder (RocksDB and export state).
+    pub data: PathBuf,
+}
+
+/// Why the config could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause, with line and column.
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Read and parse `path`, resolving relative paths against its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        for file in [
+            &mut config.pki.ca_certificate,
+            &mut config.pki.certificate,
+            &mut config.pki.key,
+            &mut config.am.data,
+        ] {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// The commented config file `acct init` writes next to the PKI.
+pub fn commented_default() -> &'static str {
+    r#"# acct configuration: what this deployment is.
+# Flags (see `acct --help`) say how one process runs and override these values.
+# Relative paths are relative to this file's folder.
+
+[node]
+# This node's name; it must match the name in its certificate
+# (urn:acct:am:<name>).
+name = "am-1"
+
+[pki]
+# The operator CA that issued every provider, user, AM and AS certificate.
+ca_certificate = "ca.crt.pem"
+# This node's certificate and its Ed25519 key (PKCS#8 PEM, mode 0600).
+certificate = "am-1.crt.pem"
+key = "am-1.key.pem"
+
+[am]
+# QUIC (TLS 1.3) address for providers and users. Keep it on loopback until
+# the certificates are the operator's own.
+listen = "127.0.0.1:4433"
+# RocksDB and export state.
+data = "data"
+"#
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commented_default_parses_and_resolves_paths() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("acct.toml");
+        std::fs::write(&path, commented_default()).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.node.name, "am-1");
+        assert_eq!(config.am.listen, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(config.pki.ca_certificate, folder.path().join("ca.crt.pem"));
+        assert_eq!(config.am.data, folder.path().join("data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("acct.toml");
+        let text = commented_default().replace("[am]", "[am]\nlisen = \"x\"");
+        std::fs::write(&path, text).unwrap();
+        let error = Config::load(&path).unwrap_err().to_string();
+        assert!(error.contains("lisen"), "{error}");
+    }
+}
