@@ -1,0 +1,15 @@
+//! The two peers of acct's protocol, without transport: what a User and a
+//! Service Provider compute, check and remember. Real providers embed this;
+//! loadgen and the tests drive the AM through it.
+//!
+//! - [`user`]: build a Service Credential Request (202), check the Service
+//!   Credential (206), make the Service Request (210) and check the
+//!   provider's proof (211).
+//! - [`provider`]: validate a Service Request against the User Credential and
+//!   its policies (211), answer with the proof, and number, sign and track
+//!   the session's Interim and Final Accounting (214/220) until acked.
+//!
+//! Time is always an argument (Unix ms), so every decision is testable.
+
+pub mod provider;
+pub mod user;

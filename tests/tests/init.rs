@@ -1,0 +1,77 @@
+//! `acct init` as a real process: the PKI it writes is usable by the wire
+//! crate's checks and by the peer library, end to end through files.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use acct::pki;
+use acct_tests::run_acct;
+use bytes::Bytes;
+use wire::{Address, Nonce, RequestId, Role, ServiceId, TrustedCa};
+
+fn now() -> (u64, u64) {
+    let elapsed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    (elapsed.as_secs(), elapsed.as_millis() as u64)
+}
+
+#[test]
+fn init_writes_a_pki_that_the_protocol_accepts() {
+    let folder = tempfile::tempdir().unwrap();
+    let pki_folder = folder.path().join("pki");
+    let output = run_acct(&["init", pki_folder.to_str().unwrap(), "--providers", "3", "--users", "2"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("7 identities"), "{stdout}");
+
+    let ca = TrustedCa::from_der(pki::read_certificate_der(&pki_folder.join("ca.crt.pem")).unwrap()).unwrap();
+    let (now_s, now_ms) = now();
+    for (role, name) in [
+        (Role::AccountingManager, "am-1"),
+        (Role::AccountingStorage, "storage-1"),
+        (Role::Provider, "provider-0003"),
+        (Role::User, "user-0002"),
+    ] {
+        let name = wire::Name::new(name).unwrap();
+        let (certificate, _) = pki::identity_paths(role, &name);
+        let der = pki::read_certificate_der(&pki_folder.join(certificate)).unwrap();
+        assert_eq!(ca.verify(&der, role, now_s).unwrap().name, name);
+    }
+
+    // A user signs a credential request with the files init wrote; the AM's
+    // check accepts it and names the user.
+    let name = wire::Name::new("user-0001").unwrap();
+    let (certificate, key) = pki::identity_paths(Role::User, &name);
+    let der = pki::read_certificate_der(&pki_folder.join(certificate)).unwrap();
+    let signing_key = pki::read_signing_key(&pki_folder.join(key)).unwrap();
+    let request = peer::user::credential_request(
+        ServiceId(1),
+        RequestId([1; 16]),
+        Nonce([2; 16]),
+        now_ms,
+        Address::new("127.0.0.1:5000").unwrap(),
+        Bytes::from(der),
+        &signing_key,
+    )
+    .unwrap();
+    assert_eq!(ca.verify_credential_request(&request, now_s).unwrap().name, name);
+    // A provider's certificate is not a user's.
+    let (provider_certificate, _) = pki::identity_paths(Role::Provider, &wire::Name::new("provider-0001").unwrap());
+    let provider_der = pki::read_certificate_der(&pki_folder.join(provider_certificate)).unwrap();
+    assert!(ca.verify(&provider_der, Role::User, now_s).is_err());
+
+    // The config file init wrote parses and points at the files.
+    let config = acct::config::Config::load(&pki_folder.join("acct.toml")).unwrap();
+    assert!(config.pki.certificate.exists() && config.pki.key.exists() && config.pki.ca_certificate.exists());
+
+    // Running init again on the same folder refuses to replace the CA.
+    let again = run_acct(&["init", pki_folder.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+}
+
+#[test]
+fn init_rejects_bad_arguments() {
+    let output = run_acct(&["init"]);
+    assert!(!output.status.success());
+    let output = run_acct(&["init", "/tmp/x", "--providers", "many"]);
+    assert!(!output.status.success());
+}
