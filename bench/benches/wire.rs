@@ -131,6 +131,14 @@ fn dalek_reference(c: &mut Criterion) {
         .map(|planned| Signature::from_bytes(planned.message.signature()))
         .collect();
     let mut group = c.benchmark_group("dalek_reference");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("verify_single", |b| {
+        b.iter(|| {
+            keys[workload.planned[0].provider]
+                .verify_strict(black_box(&inputs[0]), &signatures[0])
+                .unwrap()
+        })
+    });
     for size in [64usize, 256, 1024] {
         group.throughput(Throughput::Elements(size as u64));
         group.bench_with_input(BenchmarkId::new("verify_batch", size), &size, |b, &size| {

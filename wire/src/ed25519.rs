@@ -207,7 +207,7 @@ pub fn verify_batch(items: &[BatchItem<'_>], seed: &[u8; 32]) -> Vec<bool> {
             z,
         })
         .collect();
-    check_or_split(&mut batch, &mut valid);
+    check_or_split(&mut batch, &mut valid, false);
     valid
 }
 
@@ -298,7 +298,10 @@ struct Term<'a> {
 /// of two costs about as much as two single checks.
 const SPLIT_TO_SINGLE_ITEMS_MAX: usize = 2;
 
-fn check_or_split(batch: &mut [Term<'_>], valid: &mut [bool]) {
+/// Decide every term of `batch`. `known_to_fail` says the batch equation is
+/// already known not to hold (its sibling passed while their parent failed),
+/// which saves one multiscalar multiplication per level of the search.
+fn check_or_split(batch: &mut [Term<'_>], valid: &mut [bool], known_to_fail: bool) {
     if batch.is_empty() {
         return;
     }
@@ -310,7 +313,7 @@ fn check_or_split(batch: &mut [Term<'_>], valid: &mut [bool]) {
         }
         return;
     }
-    if batch_equation_holds(batch) {
+    if !known_to_fail && batch_equation_holds(batch) {
         for term in batch.iter() {
             if let Some(slot) = valid.get_mut(term.index) {
                 *slot = true;
@@ -321,8 +324,19 @@ fn check_or_split(batch: &mut [Term<'_>], valid: &mut [bool]) {
     // Recursion depth is log2(batch length): bounded by the caller's batch size.
     let middle = batch.len() / 2;
     let (left, right) = batch.split_at_mut(middle);
-    check_or_split(left, valid);
-    check_or_split(right, valid);
+    let left_passes = left.len() > SPLIT_TO_SINGLE_ITEMS_MAX && batch_equation_holds(left);
+    if left_passes {
+        for term in left.iter() {
+            if let Some(slot) = valid.get_mut(term.index) {
+                *slot = true;
+            }
+        }
+        // The whole failed and the left half holds: the right half fails.
+        check_or_split(right, valid, true);
+    } else {
+        check_or_split(left, valid, left.len() > SPLIT_TO_SINGLE_ITEMS_MAX);
+        check_or_split(right, valid, false);
+    }
 }
 
 /// [8]( [-Σ zS]B + Σ z R + Σ_A (Σ z k) A ) = identity, keys merged: the sum
