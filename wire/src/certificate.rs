@@ -167,6 +167,30 @@ impl TrustedCa {
         Ok(CertifiedIdentity { role, name, public_key })
     }
 
+    /// Verify an end-entity certificate whose role is read from its identity
+    /// URI; the role's extended key usage is then required as in [`Self::verify`].
+    pub fn identify(&self, certificate_der: &[u8], now_unix_s: u64) -> Result<CertifiedIdentity, CertificateError> {
+        let der = CertificateDer::from(certificate_der);
+        let certificate =
+            EndEntityCert::try_from(&der).map_err(|error| CertificateError::Invalid(error.to_string()))?;
+        let role = certificate
+            .valid_uri_names()
+            .filter_map(|uri| uri.strip_prefix("urn:acct:"))
+            .find_map(|identity| identity.split_once(':').map(|(role, _)| role))
+            .and_then(|role| {
+                [
+                    Role::User,
+                    Role::Provider,
+                    Role::AccountingManager,
+                    Role::AccountingStorage,
+                ]
+                .into_iter()
+                .find(|candidate| candidate.as_str() == role)
+            })
+            .ok_or(CertificateError::NoIdentity)?;
+        self.verify(certificate_der, role, now_unix_s)
+    }
+
     /// Check a Service Credential Request's a5 and a4: the certificate is a
     /// valid user certificate and its key made the signature.
     pub fn verify_credential_request(

@@ -7,6 +7,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::accounting::{Accounting, AccountingAck};
+use crate::admin::AdminOpenSession;
 use crate::codec::Reader;
 use crate::credential::{ServiceCredential, ServiceCredentialRequest, UserCredential};
 use crate::error::DecodeError;
@@ -39,6 +40,8 @@ impl MessageType {
     pub const RECORD_ACCOUNTING: Self = Self(0x08);
     /// 224: AS → AM.
     pub const RECORD_ACK: Self = Self(0x09);
+    /// Operator → AM: open a session without a user's request (admin role only).
+    pub const ADMIN_OPEN_SESSION: Self = Self(0x0a);
     /// Any direction: a typed error.
     pub const ERROR: Self = Self(0x0f);
 
@@ -54,6 +57,7 @@ impl MessageType {
             | Self::ACCOUNTING
             | Self::ACCOUNTING_ACK
             | Self::RECORD_ACK
+            | Self::ADMIN_OPEN_SESSION
             | Self::ERROR => Some(SMALL_FRAME_BODY_BYTES_MAX),
             _ => None,
         }
@@ -129,6 +133,8 @@ pub enum Message {
     RecordAccounting(Signed<RecordAccounting>),
     /// 224.
     RecordAck(RecordAck),
+    /// Operator → AM: open a session (admin role only).
+    AdminOpenSession(AdminOpenSession),
     /// A typed error.
     Error(ErrorMessage),
 }
@@ -172,6 +178,9 @@ impl Message {
             MessageType::ACCOUNTING_ACK => Self::AccountingAck(decode_plain(&body, AccountingAck::decode_fields)?),
             MessageType::RECORD_ACCOUNTING => Self::RecordAccounting(Signed::decode_body(body)?),
             MessageType::RECORD_ACK => Self::RecordAck(decode_plain(&body, RecordAck::decode_fields)?),
+            MessageType::ADMIN_OPEN_SESSION => {
+                Self::AdminOpenSession(decode_plain(&body, AdminOpenSession::decode_fields)?)
+            }
             MessageType::ERROR => Self::Error(decode_plain(&body, ErrorMessage::decode_fields)?),
             MessageType(other) => return Err(DecodeError::UnknownMessageType(other)),
         })
@@ -190,6 +199,7 @@ impl Message {
             Self::AccountingAck(message) => message.encode_frames(out),
             Self::RecordAccounting(message) => message.encode_frame(out),
             Self::RecordAck(message) => message.encode_frame(out),
+            Self::AdminOpenSession(message) => message.encode_frame(out),
             Self::Error(message) => message.encode_frame(out),
         }
     }
@@ -206,6 +216,7 @@ impl Message {
             Self::AccountingAck(_) => MessageType::ACCOUNTING_ACK,
             Self::RecordAccounting(_) => MessageType::RECORD_ACCOUNTING,
             Self::RecordAck(_) => MessageType::RECORD_ACK,
+            Self::AdminOpenSession(_) => MessageType::ADMIN_OPEN_SESSION,
             Self::Error(_) => MessageType::ERROR,
         }
     }

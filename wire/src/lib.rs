@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+pub mod admin;
 pub mod certificate;
 pub mod codec;
 pub mod credential;
@@ -27,6 +28,7 @@ pub mod signed;
 pub mod text;
 
 pub use accounting::{Accounting, AccountingAck, AccountingKind, AckEntry, AckStatus, CustomCounter, Usage};
+pub use admin::AdminOpenSession;
 pub use certificate::{CertificateError, CertifiedIdentity, Role, TrustedCa};
 pub use credential::{
     DataFields, Policy, ServiceCredential, ServiceCredentialRequest, TimeOfDay, UserCredential, credential_digest,

@@ -265,6 +265,17 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (any::<u16>(), ".{0,300}")
             .prop_map(|(code, detail)| Message::Error(ErrorMessage::new(ErrorCode(code), &detail))),
+        (name(), any::<u32>(), name(), address(), policy()).prop_map(
+            |(provider, service, user_id, user_address, policy)| {
+                Message::AdminOpenSession(wire::AdminOpenSession {
+                    provider,
+                    service_id: ServiceId(service),
+                    user_id,
+                    user_address,
+                    policy,
+                })
+            }
+        ),
     ]
 }
 
@@ -419,8 +430,8 @@ fn malformed_inputs_have_typed_errors() {
         ),
         (
             "unknown type",
-            Bytes::from_static(&[1, 0x0a, 0, 0, 0, 0]),
-            DecodeError::UnknownMessageType(0x0a),
+            Bytes::from_static(&[1, 0x0b, 0, 0, 0, 0]),
+            DecodeError::UnknownMessageType(0x0b),
         ),
         (
             "oversized accounting",

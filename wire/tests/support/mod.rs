@@ -207,6 +207,16 @@ pub fn record_ack() -> RecordAck {
     }
 }
 
+pub fn admin_open_session() -> wire::AdminOpenSession {
+    wire::AdminOpenSession {
+        provider: Name::new("provider-0001").unwrap(),
+        service_id: ServiceId(7),
+        user_id: Name::new("user-0001").unwrap(),
+        user_address: Address::new("198.51.100.7:5000").unwrap(),
+        policy: policy(),
+    }
+}
+
 pub fn error_message() -> ErrorMessage {
     ErrorMessage::new(ErrorCode::PROVIDER_UNAVAILABLE, "provider-0001 is not connected")
 }
@@ -233,6 +243,7 @@ pub fn examples() -> Vec<(&'static str, Message)> {
         ("accounting_ack", Message::AccountingAck(accounting_ack())),
         ("record_accounting", Message::RecordAccounting(record_accounting())),
         ("record_ack", Message::RecordAck(record_ack())),
+        ("admin_open_session", Message::AdminOpenSession(admin_open_session())),
         ("error", Message::Error(error_message())),
     ]
 }
