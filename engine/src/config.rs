@@ -19,6 +19,73 @@ pub struct Config {
     pub pki: PkiConfig,
     /// The Accounting Manager.
     pub am: AmConfig,
+    /// Ingest bounds and policies (every field has a default).
+    #[serde(default)]
+    pub ingest: IngestConfig,
+}
+
+/// Bounds and policies of the ingest path. Each queue and window here is a
+/// memory bound; docs/architecture.md gives the arithmetic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Verifier threads; 0 means one per CPU.
+    pub verify_threads: usize,
+    /// Most signatures in one verification batch.
+    pub verify_batch_messages_max: usize,
+    /// Messages waiting for verification, all connections together.
+    pub verify_queue_messages_max: usize,
+    /// Verified messages waiting for the committer.
+    pub commit_queue_messages_max: usize,
+    /// Most messages in one commit group (one WAL sync).
+    pub commit_group_messages_max: usize,
+    /// Unanswered messages per stream; at the bound the AM stops reading
+    /// the stream and QUIC flow control holds the provider.
+    pub stream_inflight_messages_max: usize,
+    /// How long a message may wait for room in the verify queue before it
+    /// is answered "busy, retry".
+    pub admission_wait_ms: u64,
+    /// Provider and admin connections at once; more are refused.
+    pub connections_max: usize,
+    /// Concurrent streams per connection.
+    pub streams_per_connection_max: u32,
+    /// QUIC receive window per connection, bytes.
+    pub connection_receive_window_bytes: u32,
+    /// QUIC receive window per stream, bytes.
+    pub stream_receive_window_bytes: u32,
+    /// How far in the future an accounted interval may end, seconds.
+    pub future_skew_s: u64,
+    /// How late accounting may arrive after its interval ends, seconds.
+    pub lateness_s: u64,
+    /// How long a closed or expired session's dedup state is kept, seconds.
+    pub dedup_window_s: u64,
+    /// Sessions the AM holds (open, or closed within the dedup window).
+    pub sessions_max: usize,
+    /// How long a graceful shutdown waits for in-flight messages, seconds.
+    pub drain_deadline_s: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            verify_threads: 0,
+            verify_batch_messages_max: 256,
+            verify_queue_messages_max: 16_384,
+            commit_queue_messages_max: 16_384,
+            commit_group_messages_max: 4_096,
+            stream_inflight_messages_max: 1_024,
+            admission_wait_ms: 1_000,
+            connections_max: 20_000,
+            streams_per_connection_max: 8,
+            connection_receive_window_bytes: 64 * 1024,
+            stream_receive_window_bytes: 64 * 1024,
+            future_skew_s: 300,
+            lateness_s: 48 * 3600,
+            dedup_window_s: 24 * 3600,
+            sessions_max: 1_000_000,
+            drain_deadline_s: 10,
+        }
+    }
 }
 
 /// This node's identity.
@@ -122,6 +189,25 @@ key = "am-1.key.pem"
 listen = "127.0.0.1:4433"
 # RocksDB and export state.
 data = "data"
+
+[ingest]
+# Every bound of the ingest path; the values shown are the defaults.
+# verify_threads = 0                      # 0: one per CPU
+# verify_batch_messages_max = 256
+# verify_queue_messages_max = 16384
+# commit_queue_messages_max = 16384
+# commit_group_messages_max = 4096        # messages per WAL sync
+# stream_inflight_messages_max = 1024     # then QUIC flow control holds the provider
+# admission_wait_ms = 1000                # then "busy, retry"
+# connections_max = 20000
+# streams_per_connection_max = 8
+# connection_receive_window_bytes = 65536
+# stream_receive_window_bytes = 65536
+# future_skew_s = 300
+# lateness_s = 172800                     # 48 h
+# dedup_window_s = 86400                  # 24 h after a session closes or expires
+# sessions_max = 1000000
+# drain_deadline_s = 10
 "#
 }
 

@@ -1,9 +1,12 @@
 //! `acct`: the Accounting Manager and the Accounting Storage.
 //!
-//! Today this crate holds the development PKI (`acct init`) and the config
-//! file; the ingest path (`acct serve`) and the export path (`acct storage`)
-//! build on it.
+//! - [`am`]: the Accounting Manager's ingest path (`acct serve`).
+//! - [`pki`]: the development PKI (`acct init`).
+//! - [`config`]: the config file.
+//! - [`cli`]: the command line; `main.rs` only dispatches.
 
+pub mod am;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod pki;

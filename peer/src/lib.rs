@@ -9,7 +9,10 @@
 //!   its policies (211), answer with the proof, and number, sign and track
 //!   the session's Interim and Final Accounting (214/220) until acked.
 //!
+//! - [`quic`]: the provider's (and the operator's) QUIC connection to the AM.
+//!
 //! Time is always an argument (Unix ms), so every decision is testable.
 
 pub mod provider;
+pub mod quic;
 pub mod user;

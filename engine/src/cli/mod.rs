@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand; `main.rs` only dispatches.
 
 pub mod init;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ pub enum Command {
     /// Create a development PKI (operator CA; AM, AS, provider and user
     /// certificates with Ed25519 keys) and a commented config file.
     Init(init::InitArgs),
+    /// Run the Accounting Manager (with no arguments: the embedded default).
+    Serve(serve::ServeArgs),
 }
 
 impl Cli {
@@ -26,6 +29,7 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Init(args) => init::run(args),
+            Command::Serve(args) => serve::run(args),
         }
     }
 }

@@ -1,0 +1,522 @@
+//! The committer thread: the single writer. It owns every session's dedup
+//! state, decides each verified message (new, duplicate, conflicting,
+//! refused by policy), writes a commit group (many messages from many
+//! connections, one WriteBatch, one WAL sync) and only then sends the acks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use sha2::{Digest, Sha256};
+use wire::{AckEntry, AckStatus, MessageId, SessionId};
+
+use super::pipeline::{AckSender, CommitCommand, SessionTable, Verified};
+use super::session::{self, SequenceState, SessionFlags, SessionInfo, SessionProgress, TimeBounds};
+use super::store::{GroupWrite, Store, StoreError, StoredRecord};
+use crate::clock::now_ms;
+
+/// The committer's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitSettings {
+    /// Most messages in one commit group (one WAL sync).
+    pub group_messages_max: usize,
+    /// Time bounds on accounted intervals.
+    pub bounds: TimeBounds,
+    /// How long a closed or expired session's dedup state is kept.
+    pub dedup_window_ms: u64,
+    /// How often the watchdog and the pruning run.
+    pub tick: Duration,
+}
+
+/// The committer's state.
+pub struct Committer {
+    store: Arc<Store>,
+    table: Arc<SessionTable>,
+    sessions: HashMap<SessionId, (Arc<SessionInfo>, SessionProgress)>,
+    next_commit_sequence: u64,
+    settings: CommitSettings,
+}
+
+/// An ack decided in a group, sent after the group's write.
+struct Answer {
+    reply: AckSender,
+    message_id: MessageId,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Stored by this group: STORED if the write succeeds.
+    StoredNow,
+    /// Duplicate of a message stored by this group: DUPLICATE if the write succeeds.
+    DuplicateOfPending,
+    /// Decided regardless of the write.
+    Final(AckStatus),
+}
+
+impl Committer {
+    /// A committer over a recovered store.
+    pub fn new(store: Arc<Store>, table: Arc<SessionTable>, settings: CommitSettings) -> Result<Self, StoreError> {
+        let mut sessions = HashMap::new();
+        for stored in store.load_sessions()? {
+            table.insert(stored.info.clone());
+            sessions.insert(stored.info.session_id(), (stored.info, stored.progress));
+        }
+        let next_commit_sequence = store.next_commit_sequence()?;
+        metrics::gauge!("acct_sessions").set(sessions.len() as f64);
+        Ok(Self {
+            store,
+            table,
+            sessions,
+            next_commit_sequence,
+            settings,
+        })
+    }
+
+    /// Run until every sender of `input` is gone and the queue is drained.
+    pub fn run(mut self, input: Receiver<CommitCommand>) {
+        let mut next_tick = Instant::now() + self.settings.tick;
+        let mut group: Vec<CommitCommand> = Vec::with_capacity(self.settings.group_messages_max);
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match input.recv_timeout(wait) {
+                Ok(first) => {
+                    group.push(first);
+                    while group.len() < self.settings.group_messages_max {
+                        match input.try_recv() {
+                            Ok(next) => group.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    metrics::gauge!("acct_commit_queue_messages").set(input.len() as f64);
+                    self.process(&mut group);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.tick(now_ms());
+                next_tick = Instant::now() + self.settings.tick;
+            }
+        }
+    }
+
+    fn process(&mut self, group: &mut Vec<CommitCommand>) {
+        let now = now_ms();
+        let mut records: Vec<Verified> = Vec::with_capacity(group.len());
+        for command in group.drain(..) {
+            match command {
+                CommitCommand::Record(verified) => records.push(verified),
+                CommitCommand::OpenSession { session, reply } => {
+                    let _ = reply.send(self.open_session(session, now));
+                }
+            }
+        }
+        if !records.is_empty() {
+            self.commit_records(records, now);
+        }
+    }
+
+    fn open_session(&mut self, session: Arc<SessionInfo>, now: u64) -> Result<(), String> {
+        let progress = SessionProgress::new(now);
+        self.store
+            .insert_session(&session, &progress)
+            .map_err(|error| error.to_string())?;
+        self.table.insert(session.clone());
+        self.sessions.insert(session.session_id(), (session, progress));
+        metrics::gauge!("acct_sessions").set(self.sessions.len() as f64);
+        Ok(())
+    }
+
+    fn commit_records(&mut self, records: Vec<Verified>, now: u64) {
+        let started = Instant::now();
+        let first_commit_sequence = self.next_commit_sequence;
+        let mut write = GroupWrite::default();
+        let mut staged: HashMap<SessionId, SessionProgress> = HashMap::new();
+        let mut pending: HashMap<MessageId, [u8; 8]> = HashMap::new();
+        let mut answers: Vec<Answer> = Vec::with_capacity(records.len());
+        for verified in records {
+            let item = verified.pending();
+            let message = item.message.value();
+            let message_id = message.message_id();
+            let fingerprint = fingerprint(item.message.body());
+            let outcome = match self.decide(&staged, &pending, item, fingerprint, now) {
+                Ok(Decision::New(mut progress)) => {
+                    let flags = progress.flags;
+                    progress.record(message, now);
+                    let record = StoredRecord {
+                        received_ms: item.received_ms,
+                        flags,
+                        provider: item.connection.name.clone(),
+                        user_id: item.session.credential.value().user_id.clone(),
+                        body: item.message.body().clone(),
+                    };
+                    self.store.add_record(
+                        &mut write,
+                        self.next_commit_sequence,
+                        &record,
+                        message.session_id,
+                        message.sequence,
+                        fingerprint,
+                    );
+                    self.next_commit_sequence += 1;
+                    staged.insert(message.session_id, progress);
+                    pending.insert(message_id, fingerprint);
+                    Outcome::StoredNow
+                }
+                Ok(Decision::DuplicateOfPending) => Outcome::DuplicateOfPending,
+                Ok(Decision::Answered(status)) => Outcome::Final(status),
+                Err(error) => {
+                    tracing::error!(%error, "fingerprint lookup failed; answering busy");
+                    Outcome::Final(AckStatus::BUSY)
+                }
+            };
+            answers.push(Answer {
+                reply: item.reply.clone(),
+                message_id,
+                outcome,
+            });
+        }
+        for (session_id, progress) in &staged {
+            self.store.add_progress(&mut write, *session_id, progress);
+        }
+        let stored_count = write.record_count();
+        let result = if stored_count > 0 {
+            self.store.commit(write)
+        } else {
+            Ok(())
+        };
+        let failure = match result {
+            Ok(()) => {
+                for (session_id, progress) in staged {
+                    if let Some(entry) = self.sessions.get_mut(&session_id) {
+                        entry.1 = progress;
+                    }
+                }
+                None
+            }
+            Err(error) => {
+                self.next_commit_sequence = first_commit_sequence;
+                let status = match error {
+                    StoreError::OutOfSpace(_) => AckStatus::OUT_OF_SPACE,
+                    _ => AckStatus::BUSY,
+                };
+                tracing::error!(%error, messages = stored_count, "commit group failed; nothing of it is stored, providers will retry");
+                Some(status)
+            }
+        };
+        metrics::histogram!("acct_commit_group_messages").record(stored_count as f64);
+        metrics::histogram!("acct_commit_seconds").record(started.elapsed().as_secs_f64());
+        let mut counts = [0u64; 4];
+        for answer in answers {
+            let status = match (answer.outcome, failure) {
+                (Outcome::StoredNow, None) => AckStatus::STORED,
+                (Outcome::DuplicateOfPending, None) => AckStatus::DUPLICATE,
+                (Outcome::StoredNow | Outcome::DuplicateOfPending, Some(status)) => status,
+                (Outcome::Final(status), _) => status,
+            };
+            let class = if status == AckStatus::STORED {
+                0
+            } else if status.is_stored() {
+                1
+            } else if status.is_retryable() {
+                2
+            } else {
+                3
+            };
+            counts[class] += 1;
+            // The stream may be gone (provider disconnected): the message is
+            // stored anyway and a retransmission will be acked as duplicate.
+            let _ = answer.reply.try_send(AckEntry {
+                message_id: answer.message_id,
+                status,
+            });
+        }
+        for (class, outcome) in ["stored", "duplicate", "retry", "rejected"].into_iter().enumerate() {
+            if counts[class] > 0 {
+                metrics::counter!("acct_messages_total", "outcome" => outcome).increment(counts[class]);
+            }
+        }
+    }
+
+    fn decide(
+        &self,
+        staged: &HashMap<SessionId, SessionProgress>,
+        pending: &HashMap<MessageId, [u8; 8]>,
+        item: &super::pipeline::Pending,
+        fingerprint: [u8; 8],
+        now: u64,
+    ) -> Result<Decision, StoreError> {
+        let message = item.message.value();
+        let session_id = message.session_id;
+        let Some((info, committed)) = self.sessions.get(&session_id) else {
+            return Ok(Decision::Answered(AckStatus::UNKNOWN_SESSION));
+        };
+        if let Some(stored) = pending.get(&message.message_id()) {
+            return Ok(Decision::from_match(*stored == fingerprint, true));
+        }
+        let progress = staged.get(&session_id).copied().unwrap_or(*committed);
+        let stored = match progress.sequence_state(message.sequence) {
+            SequenceState::New => None,
+            SequenceState::Stored | SequenceState::Unknown => self.store.fingerprint(session_id, message.sequence)?,
+        };
+        if let Some(stored) = stored {
+            return Ok(Decision::from_match(stored == fingerprint, false));
+        }
+        match session::check_policy(info, &progress, message, now, self.settings.bounds) {
+            Ok(()) => Ok(Decision::New(progress)),
+            Err(status) => Ok(Decision::Answered(status)),
+        }
+    }
+
+    /// The watchdog and the pruning, in one synced write.
+    fn tick(&mut self, now: u64) {
+        let mut write = GroupWrite::default();
+        let mut flagged: Vec<(SessionId, SessionProgress)> = Vec::new();
+        let mut pruned: Vec<SessionId> = Vec::new();
+        for (session_id, (info, progress)) in &self.sessions {
+            if !progress.flags.missed_interim() && session::missed_interim(info, progress, now) {
+                let mut next = *progress;
+                next.flags = SessionFlags(next.flags.0 | SessionFlags::MISSED_INTERIM);
+                self.store.add_progress(&mut write, *session_id, &next);
+                flagged.push((*session_id, next));
+            }
+            let ended_ms = progress.closed_ms.unwrap_or_else(|| {
+                info.policy()
+                    .valid_until_ms
+                    .saturating_add(self.settings.bounds.lateness_ms_max)
+            });
+            if ended_ms.saturating_add(self.settings.dedup_window_ms) < now {
+                self.store.add_prune(&mut write, *session_id);
+                pruned.push(*session_id);
+            }
+        }
+        if flagged.is_empty() && pruned.is_empty() {
+            return;
+        }
+        let flagged_count = flagged.len() as u64;
+        match self.store.commit(write) {
+            Ok(()) => {
+                metrics::counter!("acct_sessions_missed_interim_total").increment(flagged_count);
+                for (session_id, progress) in flagged {
+                    if let Some(entry) = self.sessions.get_mut(&session_id) {
+                        entry.1 = progress;
+                    }
+                }
+                for session_id in &pruned {
+                    self.sessions.remove(session_id);
+                    self.table.remove(session_id);
+                }
+                metrics::gauge!("acct_sessions").set(self.sessions.len() as f64);
+            }
+            Err(error) => tracing::error!(%error, "watchdog write failed; will retry next tick"),
+        }
+    }
+}
+
+enum Decision {
+    New(SessionProgress),
+    DuplicateOfPending,
+    Answered(AckStatus),
+}
+
+impl Decision {
+    fn from_match(same_content: bool, pending: bool) -> Self {
+        match (same_content, pending) {
+            (true, true) => Self::DuplicateOfPending,
+            (true, false) => Self::Answered(AckStatus::DUPLICATE),
+            (false, _) => Self::Answered(AckStatus::CONFLICTING_DUPLICATE),
+        }
+    }
+}
+
+/// The dedup fingerprint: the first 8 bytes of SHA-256 over the body.
+pub fn fingerprint(body: &[u8]) -> [u8; 8] {
+    let digest = Sha256::digest(body);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::am::pipeline::{Pending, ProviderConnection};
+    use wire::{
+        Accounting, AccountingKind, Address, DataFields, Name, Policy, ServiceId, SessionKey, Signed, SigningKey,
+        TimeOfDay, Usage, UserCredential,
+    };
+
+    const SETTINGS: CommitSettings = CommitSettings {
+        group_messages_max: 64,
+        bounds: TimeBounds {
+            future_skew_ms_max: 300_000,
+            lateness_ms_max: 86_400_000,
+        },
+        dedup_window_ms: 86_400_000,
+        tick: Duration::from_secs(1),
+    };
+
+    struct Harness {
+        _folder: tempfile::TempDir,
+        committer: Committer,
+        session: Arc<SessionInfo>,
+        connection: Arc<ProviderConnection>,
+        provider_key: SigningKey,
+        acks: tokio::sync::mpsc::Receiver<AckEntry>,
+        reply: AckSender,
+    }
+
+    fn harness(interim_interval_max_s: u32) -> Harness {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(folder.path()).unwrap());
+        let table = Arc::new(SessionTable::default());
+        let mut committer = Committer::new(store, table, SETTINGS).unwrap();
+        let now = now_ms();
+        let credential = Signed::sign(
+            UserCredential {
+                session_id: SessionId([3; 16]),
+                service_id: ServiceId(1),
+                user_id: Name::new("alice").unwrap(),
+                user_address: Address::new("10.0.0.1:1").unwrap(),
+                session_key: SessionKey([0; 32]),
+                policy: Policy {
+                    valid_from_ms: now - 3_600_000,
+                    valid_until_ms: now + 3_600_000,
+                    time_of_day: TimeOfDay::ANY,
+                    requests_max: 0,
+                    address_change_allowed: false,
+                    required_data: DataFields::NONE,
+                    interim_interval_max_s,
+                },
+            },
+            &SigningKey::from_seed(&[1; 32]),
+        )
+        .unwrap();
+        let session = SessionInfo::new(Name::new("p1").unwrap(), credential, now);
+        committer.open_session(session.clone(), now).unwrap();
+        let provider_key = SigningKey::from_seed(&[2; 32]);
+        let (reply, acks) = tokio::sync::mpsc::channel(1024);
+        Harness {
+            _folder: folder,
+            committer,
+            connection: ProviderConnection::new(Name::new("p1").unwrap(), provider_key.public_key()),
+            session,
+            provider_key,
+            acks,
+            reply,
+        }
+    }
+
+    impl Harness {
+        fn message(&self, sequence: u64, units: u64) -> Signed<Accounting> {
+            Signed::sign(
+                Accounting {
+                    service_id: ServiceId(1),
+                    kind: AccountingKind::INTERIM,
+                    session_id: SessionId([3; 16]),
+                    sequence,
+                    credential_digest: self.session.credential_digest,
+                    usage: Usage {
+                        units: Some(units),
+                        ..Usage::default()
+                    },
+                },
+                &self.provider_key,
+            )
+            .unwrap()
+        }
+
+        fn commit(&mut self, messages: &[Signed<Accounting>]) -> Vec<AckStatus> {
+            let records = messages
+                .iter()
+                .map(|message| {
+                    Verified::new(Pending {
+                        message: message.clone(),
+                        session: self.session.clone(),
+                        connection: self.connection.clone(),
+                        received_ms: now_ms(),
+                        reply: self.reply.clone(),
+                    })
+                })
+                .collect();
+            self.committer.commit_records(records, now_ms());
+            (0..messages.len())
+                .map(|_| self.acks.try_recv().unwrap().status)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn group_dedup_and_conflicts() {
+        let mut harness = harness(0);
+        let first = harness.message(1, 5);
+        let conflicting = harness.message(1, 6);
+        let statuses = harness.commit(&[first.clone(), first.clone(), conflicting.clone(), harness.message(2, 1)]);
+        assert_eq!(
+            statuses,
+            vec![
+                AckStatus::STORED,
+                AckStatus::DUPLICATE,
+                AckStatus::CONFLICTING_DUPLICATE,
+                AckStatus::STORED
+            ]
+        );
+        assert_eq!(
+            harness.commit(&[first, conflicting]),
+            vec![AckStatus::DUPLICATE, AckStatus::CONFLICTING_DUPLICATE]
+        );
+        // Far beyond the in-memory window, then back: the fingerprint index answers.
+        let far = harness.message(1_000, 1);
+        assert_eq!(harness.commit(&[far]), vec![AckStatus::STORED]);
+        assert_eq!(harness.commit(&[harness.message(2, 1)]), vec![AckStatus::DUPLICATE]);
+        assert_eq!(harness.commit(&[harness.message(3, 1)]), vec![AckStatus::STORED]);
+        assert_eq!(harness.committer.store.record_count().unwrap(), 4);
+    }
+
+    #[test]
+    fn dedup_state_survives_a_restart() {
+        let mut harness = harness(0);
+        let message = harness.message(1, 5);
+        assert_eq!(harness.commit(std::slice::from_ref(&message)), vec![AckStatus::STORED]);
+        let store = harness.committer.store.clone();
+        let table = Arc::new(SessionTable::default());
+        harness.committer = Committer::new(store, table.clone(), SETTINGS).unwrap();
+        assert!(table.get(&SessionId([3; 16])).is_some());
+        assert_eq!(harness.commit(&[message]), vec![AckStatus::DUPLICATE]);
+        assert_eq!(harness.commit(&[harness.message(2, 1)]), vec![AckStatus::STORED]);
+    }
+
+    #[test]
+    fn the_watchdog_flag_reaches_the_records() {
+        let mut harness = harness(1);
+        assert_eq!(harness.commit(&[harness.message(1, 1)]), vec![AckStatus::STORED]);
+        harness.committer.tick(now_ms() + 5_000);
+        assert_eq!(harness.commit(&[harness.message(2, 1)]), vec![AckStatus::STORED]);
+        let records = harness.committer.store.records(0, 10).unwrap();
+        assert!(!records[0].1.flags.missed_interim());
+        assert!(records[1].1.flags.missed_interim());
+    }
+
+    #[test]
+    fn closed_sessions_are_pruned_after_the_dedup_window() {
+        let mut harness = harness(0);
+        let mut last = harness.message(1, 1).value().clone();
+        last.kind = AccountingKind::FINAL;
+        let last = Signed::sign(last, &harness.provider_key).unwrap();
+        assert_eq!(harness.commit(std::slice::from_ref(&last)), vec![AckStatus::STORED]);
+        harness.committer.tick(now_ms() + SETTINGS.dedup_window_ms / 2);
+        assert_eq!(harness.commit(std::slice::from_ref(&last)), vec![AckStatus::DUPLICATE]);
+        harness.committer.tick(now_ms() + SETTINGS.dedup_window_ms + 60_000);
+        assert_eq!(harness.commit(&[last]), vec![AckStatus::UNKNOWN_SESSION]);
+        assert!(
+            harness
+                .committer
+                .store
+                .fingerprint(SessionId([3; 16]), 1)
+                .unwrap()
+                .is_none()
+        );
+    }
+}

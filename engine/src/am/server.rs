@@ -1,0 +1,507 @@
+//! The AM's QUIC driver: accepts connections, runs one task per stream,
+//! feeds the verifier threads and writes acks. It makes no protocol
+//! decisions itself (see `session`); it moves bytes and enforces bounds.
+//!
+//! Shutdown: stop accepting; every stream stops reading new frames and
+//! waits (under the drain deadline) until each admitted message is answered;
+//! then the verifiers and the committer drain their queues and stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::BytesMut;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use wire::limits::SMALL_FRAME_BODY_BYTES_MAX;
+use wire::{
+    AccountingAck, AckEntry, AckStatus, AdminOpenSession, ErrorCode, ErrorMessage, FrameDecoder, Message, Name, Role,
+    SessionId, SessionKey, Signed, SigningKey, TrustedCa, UserCredential,
+};
+
+use super::ingest::Ingest;
+use super::pipeline::{Pending, ProviderConnection};
+use super::session::{self, SessionInfo};
+use super::store::Store;
+use super::tls;
+use crate::clock::{now_ms, now_s};
+use crate::config::IngestConfig;
+
+/// Application close codes on QUIC connections.
+pub mod close_code {
+    /// Normal close (shutdown or the peer is done).
+    pub const DONE: u32 = 0;
+    /// The certificate names no role that may connect.
+    pub const ROLE_REFUSED: u32 = 1;
+    /// The provider sent mostly bad signatures.
+    pub const BAD_SIGNATURES: u32 = 2;
+    /// The AM is shutting down.
+    pub const SHUTTING_DOWN: u32 = 3;
+}
+
+/// What the AM needs to run.
+#[derive(Debug, Clone)]
+pub struct AmSettings {
+    /// This node's name.
+    pub node: Name,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// RocksDB folder.
+    pub data: PathBuf,
+    /// The operator CA, DER.
+    pub ca_der: Vec<u8>,
+    /// The AM's certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// The AM's key (signs User Credentials; serves TLS).
+    pub signing_key: SigningKey,
+    /// Bounds and policies.
+    pub ingest: IngestConfig,
+}
+
+struct Context {
+    ca: TrustedCa,
+    ingest_pipeline: Ingest,
+    signing_key: SigningKey,
+    ingest: IngestConfig,
+    connections: AtomicUsize,
+}
+
+/// Run the AM until `shutdown` completes, then drain and stop. `ready` is
+/// called once with the bound address, after recovery, when accepting.
+pub async fn run(
+    settings: AmSettings,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let ingest = settings.ingest.clone();
+    std::fs::create_dir_all(&settings.data).with_context(|| format!("creating {}", settings.data.display()))?;
+    let store = Arc::new(Store::open(&settings.data).with_context(|| format!("opening {}", settings.data.display()))?);
+    let ingest_pipeline = Ingest::start(store.clone(), &ingest)?;
+    tracing::info!(sessions = ingest_pipeline.table.len(), "recovered");
+
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(ingest.streams_per_connection_max.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(ingest.stream_receive_window_bytes.into())
+        .receive_window(ingest.connection_receive_window_bytes.into())
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(60)).context("idle timeout")?,
+        ))
+        .keep_alive_interval(Some(Duration::from_secs(15)));
+    let key_der = settings.signing_key.to_pkcs8_der().context("encoding the AM key")?;
+    let server_config = tls::server_config(
+        &settings.ca_der,
+        settings.certificate_der.clone(),
+        key_der,
+        Arc::new(transport),
+    )
+    .context("building the TLS configuration")?;
+    let endpoint = quinn::Endpoint::server(server_config, settings.listen)
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let local_addr = endpoint.local_addr().context("reading the bound address")?;
+
+    let context = Arc::new(Context {
+        ca: TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?,
+        ingest_pipeline,
+        signing_key: settings.signing_key.clone(),
+        ingest: ingest.clone(),
+        connections: AtomicUsize::new(0),
+    });
+    let (stop_sender, stop) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    ready(local_addr);
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if context.connections.load(Ordering::Relaxed) >= context.ingest.connections_max {
+                    metrics::counter!("acct_connections_refused_total").increment(1);
+                    incoming.refuse();
+                    continue;
+                }
+                context.connections.fetch_add(1, Ordering::Relaxed);
+                let context = context.clone();
+                let stop = stop.clone();
+                connections.spawn(async move {
+                    handle_connection(incoming, &context, stop).await;
+                    context.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+
+    tracing::info!("shutting down: draining in-flight messages");
+    endpoint.set_server_config(None);
+    let _ = stop_sender.send(true);
+    let deadline = Duration::from_secs(ingest.drain_deadline_s);
+    if tokio::time::timeout(deadline, async { while connections.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; closing the remaining connections");
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+    endpoint.close(close_code::SHUTTING_DOWN.into(), b"shutting down");
+    let Ok(context) = Arc::try_unwrap(context) else {
+        anyhow::bail!("a connection task outlived the drain");
+    };
+    tokio::task::spawn_blocking(move || context.ingest_pipeline.shutdown())
+        .await
+        .context("joining the pipeline threads")?;
+    drop(store);
+    endpoint.wait_idle().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, stop: watch::Receiver<bool>) {
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            metrics::counter!("acct_handshakes_failed_total").increment(1);
+            tracing::debug!(%error, "handshake failed");
+            return;
+        }
+    };
+    let identity = connection
+        .peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| {
+            chain
+                .first()
+                .map(|certificate| context.ca.identify(certificate, now_s()))
+        });
+    let identity = match identity {
+        Some(Ok(identity)) if matches!(identity.role, Role::Provider | Role::AccountingManager) => identity,
+        other => {
+            tracing::info!(remote = %connection.remote_address(), reason = ?other.map(|result| result.map(|identity| identity.role)), "connection refused: no provider or admin identity");
+            connection.close(close_code::ROLE_REFUSED.into(), b"certificate role may not connect");
+            return;
+        }
+    };
+    let span = tracing::info_span!("connection", peer = %identity.name, role = identity.role.as_str(), remote = %connection.remote_address());
+    serve_connection(connection, identity, context, stop)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_connection(
+    connection: quinn::Connection,
+    identity: wire::CertifiedIdentity,
+    context: &Arc<Context>,
+    stop: watch::Receiver<bool>,
+) {
+    metrics::gauge!("acct_connections").increment(1.0);
+    tracing::debug!("connected");
+    let provider = ProviderConnection::new(identity.name.clone(), identity.public_key);
+    let mut streams = JoinSet::new();
+    let mut stop_watch = stop.clone();
+    loop {
+        tokio::select! {
+            changed = stop_watch.changed() => {
+                if changed.is_err() || *stop_watch.borrow() { break; }
+            }
+            accepted = connection.accept_bi() => {
+                let Ok((send, receive)) = accepted else { break };
+                let context = context.clone();
+                let stop = stop.clone();
+                if identity.role == Role::AccountingManager {
+                    streams.spawn(admin_stream(send, receive, context, stop));
+                } else {
+                    let provider = provider.clone();
+                    let connection = connection.clone();
+                    streams.spawn(async move {
+                        provider_stream(send, receive, &context, &provider, stop).await;
+                        if provider.is_abusive() {
+                            tracing::warn!("disconnecting: mostly bad signatures");
+                            metrics::counter!("acct_connections_abusive_total").increment(1);
+                            connection.close(close_code::BAD_SIGNATURES.into(), b"too many bad signatures");
+                        }
+                    });
+                }
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    metrics::gauge!("acct_connections").decrement(1.0);
+    connection.close(close_code::DONE.into(), b"");
+}
+
+/// One provider stream: read frames, admit, queue for verification; a
+/// companion task writes the acks. Returns when the stream ends, fails, the
+/// provider is found abusive, or shutdown asks it to stop, and only after
+/// every admitted message was answered.
+async fn provider_stream(
+    mut send: quinn::SendStream,
+    mut receive: quinn::RecvStream,
+    context: &Arc<Context>,
+    provider: &Arc<ProviderConnection>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let inflight_max = context.ingest.stream_inflight_messages_max.max(1);
+    let inflight = Arc::new(Semaphore::new(inflight_max));
+    let (ack_sender, mut ack_input) = mpsc::channel::<AckEntry>(inflight_max);
+    let (error_sender, error_input) = tokio::sync::oneshot::channel::<ErrorMessage>();
+    let writer_inflight = inflight.clone();
+    let writer = tokio::spawn(async move {
+        let mut frame = BytesMut::with_capacity(16 * 1024);
+        let mut entries = Vec::with_capacity(wire::limits::ACK_ENTRIES_MAX);
+        loop {
+            let Some(first) = ack_input.recv().await else { break };
+            entries.push(first);
+            while entries.len() < wire::limits::ACK_ENTRIES_MAX {
+                match ack_input.try_recv() {
+                    Ok(entry) => entries.push(entry),
+                    Err(_) => break,
+                }
+            }
+            let count = entries.len();
+            frame.clear();
+            AccountingAck {
+                entries: std::mem::take(&mut entries),
+            }
+            .encode_frames(&mut frame);
+            if send.write_all(&frame).await.is_err() {
+                // The provider is gone; what was stored stays stored and is
+                // acked as duplicate when it is sent again.
+                writer_inflight.add_permits(count);
+                while let Some(_entry) = ack_input.recv().await {
+                    writer_inflight.add_permits(1);
+                }
+                return;
+            }
+            writer_inflight.add_permits(count);
+        }
+        if let Ok(error) = error_input.await {
+            frame.clear();
+            error.encode_frame(&mut frame);
+            let _ = send.write_all(&frame).await;
+        }
+        let _ = send.finish();
+    });
+
+    let decoder = FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX);
+    let mut buffer = BytesMut::with_capacity(8 * 1024);
+    let mut fatal: Option<ErrorMessage> = None;
+    let mut abuse_check = tokio::time::interval(ABUSE_CHECK_INTERVAL);
+    abuse_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'stream: loop {
+        loop {
+            let frame = match decoder.next_frame(&mut buffer) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    metrics::counter!("acct_frames_malformed_total").increment(1);
+                    fatal = Some(frame_error(&error));
+                    break 'stream;
+                }
+            };
+            let message = match frame.decode() {
+                Ok(Message::Accounting(message)) => message,
+                Ok(other) => {
+                    fatal = Some(ErrorMessage::new(
+                        ErrorCode::UNEXPECTED_MESSAGE,
+                        &format!(
+                            "a provider stream carries accounting only, not type 0x{:02x}",
+                            other.message_type().0
+                        ),
+                    ));
+                    break 'stream;
+                }
+                Err(error) => {
+                    metrics::counter!("acct_frames_malformed_total").increment(1);
+                    fatal = Some(ErrorMessage::new(ErrorCode::MALFORMED_FRAME, &error.to_string()));
+                    break 'stream;
+                }
+            };
+            // One permit per admitted message, returned when its ack is
+            // written: at the bound we stop reading and QUIC holds the provider.
+            let permit = tokio::select! {
+                permit = inflight.clone().acquire_owned() => permit,
+                _ = stop.changed() => break 'stream,
+            };
+            let Ok(permit) = permit else { break 'stream };
+            permit.forget();
+            let message_id = message.value().message_id();
+            let session = context.ingest_pipeline.table.get(&message.value().session_id);
+            if let Err(status) = session::admit(session.as_deref(), &provider.name) {
+                metrics::counter!("acct_messages_total", "outcome" => "rejected").increment(1);
+                let _ = ack_sender.try_send(AckEntry { message_id, status });
+                continue;
+            }
+            let Some(session) = session else { continue };
+            let pending = Pending {
+                message,
+                session,
+                connection: provider.clone(),
+                received_ms: now_ms(),
+                reply: ack_sender.clone(),
+            };
+            let wait = Duration::from_millis(context.ingest.admission_wait_ms);
+            match tokio::time::timeout(wait, context.ingest_pipeline.verify_queue().send(pending)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_closed)) => {
+                    let _ = ack_sender.try_send(AckEntry {
+                        message_id,
+                        status: AckStatus::SHUTTING_DOWN,
+                    });
+                    break 'stream;
+                }
+                Err(_elapsed) => {
+                    metrics::counter!("acct_messages_total", "outcome" => "busy").increment(1);
+                    let _ = ack_sender.try_send(AckEntry {
+                        message_id,
+                        status: AckStatus::BUSY,
+                    });
+                }
+            }
+            if provider.is_abusive() {
+                break 'stream;
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            chunk = receive.read_chunk(64 * 1024, true) => match chunk {
+                Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+                Ok(None) | Err(_) => break,
+            },
+            _ = stop.changed() => break,
+            // Verdicts arrive after admission: look again while idle.
+            _ = abuse_check.tick() => {
+                if provider.is_abusive() {
+                    break;
+                }
+            }
+        }
+    }
+    match fatal {
+        Some(error) => {
+            let _ = error_sender.send(error);
+            let _ = receive.stop(0u32.into());
+        }
+        // The writer waits for this channel to close after the last ack.
+        None => drop(error_sender),
+    }
+    drop(ack_sender);
+    // Every admitted message holds a clone of the ack sender until answered:
+    // the writer ends once all are answered and written.
+    let _ = writer.await;
+}
+
+/// How often an idle stream checks whether its provider became abusive.
+const ABUSE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+fn frame_error(error: &wire::DecodeError) -> ErrorMessage {
+    let code = match error {
+        wire::DecodeError::FrameTooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+        wire::DecodeError::UnsupportedVersion(_) => ErrorCode::UNSUPPORTED_VERSION,
+        wire::DecodeError::UnknownMessageType(_) => ErrorCode::UNKNOWN_MESSAGE_TYPE,
+        _ => ErrorCode::MALFORMED_FRAME,
+    };
+    ErrorMessage::new(code, &error.to_string())
+}
+
+/// An admin stream: open sessions on the operator's behalf.
+async fn admin_stream(
+    mut send: quinn::SendStream,
+    mut receive: quinn::RecvStream,
+    context: Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let decoder = FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX);
+    let mut buffer = BytesMut::with_capacity(1024);
+    let mut out = BytesMut::with_capacity(1024);
+    loop {
+        while let Some(frame) = match decoder.next_frame(&mut buffer) {
+            Ok(frame) => frame,
+            Err(error) => {
+                frame_error(&error).encode_frame(&mut out);
+                let _ = send.write_all(&out).await;
+                let _ = send.finish();
+                return;
+            }
+        } {
+            out.clear();
+            match frame.decode() {
+                Ok(Message::AdminOpenSession(request)) => match open_session(&context, request).await {
+                    Ok(credential) => credential.encode_frame(&mut out),
+                    Err(error) => error.encode_frame(&mut out),
+                },
+                Ok(_) | Err(_) => {
+                    ErrorMessage::new(
+                        ErrorCode::UNEXPECTED_MESSAGE,
+                        "an admin stream carries admin requests only",
+                    )
+                    .encode_frame(&mut out);
+                }
+            }
+            if send.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            chunk = receive.read_chunk(16 * 1024, true) => match chunk {
+                Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+                Ok(None) | Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Mint a session: fresh id and key, the User Credential signed by the AM,
+/// stored durably by the committer before it is returned.
+async fn open_session(
+    context: &Arc<Context>,
+    request: AdminOpenSession,
+) -> Result<Signed<UserCredential>, ErrorMessage> {
+    if context.ingest_pipeline.table.len() >= context.ingest.sessions_max {
+        return Err(ErrorMessage::new(
+            ErrorCode::BUSY,
+            "the AM holds its maximum number of sessions",
+        ));
+    }
+    let mut session_id = [0u8; 16];
+    let mut session_key = [0u8; 32];
+    getrandom::fill(&mut session_id)
+        .and_then(|()| getrandom::fill(&mut session_key))
+        .map_err(|_| ErrorMessage::new(ErrorCode::INTERNAL, "no randomness"))?;
+    let credential = Signed::sign(
+        UserCredential {
+            session_id: SessionId(session_id),
+            service_id: request.service_id,
+            user_id: request.user_id,
+            user_address: request.user_address,
+            session_key: SessionKey(session_key),
+            policy: request.policy,
+        },
+        &context.signing_key,
+    )
+    .map_err(|error| ErrorMessage::new(ErrorCode::UNEXPECTED_MESSAGE, &error.to_string()))?;
+    let session = SessionInfo::new(request.provider, credential.clone(), now_ms());
+    context
+        .ingest_pipeline
+        .open_session(session)
+        .await
+        .map(|()| credential)
+        .map_err(|detail| ErrorMessage::new(ErrorCode::OUT_OF_SPACE, &detail))
+}

@@ -1,0 +1,437 @@
+//! The AM's durable state in RocksDB.
+//!
+//! Column families (keys big-endian so RocksDB's order is numeric order):
+//!
+//! | family | key | value |
+//! |---|---|---|
+//! | `sessions` | session id (16) | [`StoredSession`]: provider, creation time, the signed User Credential; written once |
+//! | `progress` | session id (16) | [`SessionProgress`], 65 bytes; rewritten with every commit group that touches the session |
+//! | `records` | commit sequence (u64) | [`StoredRecord`]: one accounting message as received, with what the AM knew |
+//! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of SHA-256 over the message body |
+//! | `meta` | name | counters (`next_commit_sequence`) |
+//!
+//! A record, its fingerprint (the dedup marker) and its session's progress
+//! are written in one WriteBatch with a synced WAL: none exists without the
+//! others. Records leave with export; fingerprints and progress stay until
+//! the session is pruned after the dedup window.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use wire::codec::Reader;
+use wire::{DecodeError, Name, SessionId, Signed, UserCredential};
+
+use super::session::{SessionFlags, SessionInfo, SessionProgress};
+
+const SESSIONS: &str = "sessions";
+const PROGRESS: &str = "progress";
+const RECORDS: &str = "records";
+const FINGERPRINTS: &str = "fingerprints";
+const META: &str = "meta";
+const NEXT_COMMIT_SEQUENCE: &[u8] = b"next_commit_sequence";
+
+/// Version byte of every stored value this build writes.
+const STORED_VERSION: u8 = 1;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk is full: writes fail until space returns.
+    #[error("out of disk space: {0}")]
+    OutOfSpace(rocksdb::Error),
+    /// Any other RocksDB failure.
+    #[error("rocksdb: {0}")]
+    Rocks(rocksdb::Error),
+    /// A stored value does not decode: corruption or a newer format.
+    #[error("corrupt stored {what}: {detail}")]
+    Corrupt {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(error: rocksdb::Error) -> Self {
+        let text = error.to_string();
+        if text.contains("No space left") || text.contains("NoSpace") {
+            Self::OutOfSpace(error)
+        } else {
+            Self::Rocks(error)
+        }
+    }
+}
+
+/// A session as stored.
+pub struct StoredSession {
+    /// Fixed info.
+    pub info: Arc<SessionInfo>,
+    /// Dedup state and counters.
+    pub progress: SessionProgress,
+}
+
+/// One stored accounting message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// When the AM received it, Unix ms.
+    pub received_ms: u64,
+    /// The session's flags when it was stored.
+    pub flags: SessionFlags,
+    /// The provider (from its certificate).
+    pub provider: Name,
+    /// The user the session bills.
+    pub user_id: Name,
+    /// The Accounting body exactly as received: fields, then signature.
+    pub body: Bytes,
+}
+
+impl StoredRecord {
+    /// Encode for the `records` family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(32 + self.body.len());
+        out.put_u8(STORED_VERSION);
+        out.put_u64(self.received_ms);
+        out.put_u8(self.flags.0);
+        put_text(&mut out, self.provider.as_str());
+        put_text(&mut out, self.user_id.as_str());
+        out.put_u16(u16::try_from(self.body.len()).unwrap_or(u16::MAX));
+        out.put_slice(&self.body);
+        out.to_vec()
+    }
+
+    /// Decode from the `records` family.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let input = Bytes::copy_from_slice(bytes);
+        let mut reader = Reader::new(&input);
+        let parse = |reader: &mut Reader<'_>| -> Result<Self, DecodeError> {
+            let version = reader.u8("record version")?;
+            if version != STORED_VERSION {
+                return Err(DecodeError::InvalidValue {
+                    field: "record version",
+                    reason: "unknown version",
+                });
+            }
+            let received_ms = reader.u64("received_ms")?;
+            let flags = SessionFlags(reader.u8("flags")?);
+            let provider = Name::new(reader.text_u8(64, "provider")?)?;
+            let user_id = Name::new(reader.text_u8(64, "user_id")?)?;
+            let body = reader.bytes_u16(wire::limits::SMALL_FRAME_BODY_BYTES_MAX, "body")?;
+            Ok(Self {
+                received_ms,
+                flags,
+                provider,
+                user_id,
+                body,
+            })
+        };
+        let record = parse(&mut reader).map_err(|error| corrupt("record", error))?;
+        reader.finish().map_err(|error| corrupt("record", error))?;
+        Ok(record)
+    }
+
+    /// The message, decoded (it was checked when stored).
+    pub fn accounting(&self) -> Result<Signed<wire::Accounting>, StoreError> {
+        Signed::decode_body(self.body.clone()).map_err(|error| corrupt("record body", error))
+    }
+}
+
+/// One commit group's writes, applied atomically.
+#[derive(Default)]
+pub struct GroupWrite {
+    batch: WriteBatch,
+    records: usize,
+}
+
+impl GroupWrite {
+    /// Records in the group.
+    pub fn record_count(&self) -> usize {
+        self.records
+    }
+}
+
+/// The RocksDB store.
+pub struct Store {
+    db: DB,
+}
+
+impl Store {
+    /// Open (creating if missing) the store in `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // Group commit does the batching; RocksDB's own pipelining helps the
+        // single writer overlap WAL and memtable work.
+        options.set_enable_pipelined_write(true);
+        options.set_max_background_jobs(2);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let families = [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, META].map(|name| {
+            let mut family = Options::default();
+            family.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if name == FINGERPRINTS {
+                // Almost every lookup is for a message never seen: a bloom
+                // filter answers those without reading a block.
+                let mut table = rocksdb::BlockBasedOptions::default();
+                table.set_bloom_filter(10.0, false);
+                family.set_block_based_table_factory(&table);
+            }
+            ColumnFamilyDescriptor::new(name, family)
+        });
+        let db = DB::open_cf_descriptors(&options, path, families)?;
+        Ok(Self { db })
+    }
+
+    fn family(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Every family is created in `open`; a missing one is a broken invariant.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} missing after open"))
+    }
+
+    /// Every stored session, for recovery.
+    pub fn load_sessions(&self) -> Result<Vec<StoredSession>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.family(SESSIONS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let (provider, created_ms, credential) = decode_session(&value)?;
+            let progress = match self.db.get_cf(self.family(PROGRESS), &key)? {
+                Some(bytes) => decode_progress(&bytes)?,
+                None => SessionProgress::new(created_ms),
+            };
+            out.push(StoredSession {
+                info: SessionInfo::new(provider, credential, created_ms),
+                progress,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The next commit sequence to assign.
+    pub fn next_commit_sequence(&self) -> Result<u64, StoreError> {
+        Ok(match self.db.get_cf(self.family(META), NEXT_COMMIT_SEQUENCE)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt_text("meta", "next_commit_sequence is not 8 bytes"))?,
+            ),
+            None => 1,
+        })
+    }
+
+    /// Store a new session (synced) before its credential is handed out.
+    pub fn insert_session(&self, info: &SessionInfo, progress: &SessionProgress) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let key = info.session_id().0;
+        batch.put_cf(self.family(SESSIONS), key, encode_session(info));
+        batch.put_cf(self.family(PROGRESS), key, encode_progress(progress));
+        self.write_synced(batch)
+    }
+
+    /// The stored fingerprint of (session, sequence), if any.
+    pub fn fingerprint(&self, session_id: SessionId, sequence: u64) -> Result<Option<[u8; 8]>, StoreError> {
+        let value = self
+            .db
+            .get_pinned_cf(self.family(FINGERPRINTS), fingerprint_key(session_id, sequence))?;
+        Ok(value.and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok()))
+    }
+
+    /// Add a record, its fingerprint and the commit sequence to `group`.
+    pub fn add_record(
+        &self,
+        group: &mut GroupWrite,
+        commit_sequence: u64,
+        record: &StoredRecord,
+        session_id: SessionId,
+        sequence: u64,
+        fingerprint: [u8; 8],
+    ) {
+        group
+            .batch
+            .put_cf(self.family(RECORDS), commit_sequence.to_be_bytes(), record.encode());
+        group.batch.put_cf(
+            self.family(FINGERPRINTS),
+            fingerprint_key(session_id, sequence),
+            fingerprint,
+        );
+        group.batch.put_cf(
+            self.family(META),
+            NEXT_COMMIT_SEQUENCE,
+            (commit_sequence + 1).to_be_bytes(),
+        );
+        group.records += 1;
+    }
+
+    /// Add a session's new progress to `group`.
+    pub fn add_progress(&self, group: &mut GroupWrite, session_id: SessionId, progress: &SessionProgress) {
+        group
+            .batch
+            .put_cf(self.family(PROGRESS), session_id.0, encode_progress(progress));
+    }
+
+    /// Delete a session and its dedup markers (after the dedup window).
+    pub fn add_prune(&self, group: &mut GroupWrite, session_id: SessionId) {
+        group.batch.delete_cf(self.family(SESSIONS), session_id.0);
+        group.batch.delete_cf(self.family(PROGRESS), session_id.0);
+        let start = fingerprint_key(session_id, 0);
+        let end = fingerprint_key(session_id, u64::MAX);
+        group.batch.delete_range_cf(self.family(FINGERPRINTS), start, end);
+        group.batch.delete_cf(self.family(FINGERPRINTS), end);
+    }
+
+    /// Apply a group atomically with the WAL synced: after `Ok`, all of it
+    /// survives a crash; after `Err`, none of it was applied.
+    pub fn commit(&self, group: GroupWrite) -> Result<(), StoreError> {
+        self.write_synced(group.batch)
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Records from `first_commit_sequence` on, in commit order, at most `limit`.
+    pub fn records(&self, first_commit_sequence: u64, limit: usize) -> Result<Vec<(u64, StoredRecord)>, StoreError> {
+        let mut out = Vec::new();
+        let start = first_commit_sequence.to_be_bytes();
+        let iterator = self
+            .db
+            .iterator_cf(self.family(RECORDS), IteratorMode::From(&start, Direction::Forward));
+        for item in iterator.take(limit) {
+            let (key, value) = item?;
+            let commit_sequence = u64::from_be_bytes(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt_text("record key", "not 8 bytes"))?,
+            );
+            out.push((commit_sequence, StoredRecord::decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// Records stored, counted by a full scan (tests and operators).
+    pub fn record_count(&self) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for item in self.db.iterator_cf(self.family(RECORDS), IteratorMode::Start) {
+            item?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+fn fingerprint_key(session_id: SessionId, sequence: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&session_id.0);
+    key[16..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn put_text(out: &mut BytesMut, text: &str) {
+    out.put_u8(u8::try_from(text.len()).unwrap_or(u8::MAX));
+    out.put_slice(text.as_bytes());
+}
+
+fn encode_session(info: &SessionInfo) -> Vec<u8> {
+    let body = info.credential.body();
+    let mut out = BytesMut::with_capacity(16 + body.len());
+    out.put_u8(STORED_VERSION);
+    out.put_u64(info.created_ms);
+    put_text(&mut out, info.provider.as_str());
+    out.put_u16(u16::try_from(body.len()).unwrap_or(u16::MAX));
+    out.put_slice(body);
+    out.to_vec()
+}
+
+fn decode_session(bytes: &[u8]) -> Result<(Name, u64, Signed<UserCredential>), StoreError> {
+    let input = Bytes::copy_from_slice(bytes);
+    let mut reader = Reader::new(&input);
+    let parse = |reader: &mut Reader<'_>| -> Result<(Name, u64, Signed<UserCredential>), DecodeError> {
+        let version = reader.u8("session version")?;
+        if version != STORED_VERSION {
+            return Err(DecodeError::InvalidValue {
+                field: "session version",
+                reason: "unknown version",
+            });
+        }
+        let created_ms = reader.u64("created_ms")?;
+        let provider = Name::new(reader.text_u8(64, "provider")?)?;
+        let body = reader.bytes_u16(wire::limits::SMALL_FRAME_BODY_BYTES_MAX, "credential")?;
+        Ok((provider, created_ms, Signed::decode_body(body)?))
+    };
+    let session = parse(&mut reader).map_err(|error| corrupt("session", error))?;
+    reader.finish().map_err(|error| corrupt("session", error))?;
+    Ok(session)
+}
+
+const PROGRESS_BYTES: usize = 1 + 8 * 7 + 1;
+
+fn encode_progress(progress: &SessionProgress) -> [u8; PROGRESS_BYTES] {
+    let mut out = BytesMut::with_capacity(PROGRESS_BYTES);
+    out.put_u8(STORED_VERSION);
+    out.put_u64(progress.sequence_max);
+    out.put_u64(progress.window);
+    out.put_u64(progress.message_count);
+    out.put_u64(progress.requests_total);
+    out.put_u64(progress.last_message_ms);
+    // 0 encodes "none": sequences start at 1, and a close at time 0 is impossible.
+    out.put_u64(progress.final_sequence.unwrap_or(0));
+    out.put_u64(progress.closed_ms.unwrap_or(0));
+    out.put_u8(progress.flags.0);
+    let mut array = [0u8; PROGRESS_BYTES];
+    array.copy_from_slice(&out);
+    array
+}
+
+fn decode_progress(bytes: &[u8]) -> Result<SessionProgress, StoreError> {
+    let input = Bytes::copy_from_slice(bytes);
+    let mut reader = Reader::new(&input);
+    let parse = |reader: &mut Reader<'_>| -> Result<SessionProgress, DecodeError> {
+        if reader.u8("progress version")? != STORED_VERSION {
+            return Err(DecodeError::InvalidValue {
+                field: "progress version",
+                reason: "unknown version",
+            });
+        }
+        let sequence_max = reader.u64("sequence_max")?;
+        let window = reader.u64("window")?;
+        let message_count = reader.u64("message_count")?;
+        let requests_total = reader.u64("requests_total")?;
+        let last_message_ms = reader.u64("last_message_ms")?;
+        let final_sequence = reader.u64("final_sequence")?;
+        let closed_ms = reader.u64("closed_ms")?;
+        let flags = SessionFlags(reader.u8("flags")?);
+        Ok(SessionProgress {
+            sequence_max,
+            window,
+            message_count,
+            requests_total,
+            last_message_ms,
+            final_sequence: (final_sequence != 0).then_some(final_sequence),
+            closed_ms: (closed_ms != 0).then_some(closed_ms),
+            flags,
+        })
+    };
+    let progress = parse(&mut reader).map_err(|error| corrupt("progress", error))?;
+    reader.finish().map_err(|error| corrupt("progress", error))?;
+    Ok(progress)
+}
+
+fn corrupt(what: &'static str, error: DecodeError) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: error.to_string(),
+    }
+}
+
+fn corrupt_text(what: &'static str, detail: &str) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: detail.to_owned(),
+    }
+}

@@ -1,0 +1,60 @@
+//! TLS 1.3 for QUIC: the AM's server config (client certificates from the
+//! operator's CA required) and a client config for peers.
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// The ALPN of protocol version 1.
+pub const ALPN: &[u8] = b"acct/1";
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the certificates or keys.
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// quinn refused the rustls config.
+    #[error("quic crypto: {0}")]
+    Quic(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(ca_der.to_vec()))?;
+    Ok(Arc::new(roots))
+}
+
+/// The AM's QUIC server config: TLS 1.3 only, ALPN `acct/1`, client
+/// certificates required and verified against the CA during the handshake.
+pub fn server_config(
+    ca_der: &[u8],
+    certificate_der: Vec<u8>,
+    key_pkcs8_der: Vec<u8>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider.clone()).build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(certificate_der)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8_der)),
+        )?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(|error| TlsError::Quic(error.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport);
+    Ok(server)
+}

@@ -1,0 +1,271 @@
+//! A provider's (or the operator's) QUIC connection to the AM: mutual TLS
+//! 1.3 with a certificate from the operator's CA, ALPN `acct/1`.
+//!
+//! Accounting goes on long-lived bidirectional streams: frames out, acks
+//! back on the same stream, many messages in flight. [`AccountingStream`]
+//! splits into a sender and an ack receiver so both can run at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use wire::limits::SMALL_FRAME_BODY_BYTES_MAX;
+use wire::{
+    Accounting, AckEntry, AdminOpenSession, DecodeError, ErrorMessage, FrameDecoder, Message, Signed, SigningKey,
+    UserCredential,
+};
+
+/// The ALPN of protocol version 1.
+pub const ALPN: &[u8] = b"acct/1";
+
+/// The name the AM's certificate is checked against.
+pub const AM_SERVER_NAME: &str = "localhost";
+
+/// Why talking to the AM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TLS configuration refused the certificates or key.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Connecting failed (handshake refused, unreachable).
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The connection or stream failed.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The AM sent bytes that do not decode.
+    #[error("the AM sent a malformed frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// The AM answered with an Error message.
+    #[error("the AM answered {:?}: {}", .0.code, .0.detail)]
+    Refused(ErrorMessage),
+    /// The AM answered with a message that makes no sense here.
+    #[error("unexpected message type 0x{0:02x}")]
+    Unexpected(u8),
+}
+
+/// Certificates and key of the connecting party.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The operator CA, DER (verifies the AM).
+    pub ca_der: Vec<u8>,
+    /// This party's certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// This party's Ed25519 key.
+    pub signing_key: SigningKey,
+}
+
+/// A connection to the AM.
+pub struct AmClient {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    /// Whether the endpoint was made for this connection alone.
+    owns_endpoint: bool,
+}
+
+impl AmClient {
+    /// Connect to the AM at `address` (loopback or not) with `identity`, on
+    /// an endpoint (UDP socket) of its own.
+    pub async fn connect(address: SocketAddr, identity: &ClientIdentity) -> Result<Self, ClientError> {
+        let endpoint = client_endpoint(identity, address.is_ipv6())?;
+        let mut client = Self::connect_on(&endpoint, address).await?;
+        client.owns_endpoint = true;
+        Ok(client)
+    }
+
+    /// Connect on a shared endpoint made by [`client_endpoint`]: many
+    /// connections, one socket.
+    pub async fn connect_on(endpoint: &quinn::Endpoint, address: SocketAddr) -> Result<Self, ClientError> {
+        let endpoint = endpoint.clone();
+        let connection = endpoint
+            .connect(address, AM_SERVER_NAME)
+            .map_err(|error| ClientError::Connect(error.to_string()))?
+            .await
+            .map_err(|error| ClientError::Connect(error.to_string()))?;
+        Ok(Self {
+            endpoint,
+            connection,
+            owns_endpoint: false,
+        })
+    }
+
+    /// Open a stream for accounting.
+    pub async fn open_accounting(&self) -> Result<AccountingStream, ClientError> {
+        let (send, receive) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|error| ClientError::Connection(error.to_string()))?;
+        Ok(AccountingStream {
+            sender: AccountingSender {
+                send,
+                frame: BytesMut::new(),
+            },
+            receiver: AckReceiver {
+                receive,
+                buffer: BytesMut::new(),
+                decoder: FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX),
+            },
+        })
+    }
+
+    /// Ask the AM to open a session (the operator's admin role only).
+    pub async fn open_session(&self, request: &AdminOpenSession) -> Result<Signed<UserCredential>, ClientError> {
+        let stream = self.open_accounting().await?;
+        let (mut sender, mut receiver) = (stream.sender, stream.receiver);
+        let mut frame = BytesMut::new();
+        request.encode_frame(&mut frame);
+        sender.send_raw(&frame).await?;
+        let answer = receiver.next_message().await?;
+        let _ = sender.finish();
+        match answer {
+            Some(Message::UserCredential(credential)) => Ok(credential),
+            Some(Message::Error(error)) => Err(ClientError::Refused(error)),
+            Some(other) => Err(ClientError::Unexpected(other.message_type().0)),
+            None => Err(ClientError::Connection("stream ended without an answer".into())),
+        }
+    }
+
+    /// Close the connection; on an endpoint of its own, wait (bounded) for
+    /// the close to reach the AM.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"done");
+        if self.owns_endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        }
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.connection.close_reason().map(|reason| reason.to_string())
+    }
+}
+
+/// An accounting stream, to split into its two halves.
+pub struct AccountingStream {
+    /// Sends accounting frames.
+    pub sender: AccountingSender,
+    /// Receives acks.
+    pub receiver: AckReceiver,
+}
+
+/// The sending half of an accounting stream.
+pub struct AccountingSender {
+    send: quinn::SendStream,
+    frame: BytesMut,
+}
+
+impl AccountingSender {
+    /// Send messages as frames in one write.
+    pub async fn send(&mut self, messages: &[Signed<Accounting>]) -> Result<(), ClientError> {
+        self.frame.clear();
+        for message in messages {
+            message.encode_frame(&mut self.frame);
+        }
+        let frame = std::mem::take(&mut self.frame);
+        let result = self.send_raw(&frame).await;
+        self.frame = frame;
+        result
+    }
+
+    /// Send raw bytes (tests use this for malformed frames).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|error| ClientError::Connection(error.to_string()))
+    }
+
+    /// Say no more frames follow.
+    pub fn finish(&mut self) -> Result<(), ClientError> {
+        self.send
+            .finish()
+            .map_err(|error| ClientError::Connection(error.to_string()))
+    }
+}
+
+/// What arrives on an accounting stream.
+#[derive(Debug)]
+pub enum Received {
+    /// Answers for accounting messages.
+    Acks(Vec<AckEntry>),
+    /// The AM closes the stream with this error.
+    Error(ErrorMessage),
+}
+
+/// The receiving half of an accounting stream.
+pub struct AckReceiver {
+    receive: quinn::RecvStream,
+    buffer: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl AckReceiver {
+    /// The next acks or error; `None` when the AM finished the stream.
+    pub async fn next(&mut self) -> Result<Option<Received>, ClientError> {
+        match self.next_message().await? {
+            None => Ok(None),
+            Some(Message::AccountingAck(ack)) => Ok(Some(Received::Acks(ack.entries))),
+            Some(Message::Error(error)) => Ok(Some(Received::Error(error))),
+            Some(other) => Err(ClientError::Unexpected(other.message_type().0)),
+        }
+    }
+
+    async fn next_message(&mut self) -> Result<Option<Message>, ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame(&mut self.buffer)? {
+                return Ok(Some(frame.decode()?));
+            }
+            match self.receive.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(ClientError::Connection(error.to_string())),
+            }
+        }
+    }
+}
+
+/// A client endpoint on an ephemeral local port that connects as `identity`.
+pub fn client_endpoint(identity: &ClientIdentity, ipv6: bool) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if ipv6 {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|error| ClientError::Connect(error.to_string()))?;
+    endpoint.set_default_client_config(client_config(identity)?);
+    Ok(endpoint)
+}
+
+fn client_config(identity: &ClientIdentity) -> Result<quinn::ClientConfig, ClientError> {
+    let tls = |error: rustls::Error| ClientError::Tls(error.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(identity.ca_der.clone())).map_err(tls)?;
+    let key = identity
+        .signing_key
+        .to_pkcs8_der()
+        .map_err(|error| ClientError::Tls(error.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(identity.certificate_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )
+        .map_err(tls)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config)
+        .map_err(|error| ClientError::Tls(error.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_concurrent_uni_streams(0u32.into());
+    client.transport_config(Arc::new(transport));
+    Ok(client)
+}
