@@ -20,9 +20,13 @@ use wire::{
 };
 
 const PROVIDERS: usize = 64;
+/// The pipeline's default verification batch, used for the ceiling too: the
+/// fastest batch size measured (docs/performance.md).
+const VERIFY_BATCH: usize = 1024;
 const SESSIONS_PER_PROVIDER: usize = 16;
-/// Messages per criterion iteration.
-const CHUNK: usize = 4096;
+/// Messages per criterion iteration: large enough that the pipeline's
+/// fill and drain at the ends of an iteration are a small part of it.
+const CHUNK: usize = 32_768;
 
 struct Fixture {
     ingest: Ingest,
@@ -37,6 +41,7 @@ fn fixture() -> Fixture {
     let store = Arc::new(Store::open(folder.path()).unwrap());
     let settings = IngestConfig {
         verify_threads: std::thread::available_parallelism().map_or(1, usize::from),
+        verify_batch_messages_max: VERIFY_BATCH,
         ..IngestConfig::default()
     };
     let ingest = Ingest::start(store, &settings).unwrap();
@@ -118,14 +123,42 @@ fn messages(fixture: &mut Fixture, count: usize) -> Vec<(usize, Arc<SessionInfo>
         .collect()
 }
 
+/// Messages signed before measuring, so that signing never shares the CPU
+/// with a timed iteration; refilled (untimed) if criterion asks for more.
+struct Pool {
+    messages: Vec<(usize, Arc<SessionInfo>, Signed<wire::Accounting>)>,
+}
+
+impl Pool {
+    fn take(
+        &mut self,
+        fixture: &mut Fixture,
+        count: usize,
+    ) -> Vec<(usize, Arc<SessionInfo>, Signed<wire::Accounting>)> {
+        if self.messages.len() < count {
+            let more = messages(fixture, count - self.messages.len());
+            self.messages.extend(more);
+        }
+        let keep = self.messages.len() - count;
+        self.messages.split_off(keep)
+    }
+}
+
+/// Messages signed ahead of the measurement (more are signed, untimed,
+/// when an iteration needs them).
+const POOL_MESSAGES: usize = 4 * CHUNK;
+
 fn pipeline(c: &mut Criterion) {
     let mut fixture = fixture();
+    let mut pool = Pool {
+        messages: messages(&mut fixture, POOL_MESSAGES),
+    };
     let mut group = c.benchmark_group("ingest");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(CHUNK as u64));
     group.bench_function("durable_acks", |b| {
         b.iter_custom(|iters| {
-            let batch = messages(&mut fixture, CHUNK * iters as usize);
+            let batch = pool.take(&mut fixture, CHUNK * iters as usize);
             let total = batch.len();
             let (ack_sender, mut acks) = mpsc::channel(total.max(1));
             let queue = fixture.ingest.verify_queue().clone();
@@ -160,7 +193,7 @@ fn pipeline(c: &mut Criterion) {
     });
     group.bench_function("verification_ceiling", |b| {
         b.iter_custom(|iters| {
-            let batch = messages(&mut fixture, CHUNK * iters as usize);
+            let batch = pool.take(&mut fixture, CHUNK * iters as usize);
             let keys: Vec<wire::PublicKey> = fixture.connections.iter().map(|connection| connection.key).collect();
             let threads = std::thread::available_parallelism().map_or(1, usize::from);
             let started = Instant::now();
@@ -168,7 +201,7 @@ fn pipeline(c: &mut Criterion) {
                 for part in batch.chunks(batch.len().div_ceil(threads).max(1)) {
                     let keys = &keys;
                     scope.spawn(move || {
-                        for chunk in part.chunks(256) {
+                        for chunk in part.chunks(VERIFY_BATCH) {
                             let items: Vec<_> = chunk
                                 .iter()
                                 .map(|(provider, _, message)| message.batch_item(&keys[*provider]))

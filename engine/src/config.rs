@@ -69,7 +69,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             verify_threads: 0,
-            verify_batch_messages_max: 256,
+            verify_batch_messages_max: 1_024,
             verify_queue_messages_max: 16_384,
             commit_queue_messages_max: 16_384,
             commit_group_messages_max: 4_096,
@@ -193,7 +193,7 @@ data = "data"
 [ingest]
 # Every bound of the ingest path; the values shown are the defaults.
 # verify_threads = 0                      # 0: one per CPU
-# verify_batch_messages_max = 256
+# verify_batch_messages_max = 1024
 # verify_queue_messages_max = 16384
 # commit_queue_messages_max = 16384
 # commit_group_messages_max = 4096        # messages per WAL sync

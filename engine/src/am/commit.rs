@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use sha2::{Digest, Sha256};
 use wire::{AckEntry, AckStatus, MessageId, SessionId};
 
 use super::pipeline::{AckSender, CommitCommand, SessionTable, Verified};
@@ -140,7 +139,7 @@ impl Committer {
             let item = verified.pending();
             let message = item.message.value();
             let message_id = message.message_id();
-            let fingerprint = fingerprint(item.message.body());
+            let fingerprint = fingerprint(item.message.signature());
             let outcome = match self.decide(&staged, &pending, item, fingerprint, now) {
                 Ok(Decision::New(mut progress)) => {
                     let flags = progress.flags;
@@ -331,11 +330,16 @@ impl Decision {
     }
 }
 
-/// The dedup fingerprint: the first 8 bytes of SHA-256 over the body.
-pub fn fingerprint(body: &[u8]) -> [u8; 8] {
-    let digest = Sha256::digest(body);
+/// The dedup fingerprint of a verified message: the first 8 bytes of its
+/// signature (the encoding of R). RFC 8032 signing is deterministic, so the
+/// same message from the same key has the same signature, and R depends on
+/// a hash of the content, so different content has a different R: no hash
+/// to compute. A provider that signs the same content twice with random
+/// nonces gets CONFLICTING_DUPLICATE, which is still refused, never stored
+/// twice; the protocol requires retransmitting the same bytes.
+pub fn fingerprint(signature: &[u8; 64]) -> [u8; 8] {
     let mut out = [0u8; 8];
-    out.copy_from_slice(&digest[..8]);
+    out.copy_from_slice(&signature[..8]);
     out
 }
 

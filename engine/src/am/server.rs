@@ -353,22 +353,29 @@ async fn provider_stream(
                 received_ms: now_ms(),
                 reply: ack_sender.clone(),
             };
-            let wait = Duration::from_millis(context.ingest.admission_wait_ms);
-            match tokio::time::timeout(wait, context.ingest_pipeline.verify_queue().send(pending)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_closed)) => {
-                    let _ = ack_sender.try_send(AckEntry {
-                        message_id,
-                        status: AckStatus::SHUTTING_DOWN,
-                    });
-                    break 'stream;
+            // Try first: a timer per message would cost more than the send.
+            let queue = context.ingest_pipeline.verify_queue();
+            let queued = match queue.try_send(pending) {
+                Ok(()) => Ok(()),
+                Err(async_channel::TrySendError::Closed(_)) => Err(AckStatus::SHUTTING_DOWN),
+                Err(async_channel::TrySendError::Full(pending)) => {
+                    let wait = Duration::from_millis(context.ingest.admission_wait_ms);
+                    match tokio::time::timeout(wait, queue.send(pending)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(_closed)) => Err(AckStatus::SHUTTING_DOWN),
+                        Err(_elapsed) => Err(AckStatus::BUSY),
+                    }
                 }
-                Err(_elapsed) => {
-                    metrics::counter!("acct_messages_total", "outcome" => "busy").increment(1);
-                    let _ = ack_sender.try_send(AckEntry {
-                        message_id,
-                        status: AckStatus::BUSY,
-                    });
+            };
+            match queued {
+                Ok(()) => {}
+                Err(status) => {
+                    let outcome = if status == AckStatus::BUSY { "busy" } else { "retry" };
+                    metrics::counter!("acct_messages_total", "outcome" => outcome).increment(1);
+                    let _ = ack_sender.try_send(AckEntry { message_id, status });
+                    if status == AckStatus::SHUTTING_DOWN {
+                        break 'stream;
+                    }
                 }
             }
             if provider.is_abusive() {

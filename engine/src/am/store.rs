@@ -7,7 +7,7 @@
 //! | `sessions` | session id (16) | [`StoredSession`]: provider, creation time, the signed User Credential; written once |
 //! | `progress` | session id (16) | [`SessionProgress`], 65 bytes; rewritten with every commit group that touches the session |
 //! | `records` | commit sequence (u64) | [`StoredRecord`]: one accounting message as received, with what the AM knew |
-//! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of SHA-256 over the message body |
+//! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of the message's signature |
 //! | `meta` | name | counters (`next_commit_sequence`) |
 //!
 //! A record, its fingerprint (the dedup marker) and its session's progress
@@ -166,12 +166,38 @@ impl Store {
         // Group commit does the batching; RocksDB's own pipelining helps the
         // single writer overlap WAL and memtable work.
         options.set_enable_pipelined_write(true);
+        // One writer (the committer): memtables need no concurrent inserts,
+        // which lets the column families below use cheaper memtables.
+        options.set_allow_concurrent_memtable_write(false);
         options.set_max_background_jobs(2);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let families = [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, META].map(|name| {
             let mut family = Options::default();
             family.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if name == RECORDS || name == FINGERPRINTS {
+                // Signatures and ids do not compress: spend no CPU trying.
+                // Records are written once and leave with export, so
+                // universal compaction rewrites them far less than levels.
+                family.set_compression_type(rocksdb::DBCompressionType::None);
+                family.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+                family.set_write_buffer_size(128 * 1024 * 1024);
+            }
+            if name == RECORDS || name == PROGRESS {
+                // Append-only vector memtables insert in O(1) and are sorted
+                // once, at flush. Records: keys are commit sequences, only
+                // export reads them. Progress: rewritten by every commit
+                // group and read only at start.
+                family.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+            }
             if name == FINGERPRINTS {
+                // Keys are session id ‖ sequence: a hash of small per-session
+                // skip lists inserts without searching one big list.
+                family.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(16));
+                family.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+                    bucket_count: 1 << 20,
+                    height: 4,
+                    branching_factor: 4,
+                });
                 // Almost every lookup is for a message never seen: a bloom
                 // filter answers those without reading a block.
                 let mut table = rocksdb::BlockBasedOptions::default();

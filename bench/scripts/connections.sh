@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The AM's memory with many provider connections: start `acct serve` (release)
+# on a fresh data directory, hold N connections open (each with one stream
+# that sent one message and got its ack), and report the AM's peak RSS.
+#
+#   bash bench/scripts/connections.sh 10000
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+connections="${1:-10000}"
+target="${CARGO_TARGET_DIR:-target}"
+# The same package selection as every release build here, so that cargo
+# reuses the compiled RocksDB (another selection changes host features).
+cargo build --release -p acct -p bench --bins --benches >/dev/null
+data="$(mktemp -d)"
+trap 'kill "$am_pid" 2>/dev/null || true; rm -rf "$data"' EXIT
+"$target/release/acct" serve --data "$data" --listen 127.0.0.1:0 >"$data/stdout" 2>"$data/stderr" &
+am_pid=$!
+for _ in $(seq 1 600); do
+  grep -q "listening on" "$data/stdout" 2>/dev/null && break
+  sleep 0.1
+done
+address="$(sed -n 's/^acct serve: listening on //p' "$data/stdout")"
+[ -n "$address" ] || { echo "acct serve did not start"; cat "$data/stderr"; exit 1; }
+idle_kib="$(awk '/VmRSS/ {print $2}' /proc/$am_pid/status)"
+"$target/release/hold_connections" --am "$address" --pki "$data/pki" --connections "$connections" --hold-seconds 5 &
+holder=$!
+peak_kib=0
+while kill -0 "$holder" 2>/dev/null; do
+  rss="$(awk '/VmRSS/ {print $2}' /proc/$am_pid/status)"
+  [ "$rss" -gt "$peak_kib" ] && peak_kib="$rss"
+  sleep 0.2
+done
+wait "$holder"
+hwm_kib="$(awk '/VmHWM/ {print $2}' /proc/$am_pid/status)"
+echo "{\"connections\": $connections, \"am_idle_rss_kib\": $idle_kib, \"am_rss_peak_sampled_kib\": $peak_kib, \"am_vmhwm_kib\": $hwm_kib}"
