@@ -191,22 +191,9 @@ pub struct BatchItem<'a> {
 /// caller draws it from a CSPRNG); it keys the random coefficients.
 pub fn verify_batch(items: &[BatchItem<'_>], seed: &[u8; 32]) -> Vec<bool> {
     let mut valid = vec![false; items.len()];
-    let mut prepared: Vec<(usize, Prepared)> = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
-        if let Ok(entry) = Prepared::new(item.key, item.domain, item.message, item.signature) {
-            prepared.push((index, entry));
-        }
-    }
-    let coefficients = coefficients(seed, &prepared);
-    let mut batch: Vec<Term> = prepared
-        .iter()
-        .zip(coefficients)
-        .map(|((index, entry), z)| Term {
-            index: *index,
-            entry,
-            z,
-        })
-        .collect();
+    // Items whose S or R cannot even be decoded stay false.
+    let prepared = prepare(items);
+    let mut batch = terms(seed, &prepared);
     check_or_split(&mut batch, &mut valid, false);
     valid
 }
@@ -215,24 +202,38 @@ pub fn verify_batch(items: &[BatchItem<'_>], seed: &[u8; 32]) -> Vec<bool> {
 /// splitting). `true` implies each item is valid under [`verify`] (except
 /// with probability below 2⁻¹²⁰); `false` says at least one is not.
 pub fn verify_batch_all(items: &[BatchItem<'_>], seed: &[u8; 32]) -> bool {
-    let mut prepared: Vec<(usize, Prepared)> = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
-        match Prepared::new(item.key, item.domain, item.message, item.signature) {
-            Ok(entry) => prepared.push((index, entry)),
-            Err(_) => return false,
-        }
+    let prepared = prepare(items);
+    if prepared.len() != items.len() {
+        return false;
     }
-    let coefficients = coefficients(seed, &prepared);
-    let batch: Vec<Term> = prepared
+    let batch = terms(seed, &prepared);
+    batch.is_empty() || batch_equation_holds(&batch)
+}
+
+/// The per-signature work for every item that decodes, with its index.
+fn prepare(items: &[BatchItem<'_>]) -> Vec<(usize, Prepared)> {
+    items
         .iter()
-        .zip(coefficients)
+        .enumerate()
+        .filter_map(|(index, item)| {
+            Prepared::new(item.key, item.domain, item.message, item.signature)
+                .ok()
+                .map(|entry| (index, entry))
+        })
+        .collect()
+}
+
+/// The batch terms: each prepared signature with its random coefficient.
+fn terms<'a>(seed: &[u8; 32], prepared: &'a [(usize, Prepared)]) -> Vec<Term<'a>> {
+    prepared
+        .iter()
+        .zip(coefficients(seed, prepared))
         .map(|((index, entry), z)| Term {
             index: *index,
             entry,
             z,
         })
-        .collect();
-    batch.is_empty() || batch_equation_holds(&batch)
+        .collect()
 }
 
 /// Per-signature work done once: decoded R, canonical S, the hash scalar k.
