@@ -18,3 +18,149 @@ pub fn workload(providers: usize, count: usize) -> Workload {
     };
     Workload::generate(&spec).unwrap_or_else(|error| panic!("benchmark workload: {error}"))
 }
+
+/// An in-process ingest pipeline (the real verifiers, committer and RocksDB
+/// in a temp folder) with sessions open for `providers` providers, 16 each,
+/// and the means to make signed messages for them. Shared by the pipeline
+/// benchmark and `pipeline_profile`.
+pub struct IngestFixture {
+    /// The running pipeline.
+    pub ingest: acct::am::ingest::Ingest,
+    /// One connection per provider, as the AM would hold it.
+    pub connections: Vec<std::sync::Arc<acct::am::pipeline::ProviderConnection>>,
+    sessions: Vec<(
+        usize,
+        std::sync::Arc<acct::am::session::SessionInfo>,
+        peer::provider::ProviderSession,
+    )>,
+    /// Runs the async parts (opening sessions, collecting acks).
+    pub runtime: tokio::runtime::Runtime,
+    _folder: tempfile::TempDir,
+}
+
+/// One message ready for the pipeline: provider index, session, message.
+pub type FixtureMessage = (
+    usize,
+    std::sync::Arc<acct::am::session::SessionInfo>,
+    wire::Signed<wire::Accounting>,
+);
+
+/// Sessions per provider in an [`IngestFixture`].
+pub const FIXTURE_SESSIONS_PER_PROVIDER: usize = 16;
+
+impl IngestFixture {
+    /// Start a pipeline with `settings` and open the sessions.
+    pub fn new(providers: usize, settings: &acct::config::IngestConfig) -> anyhow::Result<Self> {
+        use wire::{
+            Address, DataFields, Name, Policy, ServiceId, SessionId, SessionKey, Signed, SigningKey, TimeOfDay,
+            UserCredential,
+        };
+        let folder = tempfile::tempdir()?;
+        let store = std::sync::Arc::new(acct::am::store::Store::open(folder.path())?);
+        let ingest = acct::am::ingest::Ingest::start(store, settings)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let am = SigningKey::from_seed(&[0xa1; 32]);
+        let now = acct::clock::now_ms();
+        let policy = Policy {
+            valid_from_ms: now - 3_600_000,
+            valid_until_ms: now + 24 * 3_600_000,
+            time_of_day: TimeOfDay::ANY,
+            requests_max: 0,
+            address_change_allowed: true,
+            required_data: DataFields::UNITS,
+            interim_interval_max_s: 0,
+        };
+        let mut connections = Vec::with_capacity(providers);
+        let mut sessions = Vec::with_capacity(providers * FIXTURE_SESSIONS_PER_PROVIDER);
+        for provider in 0..providers {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(provider as u64 + 1).to_le_bytes());
+            let key = SigningKey::from_seed(&seed);
+            let name = Name::new(format!("provider-{provider:04}"))?;
+            connections.push(acct::am::pipeline::ProviderConnection::new(
+                name.clone(),
+                key.public_key(),
+            ));
+            for index in 0..FIXTURE_SESSIONS_PER_PROVIDER {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&(provider as u64).to_be_bytes());
+                id[8] = index as u8;
+                let credential = Signed::sign(
+                    UserCredential {
+                        session_id: SessionId(id),
+                        service_id: ServiceId(1),
+                        user_id: Name::new(format!("user-{index}"))?,
+                        user_address: Address::new("127.0.0.1:1")?,
+                        session_key: SessionKey([7; 32]),
+                        policy,
+                    },
+                    &am,
+                )?;
+                let info = acct::am::session::SessionInfo::new(name.clone(), credential.clone(), now);
+                runtime
+                    .block_on(ingest.open_session(info.clone()))
+                    .map_err(anyhow::Error::msg)?;
+                let session = peer::provider::ProviderSession::accept(credential, &am.public_key(), key.clone())?;
+                sessions.push((provider, info, session));
+            }
+        }
+        Ok(Self {
+            ingest,
+            connections,
+            sessions,
+            runtime,
+            _folder: folder,
+        })
+    }
+
+    /// Drain and stop the pipeline, then remove its folder.
+    pub fn shutdown(self) {
+        self.ingest.shutdown();
+    }
+
+    /// `count` fresh signed Interim Accounting messages, round-robin over the
+    /// sessions (units, bytes up and down, duration, interval).
+    pub fn messages(&mut self, count: usize) -> anyhow::Result<Vec<FixtureMessage>> {
+        let now = acct::clock::now_ms();
+        let sessions = self.sessions.len().max(1);
+        let mut out = Vec::with_capacity(count);
+        for index in 0..count {
+            let Some((provider, info, session)) = self.sessions.get_mut(index % sessions) else {
+                anyhow::bail!("the fixture has no sessions");
+            };
+            let usage = wire::Usage {
+                units: Some(1),
+                bytes_up: Some(1200),
+                bytes_down: Some(48_000),
+                duration_ms: Some(60_000),
+                interval_ms: Some((now - 60_000, now)),
+                custom: Vec::new(),
+            };
+            let message = session.account(wire::AccountingKind::INTERIM, usage)?;
+            // The fixture never feeds acks back: forget the message at once so
+            // the provider's bounded backlog never fills.
+            let _ = session.on_ack(&wire::AckEntry {
+                message_id: message.value().message_id(),
+                status: wire::AckStatus::STORED,
+            });
+            out.push((*provider, info.clone(), message));
+        }
+        Ok(out)
+    }
+}
+
+/// The pipeline item for a fixture message from `connections`, acked to `reply`.
+pub fn pending(
+    connections: &[std::sync::Arc<acct::am::pipeline::ProviderConnection>],
+    item: FixtureMessage,
+    reply: &acct::am::pipeline::AckSender,
+) -> acct::am::pipeline::Pending {
+    let (provider, session, message) = item;
+    acct::am::pipeline::Pending {
+        message,
+        session,
+        connection: connections[provider % connections.len().max(1)].clone(),
+        received_ms: acct::clock::now_ms(),
+        reply: reply.clone(),
+    }
+}

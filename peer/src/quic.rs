@@ -142,6 +142,11 @@ impl AmClient {
     pub fn close_reason(&self) -> Option<String> {
         self.connection.close_reason().map(|reason| reason.to_string())
     }
+
+    /// Wait until the connection is closed (by either side) and say why.
+    pub async fn closed(&self) -> String {
+        self.connection.closed().await.to_string()
+    }
 }
 
 /// An accounting stream, to split into its two halves.

@@ -164,16 +164,22 @@ impl AmProcess {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+        // The process's stdout closes when it exits: wait for that, bounded.
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(_line) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return self.child.wait().is_ok_and(|status| status.success());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return false;
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
     }
 
     /// Lines printed to stdout since start (drained).

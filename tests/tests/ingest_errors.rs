@@ -299,16 +299,9 @@ fn a_provider_sending_mostly_bad_signatures_is_disconnected() {
             }
         }
         assert!(bad > 256, "{bad} bad signatures answered before the disconnect");
-        let reason = tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(reason) = client.close_reason() {
-                    return reason;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the AM closed the connection");
+        let reason = tokio::time::timeout(WAIT, client.closed())
+            .await
+            .expect("the AM closed the connection");
         assert!(reason.contains("bad signatures"), "{reason}");
         // The honest provider is unaffected.
         let good_client = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0002"))
