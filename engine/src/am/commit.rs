@@ -131,7 +131,7 @@ impl Committer {
     fn commit_records(&mut self, records: Vec<Verified>, now: u64) {
         let started = Instant::now();
         let first_commit_sequence = self.next_commit_sequence;
-        let mut write = GroupWrite::default();
+        let mut write = GroupWrite::with_capacity(records.len());
         let mut staged: HashMap<SessionId, SessionProgress> = HashMap::new();
         let mut pending: HashMap<MessageId, [u8; 8]> = HashMap::new();
         let mut answers: Vec<Answer> = Vec::with_capacity(records.len());

@@ -91,15 +91,20 @@ pub struct StoredRecord {
 impl StoredRecord {
     /// Encode for the `records` family.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = BytesMut::with_capacity(32 + self.body.len());
+        let mut out = Vec::with_capacity(32 + self.body.len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Append the encoding for the `records` family to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.put_u8(STORED_VERSION);
         out.put_u64(self.received_ms);
         out.put_u8(self.flags.0);
-        put_text(&mut out, self.provider.as_str());
-        put_text(&mut out, self.user_id.as_str());
+        put_text(out, self.provider.as_str());
+        put_text(out, self.user_id.as_str());
         out.put_u16(u16::try_from(self.body.len()).unwrap_or(u16::MAX));
         out.put_slice(&self.body);
-        out.to_vec()
     }
 
     /// Decode from the `records` family.
@@ -138,14 +143,31 @@ impl StoredRecord {
     }
 }
 
+/// About how many bytes one record adds to a write batch: the record with
+/// its key, its fingerprint, and its session's progress.
+const RECORD_WRITE_BYTES_ESTIMATE: usize = 384;
+
 /// One commit group's writes, applied atomically.
 #[derive(Default)]
 pub struct GroupWrite {
     batch: WriteBatch,
     records: usize,
+    /// The commit sequence after the group's last record, written once per group.
+    next_commit_sequence: Option<u64>,
+    /// Reused buffer for encoding records.
+    scratch: Vec<u8>,
 }
 
 impl GroupWrite {
+    /// An empty group with room for about `records` records, so that the
+    /// batch's buffer is not regrown (and copied) while it fills.
+    pub fn with_capacity(records: usize) -> Self {
+        Self {
+            batch: WriteBatch::with_capacity_bytes(records.saturating_mul(RECORD_WRITE_BYTES_ESTIMATE) + 4096),
+            ..Self::default()
+        }
+    }
+
     /// Records in the group.
     pub fn record_count(&self) -> usize {
         self.records
@@ -275,19 +297,17 @@ impl Store {
         sequence: u64,
         fingerprint: [u8; 8],
     ) {
+        group.scratch.clear();
+        record.encode_into(&mut group.scratch);
         group
             .batch
-            .put_cf(self.family(RECORDS), commit_sequence.to_be_bytes(), record.encode());
+            .put_cf(self.family(RECORDS), commit_sequence.to_be_bytes(), &group.scratch);
         group.batch.put_cf(
             self.family(FINGERPRINTS),
             fingerprint_key(session_id, sequence),
             fingerprint,
         );
-        group.batch.put_cf(
-            self.family(META),
-            NEXT_COMMIT_SEQUENCE,
-            (commit_sequence + 1).to_be_bytes(),
-        );
+        group.next_commit_sequence = Some(commit_sequence + 1);
         group.records += 1;
     }
 
@@ -310,7 +330,12 @@ impl Store {
 
     /// Apply a group atomically with the WAL synced: after `Ok`, all of it
     /// survives a crash; after `Err`, none of it was applied.
-    pub fn commit(&self, group: GroupWrite) -> Result<(), StoreError> {
+    pub fn commit(&self, mut group: GroupWrite) -> Result<(), StoreError> {
+        if let Some(next) = group.next_commit_sequence {
+            group
+                .batch
+                .put_cf(self.family(META), NEXT_COMMIT_SEQUENCE, next.to_be_bytes());
+        }
         self.write_synced(group.batch)
     }
 
@@ -358,7 +383,7 @@ fn fingerprint_key(session_id: SessionId, sequence: u64) -> [u8; 24] {
     key
 }
 
-fn put_text(out: &mut BytesMut, text: &str) {
+fn put_text(out: &mut impl BufMut, text: &str) {
     out.put_u8(u8::try_from(text.len()).unwrap_or(u8::MAX));
     out.put_slice(text.as_bytes());
 }
