@@ -1,8 +1,13 @@
 //! loadgen: drives a real Accounting Manager with many providers.
 //!
-//! Today: [`workload`], the reproducible, pre-signed accounting traffic with
-//! injected duplicates and bad signatures that loadgen sends (signed ahead of
-//! the timed phase, so the client's CPU measures the server, not itself) and
-//! that the benchmarks verify. The network driver builds on it.
+//! - [`workload`]: reproducible, pre-signed accounting traffic with injected
+//!   duplicates and bad signatures, used by the benchmarks.
+//! - [`settings`], [`plan`], [`drive`], [`report`]: the `loadgen` binary's
+//!   parts: the command line; identities, sessions and messages signed ahead;
+//!   the timed phase over QUIC; and the JSON, summary and HTML reports.
 
+pub mod drive;
+pub mod plan;
+pub mod report;
+pub mod settings;
 pub mod workload;

@@ -174,7 +174,7 @@ impl Workload {
 
 /// The same message with one bit of S flipped (S stays canonical: the top
 /// byte is left alone), so it decodes and fails verification.
-fn corrupt(message: Signed<Accounting>) -> Signed<Accounting> {
+pub fn corrupt(message: Signed<Accounting>) -> Signed<Accounting> {
     let mut body = message.body().to_vec();
     let index = body.len() - 20;
     body[index] ^= 0x01;
@@ -184,10 +184,16 @@ fn corrupt(message: Signed<Accounting>) -> Signed<Accounting> {
 /// SplitMix64: tiny, deterministic and stable forever, so a seed names the
 /// same workload on every machine and every version (general-purpose RNG
 /// crates change their streams between releases). Not for secrets.
-struct SplitMix64(u64);
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -203,8 +209,14 @@ impl SplitMix64 {
         out
     }
 
-    fn chance(&mut self, ratio: f64) -> bool {
+    /// True with probability `ratio`.
+    pub fn chance(&mut self, ratio: f64) -> bool {
         ratio > 0.0 && (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= ratio
+    }
+
+    /// A number in `0..bound` (`bound` > 0; 0 when it is 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 { 0 } else { self.next() % bound }
     }
 }
 

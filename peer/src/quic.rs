@@ -92,24 +92,37 @@ impl AmClient {
         })
     }
 
+    /// Connect on a shared endpoint as the party of `config` (made by
+    /// [`client_config`]): many parties, each with its own certificate, one
+    /// socket.
+    pub async fn connect_with(
+        endpoint: &quinn::Endpoint,
+        config: quinn::ClientConfig,
+        address: SocketAddr,
+    ) -> Result<Self, ClientError> {
+        let connection = endpoint
+            .connect_with(config, address, AM_SERVER_NAME)
+            .map_err(|error| ClientError::Connect(error.to_string()))?
+            .await
+            .map_err(|error| ClientError::Connect(error.to_string()))?;
+        Ok(Self {
+            endpoint: endpoint.clone(),
+            connection,
+            owns_endpoint: false,
+        })
+    }
+
     /// Open a stream for accounting.
     pub async fn open_accounting(&self) -> Result<AccountingStream, ClientError> {
-        let (send, receive) = self
-            .connection
-            .open_bi()
-            .await
-            .map_err(|error| ClientError::Connection(error.to_string()))?;
-        Ok(AccountingStream {
-            sender: AccountingSender {
-                send,
-                frame: BytesMut::new(),
-            },
-            receiver: AckReceiver {
-                receive,
-                buffer: BytesMut::new(),
-                decoder: FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX),
-            },
-        })
+        open_accounting_on(&self.connection).await
+    }
+
+    /// A handle that opens accounting streams on this connection from
+    /// other tasks.
+    pub fn stream_opener(&self) -> StreamOpener {
+        StreamOpener {
+            connection: self.connection.clone(),
+        }
     }
 
     /// Ask the AM to open a session (the operator's admin role only).
@@ -126,6 +139,37 @@ impl AmClient {
             Some(Message::Error(error)) => Err(ClientError::Refused(error)),
             Some(other) => Err(ClientError::Unexpected(other.message_type().0)),
             None => Err(ClientError::Connection("stream ended without an answer".into())),
+        }
+    }
+
+    /// Ask the AM which messages its hot store holds (the operator's admin
+    /// role only): the number of records read and the runs of stored
+    /// sequences per session, at most `runs_max` runs.
+    pub async fn audit(&self, runs_max: usize) -> Result<(u64, Vec<wire::AuditRun>), ClientError> {
+        let stream = self.open_accounting().await?;
+        let (mut sender, mut receiver) = (stream.sender, stream.receiver);
+        let mut frame = BytesMut::new();
+        wire::AdminAuditRequest.encode_frame(&mut frame);
+        sender.send_raw(&frame).await?;
+        let mut runs = Vec::new();
+        loop {
+            match receiver.next_message().await? {
+                Some(Message::AdminAuditReport(report)) => {
+                    if runs.len() + report.runs.len() > runs_max {
+                        return Err(ClientError::Connection(format!(
+                            "the audit answer has more than {runs_max} runs"
+                        )));
+                    }
+                    runs.extend(report.runs);
+                    if report.done {
+                        let _ = sender.finish();
+                        return Ok((report.records, runs));
+                    }
+                }
+                Some(Message::Error(error)) => return Err(ClientError::Refused(error)),
+                Some(other) => return Err(ClientError::Unexpected(other.message_type().0)),
+                None => return Err(ClientError::Connection("stream ended before the audit was done".into())),
+            }
         }
     }
 
@@ -147,6 +191,37 @@ impl AmClient {
     pub async fn closed(&self) -> String {
         self.connection.closed().await.to_string()
     }
+}
+
+/// Opens accounting streams on a connection; see [`AmClient::stream_opener`].
+#[derive(Clone)]
+pub struct StreamOpener {
+    connection: quinn::Connection,
+}
+
+impl StreamOpener {
+    /// Open a stream for accounting.
+    pub async fn open_accounting(&self) -> Result<AccountingStream, ClientError> {
+        open_accounting_on(&self.connection).await
+    }
+}
+
+async fn open_accounting_on(connection: &quinn::Connection) -> Result<AccountingStream, ClientError> {
+    let (send, receive) = connection
+        .open_bi()
+        .await
+        .map_err(|error| ClientError::Connection(error.to_string()))?;
+    Ok(AccountingStream {
+        sender: AccountingSender {
+            send,
+            frame: BytesMut::new(),
+        },
+        receiver: AckReceiver {
+            receive,
+            buffer: BytesMut::new(),
+            decoder: FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX),
+        },
+    })
 }
 
 /// An accounting stream, to split into its two halves.
@@ -245,7 +320,9 @@ pub fn client_endpoint(identity: &ClientIdentity, ipv6: bool) -> Result<quinn::E
     Ok(endpoint)
 }
 
-fn client_config(identity: &ClientIdentity) -> Result<quinn::ClientConfig, ClientError> {
+/// The QUIC client configuration that connects as `identity`: for many
+/// parties sharing one endpoint with [`AmClient::connect_with`].
+pub fn client_config(identity: &ClientIdentity) -> Result<quinn::ClientConfig, ClientError> {
     let tls = |error: rustls::Error| ClientError::Tls(error.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();

@@ -9,7 +9,8 @@ use crate::codec::Reader;
 use crate::credential::Policy;
 use crate::error::DecodeError;
 use crate::frame::{MessageType, put_frame};
-use crate::ids::ServiceId;
+use crate::ids::{ServiceId, SessionId};
+use crate::limits::AUDIT_RUNS_PER_FRAME_MAX;
 use crate::text::{Address, Name};
 
 /// Ask the AM to mint an accounting session for `provider` as if a user had
@@ -51,5 +52,105 @@ impl AdminOpenSession {
             user_address: Address::decode(reader)?,
             policy: Policy::decode(reader)?,
         })
+    }
+}
+
+/// Ask the AM which accounting messages its hot store holds (admin role
+/// only): it answers with [`AdminAuditReport`] frames, the last one with
+/// `done` set. Used by `loadgen --audit` to count lost and doubled messages.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct AdminAuditRequest;
+
+impl AdminAuditRequest {
+    /// Append as a frame (an empty body).
+    pub fn encode_frame(&self, out: &mut BytesMut) {
+        put_frame(out, MessageType::ADMIN_AUDIT_REQUEST, &[]);
+    }
+
+    /// Read the body (empty).
+    pub fn decode_fields(_reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self)
+    }
+}
+
+/// Consecutive sequences `first..=last` of one session, each stored
+/// `copies` times in the AM's hot store (`copies` > 1 means doubled).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct AuditRun {
+    /// The accounting session.
+    pub session_id: SessionId,
+    /// First sequence of the run.
+    pub first: u64,
+    /// Last sequence of the run (>= `first`).
+    pub last: u64,
+    /// How many records each sequence of the run has.
+    pub copies: u32,
+}
+
+/// Bytes of one [`AuditRun`] on the wire.
+pub const AUDIT_RUN_BYTES: usize = 16 + 8 + 8 + 4;
+
+/// One part of the AM's answer to [`AdminAuditRequest`]. A session's runs
+/// may be spread over several parts; the last part has `done` set and the
+/// number of records read.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct AdminAuditReport {
+    /// Whether this is the last part.
+    pub done: bool,
+    /// Records read from the hot store (in the last part; 0 before).
+    pub records: u64,
+    /// Runs, at most [`AUDIT_RUNS_PER_FRAME_MAX`].
+    pub runs: Vec<AuditRun>,
+}
+
+impl AdminAuditReport {
+    /// Append as a frame; `runs` must hold at most [`AUDIT_RUNS_PER_FRAME_MAX`].
+    pub fn encode_frame(&self, out: &mut BytesMut) {
+        let runs = &self.runs[..self.runs.len().min(AUDIT_RUNS_PER_FRAME_MAX)];
+        let mut body = BytesMut::with_capacity(1 + 8 + 2 + runs.len() * AUDIT_RUN_BYTES);
+        body.put_u8(u8::from(self.done));
+        body.put_u64(self.records);
+        // At most AUDIT_RUNS_PER_FRAME_MAX, checked at compile time to fit a u16.
+        body.put_u16(runs.len() as u16);
+        for run in runs {
+            body.put_slice(&run.session_id.0);
+            body.put_u64(run.first);
+            body.put_u64(run.last);
+            body.put_u32(run.copies);
+        }
+        put_frame(out, MessageType::ADMIN_AUDIT_REPORT, &body);
+    }
+
+    /// Read the body.
+    pub fn decode_fields(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let done = reader.bool("done")?;
+        let records = reader.u64("records")?;
+        let count = usize::from(reader.u16("run count")?);
+        if count > AUDIT_RUNS_PER_FRAME_MAX {
+            return Err(DecodeError::InvalidValue {
+                field: "run count",
+                reason: "more runs than a frame may carry",
+            });
+        }
+        let mut runs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let session_id = SessionId(reader.array("session_id")?);
+            let first = reader.u64("first")?;
+            let last = reader.u64("last")?;
+            let copies = reader.u32("copies")?;
+            if last < first || copies == 0 {
+                return Err(DecodeError::InvalidValue {
+                    field: "audit run",
+                    reason: "last is before first, or no copies",
+                });
+            }
+            runs.push(AuditRun {
+                session_id,
+                first,
+                last,
+                copies,
+            });
+        }
+        Ok(Self { done, records, runs })
     }
 }

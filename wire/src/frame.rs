@@ -7,7 +7,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::accounting::{Accounting, AccountingAck};
-use crate::admin::AdminOpenSession;
+use crate::admin::{AdminAuditReport, AdminAuditRequest, AdminOpenSession};
 use crate::codec::Reader;
 use crate::credential::{ServiceCredential, ServiceCredentialRequest, UserCredential};
 use crate::error::DecodeError;
@@ -42,6 +42,10 @@ impl MessageType {
     pub const RECORD_ACK: Self = Self(0x09);
     /// Operator → AM: open a session without a user's request (admin role only).
     pub const ADMIN_OPEN_SESSION: Self = Self(0x0a);
+    /// Operator → AM: which messages the hot store holds (admin role only).
+    pub const ADMIN_AUDIT_REQUEST: Self = Self(0x0b);
+    /// AM → operator: one part of the answer to an audit request.
+    pub const ADMIN_AUDIT_REPORT: Self = Self(0x0c);
     /// Any direction: a typed error.
     pub const ERROR: Self = Self(0x0f);
 
@@ -58,6 +62,8 @@ impl MessageType {
             | Self::ACCOUNTING_ACK
             | Self::RECORD_ACK
             | Self::ADMIN_OPEN_SESSION
+            | Self::ADMIN_AUDIT_REQUEST
+            | Self::ADMIN_AUDIT_REPORT
             | Self::ERROR => Some(SMALL_FRAME_BODY_BYTES_MAX),
             _ => None,
         }
@@ -135,6 +141,10 @@ pub enum Message {
     RecordAck(RecordAck),
     /// Operator → AM: open a session (admin role only).
     AdminOpenSession(AdminOpenSession),
+    /// Operator → AM: audit the hot store (admin role only).
+    AdminAuditRequest(AdminAuditRequest),
+    /// AM → operator: part of an audit answer.
+    AdminAuditReport(AdminAuditReport),
     /// A typed error.
     Error(ErrorMessage),
 }
@@ -181,6 +191,12 @@ impl Message {
             MessageType::ADMIN_OPEN_SESSION => {
                 Self::AdminOpenSession(decode_plain(&body, AdminOpenSession::decode_fields)?)
             }
+            MessageType::ADMIN_AUDIT_REQUEST => {
+                Self::AdminAuditRequest(decode_plain(&body, AdminAuditRequest::decode_fields)?)
+            }
+            MessageType::ADMIN_AUDIT_REPORT => {
+                Self::AdminAuditReport(decode_plain(&body, AdminAuditReport::decode_fields)?)
+            }
             MessageType::ERROR => Self::Error(decode_plain(&body, ErrorMessage::decode_fields)?),
             MessageType(other) => return Err(DecodeError::UnknownMessageType(other)),
         })
@@ -200,6 +216,8 @@ impl Message {
             Self::RecordAccounting(message) => message.encode_frame(out),
             Self::RecordAck(message) => message.encode_frame(out),
             Self::AdminOpenSession(message) => message.encode_frame(out),
+            Self::AdminAuditRequest(message) => message.encode_frame(out),
+            Self::AdminAuditReport(message) => message.encode_frame(out),
             Self::Error(message) => message.encode_frame(out),
         }
     }
@@ -217,6 +235,8 @@ impl Message {
             Self::RecordAccounting(_) => MessageType::RECORD_ACCOUNTING,
             Self::RecordAck(_) => MessageType::RECORD_ACK,
             Self::AdminOpenSession(_) => MessageType::ADMIN_OPEN_SESSION,
+            Self::AdminAuditRequest(_) => MessageType::ADMIN_AUDIT_REQUEST,
+            Self::AdminAuditReport(_) => MessageType::ADMIN_AUDIT_REPORT,
             Self::Error(_) => MessageType::ERROR,
         }
     }

@@ -28,7 +28,7 @@ pub mod signed;
 pub mod text;
 
 pub use accounting::{Accounting, AccountingAck, AccountingKind, AckEntry, AckStatus, CustomCounter, Usage};
-pub use admin::AdminOpenSession;
+pub use admin::{AUDIT_RUN_BYTES, AdminAuditReport, AdminAuditRequest, AdminOpenSession, AuditRun};
 pub use certificate::{CertificateError, CertifiedIdentity, Role, TrustedCa};
 pub use credential::{
     DataFields, Policy, ServiceCredential, ServiceCredentialRequest, TimeOfDay, UserCredential, credential_digest,

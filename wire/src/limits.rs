@@ -66,6 +66,10 @@ pub const ACK_ENTRIES_MAX: usize = 512;
 /// Bytes of one Accounting Ack entry: session id + sequence + status.
 pub const ACK_ENTRY_BYTES: usize = ID_BYTES + 8 + 1;
 
+/// Runs in one Admin Audit Report frame: 36 bytes each, so a part fits a
+/// small frame (checked below); a longer answer is sent in several parts.
+pub const AUDIT_RUNS_PER_FRAME_MAX: usize = 400;
+
 /// Free-text detail in an Error message: for humans and logs, never parsed.
 pub const ERROR_DETAIL_BYTES_MAX: usize = 256;
 
@@ -76,6 +80,8 @@ pub const MINUTES_PER_DAY: u16 = 1440;
 const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(SMALL_FRAME_BODY_BYTES_MAX < FRAME_BODY_BYTES_MAX);
 const _: () = assert!(2 + ACK_ENTRIES_MAX * ACK_ENTRY_BYTES <= SMALL_FRAME_BODY_BYTES_MAX);
+const _: () = assert!(1 + 8 + 2 + AUDIT_RUNS_PER_FRAME_MAX * (ID_BYTES + 8 + 8 + 4) <= SMALL_FRAME_BODY_BYTES_MAX);
+const _: () = assert!(AUDIT_RUNS_PER_FRAME_MAX <= u16::MAX as usize);
 const _: () = assert!(ADDRESS_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(COUNTER_NAME_BYTES_MAX <= u8::MAX as usize);

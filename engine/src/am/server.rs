@@ -65,6 +65,7 @@ pub struct AmSettings {
 
 struct Context {
     ca: TrustedCa,
+    store: Arc<Store>,
     ingest_pipeline: Ingest,
     signing_key: SigningKey,
     ingest: IngestConfig,
@@ -108,6 +109,7 @@ pub async fn run(
 
     let context = Arc::new(Context {
         ca: TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?,
+        store: store.clone(),
         ingest_pipeline,
         signing_key: settings.signing_key.clone(),
         ingest: ingest.clone(),
@@ -452,6 +454,12 @@ async fn admin_stream(
                     Ok(credential) => credential.encode_frame(&mut out),
                     Err(error) => error.encode_frame(&mut out),
                 },
+                Ok(Message::AdminAuditRequest(_)) => {
+                    if !audit(&context, &mut send).await {
+                        return;
+                    }
+                    continue;
+                }
                 Ok(_) | Err(_) => {
                     ErrorMessage::new(
                         ErrorCode::UNEXPECTED_MESSAGE,
@@ -473,6 +481,47 @@ async fn admin_stream(
         }
     }
     let _ = send.finish();
+}
+
+/// Answer an audit request on `send`: read the hot store on a blocking
+/// thread, then send the runs in parts. False if the stream is gone.
+async fn audit(context: &Arc<Context>, send: &mut quinn::SendStream) -> bool {
+    let store = context.store.clone();
+    let mut out = BytesMut::new();
+    match tokio::task::spawn_blocking(move || store.audit_runs()).await {
+        Ok(Ok((records, runs))) => {
+            let mut parts = runs.chunks(wire::limits::AUDIT_RUNS_PER_FRAME_MAX).peekable();
+            if parts.peek().is_none() {
+                wire::AdminAuditReport {
+                    done: true,
+                    records,
+                    runs: Vec::new(),
+                }
+                .encode_frame(&mut out);
+            }
+            while let Some(part) = parts.next() {
+                let done = parts.peek().is_none();
+                wire::AdminAuditReport {
+                    done,
+                    records: if done { records } else { 0 },
+                    runs: part.to_vec(),
+                }
+                .encode_frame(&mut out);
+                if out.len() >= 256 * 1024 {
+                    if send.write_all(&out).await.is_err() {
+                        return false;
+                    }
+                    out.clear();
+                }
+            }
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, "audit: reading the store failed");
+            ErrorMessage::new(ErrorCode::INTERNAL, &format!("reading the store: {error}")).encode_frame(&mut out);
+        }
+        Err(_) => ErrorMessage::new(ErrorCode::INTERNAL, "the audit task failed").encode_frame(&mut out),
+    }
+    send.write_all(&out).await.is_ok()
 }
 
 /// Mint a session: fresh id and key, the User Credential signed by the AM,

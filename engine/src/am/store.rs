@@ -355,6 +355,56 @@ impl Store {
         Ok(())
     }
 
+    /// Which (session, sequence) pairs the `records` family holds and how
+    /// many times each: every record is read once from one snapshot, and
+    /// the answer is runs of consecutive sequences per session. Memory:
+    /// 8 bytes per record held (the hot store is bounded by export), plus
+    /// the runs. For the admin audit (`loadgen --audit`).
+    pub fn audit_runs(&self) -> Result<(u64, Vec<wire::AuditRun>), StoreError> {
+        let mut sequences: std::collections::HashMap<SessionId, Vec<u64>> = std::collections::HashMap::new();
+        let mut records = 0u64;
+        for item in self.db.iterator_cf(self.family(RECORDS), IteratorMode::Start) {
+            let (_, value) = item?;
+            let record = StoredRecord::decode(&value)?;
+            let message = record.accounting()?;
+            let message = message.value();
+            sequences.entry(message.session_id).or_default().push(message.sequence);
+            records += 1;
+        }
+        let mut runs = Vec::new();
+        let mut sessions: Vec<_> = sequences.into_iter().collect();
+        sessions.sort_unstable_by_key(|(session_id, _)| *session_id);
+        for (session_id, mut list) in sessions {
+            list.sort_unstable();
+            let mut index = 0;
+            while index < list.len() {
+                let sequence = list[index];
+                let mut copies = 1u32;
+                while index + (copies as usize) < list.len() && list[index + copies as usize] == sequence {
+                    copies += 1;
+                }
+                index += copies as usize;
+                match runs.last_mut() {
+                    Some(wire::AuditRun {
+                        session_id: last_session,
+                        last,
+                        copies: last_copies,
+                        ..
+                    }) if *last_session == session_id && *last + 1 == sequence && *last_copies == copies => {
+                        *last = sequence;
+                    }
+                    _ => runs.push(wire::AuditRun {
+                        session_id,
+                        first: sequence,
+                        last: sequence,
+                        copies,
+                    }),
+                }
+            }
+        }
+        Ok((records, runs))
+    }
+
     /// Records from `first_commit_sequence` on, in commit order, at most `limit`.
     pub fn records(&self, first_commit_sequence: u64, limit: usize) -> Result<Vec<(u64, StoredRecord)>, StoreError> {
         let mut out = Vec::new();

@@ -1,0 +1,751 @@
+//! The timed phase: every provider on its own QUIC connection sends its
+//! pre-signed messages on schedule (open loop) or as fast as its window of
+//! unanswered messages allows (closed loop), retries what the AM asks it to
+//! retry, reconnects and retransmits after a lost connection, injects the
+//! planned faults on streams of their own, and records every answer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use peer::quic::{AccountingSender, AckReceiver, AmClient, Received};
+use tokio::sync::{Notify, Semaphore};
+use wire::{AckStatus, MessageId, Signed};
+
+use crate::plan::{Fault, ProviderPlan};
+use crate::settings::Settings;
+
+/// Messages in one stream write, at most.
+const WRITE_MESSAGES_MAX: usize = 256;
+/// Malformed-frame streams in flight per provider, at most.
+const MALFORMED_STREAMS_MAX: usize = 2;
+/// Latency histograms cover 1 µs to one hour.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+/// What a message was sent as, and so which answer it must get.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// A fresh Interim Accounting: STORED.
+    Interim,
+    /// A session's Final Accounting: STORED.
+    Final,
+    /// A retransmission after the ack: DUPLICATE.
+    Duplicate,
+    /// A corrupted signature: BAD_SIGNATURE.
+    BadSignature,
+    /// Another provider's session: WRONG_PROVIDER.
+    ForeignSession,
+    /// Not a frame: an Error.
+    Malformed,
+}
+
+/// Counts and latencies of the whole run, shared by every provider.
+pub struct Shared {
+    /// When the timed phase started.
+    pub start: Instant,
+    /// Messages written to a stream (every class, retries included).
+    pub sent: AtomicU64,
+    /// Answers received (every class).
+    pub answered: AtomicU64,
+    /// Interims and finals answered as stored (STORED or DUPLICATE).
+    pub stored: AtomicU64,
+    /// Answers that were not the expected one, plus connection losses.
+    pub errors: AtomicU64,
+    /// Providers still running.
+    pub running: AtomicUsize,
+    stats: Mutex<Stats>,
+}
+
+/// Everything recorded, under one lock (taken once per ack frame).
+pub struct Stats {
+    /// Latency (µs) of interims and finals from their intended send time to
+    /// the answer that settled them.
+    pub latency: Histogram<u64>,
+    /// Per second of the run: answers that stored an interim or final, and
+    /// their latency.
+    pub timeline: Vec<(u64, Histogram<u64>)>,
+    /// Answers by class and status name.
+    pub answers: BTreeMap<(Class, String), u64>,
+    /// Messages sent by class (first sends, not retries).
+    pub sent_by_class: BTreeMap<Class, u64>,
+    /// Retransmissions after a retryable answer or a lost connection.
+    pub retried: u64,
+    /// Connections lost (and re-made) during the run.
+    pub connections_lost: u64,
+    /// Failed connection attempts.
+    pub connect_failures: u64,
+    /// Providers that sent all their signed messages before the end.
+    pub exhausted_providers: u64,
+    /// Unanswered at the end, by class.
+    pub unanswered: BTreeMap<Class, u64>,
+    /// Per session: sequences answered as stored (for the audit).
+    pub stored_sequences: HashMap<wire::SessionId, Vec<u64>>,
+    /// When the last interim or final was answered.
+    pub last_answer: Option<Instant>,
+}
+
+impl Shared {
+    /// Counters for a run of `providers` starting now.
+    pub fn new(providers: usize) -> Arc<Self> {
+        let histogram = || latency_histogram(3);
+        Arc::new(Self {
+            start: Instant::now(),
+            sent: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            running: AtomicUsize::new(providers),
+            stats: Mutex::new(Stats {
+                latency: histogram(),
+                timeline: Vec::new(),
+                answers: BTreeMap::new(),
+                sent_by_class: BTreeMap::new(),
+                retried: 0,
+                connections_lost: 0,
+                connect_failures: 0,
+                exhausted_providers: 0,
+                unanswered: BTreeMap::new(),
+                stored_sequences: HashMap::new(),
+                last_answer: None,
+            }),
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Stats) -> R) -> R {
+        let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut stats)
+    }
+
+    /// Take the recorded figures (after the run).
+    pub fn into_stats(self: Arc<Self>) -> Stats {
+        match Arc::try_unwrap(self) {
+            Ok(shared) => shared
+                .stats
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Err(shared) => {
+                let mut stats = shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                std::mem::replace(
+                    &mut *stats,
+                    Stats {
+                        latency: latency_histogram(1),
+                        timeline: Vec::new(),
+                        answers: BTreeMap::new(),
+                        sent_by_class: BTreeMap::new(),
+                        retried: 0,
+                        connections_lost: 0,
+                        connect_failures: 0,
+                        exhausted_providers: 0,
+                        unanswered: BTreeMap::new(),
+                        stored_sequences: HashMap::new(),
+                        last_answer: None,
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// A latency histogram (µs, 1 µs to one hour) with `digits` significant digits.
+fn latency_histogram(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, digits.clamp(1, 5)).expect("constant histogram bounds are valid")
+}
+
+/// The name of an ack status, as reports show it.
+pub fn status_name(status: AckStatus) -> String {
+    match status {
+        AckStatus::STORED => "stored".into(),
+        AckStatus::DUPLICATE => "duplicate".into(),
+        AckStatus::BUSY => "busy".into(),
+        AckStatus::OUT_OF_SPACE => "out_of_space".into(),
+        AckStatus::SHUTTING_DOWN => "shutting_down".into(),
+        AckStatus::BAD_SIGNATURE => "bad_signature".into(),
+        AckStatus::UNKNOWN_SESSION => "unknown_session".into(),
+        AckStatus::WRONG_PROVIDER => "wrong_provider".into(),
+        AckStatus::SESSION_CLOSED => "session_closed".into(),
+        AckStatus::CONFLICTING_DUPLICATE => "conflicting_duplicate".into(),
+        AckStatus::MISSING_ACCOUNTING_DATA => "missing_accounting_data".into(),
+        AckStatus::SESSION_EXPIRED => "session_expired".into(),
+        AckStatus::REQUESTS_EXCEEDED => "requests_exceeded".into(),
+        AckStatus::TIMESTAMP_IN_FUTURE => "timestamp_in_future".into(),
+        AckStatus::TIMESTAMP_TOO_OLD => "timestamp_too_old".into(),
+        AckStatus::CREDENTIAL_MISMATCH => "credential_mismatch".into(),
+        AckStatus::SERVICE_MISMATCH => "service_mismatch".into(),
+        AckStatus::SEQUENCE_OUT_OF_WINDOW => "sequence_out_of_window".into(),
+        AckStatus(other) => format!("status_0x{other:02x}"),
+    }
+}
+
+/// The answer each class must get.
+fn expected(class: Class, status: AckStatus) -> bool {
+    match class {
+        Class::Interim | Class::Final => status == AckStatus::STORED,
+        Class::Duplicate => status == AckStatus::DUPLICATE,
+        Class::BadSignature => status == AckStatus::BAD_SIGNATURE,
+        Class::ForeignSession => status == AckStatus::WRONG_PROVIDER,
+        Class::Malformed => false,
+    }
+}
+
+/// One provider's plan and moving parts.
+struct Provider {
+    plan: ProviderPlan,
+    state: Mutex<State>,
+    /// Signalled when answers free window space or queue work.
+    changed: Notify,
+    malformed: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Next interim to send.
+    cursor: usize,
+    /// Next planned fault to inject.
+    next_fault: usize,
+    /// Finals sent (after the sending phase).
+    finals_sent: usize,
+    /// Main stream: message id → (intended send time, message index).
+    inflight: HashMap<MessageId, (Instant, usize)>,
+    /// Duplicate stream: message ids sent.
+    duplicates: HashMap<MessageId, Instant>,
+    /// Fault stream: message id → class.
+    faults: HashMap<MessageId, Class>,
+    /// Indices to send again (retryable answer, lost connection), with
+    /// their original intended time.
+    retry: VecDeque<(usize, Instant)>,
+    /// Interim indices to retransmit on the duplicate stream.
+    duplicate_queue: VecDeque<usize>,
+}
+
+impl Provider {
+    fn message(&self, index: usize) -> &Signed<wire::Accounting> {
+        let interims = self.plan.interims.len();
+        if index < interims {
+            &self.plan.interims[index]
+        } else {
+            &self.plan.finals[index - interims]
+        }
+    }
+
+    fn class(&self, index: usize) -> Class {
+        if index < self.plan.interims.len() {
+            Class::Interim
+        } else {
+            Class::Final
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Timing of the run.
+#[derive(Clone, Copy)]
+struct Clock {
+    start: Instant,
+    /// End of the sending phase.
+    send_until: Instant,
+    /// End of the wait for answers.
+    drain_until: Instant,
+}
+
+/// Run every provider; returns when all are done. `connected` counts the
+/// providers whose first connection is up.
+pub async fn run(
+    settings: &Settings,
+    plans: Vec<ProviderPlan>,
+    configs: Vec<quinn::ClientConfig>,
+    endpoints: Vec<quinn::Endpoint>,
+    shared: Arc<Shared>,
+    connected: Arc<AtomicUsize>,
+) {
+    let clock = Clock {
+        start: shared.start,
+        send_until: shared.start + Duration::from_secs(settings.duration),
+        drain_until: shared.start + Duration::from_secs(settings.duration + settings.drain),
+    };
+    let handshakes = Arc::new(Semaphore::new(settings.connect_concurrency));
+    let providers = plans.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (plan, config) in plans.into_iter().zip(configs) {
+        let endpoint = endpoints[plan.index % endpoints.len().max(1)].clone();
+        let provider = Arc::new(Provider {
+            plan,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            malformed: Arc::new(Semaphore::new(MALFORMED_STREAMS_MAX)),
+        });
+        let settings = settings.clone();
+        let shared = shared.clone();
+        let handshakes = handshakes.clone();
+        let connected = connected.clone();
+        tasks.spawn(async move {
+            let context = Context {
+                settings: &settings,
+                clock,
+                shared: &shared,
+                providers,
+            };
+            run_provider(&provider, &context, config, endpoint, &handshakes, &connected).await;
+            shared.running.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// What every provider task shares.
+struct Context<'a> {
+    settings: &'a Settings,
+    clock: Clock,
+    shared: &'a Arc<Shared>,
+    providers: usize,
+}
+
+async fn run_provider(
+    provider: &Arc<Provider>,
+    context: &Context<'_>,
+    config: quinn::ClientConfig,
+    endpoint: quinn::Endpoint,
+    handshakes: &Semaphore,
+    connected: &AtomicUsize,
+) {
+    let shared = context.shared;
+    let mut first = true;
+    while Instant::now() < context.clock.drain_until {
+        let client = {
+            let _permit = handshakes.acquire().await;
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                AmClient::connect_with(&endpoint, config.clone(), context.settings.am),
+            )
+            .await
+        };
+        let Ok(Ok(client)) = client else {
+            shared.with(|stats| stats.connect_failures += 1);
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        if first {
+            connected.fetch_add(1, Ordering::Relaxed);
+            first = false;
+        }
+        if run_connection(provider, &client, context).await {
+            client.close().await;
+            break;
+        }
+        shared.with(|stats| stats.connections_lost += 1);
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        // Whatever was in flight is sent again on the next connection with
+        // the same bytes: the AM's dedup makes it exactly-once.
+        {
+            let mut state = provider.lock();
+            let lost: Vec<(usize, Instant)> = state
+                .inflight
+                .drain()
+                .map(|(_, (intended, index))| (index, intended))
+                .collect();
+            for entry in lost {
+                state.retry.push_front(entry);
+            }
+            state.duplicates.clear();
+            state.faults.clear();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state = provider.lock();
+    let mut missing: BTreeMap<Class, u64> = BTreeMap::new();
+    for (_, index) in state.inflight.values() {
+        *missing.entry(provider.class(*index)).or_default() += 1;
+    }
+    for (index, _) in &state.retry {
+        *missing.entry(provider.class(*index)).or_default() += 1;
+    }
+    *missing.entry(Class::Final).or_default() += (provider.plan.finals.len() - state.finals_sent) as u64;
+    if !state.duplicates.is_empty() {
+        *missing.entry(Class::Duplicate).or_default() += state.duplicates.len() as u64;
+    }
+    for class in state.faults.values() {
+        *missing.entry(*class).or_default() += 1;
+    }
+    let exhausted = context.settings.max && state.cursor >= provider.plan.interims.len();
+    drop(state);
+    shared.with(|stats| {
+        for (class, count) in missing {
+            *stats.unanswered.entry(class).or_default() += count;
+        }
+        if exhausted {
+            stats.exhausted_providers += 1;
+        }
+    });
+}
+
+/// Drive one connection; true when the provider is done, false when the
+/// connection was lost (the caller reconnects).
+async fn run_connection(provider: &Arc<Provider>, client: &AmClient, context: &Context<'_>) -> bool {
+    let opened = async {
+        let main = client.open_accounting().await?;
+        let duplicates = client.open_accounting().await?;
+        let faults = client.open_accounting().await?;
+        Ok::<_, peer::quic::ClientError>((main, duplicates, faults))
+    };
+    let Ok((main, duplicates, faults)) = opened.await else {
+        return false;
+    };
+    let mut receivers = tokio::task::JoinSet::new();
+    receivers.spawn(receive(
+        provider.clone(),
+        main.receiver,
+        context.shared.clone(),
+        Stream::Main,
+    ));
+    receivers.spawn(receive(
+        provider.clone(),
+        duplicates.receiver,
+        context.shared.clone(),
+        Stream::Duplicates,
+    ));
+    receivers.spawn(receive(
+        provider.clone(),
+        faults.receiver,
+        context.shared.clone(),
+        Stream::Faults,
+    ));
+    let mut senders = Senders {
+        main: main.sender,
+        duplicates: duplicates.sender,
+        faults: faults.sender,
+    };
+    let finished = tokio::select! {
+        finished = send_all(provider, client, &mut senders, context) => finished,
+        // A receiver ends early only when its stream or the connection fails.
+        _ = receivers.join_next() => false,
+    };
+    let _ = senders.main.finish();
+    let _ = senders.duplicates.finish();
+    let _ = senders.faults.finish();
+    receivers.abort_all();
+    finished
+}
+
+struct Senders {
+    main: AccountingSender,
+    duplicates: AccountingSender,
+    faults: AccountingSender,
+}
+
+async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Senders, context: &Context<'_>) -> bool {
+    let settings = context.settings;
+    let clock = context.clock;
+    let shared = context.shared;
+    let interims = provider.plan.interims.len();
+    let (interval, offset) = if settings.max {
+        (0.0, 0.0)
+    } else {
+        (
+            context.providers as f64 / settings.rate as f64,
+            provider.plan.index as f64 / settings.rate as f64,
+        )
+    };
+    let intended_time = |index: usize| clock.start + Duration::from_secs_f64(offset + index as f64 * interval);
+    let mut batch: Vec<Signed<wire::Accounting>> = Vec::with_capacity(WRITE_MESSAGES_MAX);
+    loop {
+        let now = Instant::now();
+        batch.clear();
+        let mut interims_sent = 0u64;
+        let mut finals_queued = 0u64;
+        let mut retried = 0u64;
+        let mut faults: Vec<Fault> = Vec::new();
+        let mut duplicates: Vec<Signed<wire::Accounting>> = Vec::new();
+        let (idle, pending, next_due) = {
+            let mut state = provider.lock();
+            // Open loop: every interim scheduled before the end is sent,
+            // even if the timer woke a little late.
+            let sending_phase = state.cursor < interims
+                && (now < clock.send_until || (!settings.max && intended_time(state.cursor) < clock.send_until));
+            let room = if settings.max {
+                settings.window.saturating_sub(state.inflight.len())
+            } else {
+                usize::MAX
+            };
+            let limit = room.min(WRITE_MESSAGES_MAX);
+            while batch.len() < limit {
+                let Some((index, intended)) = state.retry.pop_front() else {
+                    break;
+                };
+                let message = provider.message(index).clone();
+                if state
+                    .inflight
+                    .insert(message.value().message_id(), (intended, index))
+                    .is_some()
+                {
+                    continue;
+                }
+                retried += 1;
+                batch.push(message);
+            }
+            if sending_phase {
+                while batch.len() < limit && state.cursor < interims {
+                    let index = state.cursor;
+                    let intended = if settings.max { now } else { intended_time(index) };
+                    if intended > now {
+                        break;
+                    }
+                    let message = provider.message(index).clone();
+                    state.inflight.insert(message.value().message_id(), (intended, index));
+                    batch.push(message);
+                    state.cursor += 1;
+                    interims_sent += 1;
+                }
+            } else {
+                // The end of the sending phase: each session's Final Accounting.
+                let finals = provider.plan.finals.len();
+                while batch.len() < limit && state.finals_sent < finals {
+                    let index = interims + state.finals_sent;
+                    let message = provider.message(index).clone();
+                    state.inflight.insert(message.value().message_id(), (now, index));
+                    batch.push(message);
+                    state.finals_sent += 1;
+                    finals_queued += 1;
+                }
+            }
+            // Faults planned up to the cursor.
+            while let Some((position, fault)) = provider.plan.faults.get(state.next_fault) {
+                if *position >= state.cursor {
+                    break;
+                }
+                match fault {
+                    Fault::BadSignature(message) => {
+                        state.faults.insert(message.value().message_id(), Class::BadSignature);
+                    }
+                    Fault::Foreign(message) => {
+                        state.faults.insert(message.value().message_id(), Class::ForeignSession);
+                    }
+                    Fault::Malformed(_) => {}
+                }
+                faults.push(fault.clone());
+                state.next_fault += 1;
+            }
+            while let Some(index) = state.duplicate_queue.pop_front() {
+                let message = provider.message(index).clone();
+                state.duplicates.insert(message.value().message_id(), now);
+                duplicates.push(message);
+            }
+            let next_due = (sending_phase && !settings.max && state.cursor < interims)
+                .then(|| intended_time(state.cursor).min(clock.send_until));
+            let window_full = settings.max && state.inflight.len() >= settings.window;
+            (
+                (state.retry.is_empty() || window_full) && state.duplicate_queue.is_empty(),
+                state.inflight.len() + state.duplicates.len() + state.faults.len(),
+                next_due,
+            )
+        };
+        if interims_sent > 0 || finals_queued > 0 || retried > 0 || !faults.is_empty() || !duplicates.is_empty() {
+            shared.with(|stats| {
+                *stats.sent_by_class.entry(Class::Interim).or_default() += interims_sent;
+                *stats.sent_by_class.entry(Class::Final).or_default() += finals_queued;
+                *stats.sent_by_class.entry(Class::Duplicate).or_default() += duplicates.len() as u64;
+                for fault in &faults {
+                    let class = match fault {
+                        Fault::BadSignature(_) => Class::BadSignature,
+                        Fault::Foreign(_) => Class::ForeignSession,
+                        Fault::Malformed(_) => Class::Malformed,
+                    };
+                    *stats.sent_by_class.entry(class).or_default() += 1;
+                }
+                stats.retried += retried;
+            });
+        }
+        if !batch.is_empty() {
+            shared.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if senders.main.send(&batch).await.is_err() {
+                return false;
+            }
+        }
+        if !duplicates.is_empty() {
+            shared.sent.fetch_add(duplicates.len() as u64, Ordering::Relaxed);
+            if senders.duplicates.send(&duplicates).await.is_err() {
+                return false;
+            }
+        }
+        for fault in faults {
+            shared.sent.fetch_add(1, Ordering::Relaxed);
+            let result = match fault {
+                Fault::BadSignature(message) | Fault::Foreign(message) => senders.faults.send(&[message]).await,
+                Fault::Malformed(bytes) => {
+                    send_malformed(provider, client, bytes, shared.clone());
+                    Ok(())
+                }
+            };
+            if result.is_err() {
+                return false;
+            }
+        }
+        let now = Instant::now();
+        let finals_done = provider.lock().finals_sent == provider.plan.finals.len();
+        if finals_done && idle && pending == 0 {
+            return true;
+        }
+        if now >= clock.drain_until {
+            return true;
+        }
+        if !idle {
+            continue;
+        }
+        // Wait for the next due message, an answer, or a short tick.
+        let wake = next_due.unwrap_or(now + Duration::from_millis(50));
+        if wake > now || settings.max {
+            let notified = provider.changed.notified();
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake.max(now + Duration::from_millis(1)))) => {}
+            }
+        }
+    }
+}
+
+/// Send malformed bytes on a stream of their own (the AM answers with an
+/// Error and closes that stream only) and record the answer.
+fn send_malformed(provider: &Arc<Provider>, client: &AmClient, bytes: bytes::Bytes, shared: Arc<Shared>) {
+    let Ok(permit) = provider.malformed.clone().try_acquire_owned() else {
+        shared.with(|stats| {
+            *stats
+                .answers
+                .entry((Class::Malformed, "skipped_busy".into()))
+                .or_default() += 1
+        });
+        return;
+    };
+    let opener = client.stream_opener();
+    let stream = async move {
+        let answer = async {
+            let mut stream = opener.open_accounting().await.ok()?;
+            stream.sender.send_raw(&bytes).await.ok()?;
+            let _ = stream.sender.finish();
+            match tokio::time::timeout(Duration::from_secs(10), stream.receiver.next()).await {
+                Ok(Ok(Some(Received::Error(error)))) => Some(format!("error_{}", error_code_name(error.code))),
+                Ok(Ok(Some(Received::Acks(_)))) => Some("acked".into()),
+                Ok(Ok(None)) => Some("closed_without_error".into()),
+                Ok(Err(_)) => Some("stream_failed".into()),
+                Err(_) => None,
+            }
+        };
+        let name = answer.await.unwrap_or_else(|| "no_answer".into());
+        shared.answered.fetch_add(1, Ordering::Relaxed);
+        if !name.starts_with("error_") {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.with(|stats| *stats.answers.entry((Class::Malformed, name)).or_default() += 1);
+        drop(permit);
+    };
+    tokio::spawn(stream);
+}
+
+fn error_code_name(code: wire::ErrorCode) -> String {
+    match code {
+        wire::ErrorCode::MALFORMED_FRAME => "malformed_frame".into(),
+        wire::ErrorCode::FRAME_TOO_LARGE => "frame_too_large".into(),
+        wire::ErrorCode::UNSUPPORTED_VERSION => "unsupported_version".into(),
+        wire::ErrorCode::UNKNOWN_MESSAGE_TYPE => "unknown_message_type".into(),
+        wire::ErrorCode::UNEXPECTED_MESSAGE => "unexpected_message".into(),
+        wire::ErrorCode::BUSY => "busy".into(),
+        wire::ErrorCode::SHUTTING_DOWN => "shutting_down".into(),
+        other => format!("{}", other.0),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Main,
+    Duplicates,
+    Faults,
+}
+
+/// Read the answers of one stream until it ends or fails.
+async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc<Shared>, stream: Stream) {
+    loop {
+        let entries = match receiver.next().await {
+            Ok(Some(Received::Acks(entries))) => entries,
+            Ok(Some(Received::Error(_))) | Ok(None) | Err(_) => return,
+        };
+        let now = Instant::now();
+        let mut settled: Vec<(Class, AckStatus, Option<(Instant, wire::SessionId, u64)>)> =
+            Vec::with_capacity(entries.len());
+        {
+            let mut state = provider.lock();
+            for entry in &entries {
+                match stream {
+                    Stream::Main => {
+                        let Some((intended, index)) = state.inflight.remove(&entry.message_id) else {
+                            continue;
+                        };
+                        let class = provider.class(index);
+                        if entry.status.is_retryable() {
+                            state.retry.push_back((index, intended));
+                        } else if entry.status.is_stored() {
+                            if entry.status == AckStatus::STORED
+                                && index < provider.plan.duplicate.len()
+                                && provider.plan.duplicate[index]
+                            {
+                                state.duplicate_queue.push_back(index);
+                            }
+                            settled.push((
+                                class,
+                                entry.status,
+                                Some((intended, entry.message_id.session_id, entry.message_id.sequence)),
+                            ));
+                            continue;
+                        }
+                        settled.push((class, entry.status, None));
+                    }
+                    Stream::Duplicates => {
+                        if state.duplicates.remove(&entry.message_id).is_some() {
+                            settled.push((Class::Duplicate, entry.status, None));
+                        }
+                    }
+                    Stream::Faults => {
+                        if let Some(class) = state.faults.remove(&entry.message_id) {
+                            settled.push((class, entry.status, None));
+                        }
+                    }
+                }
+            }
+        }
+        provider.changed.notify_one();
+        if settled.is_empty() {
+            continue;
+        }
+        let second = now.saturating_duration_since(shared.start).as_secs() as usize;
+        let mut stored = 0u64;
+        let mut errors = 0u64;
+        shared.with(|stats| {
+            for (class, status, storage) in &settled {
+                *stats.answers.entry((*class, status_name(*status))).or_default() += 1;
+                if !expected(*class, *status) && !status.is_retryable() {
+                    errors += 1;
+                }
+                if let Some((intended, session_id, sequence)) = storage {
+                    stored += 1;
+                    let micros = now.saturating_duration_since(*intended).as_micros().max(1);
+                    let micros = u64::try_from(micros).unwrap_or(LATENCY_US_MAX).min(LATENCY_US_MAX);
+                    let _ = stats.latency.record(micros);
+                    while stats.timeline.len() <= second {
+                        stats.timeline.push((0, latency_histogram(2)));
+                    }
+                    let (count, histogram) = &mut stats.timeline[second];
+                    *count += 1;
+                    let _ = histogram.record(micros);
+                    stats.stored_sequences.entry(*session_id).or_default().push(*sequence);
+                    stats.last_answer = Some(now);
+                }
+            }
+        });
+        shared.answered.fetch_add(settled.len() as u64, Ordering::Relaxed);
+        shared.stored.fetch_add(stored, Ordering::Relaxed);
+        shared.errors.fetch_add(errors, Ordering::Relaxed);
+    }
+}

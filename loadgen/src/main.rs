@@ -1,0 +1,203 @@
+//! `loadgen`: thousands of providers against a real Accounting Manager.
+//! `loadgen --help` lists the flags; docs/performance.md shows the runs.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use loadgen::drive::{self, Shared};
+use loadgen::plan;
+use loadgen::report::{self, Report, Setup};
+use loadgen::settings::Settings;
+
+fn main() -> std::process::ExitCode {
+    let settings = Settings::parse();
+    if let Err(problem) = settings.check() {
+        eprintln!("loadgen: {problem}");
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("loadgen: starting the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(3),
+        Err(error) => {
+            eprintln!("loadgen: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run; Ok(false) when the audit found lost or doubled messages.
+async fn run(settings: Settings) -> anyhow::Result<bool> {
+    let say = |line: String| {
+        if !settings.quiet {
+            eprintln!("{line}");
+        }
+    };
+    let identities = plan::identities(&settings.pki, settings.providers)?;
+    say(format!(
+        "loadgen: {} providers ({} certificates minted), opening {} sessions on {}",
+        settings.providers,
+        identities.minted,
+        settings.session_count(),
+        settings.am
+    ));
+    let opened_at = Instant::now();
+    let sessions = plan::open_sessions(&settings, &identities).await?;
+    let sessions_open_s = opened_at.elapsed().as_secs_f64();
+    let session_ids: Vec<wire::SessionId> = sessions
+        .iter()
+        .map(|(_, credential)| credential.value().session_id)
+        .collect();
+    say(format!(
+        "loadgen: {} sessions opened in {sessions_open_s:.1} s; signing {} messages ahead",
+        sessions.len(),
+        settings.interims_planned() + sessions.len() as u64
+    ));
+    let signing_at = Instant::now();
+    let plans = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || {
+            plan::sign_ahead(&settings, &identities, &sessions).map(|plans| (plans, identities))
+        })
+        .await
+        .context("signing task")??
+    };
+    let (plans, identities) = plans;
+    let signing_s = signing_at.elapsed().as_secs_f64();
+    let messages_presigned: u64 = plans
+        .iter()
+        .map(|plan| (plan.interims.len() + plan.finals.len()) as u64)
+        .sum();
+    let configs = identities
+        .providers
+        .iter()
+        .map(|(_, identity)| peer::quic::client_config(identity))
+        .collect::<Result<Vec<_>, _>>()?;
+    let endpoints = (0..settings.sockets.min(settings.providers))
+        .map(|_| {
+            let bind = if settings.am.is_ipv6() {
+                std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            } else {
+                std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+            };
+            quinn::Endpoint::client(bind).context("opening a UDP socket")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    say(format!(
+        "loadgen: {messages_presigned} messages signed in {signing_s:.1} s; sending for {} s",
+        settings.duration
+    ));
+
+    let shared = Shared::new(settings.providers);
+    let connected = Arc::new(AtomicUsize::new(0));
+    let progress = progress_line(&settings, shared.clone(), connected.clone());
+    drive::run(
+        &settings,
+        plans,
+        configs,
+        endpoints.clone(),
+        shared.clone(),
+        connected.clone(),
+    )
+    .await;
+    let connect_s = progress.1.lock().map(|at| at.unwrap_or(0.0)).unwrap_or(0.0);
+    progress.0.abort();
+    let sent = shared.sent.load(Ordering::Relaxed);
+    let start = shared.start;
+    let stats = shared.into_stats();
+    let elapsed_s = stats
+        .last_answer
+        .map_or(0.0, |last| last.saturating_duration_since(start).as_secs_f64());
+    let setup = Setup {
+        messages_presigned,
+        signing_s,
+        credentials_issued: session_ids.len() as u64,
+        sessions_open_s,
+        certificates_minted: identities.minted as u64,
+        providers_connected: connected.load(Ordering::Relaxed) as u64,
+        connect_s,
+    };
+    let mut report = Report::new(&settings, &setup, &stats, sent, elapsed_s);
+    let mut clean = true;
+    if settings.audit {
+        let client = peer::quic::AmClient::connect(settings.am, &identities.admin)
+            .await
+            .context("connecting to the AM for the audit")?;
+        let (records, runs) = tokio::time::timeout(Duration::from_secs(600), client.audit(20_000_000))
+            .await
+            .context("the AM did not finish the audit within 600 s")??;
+        client.close().await;
+        let audit = report::audit(&stats, &session_ids, records, &runs);
+        clean = audit.lost == 0 && audit.double_stored == 0;
+        report.set_audit(audit);
+    }
+    for endpoint in endpoints {
+        endpoint.close(0u32.into(), b"done");
+    }
+    print!("{}", report.summary());
+    if let Some(path) = &settings.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &settings.html {
+        std::fs::write(path, report.html(&stats.latency)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(clean)
+}
+
+/// The live progress line (on a terminal, unless --quiet), and the time at
+/// which every provider had connected.
+fn progress_line(
+    settings: &Settings,
+    shared: Arc<Shared>,
+    connected: Arc<AtomicUsize>,
+) -> (tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Option<f64>>>) {
+    let all_connected = Arc::new(std::sync::Mutex::new(None));
+    let visible = !settings.quiet && std::io::stderr().is_terminal();
+    let providers = settings.providers;
+    let marker = all_connected.clone();
+    let task = tokio::spawn(async move {
+        let bar = if visible {
+            indicatif::ProgressBar::new_spinner()
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = Instant::now();
+            let up = connected.load(Ordering::Relaxed);
+            if up >= providers
+                && let Ok(mut slot) = marker.lock()
+                && slot.is_none()
+            {
+                *slot = Some(now.saturating_duration_since(shared.start).as_secs_f64());
+            }
+            let stored = shared.stored.load(Ordering::Relaxed);
+            let rate = (stored - last.1) as f64 / now.saturating_duration_since(last.0).as_secs_f64().max(1e-3);
+            last = (now, stored);
+            bar.set_message(format!(
+                "{:>6.1} s  {:>9.0} acks/s  stored {:>10}  sent {:>10}  errors {:>6}  connected {}/{}",
+                now.saturating_duration_since(shared.start).as_secs_f64(),
+                rate,
+                stored,
+                shared.sent.load(Ordering::Relaxed),
+                shared.errors.load(Ordering::Relaxed),
+                up,
+                providers
+            ));
+            bar.tick();
+        }
+    });
+    (task, all_connected)
+}

@@ -1,0 +1,347 @@
+//! Before the timed phase: the providers' identities, the sessions (opened
+//! through the AM's admin path) and every message, signed ahead so that the
+//! client's CPU measures the server, not itself.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use peer::provider::ProviderSession;
+use peer::quic::{AmClient, ClientIdentity};
+use wire::{
+    AccountingKind, Address, AdminOpenSession, DataFields, Name, Policy, PublicKey, Role, ServiceId, SessionId, Signed,
+    SigningKey, TimeOfDay, Usage, UserCredential,
+};
+
+use crate::settings::Settings;
+use crate::workload::{SplitMix64, corrupt};
+
+/// The service every loadgen session is for.
+pub const LOADGEN_SERVICE: ServiceId = ServiceId(1);
+
+/// Admin connections used to open sessions, each with up to 8 requests in
+/// flight (the AM's default streams per connection).
+const ADMIN_CONNECTIONS: usize = 4;
+const ADMIN_REQUESTS_PER_CONNECTION: usize = 6;
+
+/// The operator's PKI as loadgen uses it.
+pub struct Identities {
+    /// The admin (`am-1`) identity: opens sessions and audits.
+    pub admin: ClientIdentity,
+    /// The AM's public key (checks User Credentials).
+    pub am_key: PublicKey,
+    /// Each provider's identity, in order.
+    pub providers: Vec<(Name, ClientIdentity)>,
+    /// Providers whose certificate loadgen minted with the CA key.
+    pub minted: usize,
+}
+
+/// Load the PKI folder: provider `i` is `provider-000i` as `acct init`
+/// names it, read from the folder when there, minted otherwise.
+pub fn identities(folder: &Path, providers: usize) -> anyhow::Result<Identities> {
+    let ca_der = acct::pki::read_certificate_der(&folder.join(acct::pki::CA_CERTIFICATE_FILE))
+        .with_context(|| format!("reading the CA certificate in {}", folder.display()))?;
+    let read = |role: Role, name: &Name| -> anyhow::Result<Option<ClientIdentity>> {
+        let (certificate, key) = acct::pki::identity_paths(role, name);
+        let (certificate, key) = (folder.join(certificate), folder.join(key));
+        if !certificate.exists() || !key.exists() {
+            return Ok(None);
+        }
+        Ok(Some(ClientIdentity {
+            ca_der: ca_der.clone(),
+            certificate_der: acct::pki::read_certificate_der(&certificate)?,
+            signing_key: acct::pki::read_signing_key(&key)?,
+        }))
+    };
+    let admin_name = Name::new("am-1")?;
+    let admin = read(Role::AccountingManager, &admin_name)?.with_context(|| {
+        format!(
+            "no am-1 identity in {}: loadgen opens sessions with it",
+            folder.display()
+        )
+    })?;
+    let am_key = admin.signing_key.public_key();
+    let mut authority = None;
+    let mut minted = 0;
+    let mut out = Vec::with_capacity(providers);
+    for index in 1..=providers {
+        let name = Name::new(acct::pki::provider_name(index))?;
+        let identity = match read(Role::Provider, &name)? {
+            Some(identity) => identity,
+            None => {
+                if authority.is_none() {
+                    authority = Some(acct::pki::CertificateAuthority::load(folder).with_context(|| {
+                        format!(
+                            "{} has fewer than {providers} provider certificates and no CA key to mint more",
+                            folder.display()
+                        )
+                    })?);
+                }
+                let Some(ca) = authority.as_ref() else {
+                    anyhow::bail!("no CA to mint provider certificates");
+                };
+                let issued = ca.issue(Role::Provider, name.as_str())?;
+                minted += 1;
+                ClientIdentity {
+                    ca_der: ca_der.clone(),
+                    certificate_der: issued.certificate_der,
+                    signing_key: issued.signing_key,
+                }
+            }
+        };
+        out.push((name, identity));
+    }
+    Ok(Identities {
+        admin,
+        am_key,
+        providers: out,
+        minted,
+    })
+}
+
+/// Sessions of the run, opened through the AM's admin path: provider index
+/// and the User Credential the AM minted.
+pub async fn open_sessions(
+    settings: &Settings,
+    identities: &Identities,
+) -> anyhow::Result<Vec<(usize, Signed<UserCredential>)>> {
+    let now = acct::clock::now_ms();
+    let policy = Policy {
+        valid_from_ms: now.saturating_sub(3_600_000),
+        valid_until_ms: now + (settings.duration + settings.drain) * 1000 + 3_600_000,
+        time_of_day: TimeOfDay::ANY,
+        requests_max: 0,
+        address_change_allowed: true,
+        required_data: DataFields::UNITS,
+        interim_interval_max_s: 0,
+    };
+    let count = settings.session_count();
+    let requests: Vec<(usize, AdminOpenSession)> = (0..count)
+        .map(|index| {
+            let provider = index % settings.providers;
+            let user = index % settings.users;
+            Ok((
+                provider,
+                AdminOpenSession {
+                    provider: identities.providers[provider].0.clone(),
+                    service_id: LOADGEN_SERVICE,
+                    user_id: Name::new(format!("loadgen-user-{:06}", user + 1))?,
+                    user_address: Address::new(format!("127.0.0.{}:{}", 1 + user % 250, 10_000 + user % 50_000))?,
+                    policy,
+                },
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let requests = Arc::new(requests);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..ADMIN_CONNECTIONS.min(count.max(1)) {
+        let client = Arc::new(
+            AmClient::connect(settings.am, &identities.admin)
+                .await
+                .context("connecting to the AM as the operator (am-1)")?,
+        );
+        for _ in 0..ADMIN_REQUESTS_PER_CONNECTION {
+            let (client, requests, next) = (client.clone(), requests.clone(), next.clone());
+            tasks.spawn(async move {
+                let mut opened = Vec::new();
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((provider, request)) = requests.get(index) else {
+                        return Ok::<_, anyhow::Error>(opened);
+                    };
+                    let credential = tokio::time::timeout(Duration::from_secs(30), client.open_session(request))
+                        .await
+                        .context("the AM did not answer a session request within 30 s")?
+                        .context("opening a session")?;
+                    opened.push((index, *provider, credential));
+                }
+            });
+        }
+    }
+    let mut sessions = Vec::with_capacity(count);
+    while let Some(result) = tasks.join_next().await {
+        sessions.extend(result.context("session task")??);
+    }
+    sessions.sort_unstable_by_key(|(index, _, _)| *index);
+    Ok(sessions
+        .into_iter()
+        .map(|(_, provider, credential)| (provider, credential))
+        .collect())
+}
+
+/// A fault injected after a message, on a stream of its own.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// A copy with a corrupted signature.
+    BadSignature(Signed<wire::Accounting>),
+    /// A message for another provider's session, signed by this provider.
+    Foreign(Signed<wire::Accounting>),
+    /// Bytes that are not a valid frame.
+    Malformed(Bytes),
+}
+
+/// One provider's pre-signed traffic.
+pub struct ProviderPlan {
+    /// The provider's index.
+    pub index: usize,
+    /// Its sessions.
+    pub sessions: Vec<SessionId>,
+    /// Interim Accounting in sending order (round-robin over its sessions).
+    pub interims: Vec<Signed<wire::Accounting>>,
+    /// For each interim: whether to retransmit it after its ack.
+    pub duplicate: Vec<bool>,
+    /// Faults to inject after the interim at the given index.
+    pub faults: Vec<(usize, Fault)>,
+    /// One Final Accounting per session (sequence after every interim).
+    pub finals: Vec<Signed<wire::Accounting>>,
+}
+
+/// Sign every provider's messages ahead, on all cores.
+pub fn sign_ahead(
+    settings: &Settings,
+    identities: &Identities,
+    sessions: &[(usize, Signed<UserCredential>)],
+) -> anyhow::Result<Vec<ProviderPlan>> {
+    let providers = settings.providers;
+    let mut by_provider: Vec<Vec<Signed<UserCredential>>> = vec![Vec::new(); providers];
+    for (provider, credential) in sessions {
+        by_provider[*provider].push(credential.clone());
+    }
+    let total = settings.interims_planned();
+    let share = |index: usize| -> usize {
+        let base = total / providers as u64;
+        let extra = u64::from((index as u64) < total % providers as u64);
+        (base + extra) as usize
+    };
+    // A foreign target per provider: a session of the next provider.
+    let foreign_target: Vec<Option<Signed<UserCredential>>> = (0..providers)
+        .map(|index| by_provider[(index + 1) % providers].first().cloned())
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let work: Vec<usize> = (0..providers).collect();
+    let chunk = providers.div_ceil(threads).max(1);
+    let mut plans: Vec<ProviderPlan> = Vec::with_capacity(providers);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = work
+            .chunks(chunk)
+            .map(|indices| {
+                let by_provider = &by_provider;
+                let foreign_target = &foreign_target;
+                scope.spawn(move || -> anyhow::Result<Vec<ProviderPlan>> {
+                    indices
+                        .iter()
+                        .map(|&index| {
+                            plan_provider(
+                                settings,
+                                index,
+                                &identities.providers[index].1.signing_key,
+                                &identities.am_key,
+                                &by_provider[index],
+                                foreign_target[index].as_ref(),
+                                share(index),
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        for handle in handles {
+            let part = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??;
+            plans.extend(part);
+        }
+        Ok(())
+    })?;
+    Ok(plans)
+}
+
+fn plan_provider(
+    settings: &Settings,
+    index: usize,
+    key: &SigningKey,
+    am_key: &PublicKey,
+    credentials: &[Signed<UserCredential>],
+    foreign: Option<&Signed<UserCredential>>,
+    interims: usize,
+) -> anyhow::Result<ProviderPlan> {
+    let mut random = SplitMix64::new(settings.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut sessions: Vec<ProviderSession> = credentials
+        .iter()
+        .map(|credential| ProviderSession::accept(credential.clone(), am_key, key.clone()))
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(!sessions.is_empty(), "provider {index} has no session");
+    let mut foreign = foreign.map(|credential| ProviderSession::resume(credential.clone(), key.clone(), 1 << 40));
+    let now = acct::clock::now_ms();
+    let mut plan = ProviderPlan {
+        index,
+        sessions: sessions.iter().map(ProviderSession::session_id).collect(),
+        interims: Vec::with_capacity(interims),
+        duplicate: Vec::with_capacity(interims),
+        faults: Vec::new(),
+        finals: Vec::with_capacity(sessions.len()),
+    };
+    let session_count = sessions.len();
+    for position in 0..interims {
+        let session = &mut sessions[position % session_count];
+        let message = session.account(AccountingKind::INTERIM, usage(&mut random, now))?;
+        forget(session, &message);
+        plan.duplicate.push(random.chance(settings.duplicates));
+        if random.chance(settings.bad_signatures) {
+            plan.faults
+                .push((position, Fault::BadSignature(corrupt(message.clone()))));
+        }
+        if let Some(target) = foreign.as_mut()
+            && random.chance(settings.foreign_sessions)
+        {
+            let forged = target.account(AccountingKind::INTERIM, usage(&mut random, now))?;
+            forget(target, &forged);
+            plan.faults.push((position, Fault::Foreign(forged)));
+        }
+        if random.chance(settings.malformed) {
+            plan.faults.push((position, Fault::Malformed(malformed(&mut random))));
+        }
+        plan.interims.push(message);
+    }
+    for session in &mut sessions {
+        let message = session.account(AccountingKind::FINAL, usage(&mut random, now))?;
+        forget(session, &message);
+        plan.finals.push(message);
+    }
+    Ok(plan)
+}
+
+/// The plan keeps its own copies and retransmits them itself: drop the
+/// message from the session's unacked backlog so that it never fills.
+fn forget(session: &mut ProviderSession, message: &Signed<wire::Accounting>) {
+    let _ = session.on_ack(&wire::AckEntry {
+        message_id: message.value().message_id(),
+        status: wire::AckStatus::STORED,
+    });
+}
+
+fn usage(random: &mut SplitMix64, now: u64) -> Usage {
+    let interval_ms = 1000;
+    Usage {
+        units: Some(1 + random.below(10)),
+        bytes_up: Some(random.below(1 << 20)),
+        bytes_down: Some(random.below(1 << 24)),
+        duration_ms: Some(interval_ms),
+        interval_ms: Some((now - interval_ms, now)),
+        custom: Vec::new(),
+    }
+}
+
+/// A frame the AM must refuse: an unknown type, a truncated Accounting
+/// body, or a length prefix over every limit.
+fn malformed(random: &mut SplitMix64) -> Bytes {
+    let version = wire::limits::PROTOCOL_VERSION;
+    match random.below(3) {
+        0 => Bytes::from(vec![version, 0x7e, 0, 0, 0, 1, 0]),
+        1 => Bytes::from(vec![version, 0x06, 0, 0, 0, 3, 1, 2, 3]),
+        _ => Bytes::from(vec![version, 0x06, 0xff, 0xff, 0xff, 0xff]),
+    }
+}

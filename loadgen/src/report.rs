@@ -1,0 +1,563 @@
+//! What a run found: a JSON report for machines, a summary for people, and
+//! an HTML page with plots (inline SVG: no network needed to view it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::drive::{Class, Stats};
+use crate::settings::Settings;
+
+/// Version of the JSON report's layout.
+pub const REPORT_VERSION: u32 = 1;
+
+/// Latency percentiles in milliseconds.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p99_9: f64,
+    /// Largest.
+    pub max: f64,
+    /// Answers measured.
+    pub count: u64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p99_9: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+            count: histogram.len(),
+        }
+    }
+}
+
+/// One second of the run.
+#[derive(Serialize, Debug, Clone)]
+pub struct Second {
+    /// Seconds since the start of the timed phase.
+    pub second: u64,
+    /// Interims and finals answered as stored in that second.
+    pub acked: u64,
+    /// Their latency.
+    pub latency_ms: Latency,
+}
+
+/// One fault class: how many were injected and how each was answered.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct FaultReport {
+    /// Injected.
+    pub sent: u64,
+    /// Answers by name.
+    pub answers: BTreeMap<String, u64>,
+    /// Never answered.
+    pub unanswered: u64,
+}
+
+/// The audit against the AM.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct AuditReport {
+    /// Records the AM's hot store held for every session (all runs).
+    pub records_in_store: u64,
+    /// Messages of this run acked as stored (STORED or DUPLICATE).
+    pub acked_as_stored: u64,
+    /// Of those, how many the store holds exactly once.
+    pub stored_once: u64,
+    /// Acked as stored but not in the store.
+    pub lost: u64,
+    /// (session, sequence) pairs of this run stored more than once.
+    pub double_stored: u64,
+    /// Stored but never acked (the ack was lost with a connection).
+    pub stored_unacked: u64,
+    /// What was checked.
+    pub scope: String,
+}
+
+/// The JSON report.
+#[derive(Serialize, Debug, Clone)]
+pub struct Report {
+    /// Layout version.
+    pub report_version: u32,
+    /// The settings of the run.
+    pub settings: Settings,
+    /// "open loop" or "closed loop".
+    pub mode: String,
+    /// Messages were signed before the timed phase.
+    pub presigned: bool,
+    /// Messages signed ahead (interims and finals).
+    pub messages_presigned: u64,
+    /// Seconds spent signing ahead (not part of the timed phase).
+    pub signing_s: f64,
+    /// Sessions opened through the AM (User Credentials it issued).
+    pub credentials_issued: u64,
+    /// Seconds spent opening them.
+    pub sessions_open_s: f64,
+    /// Provider certificates minted by loadgen.
+    pub certificates_minted: u64,
+    /// Providers whose first connection came up.
+    pub providers_connected: u64,
+    /// Seconds from the first handshake until every provider had connected.
+    pub connect_s: f64,
+    /// Frames sent on accounting streams (every class, retries included).
+    pub sent: u64,
+    /// Interims and finals sent once (not counting retries).
+    pub sent_accounting: u64,
+    /// Interims and finals answered STORED.
+    pub acked_stored: u64,
+    /// Answers DUPLICATE (to retransmissions, and to interims or finals
+    /// stored by an earlier connection).
+    pub acked_duplicate: u64,
+    /// Answers that refused a message for good, by reason (every class).
+    pub rejected: BTreeMap<String, u64>,
+    /// Retransmissions (retryable answers, lost connections).
+    pub retried: u64,
+    /// Interims and finals with no final answer at the end.
+    pub unanswered: u64,
+    /// Interims and finals answered as stored per second, from the start
+    /// of the timed phase to the last such answer.
+    pub throughput_per_s: f64,
+    /// Seconds from the start of the timed phase to the last answer.
+    pub elapsed_s: f64,
+    /// Latency from each interim's or final's intended send time to the
+    /// answer that stored it (open loop: the schedule, so no coordinated
+    /// omission; closed loop: when the window let it go).
+    pub latency_ms: Latency,
+    /// Acks lost and regained by reconnecting.
+    pub connections_lost: u64,
+    /// Failed connection attempts.
+    pub connect_failures: u64,
+    /// Closed loop: providers that sent every signed interim before the end.
+    pub exhausted_providers: u64,
+    /// Injected faults and their answers.
+    pub faults: BTreeMap<String, FaultReport>,
+    /// Lost messages (from the audit; null without `--audit`).
+    pub lost: Option<u64>,
+    /// Doubled messages (from the audit; null without `--audit`).
+    pub double_stored: Option<u64>,
+    /// The audit, with `--audit`.
+    pub audit: Option<AuditReport>,
+    /// Per second.
+    pub timeline: Vec<Second>,
+}
+
+/// Figures from before the timed phase.
+pub struct Setup {
+    /// Messages signed ahead.
+    pub messages_presigned: u64,
+    /// Seconds signing.
+    pub signing_s: f64,
+    /// Sessions opened.
+    pub credentials_issued: u64,
+    /// Seconds opening sessions.
+    pub sessions_open_s: f64,
+    /// Certificates minted.
+    pub certificates_minted: u64,
+    /// Providers connected.
+    pub providers_connected: u64,
+    /// Seconds until all providers connected.
+    pub connect_s: f64,
+}
+
+fn class_name(class: Class) -> &'static str {
+    match class {
+        Class::Interim => "interim",
+        Class::Final => "final",
+        Class::Duplicate => "duplicate",
+        Class::BadSignature => "bad_signature",
+        Class::ForeignSession => "foreign_session",
+        Class::Malformed => "malformed",
+    }
+}
+
+impl Report {
+    /// Build the report from the run's figures.
+    pub fn new(settings: &Settings, setup: &Setup, stats: &Stats, sent: u64, elapsed_s: f64) -> Self {
+        let mut acked_stored = 0;
+        let mut acked_duplicate = 0;
+        let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
+        let mut faults: BTreeMap<String, FaultReport> = BTreeMap::new();
+        for ((class, status), count) in &stats.answers {
+            match class {
+                Class::Interim | Class::Final => {
+                    if status == "stored" {
+                        acked_stored += count;
+                    } else if status == "duplicate" {
+                        acked_duplicate += count;
+                    } else {
+                        *rejected.entry(status.clone()).or_default() += count;
+                    }
+                }
+                other => {
+                    if status == "duplicate" {
+                        acked_duplicate += count;
+                    } else if status != "stored" && status.starts_with(|c: char| c.is_ascii_lowercase()) {
+                        *rejected.entry(status.clone()).or_default() += count;
+                    }
+                    *faults
+                        .entry(class_name(*other).to_owned())
+                        .or_default()
+                        .answers
+                        .entry(status.clone())
+                        .or_default() += count;
+                }
+            }
+        }
+        for (class, count) in &stats.sent_by_class {
+            if !matches!(class, Class::Interim | Class::Final) {
+                faults.entry(class_name(*class).to_owned()).or_default().sent += count;
+            }
+        }
+        let mut unanswered = 0;
+        for (class, count) in &stats.unanswered {
+            if matches!(class, Class::Interim | Class::Final) {
+                unanswered += count;
+            } else {
+                faults.entry(class_name(*class).to_owned()).or_default().unanswered += count;
+            }
+        }
+        let stored_any = acked_stored
+            + stats.answers.get(&(Class::Interim, "duplicate".into())).unwrap_or(&0)
+            + stats.answers.get(&(Class::Final, "duplicate".into())).unwrap_or(&0);
+        let timeline = stats
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(second, (acked, histogram))| Second {
+                second: second as u64,
+                acked: *acked,
+                latency_ms: Latency::of(histogram),
+            })
+            .collect();
+        Self {
+            report_version: REPORT_VERSION,
+            settings: settings.clone(),
+            mode: if settings.max { "closed loop" } else { "open loop" }.into(),
+            presigned: true,
+            messages_presigned: setup.messages_presigned,
+            signing_s: setup.signing_s,
+            credentials_issued: setup.credentials_issued,
+            sessions_open_s: setup.sessions_open_s,
+            certificates_minted: setup.certificates_minted,
+            providers_connected: setup.providers_connected,
+            connect_s: setup.connect_s,
+            sent,
+            sent_accounting: stats.sent_by_class.get(&Class::Interim).unwrap_or(&0)
+                + stats.sent_by_class.get(&Class::Final).unwrap_or(&0),
+            acked_stored,
+            acked_duplicate,
+            rejected,
+            retried: stats.retried,
+            unanswered,
+            throughput_per_s: if elapsed_s > 0.0 {
+                stored_any as f64 / elapsed_s
+            } else {
+                0.0
+            },
+            elapsed_s,
+            latency_ms: Latency::of(&stats.latency),
+            connections_lost: stats.connections_lost,
+            connect_failures: stats.connect_failures,
+            exhausted_providers: stats.exhausted_providers,
+            faults,
+            lost: None,
+            double_stored: None,
+            audit: None,
+            timeline,
+        }
+    }
+
+    /// Add the audit's findings.
+    pub fn set_audit(&mut self, audit: AuditReport) {
+        self.lost = Some(audit.lost);
+        self.double_stored = Some(audit.double_stored);
+        self.audit = Some(audit);
+    }
+
+    /// The summary printed at the end.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "loadgen: {} against {}, {} providers, {} sessions, {} s",
+            self.mode, self.settings.am, self.settings.providers, self.credentials_issued, self.settings.duration
+        );
+        let _ = writeln!(
+            out,
+            "  setup: {} sessions opened in {:.1} s, {} messages signed ahead in {:.1} s, {} providers connected in {:.1} s",
+            self.credentials_issued,
+            self.sessions_open_s,
+            self.messages_presigned,
+            self.signing_s,
+            self.providers_connected,
+            self.connect_s
+        );
+        let _ = writeln!(
+            out,
+            "  accounting: {} sent, {} stored, {} duplicate, {} retried, {} unanswered",
+            self.sent_accounting, self.acked_stored, self.acked_duplicate, self.retried, self.unanswered
+        );
+        let _ = writeln!(
+            out,
+            "  throughput: {:.0} stored acks/s over {:.1} s",
+            self.throughput_per_s, self.elapsed_s
+        );
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            out,
+            "  ack latency (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            l.p50, l.p90, l.p99, l.p99_9, l.max
+        );
+        if !self.rejected.is_empty() {
+            let list: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|(name, count)| format!("{name} {count}"))
+                .collect();
+            let _ = writeln!(out, "  refused: {}", list.join(", "));
+        }
+        for (class, fault) in &self.faults {
+            let list: Vec<String> = fault
+                .answers
+                .iter()
+                .map(|(name, count)| format!("{name} {count}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {class}: {} sent, answered {}{}",
+                fault.sent,
+                if list.is_empty() {
+                    "nothing".into()
+                } else {
+                    list.join(", ")
+                },
+                if fault.unanswered > 0 {
+                    format!(", {} unanswered", fault.unanswered)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if self.connections_lost > 0 || self.connect_failures > 0 {
+            let _ = writeln!(
+                out,
+                "  connections: {} lost and re-made, {} failed attempts",
+                self.connections_lost, self.connect_failures
+            );
+        }
+        if self.exhausted_providers > 0 {
+            let _ = writeln!(
+                out,
+                "  note: {} providers sent every signed message before the end (raise --messages-max)",
+                self.exhausted_providers
+            );
+        }
+        match &self.audit {
+            Some(audit) => {
+                let _ = writeln!(
+                    out,
+                    "  audit ({}): {} acked as stored, {} stored once, {} lost, {} doubled, {} stored but unacked",
+                    audit.scope,
+                    audit.acked_as_stored,
+                    audit.stored_once,
+                    audit.lost,
+                    audit.double_stored,
+                    audit.stored_unacked
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  audit: not run (--audit)");
+            }
+        }
+        out
+    }
+
+    /// The HTML page: settings, summary, and plots of throughput and
+    /// latency over time and of the latency distribution.
+    pub fn html(&self, latency: &Histogram<u64>) -> String {
+        let throughput: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .map(|second| (second.second as f64, second.acked as f64))
+            .collect();
+        let p50: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .filter(|second| second.acked > 0)
+            .map(|second| (second.second as f64, second.latency_ms.p50))
+            .collect();
+        let p99: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .filter(|second| second.acked > 0)
+            .map(|second| (second.second as f64, second.latency_ms.p99))
+            .collect();
+        let mut distribution: Vec<(f64, f64)> = Vec::new();
+        if !latency.is_empty() {
+            for step in 0..=200 {
+                let percentile = 100.0 * (1.0 - 10f64.powf(-(step as f64) / 40.0));
+                let value = latency.value_at_percentile(percentile) as f64 / 1000.0;
+                distribution.push((step as f64 / 40.0, value));
+            }
+        }
+        let plots = [
+            svg_plot(
+                "Stored acks per second",
+                "seconds",
+                "acks/s",
+                &[("acks/s", &throughput)],
+                false,
+            ),
+            svg_plot(
+                "Ack latency over time",
+                "seconds",
+                "ms",
+                &[("p50", &p50), ("p99", &p99)],
+                false,
+            ),
+            svg_plot(
+                "Latency distribution (x: nines; 1 = p90, 2 = p99, 3 = p99.9)",
+                "nines",
+                "ms",
+                &[("latency", &distribution)],
+                false,
+            ),
+        ];
+        let json = serde_json::to_string_pretty(self).unwrap_or_default();
+        let mut page = String::new();
+        let _ = write!(
+            page,
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>acct loadgen report</title>\
+             <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}\
+             pre{{background:#f4f4f4;padding:1em;overflow:auto}}svg{{margin:1em 0}}</style></head><body>\
+             <h1>acct loadgen report</h1><pre>{}</pre>",
+            escape(&self.summary())
+        );
+        for plot in plots {
+            page.push_str(&plot);
+        }
+        let _ = write!(
+            page,
+            "<details><summary>JSON report</summary><pre>{}</pre></details></body></html>",
+            escape(&json)
+        );
+        page
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A line plot as inline SVG, drawn with plotters' SVG backend.
+fn svg_plot(title: &str, x_label: &str, y_label: &str, series: &[(&str, &[(f64, f64)])], _log: bool) -> String {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let x_max = series
+            .iter()
+            .flat_map(|(_, points)| points.iter().map(|point| point.0))
+            .fold(1.0f64, f64::max);
+        let y_max = series
+            .iter()
+            .flat_map(|(_, points)| points.iter().map(|point| point.1))
+            .fold(1e-3f64, f64::max)
+            * 1.1;
+        let root = SVGBackend::with_string(&mut svg, (900, 360)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+            chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
+            let colors = [BLUE, RED, GREEN];
+            for (index, (name, points)) in series.iter().enumerate() {
+                let color = colors[index % colors.len()];
+                chart
+                    .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+                    .label(*name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(error) = drawn {
+            return format!("<p>plot {title}: {}</p>", escape(&error.to_string()));
+        }
+    }
+    svg
+}
+
+/// Audit this run's acked messages against the AM's answer.
+pub fn audit(stats: &Stats, sessions: &[wire::SessionId], records: u64, runs: &[wire::AuditRun]) -> AuditReport {
+    let mut by_session: HashMap<wire::SessionId, Vec<&wire::AuditRun>> = HashMap::new();
+    for run in runs {
+        by_session.entry(run.session_id).or_default().push(run);
+    }
+    let copies = |session: &wire::SessionId, sequence: u64| -> u32 {
+        by_session
+            .get(session)
+            .and_then(|list| {
+                list.iter()
+                    .find(|run| run.first <= sequence && sequence <= run.last)
+                    .map(|run| run.copies)
+            })
+            .unwrap_or(0)
+    };
+    let mut report = AuditReport {
+        records_in_store: records,
+        scope: "the AM's hot store (records not yet exported)".into(),
+        ..AuditReport::default()
+    };
+    let mut acked: HashMap<wire::SessionId, std::collections::HashSet<u64>> = HashMap::new();
+    for (session, sequences) in &stats.stored_sequences {
+        let set = acked.entry(*session).or_default();
+        for sequence in sequences {
+            if !set.insert(*sequence) {
+                continue;
+            }
+            report.acked_as_stored += 1;
+            match copies(session, *sequence) {
+                0 => report.lost += 1,
+                1 => report.stored_once += 1,
+                _ => {}
+            }
+        }
+    }
+    let empty = std::collections::HashSet::new();
+    for session in sessions {
+        let Some(list) = by_session.get(session) else { continue };
+        let set = acked.get(session).unwrap_or(&empty);
+        for run in list {
+            let span = run.last - run.first + 1;
+            if run.copies > 1 {
+                report.double_stored += span;
+            }
+            let acked_in_run = set
+                .iter()
+                .filter(|sequence| run.first <= **sequence && **sequence <= run.last)
+                .count() as u64;
+            report.stored_unacked += span - acked_in_run.min(span);
+        }
+    }
+    report
+}

@@ -1,0 +1,168 @@
+//! What a loadgen run does: the command line, checked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Serialize;
+
+/// Most providers (each a QUIC connection with its own certificate).
+pub const PROVIDERS_MAX: usize = 100_000;
+/// Most sessions in one run.
+pub const SESSIONS_MAX: usize = 1_000_000;
+/// Longest run.
+pub const DURATION_S_MAX: u64 = 3_600;
+/// In-flight messages per provider in closed-loop mode, at most.
+pub const WINDOW_MAX: usize = 16_384;
+
+/// Drive a running Accounting Manager with many providers, each on its own
+/// QUIC connection with its own certificate, and report what it answered.
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(name = "loadgen", version, about)]
+pub struct Settings {
+    /// The AM's address (only this address is contacted).
+    #[arg(long)]
+    pub am: SocketAddr,
+    /// The operator's PKI folder (from `acct init`; the AM's default is
+    /// DATA/pki). Provider certificates missing from it are minted with its
+    /// CA key; sessions are opened with its `am-1` admin identity.
+    #[arg(long)]
+    pub pki: PathBuf,
+    /// Providers, each with its own certificate and QUIC connection.
+    #[arg(long, default_value_t = 100)]
+    pub providers: usize,
+    /// Concurrent service sessions in all (spread over the providers; at
+    /// least one per provider).
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Users the sessions bill (round-robin).
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+    /// Open loop: messages per second in all, sent on schedule whatever the
+    /// answers; each session sends Interim Accounting every
+    /// sessions / rate seconds.
+    #[arg(long, default_value_t = 1000, conflicts_with = "max")]
+    pub rate: u64,
+    /// Closed loop: as fast as acks allow, `--window` messages in flight
+    /// per provider.
+    #[arg(long)]
+    pub max: bool,
+    /// In-flight messages per provider with `--max`.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Seconds of sending; then every session sends its Final Accounting
+    /// and loadgen waits (at most `--drain`) for the last answers.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds to wait for answers after the sending phase.
+    #[arg(long, default_value_t = 30)]
+    pub drain: u64,
+    /// Most messages signed ahead (the closed loop stops sending interims
+    /// when a provider has sent its share).
+    #[arg(long, default_value_t = 3_000_000)]
+    pub messages_max: u64,
+    /// Share of stored messages retransmitted (same bytes, after their
+    /// ack): must be answered DUPLICATE.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicates: f64,
+    /// Share of messages followed by a copy with a corrupted signature:
+    /// must be answered BAD_SIGNATURE.
+    #[arg(long, default_value_t = 0.0)]
+    pub bad_signatures: f64,
+    /// Share of messages followed by one for another provider's session,
+    /// signed with this provider's key: must be answered WRONG_PROVIDER.
+    #[arg(long, default_value_t = 0.0)]
+    pub foreign_sessions: f64,
+    /// Share of messages followed by a malformed frame on a stream of its
+    /// own: must be answered with an Error.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed: f64,
+    /// Seed of every random choice (usage figures, fault positions).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the HTML report (throughput and latency plots) here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// After the run, ask the AM which messages it holds and count the
+    /// lost and the doubled ones.
+    #[arg(long)]
+    pub audit: bool,
+    /// Handshakes in flight while connecting.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// UDP sockets shared by the providers' connections.
+    #[arg(long, default_value_t = 8)]
+    pub sockets: usize,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Settings {
+    /// Refuse settings that cannot make a bounded, meaningful run.
+    pub fn check(&self) -> Result<(), String> {
+        let ratio = |name: &str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be between 0 and 1, not {value}"))
+            }
+        };
+        ratio("duplicates", self.duplicates)?;
+        ratio("bad-signatures", self.bad_signatures)?;
+        ratio("foreign-sessions", self.foreign_sessions)?;
+        ratio("malformed", self.malformed)?;
+        if self.providers == 0 || self.providers > PROVIDERS_MAX {
+            return Err(format!("--providers must be 1..={PROVIDERS_MAX}"));
+        }
+        if self.sessions > SESSIONS_MAX {
+            return Err(format!("--sessions must be at most {SESSIONS_MAX}"));
+        }
+        if self.users == 0 {
+            return Err("--users must be at least 1".into());
+        }
+        if self.duration == 0 || self.duration > DURATION_S_MAX {
+            return Err(format!("--duration must be 1..={DURATION_S_MAX} seconds"));
+        }
+        if self.drain > DURATION_S_MAX {
+            return Err(format!("--drain must be at most {DURATION_S_MAX} seconds"));
+        }
+        if !self.max && self.rate == 0 {
+            return Err("--rate must be at least 1 (or use --max)".into());
+        }
+        if self.window == 0 || self.window > WINDOW_MAX {
+            return Err(format!("--window must be 1..={WINDOW_MAX}"));
+        }
+        if self.messages_max == 0 || self.messages_max > crate::workload::WORKLOAD_MESSAGES_MAX {
+            return Err(format!(
+                "--messages-max must be 1..={}",
+                crate::workload::WORKLOAD_MESSAGES_MAX
+            ));
+        }
+        if self.foreign_sessions > 0.0 && self.providers < 2 {
+            return Err("--foreign-sessions needs at least 2 providers".into());
+        }
+        if self.connect_concurrency == 0 || self.sockets == 0 || self.sockets > 1024 {
+            return Err("--connect-concurrency must be at least 1 and --sockets 1..=1024".into());
+        }
+        Ok(())
+    }
+
+    /// Sessions actually run: at least one per provider.
+    pub fn session_count(&self) -> usize {
+        self.sessions.max(self.providers)
+    }
+
+    /// Interim messages signed ahead in all (the finals come on top).
+    pub fn interims_planned(&self) -> u64 {
+        let wanted = if self.max {
+            self.messages_max
+        } else {
+            self.rate.saturating_mul(self.duration)
+        };
+        wanted.min(self.messages_max)
+    }
+}
