@@ -1,0 +1,74 @@
+//! `loadgen` against a real `acct serve`: a few hundred providers on their
+//! own QUIC connections for a few seconds, with retransmitted duplicates,
+//! then the JSON report and the audit against the AM's store.
+
+use std::process::Command;
+use std::time::Duration;
+
+use acct_tests::{AmProcess, TestPki, binary};
+
+#[test]
+fn loadgen_run_is_acked_exactly_once_and_audited() {
+    // Only the admin identity comes from the PKI folder: loadgen mints the
+    // 300 provider certificates with the CA key.
+    let pki = TestPki::new(0, 0);
+    let am = AmProcess::start(pki.data(), &[]);
+    let report_path = pki.data().join("report.json");
+    let html_path = pki.data().join("report.html");
+    let output = Command::new(binary("loadgen"))
+        .args(["--am", &am.address.to_string()])
+        .arg("--pki")
+        .arg(pki.pki())
+        .args(["--providers", "300", "--sessions", "600", "--users", "50"])
+        .args(["--rate", "2000", "--duration", "3", "--drain", "30"])
+        .args(["--duplicates", "0.05", "--seed", "7", "--audit", "--quiet"])
+        .arg("--json")
+        .arg(&report_path)
+        .arg("--html")
+        .arg(&html_path)
+        .output()
+        .unwrap_or_else(|error| panic!("running loadgen: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&report_path).unwrap_or_else(|error| panic!("reading the report: {error}")),
+    )
+    .unwrap_or_else(|error| panic!("the report is not JSON: {error}"));
+    let number = |field: &str| {
+        report[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("report field {field} missing:\n{report:#}"))
+    };
+    // 2,000/s for 3 s, plus one Final Accounting per session.
+    assert_eq!(number("sent_accounting"), 6000 + 600, "{stdout}");
+    assert_eq!(number("acked_stored"), 6600, "{stdout}");
+    assert_eq!(number("unanswered"), 0, "{stdout}");
+    assert_eq!(number("credentials_issued"), 600);
+    assert_eq!(number("lost"), 0, "{stdout}");
+    assert_eq!(number("double_stored"), 0, "{stdout}");
+    assert_eq!(report["audit"]["stored_once"].as_u64(), Some(6600), "{stdout}");
+    assert!(
+        report["rejected"].as_object().is_some_and(|map| map.is_empty()),
+        "{stdout}"
+    );
+    // Every retransmission was answered as a duplicate, none stored again.
+    let duplicates = &report["faults"]["duplicate"];
+    let sent = duplicates["sent"].as_u64().unwrap_or(0);
+    assert!(sent > 100, "expected about 5% of 6,600 retransmissions:\n{stdout}");
+    assert_eq!(duplicates["answers"]["duplicate"].as_u64(), Some(sent), "{stdout}");
+    assert_eq!(number("acked_duplicate"), sent, "{stdout}");
+    for field in ["p50", "p90", "p99", "p99_9", "max"] {
+        assert!(
+            report["latency_ms"][field].as_f64().is_some(),
+            "latency {field} missing"
+        );
+    }
+    let html = std::fs::read_to_string(&html_path).unwrap_or_else(|error| panic!("reading the HTML: {error}"));
+    assert!(html.matches("<svg").count() >= 3, "the HTML report has no plots");
+    assert!(am.terminate(Duration::from_secs(30)), "acct serve did not stop cleanly");
+}
