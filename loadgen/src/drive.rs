@@ -665,6 +665,10 @@ enum Stream {
     Faults,
 }
 
+/// One answer matched to what it answers: class, status, and for stored
+/// interims and finals (intended send time, session, sequence).
+type Settled = (Class, AckStatus, Option<(Instant, wire::SessionId, u64)>);
+
 /// Read the answers of one stream until it ends or fails.
 async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc<Shared>, stream: Stream) {
     loop {
@@ -673,8 +677,7 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
             Ok(Some(Received::Error(_))) | Ok(None) | Err(_) => return,
         };
         let now = Instant::now();
-        let mut settled: Vec<(Class, AckStatus, Option<(Instant, wire::SessionId, u64)>)> =
-            Vec::with_capacity(entries.len());
+        let mut settled: Vec<Settled> = Vec::with_capacity(entries.len());
         {
             let mut state = provider.lock();
             for entry in &entries {

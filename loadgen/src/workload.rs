@@ -118,9 +118,9 @@ impl Workload {
                     sequence,
                     credential_digest: [0x5a; 16],
                     usage: Usage {
-                        units: Some(1 + random.next() % 100),
-                        bytes_up: Some(random.next() % 1_000_000),
-                        bytes_down: Some(random.next() % 10_000_000),
+                        units: Some(1 + random.next_u64() % 100),
+                        bytes_up: Some(random.next_u64() % 1_000_000),
+                        bytes_down: Some(random.next_u64() % 10_000_000),
                         duration_ms: Some(60_000),
                         interval_ms: Some((start_ms, start_ms + 60_000)),
                         custom: Vec::new(),
@@ -193,7 +193,7 @@ impl SplitMix64 {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -204,19 +204,19 @@ impl SplitMix64 {
     fn bytes32(&mut self) -> [u8; 32] {
         let mut out = [0u8; 32];
         for chunk in out.chunks_exact_mut(8) {
-            chunk.copy_from_slice(&self.next().to_le_bytes());
+            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
         }
         out
     }
 
     /// True with probability `ratio`.
     pub fn chance(&mut self, ratio: f64) -> bool {
-        ratio > 0.0 && (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= ratio
+        ratio > 0.0 && (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= ratio
     }
 
     /// A number in `0..bound` (`bound` > 0; 0 when it is 0).
     pub fn below(&mut self, bound: u64) -> u64 {
-        if bound == 0 { 0 } else { self.next() % bound }
+        if bound == 0 { 0 } else { self.next_u64() % bound }
     }
 }
 

@@ -335,7 +335,7 @@ impl Store {
         // In key order, each insert into the skip list starts where the last
         // one ended (RocksDB keeps the last insert position for a single
         // writer): a session's consecutive messages cost no search.
-        group.fingerprints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        group.fingerprints.sort_unstable_by_key(|entry| entry.0);
         let family = self.family(FINGERPRINTS);
         for (key, fingerprint) in &group.fingerprints {
             group.batch.put_cf(family, key, fingerprint);
