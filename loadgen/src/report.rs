@@ -13,6 +13,9 @@ use crate::settings::Settings;
 /// Version of the JSON report's layout.
 pub const REPORT_VERSION: u32 = 1;
 
+/// Answers that ask the provider to send the same message again.
+const RETRYABLE: [&str; 3] = ["busy", "out_of_space", "shutting_down"];
+
 /// Latency percentiles in milliseconds.
 #[derive(Serialize, Debug, Clone, Default)]
 pub struct Latency {
@@ -195,11 +198,16 @@ impl Report {
                         acked_stored += count;
                     } else if status == "duplicate" {
                         acked_duplicate += count;
+                    } else if RETRYABLE.contains(&status.as_str()) {
+                        // Sent again: counted in `retried`, not refused.
                     } else {
                         *rejected.entry(status.clone()).or_default() += count;
                     }
                 }
                 other => {
+                    if RETRYABLE.contains(&status.as_str()) {
+                        continue;
+                    }
                     if status == "duplicate" {
                         acked_duplicate += count;
                     } else if status != "stored" && status.starts_with(|c: char| c.is_ascii_lowercase()) {
@@ -215,7 +223,7 @@ impl Report {
             }
         }
         for (class, count) in &stats.sent_by_class {
-            if !matches!(class, Class::Interim | Class::Final) {
+            if *count > 0 && !matches!(class, Class::Interim | Class::Final) {
                 faults.entry(class_name(*class).to_owned()).or_default().sent += count;
             }
         }
