@@ -430,8 +430,8 @@ fn malformed_inputs_have_typed_errors() {
         ),
         (
             "unknown type",
-            Bytes::from_static(&[1, 0x0b, 0, 0, 0, 0]),
-            DecodeError::UnknownMessageType(0x0b),
+            Bytes::from_static(&[1, 0x0d, 0, 0, 0, 0]),
+            DecodeError::UnknownMessageType(0x0d),
         ),
         (
             "oversized accounting",
