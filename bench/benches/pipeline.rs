@@ -60,13 +60,7 @@ fn pipeline(c: &mut Criterion) {
             let queue = fixture.ingest.verify_queue().clone();
             let connections = fixture.connections.clone();
             let started = Instant::now();
-            let feeder = std::thread::spawn(move || {
-                for item in batch {
-                    queue
-                        .send_blocking(bench::pending(&connections, item, &ack_sender))
-                        .unwrap();
-                }
-            });
+            let feeder = std::thread::spawn(move || bench::feed(&queue, &connections, batch, &ack_sender).unwrap());
             let stored = fixture.runtime.block_on(async {
                 let mut stored = 0usize;
                 for _ in 0..total {

@@ -149,6 +149,34 @@ impl IngestFixture {
     }
 }
 
+/// Messages a benchmark feeder hands to the verify queue at once, as a
+/// provider stream does with the messages of one read.
+pub const FEED_BATCH: usize = 64;
+
+/// Feed `work` to `queue` in batches of [`FEED_BATCH`] (blocking: waits for
+/// room like a stream does), on the calling thread.
+pub fn feed(
+    queue: &acct::am::ingest::VerifyQueue,
+    connections: &[std::sync::Arc<acct::am::pipeline::ProviderConnection>],
+    work: Vec<FixtureMessage>,
+    reply: &acct::am::pipeline::AckSender,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut batch = Vec::with_capacity(FEED_BATCH);
+    let mut work = work.into_iter().peekable();
+    while work.peek().is_some() {
+        batch.extend(
+            work.by_ref()
+                .take(FEED_BATCH)
+                .map(|item| pending(connections, item, reply)),
+        );
+        runtime
+            .block_on(queue.submit(std::mem::take(&mut batch), std::time::Duration::from_secs(3600)))
+            .map_err(|(_, status)| anyhow::anyhow!("the verify queue refused a batch: {status:?}"))?;
+    }
+    Ok(())
+}
+
 /// The pipeline item for a fixture message from `connections`, acked to `reply`.
 pub fn pending(
     connections: &[std::sync::Arc<acct::am::pipeline::ProviderConnection>],

@@ -119,6 +119,11 @@ impl Shared {
         f(&mut stats)
     }
 
+    /// Count failed connection attempts made before the timed phase.
+    pub fn add_connect_failures(&self, count: u64) {
+        self.with(|stats| stats.connect_failures += count);
+    }
+
     /// Take the recorded figures (after the run).
     pub fn into_stats(self: Arc<Self>) -> Stats {
         match Arc::try_unwrap(self) {
@@ -253,15 +258,68 @@ struct Clock {
     drain_until: Instant,
 }
 
-/// Run every provider; returns when all are done. `connected` counts the
-/// providers whose first connection is up.
+/// Attempts per provider to make its first connection.
+const CONNECT_ATTEMPTS: u32 = 3;
+/// How long one handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Connect every provider before the timed phase, at most
+/// `--connect-concurrency` handshakes at once; `progress` counts the
+/// providers connected. Returns each provider's connection (None if all
+/// its attempts failed) and the number of failed attempts.
+pub async fn connect_all(
+    settings: &Settings,
+    configs: &[quinn::ClientConfig],
+    endpoints: &[quinn::Endpoint],
+    progress: Arc<AtomicUsize>,
+) -> (Vec<Option<AmClient>>, u64) {
+    let handshakes = Arc::new(Semaphore::new(settings.connect_concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, config) in configs.iter().enumerate() {
+        let endpoint = endpoints[index % endpoints.len().max(1)].clone();
+        let (config, handshakes, progress, address) =
+            (config.clone(), handshakes.clone(), progress.clone(), settings.am);
+        tasks.spawn(async move {
+            let mut failures = 0u64;
+            for _ in 0..CONNECT_ATTEMPTS {
+                let attempt = {
+                    let _permit = handshakes.acquire().await;
+                    tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        AmClient::connect_with(&endpoint, config.clone(), address),
+                    )
+                    .await
+                };
+                if let Ok(Ok(client)) = attempt {
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    return (index, Some(client), failures);
+                }
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            (index, None, failures)
+        });
+    }
+    let mut clients: Vec<Option<AmClient>> = (0..configs.len()).map(|_| None).collect();
+    let mut failures = 0;
+    while let Some(result) = tasks.join_next().await {
+        if let Ok((index, client, failed)) = result {
+            clients[index] = client;
+            failures += failed;
+        }
+    }
+    (clients, failures)
+}
+
+/// Run every provider from the clock's start (`shared.start`) on, with the
+/// connections made by [`connect_all`]; returns when all are done.
 pub async fn run(
     settings: &Settings,
     plans: Vec<ProviderPlan>,
     configs: Vec<quinn::ClientConfig>,
     endpoints: Vec<quinn::Endpoint>,
+    clients: Vec<Option<AmClient>>,
     shared: Arc<Shared>,
-    connected: Arc<AtomicUsize>,
 ) {
     let clock = Clock {
         start: shared.start,
@@ -271,7 +329,7 @@ pub async fn run(
     let handshakes = Arc::new(Semaphore::new(settings.connect_concurrency));
     let providers = plans.len();
     let mut tasks = tokio::task::JoinSet::new();
-    for (plan, config) in plans.into_iter().zip(configs) {
+    for ((plan, config), client) in plans.into_iter().zip(configs).zip(clients) {
         let endpoint = endpoints[plan.index % endpoints.len().max(1)].clone();
         let provider = Arc::new(Provider {
             plan,
@@ -282,7 +340,6 @@ pub async fn run(
         let settings = settings.clone();
         let shared = shared.clone();
         let handshakes = handshakes.clone();
-        let connected = connected.clone();
         tasks.spawn(async move {
             let context = Context {
                 settings: &settings,
@@ -290,7 +347,7 @@ pub async fn run(
                 shared: &shared,
                 providers,
             };
-            run_provider(&provider, &context, config, endpoint, &handshakes, &connected).await;
+            run_provider(&provider, &context, client, config, endpoint, &handshakes).await;
             shared.running.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -308,21 +365,23 @@ struct Context<'a> {
 async fn run_provider(
     provider: &Arc<Provider>,
     context: &Context<'_>,
+    mut initial: Option<AmClient>,
     config: quinn::ClientConfig,
     endpoint: quinn::Endpoint,
     handshakes: &Semaphore,
-    connected: &AtomicUsize,
 ) {
     let shared = context.shared;
-    let mut first = true;
     while Instant::now() < context.clock.drain_until {
-        let client = {
-            let _permit = handshakes.acquire().await;
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                AmClient::connect_with(&endpoint, config.clone(), context.settings.am),
-            )
-            .await
+        let client = match initial.take() {
+            Some(client) => Ok(Ok(client)),
+            None => {
+                let _permit = handshakes.acquire().await;
+                tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    AmClient::connect_with(&endpoint, config.clone(), context.settings.am),
+                )
+                .await
+            }
         };
         let Ok(Ok(client)) = client else {
             shared.with(|stats| stats.connect_failures += 1);
@@ -330,10 +389,6 @@ async fn run_provider(
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        if first {
-            connected.fetch_add(1, Ordering::Relaxed);
-            first = false;
-        }
         if run_connection(provider, &client, context).await {
             client.close().await;
             break;

@@ -94,24 +94,28 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     say(format!(
-        "loadgen: {messages_presigned} messages signed in {signing_s:.1} s; sending for {} s",
-        settings.duration
+        "loadgen: {messages_presigned} messages signed in {signing_s:.1} s; connecting {} providers",
+        settings.providers
     ));
 
-    let shared = Shared::new(settings.providers);
+    // Every provider connects before the clock starts, so that the timed
+    // phase measures accounting, not the handshake storm.
+    let connecting_at = Instant::now();
     let connected = Arc::new(AtomicUsize::new(0));
-    let progress = progress_line(&settings, shared.clone(), connected.clone());
-    drive::run(
-        &settings,
-        plans,
-        configs,
-        endpoints.clone(),
-        shared.clone(),
-        connected.clone(),
-    )
-    .await;
-    let connect_s = progress.1.lock().map(|at| at.unwrap_or(0.0)).unwrap_or(0.0);
-    progress.0.abort();
+    let connect_progress = progress_line(&settings, "connecting", connected.clone(), None);
+    let (clients, connect_failures) = drive::connect_all(&settings, &configs, &endpoints, connected.clone()).await;
+    connect_progress.abort();
+    let connect_s = connecting_at.elapsed().as_secs_f64();
+    let providers_connected = clients.iter().filter(|client| client.is_some()).count();
+    say(format!(
+        "loadgen: {providers_connected} of {} providers connected in {connect_s:.1} s ({connect_failures} failed attempts); sending for {} s",
+        settings.providers, settings.duration
+    ));
+    let shared = Shared::new(settings.providers);
+    shared.add_connect_failures(connect_failures);
+    let progress = progress_line(&settings, "running", connected.clone(), Some(shared.clone()));
+    drive::run(&settings, plans, configs, endpoints.clone(), clients, shared.clone()).await;
+    progress.abort();
     let sent = shared.sent.load(Ordering::Relaxed);
     let start = shared.start;
     let stats = shared.into_stats();
@@ -124,7 +128,7 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         credentials_issued: session_ids.len() as u64,
         sessions_open_s,
         certificates_minted: identities.minted as u64,
-        providers_connected: connected.load(Ordering::Relaxed) as u64,
+        providers_connected: providers_connected as u64,
         connect_s,
     };
     let mut report = Report::new(&settings, &setup, &stats, sent, elapsed_s);
@@ -155,49 +159,49 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
     Ok(clean)
 }
 
-/// The live progress line (on a terminal, unless --quiet), and the time at
-/// which every provider had connected.
+/// The live progress line on a terminal (unless --quiet): connections
+/// while connecting, then rates and counts while running.
 fn progress_line(
     settings: &Settings,
-    shared: Arc<Shared>,
+    phase: &'static str,
     connected: Arc<AtomicUsize>,
-) -> (tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Option<f64>>>) {
-    let all_connected = Arc::new(std::sync::Mutex::new(None));
+    shared: Option<Arc<Shared>>,
+) -> tokio::task::JoinHandle<()> {
     let visible = !settings.quiet && std::io::stderr().is_terminal();
     let providers = settings.providers;
-    let marker = all_connected.clone();
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let bar = if visible {
             indicatif::ProgressBar::new_spinner()
         } else {
             indicatif::ProgressBar::hidden()
         };
+        let began = Instant::now();
         let mut last = (Instant::now(), 0u64);
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let now = Instant::now();
             let up = connected.load(Ordering::Relaxed);
-            if up >= providers
-                && let Ok(mut slot) = marker.lock()
-                && slot.is_none()
-            {
-                *slot = Some(now.saturating_duration_since(shared.start).as_secs_f64());
-            }
-            let stored = shared.stored.load(Ordering::Relaxed);
-            let rate = (stored - last.1) as f64 / now.saturating_duration_since(last.0).as_secs_f64().max(1e-3);
-            last = (now, stored);
-            bar.set_message(format!(
-                "{:>6.1} s  {:>9.0} acks/s  stored {:>10}  sent {:>10}  errors {:>6}  connected {}/{}",
-                now.saturating_duration_since(shared.start).as_secs_f64(),
-                rate,
-                stored,
-                shared.sent.load(Ordering::Relaxed),
-                shared.errors.load(Ordering::Relaxed),
-                up,
-                providers
-            ));
+            let message = match &shared {
+                None => format!(
+                    "{phase}: {:>6.1} s  connected {up}/{providers}",
+                    now.saturating_duration_since(began).as_secs_f64()
+                ),
+                Some(shared) => {
+                    let stored = shared.stored.load(Ordering::Relaxed);
+                    let rate = (stored - last.1) as f64 / now.saturating_duration_since(last.0).as_secs_f64().max(1e-3);
+                    last = (now, stored);
+                    format!(
+                        "{phase}: {:>6.1} s  {:>9.0} acks/s  stored {:>10}  sent {:>10}  errors {:>6}",
+                        now.saturating_duration_since(shared.start).as_secs_f64(),
+                        rate,
+                        stored,
+                        shared.sent.load(Ordering::Relaxed),
+                        shared.errors.load(Ordering::Relaxed),
+                    )
+                }
+            };
+            bar.set_message(message);
             bar.tick();
         }
-    });
-    (task, all_connected)
+    })
 }

@@ -111,7 +111,7 @@ pub struct Report {
     pub certificates_minted: u64,
     /// Providers whose first connection came up.
     pub providers_connected: u64,
-    /// Seconds from the first handshake until every provider had connected.
+    /// Seconds to connect every provider (before the timed phase).
     pub connect_s: f64,
     /// Frames sent on accounting streams (every class, retries included).
     pub sent: u64,

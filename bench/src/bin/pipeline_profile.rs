@@ -57,14 +57,16 @@ fn main() -> anyhow::Result<()> {
     let before = thread_cpu_seconds();
     let started = Instant::now();
     let feeder = std::thread::Builder::new().name("feeder".into()).spawn(move || {
-        for item in work {
-            if queue
-                .send_blocking(bench::pending(&connections, item, &ack_sender))
-                .is_err()
-            {
-                break;
-            }
-        }
+        let fed = bench::feed(&queue, &connections, work, &ack_sender);
+        // This thread's CPU time, read before it exits (a finished
+        // thread leaves /proc/self/task).
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        let cpu = stat.rfind(')').map_or(0.0, |close| {
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (ticks(11) + ticks(12)) / 100.0
+        });
+        (fed, cpu)
     })?;
     let stored = fixture.runtime.block_on(async {
         let mut stored = 0usize;
@@ -78,8 +80,15 @@ fn main() -> anyhow::Result<()> {
         Ok(stored)
     })?;
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = feeder.join();
+    let fed = feeder.join();
     let after = thread_cpu_seconds();
+    let feeder_cpu = match fed {
+        Ok((result, cpu)) => {
+            result?;
+            cpu
+        }
+        Err(_) => anyhow::bail!("the feeder panicked"),
+    };
     println!(
         "stored {stored} in {elapsed:.2} s: {:.0} messages/s",
         stored as f64 / elapsed
@@ -95,6 +104,11 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    println!(
+        "  {:<20} {feeder_cpu:6.2} s CPU  {:5.2} us/message",
+        "feeder",
+        feeder_cpu * 1e6 / stored as f64
+    );
     fixture.shutdown();
     Ok(())
 }

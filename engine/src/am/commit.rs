@@ -81,10 +81,14 @@ impl Committer {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match input.recv_timeout(wait) {
                 Ok(first) => {
+                    let mut messages = first.messages();
                     group.push(first);
-                    while group.len() < self.settings.group_messages_max {
+                    while messages < self.settings.group_messages_max {
                         match input.try_recv() {
-                            Ok(next) => group.push(next),
+                            Ok(next) => {
+                                messages += next.messages();
+                                group.push(next);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -106,7 +110,7 @@ impl Committer {
         let mut records: Vec<Verified> = Vec::with_capacity(group.len());
         for command in group.drain(..) {
             match command {
-                CommitCommand::Record(verified) => records.push(verified),
+                CommitCommand::Records(verified) => records.extend(verified),
                 CommitCommand::OpenSession { session, reply } => {
                     let _ = reply.send(self.open_session(session, now));
                 }

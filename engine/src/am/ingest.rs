@@ -8,17 +8,71 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use tokio::sync::Semaphore;
+use wire::AckStatus;
+
 use super::commit::{CommitSettings, Committer};
 use super::pipeline::{CommitCommand, Pending, SessionTable};
 use super::session::{SessionInfo, TimeBounds};
 use super::store::Store;
 use crate::config::IngestConfig;
 
+/// Most messages a stream hands to the verify queue at once (the messages
+/// decoded from one read).
+pub const SUBMIT_BATCH_MESSAGES_MAX: usize = 256;
+
+/// The verify queue: batches of admitted messages (one per stream read),
+/// bounded in messages by a semaphore with one permit per queued message.
+/// Handing over a batch costs one channel operation, not one per message.
+#[derive(Clone)]
+pub struct VerifyQueue {
+    batches: async_channel::Sender<Vec<Pending>>,
+    permits: Arc<Semaphore>,
+}
+
+impl VerifyQueue {
+    /// Queue `batch` (at most [`SUBMIT_BATCH_MESSAGES_MAX`] messages),
+    /// waiting at most `wait` for room. On failure the batch comes back
+    /// with the answer its messages get: BUSY (no room in time) or
+    /// SHUTTING_DOWN.
+    pub async fn submit(&self, batch: Vec<Pending>, wait: Duration) -> Result<(), (Vec<Pending>, AckStatus)> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        let permits = match self.permits.try_acquire_many(count) {
+            Ok(permits) => permits,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err((batch, AckStatus::SHUTTING_DOWN)),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(wait, self.permits.acquire_many(count)).await {
+                    Ok(Ok(permits)) => permits,
+                    Ok(Err(_closed)) => return Err((batch, AckStatus::SHUTTING_DOWN)),
+                    Err(_elapsed) => return Err((batch, AckStatus::BUSY)),
+                }
+            }
+        };
+        // The verifier returns the permits when it takes the batch.
+        permits.forget();
+        match self.batches.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.permits.add_permits(count as usize);
+                Err((error.into_inner(), AckStatus::SHUTTING_DOWN))
+            }
+        }
+    }
+
+    /// Messages queued now.
+    pub fn queued(&self, capacity: usize) -> usize {
+        capacity.saturating_sub(self.permits.available_permits())
+    }
+}
+
 /// A running pipeline.
 pub struct Ingest {
     /// The sessions, for admission.
     pub table: Arc<SessionTable>,
-    verify_queue: async_channel::Sender<Pending>,
+    verify_queue: VerifyQueue,
     commit_queue: crossbeam_channel::Sender<CommitCommand>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -41,14 +95,27 @@ impl Ingest {
             },
         )
         .context("recovering sessions from the store")?;
-        let (commit_queue, commit_input) = crossbeam_channel::bounded(settings.commit_queue_messages_max.max(1));
+        // Verifiers hand the committer one command per verified batch: the
+        // queue's bound in messages is its capacity times the batch size.
+        let verify_batch = settings.verify_batch_messages_max.max(1);
+        let commit_capacity = settings.commit_queue_messages_max.div_ceil(verify_batch).max(2);
+        let (commit_queue, commit_input) = crossbeam_channel::bounded(commit_capacity);
         let mut threads = vec![
             std::thread::Builder::new()
                 .name("acct-commit".into())
                 .spawn(move || committer.run(commit_input))
                 .context("starting the committer")?,
         ];
-        let (verify_queue, verify_input) = async_channel::bounded(settings.verify_queue_messages_max.max(1));
+        let capacity = settings
+            .verify_queue_messages_max
+            .clamp(SUBMIT_BATCH_MESSAGES_MAX, Semaphore::MAX_PERMITS);
+        let permits = Arc::new(Semaphore::new(capacity));
+        // Unbounded channel, bounded in messages by the permits.
+        let (batches, verify_input) = async_channel::unbounded();
+        let verify_queue = VerifyQueue {
+            batches,
+            permits: permits.clone(),
+        };
         let verifier_count = if settings.verify_threads == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
@@ -57,11 +124,11 @@ impl Ingest {
         for index in 0..verifier_count {
             let input = verify_input.clone();
             let output = commit_queue.clone();
-            let batch_max = settings.verify_batch_messages_max;
+            let permits = permits.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("acct-verify-{index}"))
-                    .spawn(move || super::verify::run(input, output, batch_max))
+                    .spawn(move || super::verify::run(input, &permits, output, verify_batch))
                     .context("starting a verifier")?,
             );
         }
@@ -74,7 +141,7 @@ impl Ingest {
     }
 
     /// The verify queue's sending side.
-    pub fn verify_queue(&self) -> &async_channel::Sender<Pending> {
+    pub fn verify_queue(&self) -> &VerifyQueue {
         &self.verify_queue
     }
 
@@ -102,6 +169,7 @@ impl Ingest {
             threads,
             ..
         } = self;
+        verify_queue.permits.close();
         drop(verify_queue);
         drop(commit_queue);
         for thread in threads {

@@ -86,13 +86,10 @@ impl Verified {
 }
 
 /// Work for the committer.
-// Records are nearly all the traffic; boxing them to shrink the rare
-// OpenSession variant would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum CommitCommand {
-    /// Store a verified message (or answer why not).
-    Record(Verified),
+    /// Store verified messages (or answer why not), in order.
+    Records(Vec<Verified>),
     /// Store a new session durably, then answer.
     OpenSession {
         /// The minted session.
@@ -100,6 +97,16 @@ pub enum CommitCommand {
         /// Ok once durable.
         reply: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
+}
+
+impl CommitCommand {
+    /// Messages carried (0 for a session to open).
+    pub fn messages(&self) -> usize {
+        match self {
+            Self::Records(records) => records.len(),
+            Self::OpenSession { .. } => 0,
+        }
+    }
 }
 
 /// The sessions the AM knows, shared for admission (reads on every message,

@@ -24,8 +24,8 @@ use wire::{
     SessionId, SessionKey, Signed, SigningKey, TrustedCa, UserCredential,
 };
 
-use super::ingest::Ingest;
-use super::pipeline::{Pending, ProviderConnection};
+use super::ingest::{Ingest, SUBMIT_BATCH_MESSAGES_MAX};
+use super::pipeline::{AckSender, Pending, ProviderConnection};
 use super::session::{self, SessionInfo};
 use super::store::Store;
 use super::tls;
@@ -303,7 +303,10 @@ async fn provider_stream(
     let mut fatal: Option<ErrorMessage> = None;
     let mut abuse_check = tokio::time::interval(ABUSE_CHECK_INTERVAL);
     abuse_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<Pending> = Vec::new();
     'stream: loop {
+        // One clock reading per read: the messages of a read arrived together.
+        let received_ms = now_ms();
         loop {
             let frame = match decoder.next_frame(&mut buffer) {
                 Ok(Some(frame)) => frame,
@@ -334,9 +337,19 @@ async fn provider_stream(
             };
             // One permit per admitted message, returned when its ack is
             // written: at the bound we stop reading and QUIC holds the provider.
-            let permit = tokio::select! {
-                permit = inflight.clone().acquire_owned() => permit,
-                _ = stop.changed() => break 'stream,
+            // Before waiting, hand over what this stream holds, so that the
+            // acks that free permits can come.
+            let permit = match inflight.clone().try_acquire_owned() {
+                Ok(permit) => Ok(permit),
+                Err(_) => {
+                    if !submit(&context, &mut batch, &ack_sender).await {
+                        break 'stream;
+                    }
+                    tokio::select! {
+                        permit = inflight.clone().acquire_owned() => permit,
+                        _ = stop.changed() => break 'stream,
+                    }
+                }
             };
             let Ok(permit) = permit else { break 'stream };
             permit.forget();
@@ -348,41 +361,23 @@ async fn provider_stream(
                 continue;
             }
             let Some(session) = session else { continue };
-            let pending = Pending {
+            batch.push(Pending {
                 message,
                 session,
                 connection: provider.clone(),
-                received_ms: now_ms(),
+                received_ms,
                 reply: ack_sender.clone(),
-            };
-            // Try first: a timer per message would cost more than the send.
-            let queue = context.ingest_pipeline.verify_queue();
-            let queued = match queue.try_send(pending) {
-                Ok(()) => Ok(()),
-                Err(async_channel::TrySendError::Closed(_)) => Err(AckStatus::SHUTTING_DOWN),
-                Err(async_channel::TrySendError::Full(pending)) => {
-                    let wait = Duration::from_millis(context.ingest.admission_wait_ms);
-                    match tokio::time::timeout(wait, queue.send(pending)).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(_closed)) => Err(AckStatus::SHUTTING_DOWN),
-                        Err(_elapsed) => Err(AckStatus::BUSY),
-                    }
-                }
-            };
-            match queued {
-                Ok(()) => {}
-                Err(status) => {
-                    let outcome = if status == AckStatus::BUSY { "busy" } else { "retry" };
-                    metrics::counter!("acct_messages_total", "outcome" => outcome).increment(1);
-                    let _ = ack_sender.try_send(AckEntry { message_id, status });
-                    if status == AckStatus::SHUTTING_DOWN {
-                        break 'stream;
-                    }
-                }
+            });
+            if batch.len() >= SUBMIT_BATCH_MESSAGES_MAX && !submit(&context, &mut batch, &ack_sender).await {
+                break 'stream;
             }
             if provider.is_abusive() {
                 break 'stream;
             }
+        }
+        // Everything decoded from this read goes to verification at once.
+        if !submit(&context, &mut batch, &ack_sender).await {
+            break;
         }
         if *stop.borrow() {
             break;
@@ -401,6 +396,9 @@ async fn provider_stream(
             }
         }
     }
+    // Messages admitted before the stream ended are still verified and
+    // answered (unless the AM is shutting down, which answers them so).
+    let _ = submit(&context, &mut batch, &ack_sender).await;
     match fatal {
         Some(error) => {
             let _ = error_sender.send(error);
@@ -413,6 +411,31 @@ async fn provider_stream(
     // Every admitted message holds a clone of the ack sender until answered:
     // the writer ends once all are answered and written.
     let _ = writer.await;
+}
+
+/// Hand the stream's admitted messages to the verify queue, waiting at most
+/// `admission_wait_ms` for room; if there is none, each is answered BUSY
+/// (or SHUTTING_DOWN). False when the AM is shutting down.
+async fn submit(context: &Context, batch: &mut Vec<Pending>, ack_sender: &AckSender) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let wait = Duration::from_millis(context.ingest.admission_wait_ms);
+    let taken = std::mem::replace(batch, Vec::with_capacity(SUBMIT_BATCH_MESSAGES_MAX));
+    match context.ingest_pipeline.verify_queue().submit(taken, wait).await {
+        Ok(()) => true,
+        Err((refused, status)) => {
+            let outcome = if status == AckStatus::BUSY { "busy" } else { "retry" };
+            metrics::counter!("acct_messages_total", "outcome" => outcome).increment(refused.len() as u64);
+            for pending in refused {
+                let _ = ack_sender.try_send(AckEntry {
+                    message_id: pending.message.value().message_id(),
+                    status,
+                });
+            }
+            status != AckStatus::SHUTTING_DOWN
+        }
+    }
 }
 
 /// How often an idle stream checks whether its provider became abusive.

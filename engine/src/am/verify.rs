@@ -1,9 +1,10 @@
 //! The verifier threads: batch Ed25519 verification across connections.
 //!
-//! Each thread blocks for one message, then takes whatever else is queued up
-//! to `batch_max`, so batches grow with load (1 when idle, `batch_max` under
-//! pressure) and no message waits for a batch to fill. A bad signature is
-//! answered at once; the good ones of its batch go on to the committer.
+//! Each thread blocks for one submitted batch (the messages of one stream
+//! read), then takes whatever else is queued until it holds `batch_max`
+//! messages, so batches grow with load and no message waits for a batch to
+//! fill. A bad signature is answered at once; the good ones of its batch go
+//! on to the committer together, as one command.
 
 use std::sync::atomic::Ordering;
 
@@ -12,15 +13,25 @@ use wire::{AckEntry, AckStatus};
 
 use super::pipeline::{CommitCommand, Pending, Verified};
 
-/// Run one verifier until its input closes and is drained.
-pub fn run(input: async_channel::Receiver<Pending>, output: Sender<CommitCommand>, batch_max: usize) {
+/// Run one verifier until its input closes and is drained. `permits` bound
+/// the verify queue in messages: a batch's permits go back when it is taken.
+pub fn run(
+    input: async_channel::Receiver<Vec<Pending>>,
+    permits: &tokio::sync::Semaphore,
+    output: Sender<CommitCommand>,
+    batch_max: usize,
+) {
     let batch_max = batch_max.max(1);
-    let mut batch: Vec<Pending> = Vec::with_capacity(batch_max);
+    let mut batch: Vec<Pending> = Vec::with_capacity(batch_max + super::ingest::SUBMIT_BATCH_MESSAGES_MAX);
     while let Ok(first) = input.recv_blocking() {
-        batch.push(first);
+        permits.add_permits(first.len());
+        batch.extend(first);
         while batch.len() < batch_max {
             match input.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) => {
+                    permits.add_permits(next.len());
+                    batch.extend(next);
+                }
                 Err(_) => break,
             }
         }
@@ -39,14 +50,11 @@ pub fn run(input: async_channel::Receiver<Pending>, output: Sender<CommitCommand
             wire::verify_batch(&items, &seed)
         };
         let mut bad = 0u64;
+        let mut verified = Vec::with_capacity(batch.len());
         for (pending, valid) in batch.drain(..).zip(verdicts) {
             if valid {
                 pending.connection.good_signatures.fetch_add(1, Ordering::Relaxed);
-                // Blocks when the committer is behind: backpressure flows to
-                // the verify queue and from there to the QUIC streams.
-                if output.send(CommitCommand::Record(Verified::new(pending))).is_err() {
-                    return;
-                }
+                verified.push(Verified::new(pending));
             } else {
                 bad += 1;
                 pending.connection.bad_signatures.fetch_add(1, Ordering::Relaxed);
@@ -58,6 +66,11 @@ pub fn run(input: async_channel::Receiver<Pending>, output: Sender<CommitCommand
         }
         if bad > 0 {
             metrics::counter!("acct_messages_total", "outcome" => "bad_signature").increment(bad);
+        }
+        // Blocks when the committer is behind: backpressure flows to the
+        // verify queue and from there to the QUIC streams.
+        if !verified.is_empty() && output.send(CommitCommand::Records(verified)).is_err() {
+            return;
         }
     }
 }
