@@ -342,7 +342,7 @@ async fn provider_stream(
             let permit = match inflight.clone().try_acquire_owned() {
                 Ok(permit) => Ok(permit),
                 Err(_) => {
-                    if !submit(&context, &mut batch, &ack_sender).await {
+                    if !submit(context, &mut batch, &ack_sender).await {
                         break 'stream;
                     }
                     tokio::select! {
@@ -368,7 +368,7 @@ async fn provider_stream(
                 received_ms,
                 reply: ack_sender.clone(),
             });
-            if batch.len() >= SUBMIT_BATCH_MESSAGES_MAX && !submit(&context, &mut batch, &ack_sender).await {
+            if batch.len() >= SUBMIT_BATCH_MESSAGES_MAX && !submit(context, &mut batch, &ack_sender).await {
                 break 'stream;
             }
             if provider.is_abusive() {
@@ -376,7 +376,7 @@ async fn provider_stream(
             }
         }
         // Everything decoded from this read goes to verification at once.
-        if !submit(&context, &mut batch, &ack_sender).await {
+        if !submit(context, &mut batch, &ack_sender).await {
             break;
         }
         if *stop.borrow() {
@@ -398,7 +398,7 @@ async fn provider_stream(
     }
     // Messages admitted before the stream ended are still verified and
     // answered (unless the AM is shutting down, which answers them so).
-    let _ = submit(&context, &mut batch, &ack_sender).await;
+    let _ = submit(context, &mut batch, &ack_sender).await;
     match fatal {
         Some(error) => {
             let _ = error_sender.send(error);
