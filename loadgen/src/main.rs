@@ -90,7 +90,7 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
             } else {
                 std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
             };
-            quinn::Endpoint::client(bind).context("opening a UDP socket")
+            peer::quic::shared_endpoint(bind).context("opening a UDP socket")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     say(format!(

@@ -315,9 +315,24 @@ pub fn client_endpoint(identity: &ClientIdentity, ipv6: bool) -> Result<quinn::E
     } else {
         SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|error| ClientError::Connect(error.to_string()))?;
+    let mut endpoint = shared_endpoint(bind)?;
     endpoint.set_default_client_config(client_config(identity)?);
     Ok(endpoint)
+}
+
+/// A client endpoint on `bind` with no default identity, for parties that
+/// connect with [`AmClient::connect_with`]; its socket has large kernel
+/// buffers ([`quic_socket`]).
+pub fn shared_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+    let connect = |error: std::io::Error| ClientError::Connect(error.to_string());
+    let (socket, _) = quic_socket(bind).map_err(connect)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(connect)
 }
 
 /// The QUIC client configuration that connects as `identity`: for many
@@ -350,4 +365,24 @@ pub fn client_config(identity: &ClientIdentity) -> Result<quinn::ClientConfig, C
         .max_concurrent_uni_streams(0u32.into());
     client.transport_config(Arc::new(transport));
     Ok(client)
+}
+
+/// Bytes asked for each QUIC socket's kernel send and receive buffers. The
+/// kernel's defaults (about 200 KiB) overflow on loopback at tens of
+/// thousands of messages per second, and every dropped datagram costs a
+/// loss-recovery round; Linux caps the request at `net.core.rmem_max` /
+/// `net.core.wmem_max`.
+pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A UDP socket bound to `address` with buffers of [`UDP_BUFFER_BYTES`]
+/// (as much as the kernel allows), for a QUIC endpoint. Returns the socket
+/// and the receive buffer size obtained.
+pub fn quic_socket(address: std::net::SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    let socket = std::net::UdpSocket::bind(address)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: a smaller buffer still works, only with more losses.
+    let _ = state.set_recv_buffer_size((&socket).into(), UDP_BUFFER_BYTES);
+    let _ = state.set_send_buffer_size((&socket).into(), UDP_BUFFER_BYTES);
+    let obtained = state.recv_buffer_size((&socket).into()).unwrap_or(0);
+    Ok((socket, obtained))
 }

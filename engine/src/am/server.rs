@@ -103,8 +103,16 @@ pub async fn run(
         Arc::new(transport),
     )
     .context("building the TLS configuration")?;
-    let endpoint = quinn::Endpoint::server(server_config, settings.listen)
-        .with_context(|| format!("listening on {}", settings.listen))?;
+    let (socket, buffer) =
+        tls::quic_socket(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
+    tracing::info!(receive_buffer_bytes = buffer, "UDP socket");
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("listening on {}", settings.listen))?;
     let local_addr = endpoint.local_addr().context("reading the bound address")?;
 
     let context = Arc::new(Context {
