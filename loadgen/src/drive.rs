@@ -87,10 +87,27 @@ pub struct Stats {
     pub last_answer: Option<Instant>,
 }
 
+impl Stats {
+    fn new() -> Self {
+        Self {
+            latency: latency_histogram(3),
+            timeline: Vec::new(),
+            answers: BTreeMap::new(),
+            sent_by_class: BTreeMap::new(),
+            retried: 0,
+            connections_lost: 0,
+            connect_failures: 0,
+            exhausted_providers: 0,
+            unanswered: BTreeMap::new(),
+            stored_sequences: HashMap::new(),
+            last_answer: None,
+        }
+    }
+}
+
 impl Shared {
     /// Counters for a run of `providers` starting now.
     pub fn new(providers: usize) -> Arc<Self> {
-        let histogram = || latency_histogram(3);
         Arc::new(Self {
             start: Instant::now(),
             sent: AtomicU64::new(0),
@@ -98,19 +115,7 @@ impl Shared {
             stored: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             running: AtomicUsize::new(providers),
-            stats: Mutex::new(Stats {
-                latency: histogram(),
-                timeline: Vec::new(),
-                answers: BTreeMap::new(),
-                sent_by_class: BTreeMap::new(),
-                retried: 0,
-                connections_lost: 0,
-                connect_failures: 0,
-                exhausted_providers: 0,
-                unanswered: BTreeMap::new(),
-                stored_sequences: HashMap::new(),
-                last_answer: None,
-            }),
+            stats: Mutex::new(Stats::new()),
         })
     }
 
@@ -133,22 +138,7 @@ impl Shared {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             Err(shared) => {
                 let mut stats = shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                std::mem::replace(
-                    &mut *stats,
-                    Stats {
-                        latency: latency_histogram(1),
-                        timeline: Vec::new(),
-                        answers: BTreeMap::new(),
-                        sent_by_class: BTreeMap::new(),
-                        retried: 0,
-                        connections_lost: 0,
-                        connect_failures: 0,
-                        exhausted_providers: 0,
-                        unanswered: BTreeMap::new(),
-                        stored_sequences: HashMap::new(),
-                        last_answer: None,
-                    },
-                )
+                std::mem::replace(&mut *stats, Stats::new())
             }
         }
     }

@@ -104,7 +104,7 @@ pub async fn run(
     )
     .context("building the TLS configuration")?;
     let (socket, buffer) =
-        tls::quic_socket(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
+        peer::quic::quic_socket(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
     tracing::info!(receive_buffer_bytes = buffer, "UDP socket");
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

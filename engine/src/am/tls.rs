@@ -58,23 +58,3 @@ pub fn server_config(
     server.transport_config(transport);
     Ok(server)
 }
-
-/// Bytes asked for each QUIC socket's kernel send and receive buffers. The
-/// kernel's defaults (about 200 KiB) overflow on loopback at tens of
-/// thousands of messages per second, and every dropped datagram costs a
-/// loss-recovery round; Linux caps the request at `net.core.rmem_max` /
-/// `net.core.wmem_max`.
-pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
-
-/// A UDP socket bound to `address` with buffers of [`UDP_BUFFER_BYTES`]
-/// (as much as the kernel allows), for a QUIC endpoint. Returns the socket
-/// and the receive buffer size obtained.
-pub fn quic_socket(address: std::net::SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
-    let socket = std::net::UdpSocket::bind(address)?;
-    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
-    // Best effort: a smaller buffer still works, only with more losses.
-    let _ = state.set_recv_buffer_size((&socket).into(), UDP_BUFFER_BYTES);
-    let _ = state.set_send_buffer_size((&socket).into(), UDP_BUFFER_BYTES);
-    let obtained = state.recv_buffer_size((&socket).into()).unwrap_or(0);
-    Ok((socket, obtained))
-}
