@@ -33,7 +33,8 @@ pub struct IngestConfig {
     pub verify_threads: usize,
     /// Most signatures in one verification batch.
     pub verify_batch_messages_max: usize,
-    /// Messages waiting for verification, all connections together.
+    /// Messages waiting for verification, all connections together (at
+    /// least 256: one stream read's batch must fit).
     pub verify_queue_messages_max: usize,
     /// Verified messages waiting for the committer.
     pub commit_queue_messages_max: usize,

@@ -48,14 +48,10 @@ pub struct Shared {
     pub start: Instant,
     /// Messages written to a stream (every class, retries included).
     pub sent: AtomicU64,
-    /// Answers received (every class).
-    pub answered: AtomicU64,
     /// Interims and finals answered as stored (STORED or DUPLICATE).
     pub stored: AtomicU64,
     /// Answers that were not the expected one, plus connection losses.
     pub errors: AtomicU64,
-    /// Providers still running.
-    pub running: AtomicUsize,
     stats: Mutex<Stats>,
 }
 
@@ -106,15 +102,13 @@ impl Stats {
 }
 
 impl Shared {
-    /// Counters for a run of `providers` starting now.
-    pub fn new(providers: usize) -> Arc<Self> {
+    /// Counters for a run starting now.
+    pub fn new() -> Arc<Self> {
         Arc::new(Self {
             start: Instant::now(),
             sent: AtomicU64::new(0),
-            answered: AtomicU64::new(0),
             stored: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            running: AtomicUsize::new(providers),
             stats: Mutex::new(Stats::new()),
         })
     }
@@ -338,7 +332,6 @@ pub async fn run(
                 providers,
             };
             run_provider(&provider, &context, client, config, endpoint, &handshakes).await;
-            shared.running.fetch_sub(1, Ordering::Relaxed);
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -680,7 +673,6 @@ fn send_malformed(provider: &Arc<Provider>, client: &AmClient, bytes: bytes::Byt
             }
         };
         let name = answer.await.unwrap_or_else(|| "no_answer".into());
-        shared.answered.fetch_add(1, Ordering::Relaxed);
         if !name.starts_with("error_") {
             shared.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -792,7 +784,6 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                 }
             }
         });
-        shared.answered.fetch_add(settled.len() as u64, Ordering::Relaxed);
         shared.stored.fetch_add(stored, Ordering::Relaxed);
         shared.errors.fetch_add(errors, Ordering::Relaxed);
     }

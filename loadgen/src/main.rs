@@ -111,7 +111,7 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         "loadgen: {providers_connected} of {} providers connected in {connect_s:.1} s ({connect_failures} failed attempts); sending for {} s",
         settings.providers, settings.duration
     ));
-    let shared = Shared::new(settings.providers);
+    let shared = Shared::new();
     shared.add_connect_failures(connect_failures);
     let progress = progress_line(&settings, "running", connected.clone(), Some(shared.clone()));
     drive::run(&settings, plans, configs, endpoints.clone(), clients, shared.clone()).await;

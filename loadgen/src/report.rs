@@ -99,20 +99,9 @@ pub struct Report {
     pub mode: String,
     /// Messages were signed before the timed phase.
     pub presigned: bool,
-    /// Messages signed ahead (interims and finals).
-    pub messages_presigned: u64,
-    /// Seconds spent signing ahead (not part of the timed phase).
-    pub signing_s: f64,
-    /// Sessions opened through the AM (User Credentials it issued).
-    pub credentials_issued: u64,
-    /// Seconds spent opening them.
-    pub sessions_open_s: f64,
-    /// Provider certificates minted by loadgen.
-    pub certificates_minted: u64,
-    /// Providers whose first connection came up.
-    pub providers_connected: u64,
-    /// Seconds to connect every provider (before the timed phase).
-    pub connect_s: f64,
+    /// What happened before the timed phase (flattened into the report).
+    #[serde(flatten)]
+    pub setup: Setup,
     /// Frames sent on accounting streams (every class, retries included).
     pub sent: u64,
     /// Interims and finals sent once (not counting retries).
@@ -156,20 +145,21 @@ pub struct Report {
 }
 
 /// Figures from before the timed phase.
+#[derive(Serialize, Debug, Clone, Default)]
 pub struct Setup {
-    /// Messages signed ahead.
+    /// Messages signed ahead (interims and finals).
     pub messages_presigned: u64,
-    /// Seconds signing.
+    /// Seconds spent signing ahead (not part of the timed phase).
     pub signing_s: f64,
-    /// Sessions opened.
+    /// Sessions opened through the AM (User Credentials it issued).
     pub credentials_issued: u64,
-    /// Seconds opening sessions.
+    /// Seconds spent opening them.
     pub sessions_open_s: f64,
-    /// Certificates minted.
+    /// Provider certificates minted by loadgen.
     pub certificates_minted: u64,
-    /// Providers connected.
+    /// Providers whose first connection came up.
     pub providers_connected: u64,
-    /// Seconds until all providers connected.
+    /// Seconds to connect every provider (before the timed phase).
     pub connect_s: f64,
 }
 
@@ -253,13 +243,7 @@ impl Report {
             settings: settings.clone(),
             mode: if settings.max { "closed loop" } else { "open loop" }.into(),
             presigned: true,
-            messages_presigned: setup.messages_presigned,
-            signing_s: setup.signing_s,
-            credentials_issued: setup.credentials_issued,
-            sessions_open_s: setup.sessions_open_s,
-            certificates_minted: setup.certificates_minted,
-            providers_connected: setup.providers_connected,
-            connect_s: setup.connect_s,
+            setup: setup.clone(),
             sent,
             sent_accounting: stats.sent_by_class.get(&Class::Interim).unwrap_or(&0)
                 + stats.sent_by_class.get(&Class::Final).unwrap_or(&0),
@@ -299,17 +283,17 @@ impl Report {
         let _ = writeln!(
             out,
             "loadgen: {} against {}, {} providers, {} sessions, {} s",
-            self.mode, self.settings.am, self.settings.providers, self.credentials_issued, self.settings.duration
+            self.mode, self.settings.am, self.settings.providers, self.setup.credentials_issued, self.settings.duration
         );
         let _ = writeln!(
             out,
             "  setup: {} sessions opened in {:.1} s, {} messages signed ahead in {:.1} s, {} providers connected in {:.1} s",
-            self.credentials_issued,
-            self.sessions_open_s,
-            self.messages_presigned,
-            self.signing_s,
-            self.providers_connected,
-            self.connect_s
+            self.setup.credentials_issued,
+            self.setup.sessions_open_s,
+            self.setup.messages_presigned,
+            self.setup.signing_s,
+            self.setup.providers_connected,
+            self.setup.connect_s
         );
         let _ = writeln!(
             out,
@@ -517,53 +501,42 @@ fn svg_plot(title: &str, x_label: &str, y_label: &str, series: &[(&str, &[(f64, 
 
 /// Audit this run's acked messages against the AM's answer.
 pub fn audit(stats: &Stats, sessions: &[wire::SessionId], records: u64, runs: &[wire::AuditRun]) -> AuditReport {
+    // Per session: the AM's runs, and the acked sequences, both sorted, so
+    // that every lookup is a binary search.
     let mut by_session: HashMap<wire::SessionId, Vec<&wire::AuditRun>> = HashMap::new();
     for run in runs {
         by_session.entry(run.session_id).or_default().push(run);
     }
-    let copies = |session: &wire::SessionId, sequence: u64| -> u32 {
-        by_session
-            .get(session)
-            .and_then(|list| {
-                list.iter()
-                    .find(|run| run.first <= sequence && sequence <= run.last)
-                    .map(|run| run.copies)
-            })
-            .unwrap_or(0)
-    };
+    for list in by_session.values_mut() {
+        list.sort_unstable_by_key(|run| run.first);
+    }
     let mut report = AuditReport {
         records_in_store: records,
         scope: "the AM's hot store (records not yet exported)".into(),
         ..AuditReport::default()
     };
-    let mut acked: HashMap<wire::SessionId, std::collections::HashSet<u64>> = HashMap::new();
-    for (session, sequences) in &stats.stored_sequences {
-        let set = acked.entry(*session).or_default();
-        for sequence in sequences {
-            if !set.insert(*sequence) {
-                continue;
-            }
+    let no_runs = Vec::new();
+    for session in sessions {
+        let list = by_session.get(session).unwrap_or(&no_runs);
+        let mut acked = stats.stored_sequences.get(session).cloned().unwrap_or_default();
+        acked.sort_unstable();
+        acked.dedup();
+        for sequence in &acked {
             report.acked_as_stored += 1;
-            match copies(session, *sequence) {
-                0 => report.lost += 1,
-                1 => report.stored_once += 1,
-                _ => {}
+            let index = list.partition_point(|run| run.last < *sequence);
+            match list.get(index) {
+                Some(run) if run.first <= *sequence && run.copies == 1 => report.stored_once += 1,
+                Some(run) if run.first <= *sequence => {}
+                _ => report.lost += 1,
             }
         }
-    }
-    let empty = std::collections::HashSet::new();
-    for session in sessions {
-        let Some(list) = by_session.get(session) else { continue };
-        let set = acked.get(session).unwrap_or(&empty);
         for run in list {
             let span = run.last - run.first + 1;
             if run.copies > 1 {
                 report.double_stored += span;
             }
-            let acked_in_run = set
-                .iter()
-                .filter(|sequence| run.first <= **sequence && **sequence <= run.last)
-                .count() as u64;
+            let acked_in_run = (acked.partition_point(|sequence| *sequence <= run.last)
+                - acked.partition_point(|sequence| *sequence < run.first)) as u64;
             report.stored_unacked += span - acked_in_run.min(span);
         }
     }

@@ -223,29 +223,20 @@ pub fn free_tcp_port() -> u16 {
 }
 
 /// GET `path` from an HTTP server on 127.0.0.1:`port` with a plain
-/// HTTP/1.0 request; retries for up to 10 s while the server starts.
+/// HTTP/1.0 request to 127.0.0.1:`port`. `acct serve --metrics` binds its
+/// HTTP listener before it prints its address, so no retry is needed.
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(mut stream) => {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-                stream
-                    .write_all(request.as_bytes())
-                    .unwrap_or_else(|error| panic!("http write: {error}"));
-                let mut response = String::new();
-                let _ = stream.read_to_string(&mut response);
-                return response;
-            }
-            Err(error) if Instant::now() < deadline => {
-                let _ = error;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(error) => panic!("http connect to port {port}: {error}"),
-        }
-    }
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|error| panic!("http connect to port {port}: {error}"));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .unwrap_or_else(|error| panic!("http write: {error}"));
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
 }
 
 /// A multi-thread tokio runtime for a test.

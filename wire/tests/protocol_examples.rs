@@ -13,7 +13,7 @@ use wire::Message;
 const BYTES_PER_LINE: usize = 16;
 
 fn document_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md")
+    manifest_dir().join("../docs/protocol.md")
 }
 
 fn to_hex_lines(frame: &[u8]) -> String {
@@ -71,4 +71,11 @@ fn protocol_document_examples_match_the_codec() {
     if update {
         std::fs::write(&path, document).unwrap();
     }
+}
+
+/// This crate's folder, read when the test runs (cargo sets it for the test
+/// process): a binary reused from a clone at another path still finds the
+/// files of the checkout it runs in.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }

@@ -107,7 +107,7 @@ impl Committer {
 
     fn process(&mut self, group: &mut Vec<CommitCommand>) {
         let now = now_ms();
-        let mut records: Vec<Verified> = Vec::with_capacity(group.len());
+        let mut records: Vec<Verified> = Vec::with_capacity(group.iter().map(CommitCommand::messages).sum());
         for command in group.drain(..) {
             match command {
                 CommitCommand::Records(verified) => records.extend(verified),

@@ -61,11 +61,6 @@ impl VerifyQueue {
             }
         }
     }
-
-    /// Messages queued now.
-    pub fn queued(&self, capacity: usize) -> usize {
-        capacity.saturating_sub(self.permits.available_permits())
-    }
 }
 
 /// A running pipeline.

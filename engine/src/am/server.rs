@@ -429,7 +429,9 @@ async fn submit(context: &Context, batch: &mut Vec<Pending>, ack_sender: &AckSen
         return true;
     }
     let wait = Duration::from_millis(context.ingest.admission_wait_ms);
-    let taken = std::mem::replace(batch, Vec::with_capacity(SUBMIT_BATCH_MESSAGES_MAX));
+    // The batch moves into the queue; the next one grows only as far as
+    // its read needs (most reads carry a few messages).
+    let taken = std::mem::take(batch);
     match context.ingest_pipeline.verify_queue().submit(taken, wait).await {
         Ok(()) => true,
         Err((refused, status)) => {
