@@ -22,6 +22,70 @@ pub struct Config {
     /// Ingest bounds and policies (every field has a default).
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// The AM's export to the Accounting Storage (every field has a default).
+    #[serde(default)]
+    pub export: ExportConfig,
+    /// The Accounting Storage (`acct storage`, and the AM's embedded one).
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// When and where the AM exports committed records.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// `"embedded"`: an in-process AS (the `[storage]` section, on
+    /// 127.0.0.1, same QUIC path); or the address of an `acct storage`.
+    pub storage: String,
+    /// Cut a batch at least this often while records wait, milliseconds.
+    pub interval_ms: u64,
+    /// Or as soon as this many records wait (at most 1,000,000).
+    pub records_max: usize,
+    /// On SIGTERM, export what is committed for at most this long, seconds.
+    pub shutdown_deadline_s: u64,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            storage: "embedded".to_owned(),
+            interval_ms: 10_000,
+            records_max: 100_000,
+            shutdown_deadline_s: 30,
+        }
+    }
+}
+
+/// The Accounting Storage's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The QUIC address of `acct storage` (the embedded AS picks a free
+    /// loopback port instead).
+    pub listen: SocketAddr,
+    /// Where the Parquet files go.
+    pub folder: PathBuf,
+    /// The AS's certificate (role `storage`) and key.
+    pub certificate: PathBuf,
+    /// The AS's Ed25519 key (PKCS#8 PEM).
+    pub key: PathBuf,
+    /// AM connections at once.
+    pub connections_max: usize,
+    /// Batches buffered at once (each up to 64 MiB).
+    pub receiving_max: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4434)),
+            folder: PathBuf::from("cold"),
+            certificate: PathBuf::from("storage-1.crt.pem"),
+            key: PathBuf::from("storage-1.key.pem"),
+            connections_max: 16,
+            receiving_max: 2,
+        }
+    }
 }
 
 /// Bounds and policies of the ingest path. Each queue and window here is a
@@ -157,6 +221,9 @@ impl Config {
             &mut config.pki.certificate,
             &mut config.pki.key,
             &mut config.am.data,
+            &mut config.storage.folder,
+            &mut config.storage.certificate,
+            &mut config.storage.key,
         ] {
             if file.is_relative() {
                 *file = base.join(&*file);
@@ -209,6 +276,25 @@ data = "data"
 # dedup_window_s = 86400                  # 24 h after a session closes or expires
 # sessions_max = 1000000
 # drain_deadline_s = 10
+
+[export]
+# Committed records leave RocksDB as Parquet batches, deleted only after the
+# Accounting Storage acked them. "embedded" runs the storage in-process (the
+# [storage] section below, on a free loopback port); or give the address of
+# an `acct storage`, e.g. "127.0.0.1:4434".
+# storage = "embedded"
+# interval_ms = 10000                     # cut a batch at least this often
+# records_max = 100000                    # or as soon as this many records wait
+# shutdown_deadline_s = 30                # SIGTERM exports what is committed, for at most this long
+
+[storage]
+# The Accounting Storage: `acct storage --config THIS_FILE`, or embedded.
+# listen = "127.0.0.1:4434"
+# folder = "cold"                         # date=YYYY-MM-DD/node=<am>/batch-<id>.parquet
+# certificate = "storage-1.crt.pem"
+# key = "storage-1.key.pem"
+# connections_max = 16
+# receiving_max = 2                       # batches buffered at once, up to 64 MiB each
 "#
 }
 
@@ -226,6 +312,8 @@ mod tests {
         assert_eq!(config.am.listen, "127.0.0.1:4433".parse().unwrap());
         assert_eq!(config.pki.ca_certificate, folder.path().join("ca.crt.pem"));
         assert_eq!(config.am.data, folder.path().join("data"));
+        assert_eq!(config.export, ExportConfig::default());
+        assert_eq!(config.storage.folder, folder.path().join("cold"));
     }
 
     #[test]

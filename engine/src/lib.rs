@@ -1,6 +1,8 @@
 //! `acct`: the Accounting Manager and the Accounting Storage.
 //!
 //! - [`am`]: the Accounting Manager's ingest path (`acct serve`).
+//! - [`storage`]: the Accounting Storage (`acct storage`, and embedded).
+//! - [`tls`]: TLS 1.3 server configs for QUIC.
 //! - [`pki`]: the development PKI (`acct init`).
 //! - [`config`]: the config file.
 //! - [`cli`]: the command line; `main.rs` only dispatches.
@@ -10,3 +12,5 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod pki;
+pub mod storage;
+pub mod tls;

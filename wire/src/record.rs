@@ -89,6 +89,8 @@ impl RecordStatus {
     pub const NOT_PARQUET: Self = Self(0x22);
     /// The batch id is stored with other bytes.
     pub const CONFLICTING_BATCH: Self = Self(0x23);
+    /// The batch names another AM node than the certificate that delivered it.
+    pub const WRONG_NODE: Self = Self(0x24);
 
     /// Whether the AM may delete the batch.
     pub fn is_stored(self) -> bool {

@@ -152,6 +152,7 @@ impl Committer {
                         received_ms: item.received_ms,
                         flags,
                         provider: item.connection.name.clone(),
+                        provider_key: *item.connection.key.as_bytes(),
                         user_id: item.session.credential.value().user_id.clone(),
                         body: item.message.body().clone(),
                     };

@@ -7,10 +7,10 @@
 //! docs/architecture.md draws the pipeline and its bounds.
 
 pub mod commit;
+pub mod export;
 pub mod ingest;
 pub mod pipeline;
 pub mod server;
 pub mod session;
 pub mod store;
-pub mod tls;
 pub mod verify;

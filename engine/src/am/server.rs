@@ -24,13 +24,15 @@ use wire::{
     SessionId, SessionKey, Signed, SigningKey, TrustedCa, UserCredential,
 };
 
+use super::export::{ExportSettings, Exporter};
 use super::ingest::{Ingest, SUBMIT_BATCH_MESSAGES_MAX};
 use super::pipeline::{AckSender, Pending, ProviderConnection};
 use super::session::{self, SessionInfo};
 use super::store::Store;
-use super::tls;
 use crate::clock::{now_ms, now_s};
 use crate::config::IngestConfig;
+use crate::storage::server::StorageSettings;
+use crate::tls;
 
 /// Application close codes on QUIC connections.
 pub mod close_code {
@@ -61,6 +63,33 @@ pub struct AmSettings {
     pub signing_key: SigningKey,
     /// Bounds and policies.
     pub ingest: IngestConfig,
+    /// Where and when committed records are exported.
+    pub export: ExportPlan,
+}
+
+/// Where and when the AM exports.
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    /// The Accounting Storage.
+    pub storage: StorageTarget,
+    /// Cut a batch at least this often while records wait.
+    pub interval: Duration,
+    /// Or as soon as this many records wait.
+    pub records_max: usize,
+    /// SIGTERM exports what is committed for at most this long.
+    pub shutdown_deadline: Duration,
+}
+
+/// Which Accounting Storage the AM exports to.
+#[derive(Debug, Clone)]
+pub enum StorageTarget {
+    /// An in-process AS on a free loopback port, reached over QUIC like a
+    /// remote one.
+    Embedded(StorageSettings),
+    /// An `acct storage` at this address.
+    Remote(SocketAddr),
+    /// No export: records stay in RocksDB (benchmarks of ingest alone).
+    Disabled,
 }
 
 struct Context {
@@ -123,6 +152,56 @@ pub async fn run(
         ingest: ingest.clone(),
         connections: AtomicUsize::new(0),
     });
+    let (storage, storage_address) = match &settings.export.storage {
+        StorageTarget::Embedded(storage_settings) => {
+            let (address_sender, address) = tokio::sync::oneshot::channel();
+            let (stop_storage, storage_stopped) = tokio::sync::oneshot::channel::<()>();
+            let mut task = tokio::spawn(crate::storage::server::run(
+                storage_settings.clone(),
+                async move {
+                    let _ = storage_stopped.await;
+                },
+                move |address| {
+                    let _ = address_sender.send(address);
+                },
+            ));
+            let address = match address.await {
+                Ok(address) => address,
+                Err(_) => {
+                    let error = match (&mut task).await {
+                        Ok(Err(error)) => error,
+                        _ => anyhow::anyhow!("stopped before it listened"),
+                    };
+                    return Err(error.context("starting the embedded storage"));
+                }
+            };
+            tracing::info!(%address, folder = %storage_settings.folder.display(), "embedded storage");
+            (Some((task, stop_storage)), Some(address))
+        }
+        StorageTarget::Remote(address) => (None, Some(*address)),
+        StorageTarget::Disabled => {
+            tracing::warn!("export disabled: records stay in RocksDB");
+            (None, None)
+        }
+    };
+    let exporter = storage_address.map(|storage| {
+        Exporter::start(
+            store.clone(),
+            ExportSettings {
+                node: settings.node.clone(),
+                storage,
+                identity: peer::quic::ClientIdentity {
+                    ca_der: settings.ca_der.clone(),
+                    certificate_der: settings.certificate_der.clone(),
+                    signing_key: settings.signing_key.clone(),
+                },
+                interval: settings.export.interval,
+                records_max: settings.export.records_max,
+                shutdown_deadline: settings.export.shutdown_deadline,
+            },
+        )
+    });
+
     let (stop_sender, stop) = watch::channel(false);
     let mut connections = JoinSet::new();
     ready(local_addr);
@@ -169,6 +248,22 @@ pub async fn run(
     tokio::task::spawn_blocking(move || context.ingest_pipeline.shutdown())
         .await
         .context("joining the pipeline threads")?;
+    if let Some(exporter) = exporter {
+        tracing::info!("exporting what is committed before stopping");
+        if exporter.finish().await {
+            tracing::info!("every committed record is exported");
+        } else {
+            tracing::warn!("export deadline passed; the rest is exported on the next start");
+        }
+    }
+    if let Some((task, stop_storage)) = storage {
+        let _ = stop_storage.send(());
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "embedded storage failed"),
+            Err(error) => tracing::error!(%error, "embedded storage task failed"),
+        }
+    }
     drop(store);
     endpoint.wait_idle().await;
     tracing::info!("stopped");
@@ -184,18 +279,7 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
             return;
         }
     };
-    let identity = connection
-        .peer_identity()
-        .and_then(|identity| {
-            identity
-                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|chain| {
-            chain
-                .first()
-                .map(|certificate| context.ca.identify(certificate, now_s()))
-        });
+    let identity = tls::peer_identity(&connection, &context.ca, now_s());
     let identity = match identity {
         Some(Ok(identity)) if matches!(identity.role, Role::Provider | Role::AccountingManager) => identity,
         other => {

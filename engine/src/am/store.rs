@@ -8,12 +8,16 @@
 //! | `progress` | session id (16) | [`SessionProgress`], 65 bytes; rewritten with every commit group that touches the session |
 //! | `records` | commit sequence (u64) | [`StoredRecord`]: one accounting message as received, with what the AM knew |
 //! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of the message's signature |
-//! | `meta` | name | counters (`next_commit_sequence`) |
+//! | `exports` | first commit sequence (u64) | [`Manifest`]: a batch cut for export and not yet acked by the AS |
+//! | `meta` | name | counters (`next_commit_sequence`, `export_cursor`) |
 //!
 //! A record, its fingerprint (the dedup marker) and its session's progress
 //! are written in one WriteBatch with a synced WAL: none exists without the
-//! others. Records leave with export; fingerprints and progress stay until
-//! the session is pruned after the dedup window.
+//! others. Records leave with export (a manifest names a range of commit
+//! sequences; the range and its manifest are deleted in one batch after the
+//! AS's ack); fingerprints and progress stay until the session is pruned
+//! after the dedup window, so a duplicate of an exported message is still
+//! answered DUPLICATE.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use wire::codec::Reader;
-use wire::{DecodeError, Name, SessionId, Signed, UserCredential};
+use wire::{BatchId, DecodeError, Name, SessionId, Signed, UserCredential};
 
 use super::session::{SessionFlags, SessionInfo, SessionProgress};
 
@@ -29,11 +33,15 @@ const SESSIONS: &str = "sessions";
 const PROGRESS: &str = "progress";
 const RECORDS: &str = "records";
 const FINGERPRINTS: &str = "fingerprints";
+const EXPORTS: &str = "exports";
 const META: &str = "meta";
 const NEXT_COMMIT_SEQUENCE: &[u8] = b"next_commit_sequence";
+const EXPORT_CURSOR: &[u8] = b"export_cursor";
 
 /// Version byte of every stored value this build writes.
 const STORED_VERSION: u8 = 1;
+/// Version byte of records: 2 added the provider's key.
+const RECORD_VERSION: u8 = 2;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +90,8 @@ pub struct StoredRecord {
     pub flags: SessionFlags,
     /// The provider (from its certificate).
     pub provider: Name,
+    /// The provider's Ed25519 key (from its certificate), which signed the body.
+    pub provider_key: [u8; 32],
     /// The user the session bills.
     pub user_id: Name,
     /// The Accounting body exactly as received: fields, then signature.
@@ -98,10 +108,11 @@ impl StoredRecord {
 
     /// Append the encoding for the `records` family to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.put_u8(STORED_VERSION);
+        out.put_u8(RECORD_VERSION);
         out.put_u64(self.received_ms);
         out.put_u8(self.flags.0);
         put_text(out, self.provider.as_str());
+        out.put_slice(&self.provider_key);
         put_text(out, self.user_id.as_str());
         out.put_u16(u16::try_from(self.body.len()).unwrap_or(u16::MAX));
         out.put_slice(&self.body);
@@ -113,7 +124,7 @@ impl StoredRecord {
         let mut reader = Reader::new(&input);
         let parse = |reader: &mut Reader<'_>| -> Result<Self, DecodeError> {
             let version = reader.u8("record version")?;
-            if version != STORED_VERSION {
+            if version != RECORD_VERSION {
                 return Err(DecodeError::InvalidValue {
                     field: "record version",
                     reason: "unknown version",
@@ -122,12 +133,14 @@ impl StoredRecord {
             let received_ms = reader.u64("received_ms")?;
             let flags = SessionFlags(reader.u8("flags")?);
             let provider = Name::new(reader.text_u8(64, "provider")?)?;
+            let provider_key = reader.array("provider_key")?;
             let user_id = Name::new(reader.text_u8(64, "user_id")?)?;
             let body = reader.bytes_u16(wire::limits::SMALL_FRAME_BODY_BYTES_MAX, "body")?;
             Ok(Self {
                 received_ms,
                 flags,
                 provider,
+                provider_key,
                 user_id,
                 body,
             })
@@ -196,7 +209,7 @@ impl Store {
         options.set_allow_concurrent_memtable_write(false);
         options.set_max_background_jobs(2);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let families = [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, META].map(|name| {
+        let families = [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, EXPORTS, META].map(|name| {
             let mut family = Options::default();
             family.set_compression_type(rocksdb::DBCompressionType::Lz4);
             if name == RECORDS || name == FINGERPRINTS {
@@ -262,15 +275,7 @@ impl Store {
 
     /// The next commit sequence to assign.
     pub fn next_commit_sequence(&self) -> Result<u64, StoreError> {
-        Ok(match self.db.get_cf(self.family(META), NEXT_COMMIT_SEQUENCE)? {
-            Some(bytes) => u64::from_be_bytes(
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt_text("meta", "next_commit_sequence is not 8 bytes"))?,
-            ),
-            None => 1,
-        })
+        self.meta_u64(NEXT_COMMIT_SEQUENCE, 1)
     }
 
     /// Store a new session (synced) before its credential is handed out.
@@ -414,14 +419,139 @@ impl Store {
             .iterator_cf(self.family(RECORDS), IteratorMode::From(&start, Direction::Forward));
         for item in iterator.take(limit) {
             let (key, value) = item?;
-            let commit_sequence = u64::from_be_bytes(
-                key.as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt_text("record key", "not 8 bytes"))?,
-            );
-            out.push((commit_sequence, StoredRecord::decode(&value)?));
+            out.push((sequence_key(&key)?, StoredRecord::decode(&value)?));
         }
         Ok(out)
+    }
+
+    /// The first commit sequence not yet in an export batch.
+    pub fn export_cursor(&self) -> Result<u64, StoreError> {
+        self.meta_u64(EXPORT_CURSOR, 1)
+    }
+
+    fn meta_u64(&self, key: &[u8], default: u64) -> Result<u64, StoreError> {
+        Ok(match self.db.get_cf(self.family(META), key)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt_text("meta", "a counter is not 8 bytes"))?,
+            ),
+            None => default,
+        })
+    }
+
+    /// Batches cut for export and not yet deleted, oldest first.
+    pub fn manifests(&self) -> Result<Vec<Manifest>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.family(EXPORTS), IteratorMode::Start) {
+            let (_, value) = item?;
+            out.push(Manifest::decode(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// Cut the next export batch: the committed records from the export
+    /// cursor on, at most `records_max` of them and about `bytes_max` bytes
+    /// of stored records. Its manifest and the moved cursor are written in
+    /// one synced batch, before anything is encoded or sent. `None` when no
+    /// record waits.
+    pub fn cut_batch(
+        &self,
+        records_max: usize,
+        bytes_max: usize,
+        batch_id: BatchId,
+        created_ms: u64,
+    ) -> Result<Option<Manifest>, StoreError> {
+        let cursor = self.export_cursor()?;
+        let start = cursor.to_be_bytes();
+        let mut first = None;
+        let mut last = 0;
+        let mut count = 0u64;
+        let mut bytes = 0usize;
+        let iterator = self
+            .db
+            .iterator_cf(self.family(RECORDS), IteratorMode::From(&start, Direction::Forward));
+        for item in iterator {
+            let (key, value) = item?;
+            if count >= records_max as u64 || (count > 0 && bytes + value.len() > bytes_max) {
+                break;
+            }
+            let sequence = sequence_key(&key)?;
+            first.get_or_insert(sequence);
+            last = sequence;
+            count += 1;
+            bytes += value.len();
+        }
+        let Some(first) = first else { return Ok(None) };
+        if last - first + 1 != count {
+            return Err(corrupt_text(
+                "records",
+                "commit sequences have a gap inside an export batch",
+            ));
+        }
+        let manifest = Manifest {
+            batch_id,
+            first,
+            last,
+            created_ms,
+            sent_digest: None,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.family(EXPORTS), first.to_be_bytes(), manifest.encode());
+        batch.put_cf(self.family(META), EXPORT_CURSOR, (last + 1).to_be_bytes());
+        self.write_synced(batch)?;
+        Ok(Some(manifest))
+    }
+
+    /// Remember (synced) the digest of the bytes about to be sent for a
+    /// batch: if a later build encodes the batch differently, an AS answer
+    /// "stored with other bytes" that names this digest still proves the
+    /// batch is stored.
+    pub fn record_sent_digest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.family(EXPORTS), manifest.first.to_be_bytes(), manifest.encode());
+        self.write_synced(batch)
+    }
+
+    /// The records of a batch, in commit order; every one of them must be there.
+    pub fn batch_records(&self, manifest: &Manifest) -> Result<Vec<(u64, StoredRecord)>, StoreError> {
+        let records = self.records(manifest.first, manifest.count() as usize)?;
+        let complete = records.len() as u64 == manifest.count()
+            && records.first().map(|record| record.0) == Some(manifest.first)
+            && records.last().map(|record| record.0) == Some(manifest.last);
+        if !complete {
+            return Err(corrupt_text("records", "an export batch's records are missing"));
+        }
+        Ok(records)
+    }
+
+    /// Delete an acked batch: its records and its manifest, in one batch.
+    /// Synced, so that the AM's disk usage figures are exact after a crash;
+    /// an unsynced delete lost in a crash would only resend an acked batch,
+    /// which the AS acks again without a second file.
+    pub fn delete_batch(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.family(RECORDS),
+            manifest.first.to_be_bytes(),
+            (manifest.last + 1).to_be_bytes(),
+        );
+        batch.delete_cf(self.family(EXPORTS), manifest.first.to_be_bytes());
+        self.write_synced(batch)
+    }
+
+    /// Bytes the store takes on disk (SST files of every family) plus its
+    /// memtables: what grows while the AS is away.
+    pub fn disk_bytes(&self) -> u64 {
+        [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, EXPORTS, META]
+            .iter()
+            .map(|name| {
+                let family = self.family(name);
+                let property = |key: &str| self.db.property_int_value_cf(family, key).ok().flatten().unwrap_or(0);
+                property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables")
+            })
+            .sum()
     }
 
     /// Records stored, counted by a full scan (tests and operators).
@@ -432,6 +562,89 @@ impl Store {
             count += 1;
         }
         Ok(count)
+    }
+}
+
+fn sequence_key(key: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(
+        key.try_into().map_err(|_| corrupt_text("record key", "not 8 bytes"))?,
+    ))
+}
+
+/// A batch cut for export: a range of commit sequences and its batch id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The batch id; a retry keeps it.
+    pub batch_id: BatchId,
+    /// First commit sequence in the batch.
+    pub first: u64,
+    /// Last commit sequence in the batch (inclusive).
+    pub last: u64,
+    /// When the batch was cut, Unix ms (names the partition date).
+    pub created_ms: u64,
+    /// The digest of the bytes sent, once sent.
+    pub sent_digest: Option<[u8; 32]>,
+}
+
+impl Manifest {
+    /// Records in the batch.
+    pub fn count(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 16 + 24 + 33);
+        out.put_u8(STORED_VERSION);
+        out.put_slice(&self.batch_id.0);
+        out.put_u64(self.first);
+        out.put_u64(self.last);
+        out.put_u64(self.created_ms);
+        match self.sent_digest {
+            Some(digest) => {
+                out.put_u8(1);
+                out.put_slice(&digest);
+            }
+            None => out.put_u8(0),
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let input = Bytes::copy_from_slice(bytes);
+        let mut reader = Reader::new(&input);
+        let parse = |reader: &mut Reader<'_>| -> Result<Self, DecodeError> {
+            if reader.u8("manifest version")? != STORED_VERSION {
+                return Err(DecodeError::InvalidValue {
+                    field: "manifest version",
+                    reason: "unknown version",
+                });
+            }
+            let batch_id = BatchId(reader.array("batch_id")?);
+            let first = reader.u64("first")?;
+            let last = reader.u64("last")?;
+            let created_ms = reader.u64("created_ms")?;
+            let sent_digest = if reader.bool("sent")? {
+                Some(reader.array("digest")?)
+            } else {
+                None
+            };
+            if last < first {
+                return Err(DecodeError::InvalidValue {
+                    field: "manifest range",
+                    reason: "last before first",
+                });
+            }
+            Ok(Self {
+                batch_id,
+                first,
+                last,
+                created_ms,
+                sent_digest,
+            })
+        };
+        let manifest = parse(&mut reader).map_err(|error| corrupt("manifest", error))?;
+        reader.finish().map_err(|error| corrupt("manifest", error))?;
+        Ok(manifest)
     }
 }
 

@@ -1,7 +1,10 @@
 //! The command line: one module per subcommand; `main.rs` only dispatches.
 
+pub mod audit;
 pub mod init;
+pub mod report;
 pub mod serve;
+pub mod storage;
 
 use clap::{Parser, Subcommand};
 
@@ -20,8 +23,16 @@ pub enum Command {
     /// Create a development PKI (operator CA; AM, AS, provider and user
     /// certificates with Ed25519 keys) and a commented config file.
     Init(init::InitArgs),
-    /// Run the Accounting Manager (with no arguments: the embedded default).
+    /// Run the Accounting Manager (with no arguments: the embedded default,
+    /// exporting to an in-process Accounting Storage).
     Serve(serve::ServeArgs),
+    /// Run the Accounting Storage as its own service.
+    Storage(storage::StorageArgs),
+    /// Billing totals from the cold storage's Parquet files.
+    Report(report::ReportArgs),
+    /// Re-verify every exported record's signature and check that no
+    /// message is stored twice; exits 1 with a list of what is wrong.
+    Audit(audit::AuditArgs),
 }
 
 impl Cli {
@@ -30,6 +41,9 @@ impl Cli {
         match self.command {
             Command::Init(args) => init::run(args),
             Command::Serve(args) => serve::run(args),
+            Command::Storage(args) => storage::run(args),
+            Command::Report(args) => report::run(args),
+            Command::Audit(args) => audit::run(args),
         }
     }
 }

@@ -2,19 +2,23 @@
 //!
 //! With no arguments it runs on an embedded default: the data directory
 //! `./acct-data`, a development PKI made there on first start, listening on
-//! 127.0.0.1:4433. Once ready it prints `acct serve: listening on ADDR`.
+//! 127.0.0.1:4433, exporting to an in-process Accounting Storage that writes
+//! Parquet to `./acct-data/cold`. Once ready it prints
+//! `acct serve: listening on ADDR`.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use wire::{Name, Role};
 
-use crate::am::server::{self, AmSettings};
-use crate::config::{Config, IngestConfig};
+use crate::am::server::{self, AmSettings, ExportPlan, StorageTarget};
+use crate::config::{Config, ExportConfig, IngestConfig, StorageConfig};
 use crate::pki;
+use crate::storage::server::StorageSettings;
 
 /// Arguments of `acct serve`.
 #[derive(Debug, Args)]
@@ -32,10 +36,25 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics over HTTP on this address (`/metrics`).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Export to the `acct storage` at this address instead of the
+    /// embedded one. Overrides the config file.
+    #[arg(long, conflicts_with = "no_export")]
+    pub storage: Option<SocketAddr>,
+    /// Cut an export batch at least this often, ms. Overrides the config file.
+    #[arg(long)]
+    pub export_interval_ms: Option<u64>,
+    /// Or as soon as this many records wait. Overrides the config file.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub export_records_max: Option<u64>,
+    /// Do not export: records stay in RocksDB. For benchmarks of ingest alone.
+    #[arg(long)]
+    pub no_export: bool,
 }
 
 /// The embedded default's data directory.
 pub const DEFAULT_DATA_DIR: &str = "acct-data";
+/// The embedded storage's folder inside the data directory (no config file).
+pub const DEFAULT_COLD_DIR: &str = "cold";
 /// The embedded default's listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
 
@@ -65,7 +84,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
-    let (node, ca, certificate, key, data, listen, ingest) = match &args.config {
+    let (node, ca, certificate, key, data, listen, ingest, export, storage) = match &args.config {
         Some(path) => {
             let config = Config::load(path)?;
             (
@@ -76,6 +95,8 @@ fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
                 config.am.data,
                 config.am.listen,
                 config.ingest,
+                config.export,
+                config.storage,
             )
         }
         None => {
@@ -88,6 +109,14 @@ fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
             }
             let name = "am-1";
             let (certificate, key) = pki::identity_paths(Role::AccountingManager, &Name::new(name)?);
+            let (storage_certificate, storage_key) =
+                pki::identity_paths(Role::AccountingStorage, &Name::new("storage-1")?);
+            let storage = StorageConfig {
+                folder: data.join(DEFAULT_COLD_DIR),
+                certificate: pki_folder.join(storage_certificate),
+                key: pki_folder.join(storage_key),
+                ..StorageConfig::default()
+            };
             (
                 name.to_owned(),
                 pki_folder.join(pki::CA_CERTIFICATE_FILE),
@@ -96,18 +125,54 @@ fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
                 data,
                 DEFAULT_LISTEN.parse()?,
                 IngestConfig::default(),
+                ExportConfig::default(),
+                storage,
             )
         }
     };
     let data = args.data.clone().unwrap_or(data);
+    let ca_der = pki::read_certificate_der(&ca)?;
+    let target = if args.no_export {
+        StorageTarget::Disabled
+    } else if let Some(address) = args.storage {
+        StorageTarget::Remote(address)
+    } else if export.storage == "embedded" {
+        StorageTarget::Embedded(StorageSettings {
+            // The embedded AS listens on a free loopback port.
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            folder: storage.folder.clone(),
+            ca_der: ca_der.clone(),
+            certificate_der: pki::read_certificate_der(&storage.certificate)?,
+            signing_key: pki::read_signing_key(&storage.key)?,
+            connections_max: storage.connections_max,
+            receiving_max: storage.receiving_max,
+        })
+    } else {
+        StorageTarget::Remote(export.storage.parse().with_context(|| {
+            format!(
+                "[export] storage = {:?}: neither \"embedded\" nor an address",
+                export.storage
+            )
+        })?)
+    };
+    let export = ExportPlan {
+        storage: target,
+        interval: Duration::from_millis(args.export_interval_ms.unwrap_or(export.interval_ms).max(1)),
+        records_max: args
+            .export_records_max
+            .map_or(export.records_max, |value| value as usize)
+            .clamp(1, crate::am::export::BATCH_RECORDS_MAX),
+        shutdown_deadline: Duration::from_secs(export.shutdown_deadline_s),
+    };
     Ok(AmSettings {
         node: Name::new(&node).map_err(|error| anyhow::anyhow!("node name {node:?}: {error}"))?,
         listen: args.listen.unwrap_or(listen),
         data: database_folder(&data),
-        ca_der: pki::read_certificate_der(&ca)?,
+        ca_der,
         certificate_der: pki::read_certificate_der(&certificate)?,
         signing_key: pki::read_signing_key(&key)?,
         ingest,
+        export,
     })
 }
 
@@ -116,7 +181,7 @@ pub fn database_folder(data: &Path) -> PathBuf {
     data.join("db")
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {

@@ -1,5 +1,5 @@
-//! TLS 1.3 for QUIC: the AM's server config (client certificates from the
-//! operator's CA required) and a client config for peers.
+//! TLS 1.3 for QUIC servers (the AM and the AS): client certificates from
+//! the operator's CA required, ALPN `acct/1`, and reading who connected.
 
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-/// The AM's QUIC server config: TLS 1.3 only, ALPN `acct/1`, client
+/// A QUIC server config (AM or AS): TLS 1.3 only, ALPN `acct/1`, client
 /// certificates required and verified against the CA during the handshake.
 pub fn server_config(
     ca_der: &[u8],
@@ -57,4 +57,16 @@ pub fn server_config(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport);
     Ok(server)
+}
+
+/// The verified identity of a connection's peer certificate, if any.
+pub fn peer_identity(
+    connection: &quinn::Connection,
+    ca: &wire::TrustedCa,
+    now_s: u64,
+) -> Option<Result<wire::CertifiedIdentity, wire::CertificateError>> {
+    connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|certificate| ca.identify(certificate, now_s)))
 }

@@ -1,0 +1,75 @@
+//! `acct storage`: run the Accounting Storage as its own service.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use wire::{Name, Role};
+
+use crate::config::{Config, StorageConfig};
+use crate::pki;
+use crate::storage::server::{self, StorageSettings};
+
+/// Arguments of `acct storage`.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// The config file (its `[pki]` CA and its `[storage]` section).
+    #[arg(long, required_unless_present = "pki")]
+    pub config: Option<PathBuf>,
+    /// Instead of a config file: a development PKI folder (from `acct init`,
+    /// or an AM data directory's `pki/`); the AS uses its CA and `storage-1`.
+    #[arg(long, conflicts_with = "config")]
+    pub pki: Option<PathBuf>,
+    /// Where the Parquet files go. Overrides the config file.
+    #[arg(long)]
+    pub folder: Option<PathBuf>,
+    /// The QUIC address to listen on. Overrides the config file.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Run until SIGTERM or SIGINT. Prints `acct storage: listening on ADDR`
+/// once ready.
+pub fn run(args: StorageArgs) -> anyhow::Result<()> {
+    let (ca, storage) = match (&args.config, &args.pki) {
+        (Some(path), _) => {
+            let config = Config::load(path)?;
+            (config.pki.ca_certificate, config.storage)
+        }
+        (None, Some(folder)) => {
+            let (certificate, key) = pki::identity_paths(Role::AccountingStorage, &Name::new("storage-1")?);
+            (
+                folder.join(pki::CA_CERTIFICATE_FILE),
+                StorageConfig {
+                    certificate: folder.join(certificate),
+                    key: folder.join(key),
+                    folder: PathBuf::from("acct-cold"),
+                    ..StorageConfig::default()
+                },
+            )
+        }
+        (None, None) => anyhow::bail!("give --config FILE or --pki DIR"),
+    };
+    let settings = StorageSettings {
+        listen: args.listen.unwrap_or(storage.listen),
+        folder: args.folder.clone().unwrap_or(storage.folder),
+        ca_der: pki::read_certificate_der(&ca)?,
+        certificate_der: pki::read_certificate_der(&storage.certificate)?,
+        signing_key: pki::read_signing_key(&storage.key)?,
+        connections_max: storage.connections_max.max(1),
+        receiving_max: storage.receiving_max.max(1),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("acct-storage")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(server::run(settings, super::serve::shutdown_signal(), |address| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "acct storage: listening on {address}");
+        let _ = stdout.flush();
+        tracing::info!(%address, "listening");
+    }))
+}

@@ -1,0 +1,224 @@
+//! The AS's folder: one Parquet file per batch under
+//! `date=YYYY-MM-DD/node=<am node>/batch-<batch id>.parquet` (Hive-style
+//! partitions, so DuckDB and Spark can prune by date and node).
+//!
+//! Memory: an index of the stored batches (batch id → path), about 150
+//! bytes per file, rebuilt from a listing at start. With the default export
+//! policy (one batch per 10 s or 100,000 records) that is ~1.3 MB per year.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use wire::{BatchId, CertifiedIdentity, RecordAccounting, RecordAck, RecordStatus, Signed};
+
+use super::failpoint;
+
+/// Why the folder could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct FilesError {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
+    move |source| FilesError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The stored batches.
+pub struct ColdFiles {
+    root: PathBuf,
+    /// Stored batches; the lock also serializes writers.
+    index: Mutex<HashMap<BatchId, PathBuf>>,
+}
+
+impl ColdFiles {
+    /// Open (creating if missing) the folder: index the stored batches and
+    /// delete temp files left by a crash mid-write (never acked).
+    pub fn open(root: &Path) -> Result<Self, FilesError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let mut index = HashMap::new();
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(folder) = pending.pop() {
+            for entry in std::fs::read_dir(&folder).map_err(io(&folder))? {
+                let entry = entry.map_err(io(&folder))?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().map_err(io(&path))?.is_dir() {
+                    pending.push(path);
+                } else if name.starts_with(".batch-") && name.ends_with(".tmp") {
+                    tracing::info!(file = %path.display(), "removing a partial file left by a crash");
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                } else if let Some(batch_id) = parse_batch_file(&name) {
+                    index.insert(batch_id, path);
+                }
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            index: Mutex::new(index),
+        })
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Batches stored.
+    pub fn batch_count(&self) -> usize {
+        self.index.lock().map_or(0, |index| index.len())
+    }
+
+    /// Check and store one batch delivered by `am`; the answer to send back.
+    /// Blocking (file I/O and fsync): call from a blocking thread.
+    pub fn deliver(&self, am: &CertifiedIdentity, message: &Signed<RecordAccounting>) -> RecordAck {
+        let record = message.value();
+        let answer = |status: RecordStatus, digest: [u8; 32]| RecordAck {
+            batch_id: record.batch_id,
+            digest,
+            status,
+        };
+        if message.verify(&am.public_key).is_err() {
+            return answer(RecordStatus::BAD_SIGNATURE, record.digest);
+        }
+        if record.node != am.name {
+            return answer(RecordStatus::WRONG_NODE, record.digest);
+        }
+        if !record.digest_matches() {
+            return answer(RecordStatus::DIGEST_MISMATCH, record.digest);
+        }
+        let batch_hex = record.batch_id.to_string();
+        match check_payload(&record.payload, &batch_hex) {
+            Ok(rows) if rows == u64::from(record.record_count) => {}
+            Ok(rows) => {
+                tracing::warn!(batch = %batch_hex, rows, claimed = record.record_count, "refused: row count differs");
+                return answer(RecordStatus::NOT_PARQUET, record.digest);
+            }
+            Err(error) => {
+                tracing::warn!(batch = %batch_hex, %error, "refused: not a readable acct Parquet file");
+                return answer(RecordStatus::NOT_PARQUET, record.digest);
+            }
+        }
+        let Ok(mut index) = self.index.lock() else {
+            return answer(RecordStatus::UNAVAILABLE, record.digest);
+        };
+        if let Some(existing) = index.get(&record.batch_id) {
+            return match std::fs::read(existing) {
+                Ok(bytes) => {
+                    let stored: [u8; 32] = Sha256::digest(&bytes).into();
+                    if stored == record.digest {
+                        answer(RecordStatus::ALREADY_STORED, stored)
+                    } else {
+                        tracing::error!(batch = %batch_hex, file = %existing.display(), "refused: batch id stored with other bytes");
+                        answer(RecordStatus::CONFLICTING_BATCH, stored)
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(file = %existing.display(), %error, "cannot read a stored batch");
+                    answer(RecordStatus::UNAVAILABLE, record.digest)
+                }
+            };
+        }
+        let folder = self
+            .root
+            .join(format!("date={}", utc_date(record.created_ms)))
+            .join(format!("node={}", record.node));
+        match write_atomically(&self.root, &folder, &batch_hex, &record.payload) {
+            Ok(path) => {
+                tracing::info!(batch = %batch_hex, rows = record.record_count, bytes = record.payload.len(), file = %path.display(), "stored");
+                metrics::counter!("acct_storage_batches_total").increment(1);
+                metrics::counter!("acct_storage_rows_total").increment(u64::from(record.record_count));
+                index.insert(record.batch_id, path);
+                answer(RecordStatus::STORED, record.digest)
+            }
+            Err(error) => {
+                tracing::error!(batch = %batch_hex, %error, "cannot store the batch; the AM will retry");
+                answer(RecordStatus::UNAVAILABLE, record.digest)
+            }
+        }
+    }
+}
+
+/// Rows in the payload, after reading every one of them (the AS stores
+/// only files that analysts' readers can read to the end).
+fn check_payload(payload: &Bytes, batch_hex: &str) -> Result<u64, String> {
+    let info = archive::inspect(payload.clone()).map_err(|error| error.to_string())?;
+    if info.batch_id.as_deref() != Some(batch_hex) {
+        return Err(format!("file metadata names batch {:?}", info.batch_id));
+    }
+    archive::read(payload.clone(), |_| {}).map_err(|error| error.to_string())
+}
+
+/// The batch id of a stored file's name, `batch-<32 hex>.parquet`.
+fn parse_batch_file(name: &str) -> Option<BatchId> {
+    let hex_id = name.strip_prefix("batch-")?.strip_suffix(".parquet")?;
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(hex_id, &mut id).ok()?;
+    Some(BatchId(id))
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix time in ms.
+pub fn utc_date(unix_ms: u64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    let date = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .date();
+    format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
+}
+
+/// Temp file, fsync, rename, fsync of the folders: after `Ok`, the file
+/// survives a crash; before, no reader ever sees it.
+fn write_atomically(root: &Path, folder: &Path, batch_hex: &str, payload: &[u8]) -> std::io::Result<PathBuf> {
+    let created = !folder.exists();
+    std::fs::create_dir_all(folder)?;
+    let temp = folder.join(format!(".batch-{batch_hex}.parquet.tmp"));
+    let path = folder.join(format!("batch-{batch_hex}.parquet"));
+    let mut file = File::create(&temp)?;
+    let half = payload.len() / 2;
+    file.write_all(&payload[..half])?;
+    failpoint("storage-mid-write");
+    file.write_all(&payload[half..])?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, &path)?;
+    File::open(folder)?.sync_all()?;
+    if created {
+        // New partition folders: their names must survive too.
+        if let Some(parent) = folder.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        File::open(root)?.sync_all()?;
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_days() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(1_795_000_000_000), "2026-11-18");
+        assert_eq!(utc_date(951_782_400_000), "2000-02-29");
+    }
+
+    #[test]
+    fn batch_file_names_parse() {
+        let id = BatchId([0xab; 16]);
+        assert_eq!(parse_batch_file(&format!("batch-{id}.parquet")), Some(id));
+        assert_eq!(parse_batch_file("batch-xyz.parquet"), None);
+        assert_eq!(parse_batch_file(&format!(".batch-{id}.parquet.tmp")), None);
+    }
+}

@@ -1,0 +1,27 @@
+//! The Accounting Storage (AS): receives Record Accounting from the AM over
+//! QUIC ([`server`]) and keeps each batch as one Parquet file ([`files`]).
+//!
+//! A batch is acked only after its file is durable: written to a hidden temp
+//! file, fsynced, renamed into place, and the folder fsynced. Readers listing
+//! `**/*.parquet` never see a partial file.
+
+pub mod files;
+pub mod server;
+
+/// A named point where a test can stop the process to kill it there:
+/// when the environment variable `ACCT_FAILPOINT` names `point`, the calling
+/// thread prints `acct: failpoint POINT reached` on stdout and sleeps until
+/// the process is killed. Unset (always, in production), it costs one
+/// environment lookup per exported batch.
+pub fn failpoint(point: &str) {
+    if std::env::var("ACCT_FAILPOINT").is_ok_and(|wanted| wanted == point) {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "acct: failpoint {point} reached");
+        let _ = stdout.flush();
+        drop(stdout);
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The AS's QUIC service: mutual TLS with the operator's CA, and only an
+//! AM's certificate may deliver. One bidirectional stream per batch: one
+//! Record Accounting frame in, one Record Ack frame out.
+//!
+//! Bounds: `connections_max` connections, 4 streams per connection, and at
+//! most `receiving_max` batches buffered at once (each up to the 64 MiB
+//! frame maximum), so the AS holds at most `receiving_max` × 64 MiB of
+//! payload in memory.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::BytesMut;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
+use wire::{ErrorCode, ErrorMessage, FrameDecoder, Message, Role, SigningKey, TrustedCa};
+
+use super::files::ColdFiles;
+use crate::clock::now_s;
+use crate::tls;
+
+/// What the AS needs to run.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The folder the Parquet files go to.
+    pub folder: PathBuf,
+    /// The operator CA, DER.
+    pub ca_der: Vec<u8>,
+    /// The AS's certificate, DER (role `storage`).
+    pub certificate_der: Vec<u8>,
+    /// The AS's key.
+    pub signing_key: SigningKey,
+    /// Connections at once; more are refused.
+    pub connections_max: usize,
+    /// Batches being received or stored at once (memory: each up to 64 MiB).
+    pub receiving_max: usize,
+}
+
+/// Close code: the certificate is not an AM's.
+pub const CLOSE_ROLE_REFUSED: u32 = 1;
+/// Concurrent streams (batches) per connection.
+const STREAMS_PER_CONNECTION: u32 = 4;
+
+/// Run the AS until `shutdown` completes. `ready` gets the bound address.
+pub async fn run(
+    settings: StorageSettings,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let folder = settings.folder.clone();
+    let files = tokio::task::spawn_blocking(move || ColdFiles::open(&folder))
+        .await
+        .context("opening the storage folder")??;
+    tracing::info!(folder = %files.root().display(), batches = files.batch_count(), "storage ready");
+    let files = Arc::new(files);
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(STREAMS_PER_CONNECTION.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((16u32 * 1024 * 1024).into())
+        .receive_window((32u32 * 1024 * 1024).into())
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(60)).context("idle timeout")?,
+        ));
+    let key_der = settings.signing_key.to_pkcs8_der().context("encoding the AS key")?;
+    let server_config = tls::server_config(
+        &settings.ca_der,
+        settings.certificate_der.clone(),
+        key_der,
+        Arc::new(transport),
+    )
+    .context("building the TLS configuration")?;
+    let (socket, _) =
+        peer::quic::quic_socket(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("listening on {}", settings.listen))?;
+    let ca = TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?;
+    let receiving = Arc::new(Semaphore::new(settings.receiving_max.max(1)));
+    let mut connections = JoinSet::new();
+    ready(endpoint.local_addr().context("reading the bound address")?);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if connections.len() >= settings.connections_max {
+                    incoming.refuse();
+                    continue;
+                }
+                let (files, ca, receiving) = (files.clone(), ca.clone(), receiving.clone());
+                connections.spawn(async move { serve_connection(incoming, files, ca, receiving).await });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    endpoint.set_server_config(None);
+    // A batch being written finishes (its blocking task is not cancelled);
+    // its ack may not reach the AM, which then sends it again.
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    endpoint.close(0u32.into(), b"shutting down");
+    endpoint.wait_idle().await;
+    tracing::info!("storage stopped");
+    Ok(())
+}
+
+async fn serve_connection(incoming: quinn::Incoming, files: Arc<ColdFiles>, ca: TrustedCa, receiving: Arc<Semaphore>) {
+    let Ok(connection) = incoming.await else {
+        return;
+    };
+    let am = match tls::peer_identity(&connection, &ca, now_s()) {
+        Some(Ok(identity)) if identity.role == Role::AccountingManager => Arc::new(identity),
+        other => {
+            tracing::warn!(remote = %connection.remote_address(), identity = ?other, "refused: only an AM may deliver");
+            connection.close(CLOSE_ROLE_REFUSED.into(), b"only an AM certificate may deliver");
+            return;
+        }
+    };
+    tracing::info!(am = %am.name, remote = %connection.remote_address(), "AM connected");
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => {
+                let Ok((send, receive)) = accepted else { break };
+                streams.spawn(serve_stream(send, receive, files.clone(), am.clone(), receiving.clone()));
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    streams.abort_all();
+    while streams.join_next().await.is_some() {}
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut receive: quinn::RecvStream,
+    files: Arc<ColdFiles>,
+    am: Arc<wire::CertifiedIdentity>,
+    receiving: Arc<Semaphore>,
+) {
+    let Ok(_permit) = receiving.acquire_owned().await else {
+        return;
+    };
+    let mut out = BytesMut::new();
+    let answer = match receive.read_to_end(FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX).await {
+        Ok(bytes) => {
+            let mut buffer = BytesMut::from(&bytes[..]);
+            drop(bytes);
+            let decoder = FrameDecoder::new(FRAME_BODY_BYTES_MAX);
+            match decoder
+                .next_frame(&mut buffer)
+                .map(|frame| frame.map(|frame| frame.decode()))
+            {
+                Ok(Some(Ok(Message::RecordAccounting(record)))) if buffer.is_empty() => {
+                    let batch = record.value().batch_id;
+                    let files = files.clone();
+                    match tokio::task::spawn_blocking(move || files.deliver(&am, &record)).await {
+                        Ok(ack) => Ok(ack),
+                        Err(_) => Err(ErrorMessage::new(
+                            ErrorCode::INTERNAL,
+                            &format!("storing batch {batch} failed"),
+                        )),
+                    }
+                }
+                Ok(Some(Ok(_))) => Err(ErrorMessage::new(
+                    ErrorCode::UNEXPECTED_MESSAGE,
+                    "a storage stream carries exactly one Record Accounting",
+                )),
+                Ok(Some(Err(error))) | Err(error) => {
+                    Err(ErrorMessage::new(ErrorCode::MALFORMED_FRAME, &error.to_string()))
+                }
+                Ok(None) => Err(ErrorMessage::new(
+                    ErrorCode::MALFORMED_FRAME,
+                    "the stream ended mid-frame",
+                )),
+            }
+        }
+        Err(quinn::ReadToEndError::TooLong) => Err(ErrorMessage::new(
+            ErrorCode::FRAME_TOO_LARGE,
+            "a storage stream carries one frame of at most 64 MiB",
+        )),
+        Err(quinn::ReadToEndError::Read(_)) => return,
+    };
+    match answer {
+        Ok(ack) => ack.encode_frame(&mut out),
+        Err(error) => error.encode_frame(&mut out),
+    }
+    let _ = send.write_all(&out).await;
+    let _ = send.finish();
+    // Let the ack reach the AM before the stream is dropped.
+    let _ = send.stopped().await;
+}
