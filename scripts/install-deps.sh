@@ -4,6 +4,9 @@
 #
 # - a C compiler (ring; later RocksDB's C++)
 # - libclang (bindgen for RocksDB's bindings, used by the ingest path)
+# - Python 3 with pyarrow and DuckDB in a venv (ACCT_VENV, default
+#   /var/tmp/acct-venv): the export tests read the Parquet files with readers
+#   independent of acct's own
 set -euo pipefail
 
 need=()
@@ -13,6 +16,8 @@ command -v c++ >/dev/null 2>&1 || need+=(g++)
 if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; then
   need+=(libclang-dev clang)
 fi
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ "${#need[@]}" -gt 0 ]; then
   echo "install-deps: installing ${need[*]}" >&2
@@ -21,4 +26,11 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+venv="${ACCT_VENV:-/var/tmp/acct-venv}"
+if ! "$venv/bin/python" -c 'import pyarrow, duckdb' >/dev/null 2>&1; then
+  echo "install-deps: installing pyarrow and duckdb into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyarrow>=15' 'duckdb>=1.0'
 fi

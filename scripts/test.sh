@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+# The Python with pyarrow and DuckDB that install-deps.sh prepared.
+export ACCT_PYTHON="${ACCT_PYTHON:-${ACCT_VENV:-/var/tmp/acct-venv}/bin/python}"
 # Integration tests run the real binaries: build them first (cargo does not
 # build another package's binaries for a test crate).
 cargo build --workspace --bins --locked

@@ -137,11 +137,45 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         let client = peer::quic::AmClient::connect(settings.am, &identities.admin)
             .await
             .context("connecting to the AM for the audit")?;
+        // Files listed before the hot store is read: a message found both in
+        // the hot store and in a file written after that listing was moved
+        // by an export running during the audit, not stored twice.
+        let cold_before = match &settings.cold {
+            Some(folder) => Some(archive::parquet_files(folder)?),
+            None => None,
+        };
         let (records, runs) = tokio::time::timeout(Duration::from_secs(600), client.audit(20_000_000))
             .await
             .context("the AM did not finish the audit within 600 s")??;
         client.close().await;
-        let audit = report::audit(&stats, &session_ids, records, &runs);
+        let (records, runs, scope) = match (&settings.cold, cold_before) {
+            (Some(folder), Some(before)) => {
+                let folder = folder.clone();
+                let (records, runs) =
+                    tokio::task::spawn_blocking(move || report::join_cold(&folder, &before, records, &runs))
+                        .await
+                        .context("joining the cold storage")??;
+                (
+                    records,
+                    runs,
+                    format!(
+                        "the AM's hot store and the cold storage {}",
+                        settings
+                            .cold
+                            .as_ref()
+                            .map(|folder| folder.display().to_string())
+                            .unwrap_or_default()
+                    ),
+                )
+            }
+            _ => (
+                records,
+                runs,
+                "the AM's hot store (records not yet exported)".to_owned(),
+            ),
+        };
+        let mut audit = report::audit(&stats, &session_ids, records, &runs);
+        audit.scope = scope;
         clean = audit.lost == 0 && audit.double_stored == 0;
         report.set_audit(audit);
     }

@@ -499,6 +499,56 @@ fn svg_plot(title: &str, x_label: &str, y_label: &str, series: &[(&str, &[(f64, 
     svg
 }
 
+/// Add the cold storage's rows to the hot store's runs: the runs of both,
+/// and the records of both. `before` lists the files that existed before
+/// the hot store was read; a message in the hot store and in a later file
+/// was moved by an export during the audit and counts once.
+pub fn join_cold(
+    folder: &std::path::Path,
+    before: &[std::path::PathBuf],
+    hot_records: u64,
+    hot_runs: &[wire::AuditRun],
+) -> anyhow::Result<(u64, Vec<wire::AuditRun>)> {
+    let before: std::collections::HashSet<&std::path::PathBuf> = before.iter().collect();
+    // (hot, cold before, cold after) copies per message.
+    let mut copies: HashMap<(wire::SessionId, u64), [u32; 3]> = HashMap::new();
+    for run in hot_runs {
+        for sequence in run.first..=run.last {
+            copies.entry((run.session_id, sequence)).or_default()[0] += run.copies;
+        }
+    }
+    let mut records = hot_records;
+    for path in archive::parquet_files(folder)? {
+        let slot = if before.contains(&path) { 1 } else { 2 };
+        archive::read_file(&path, |row| {
+            copies.entry((row.session_id, row.message_id)).or_default()[slot] += 1;
+        })?;
+    }
+    let mut counted: Vec<((wire::SessionId, u64), u32)> = Vec::with_capacity(copies.len());
+    for (key, [hot, old, new]) in copies {
+        let moved = hot.min(new);
+        records += u64::from(old + new);
+        records -= u64::from(moved);
+        counted.push((key, hot + old + new - moved));
+    }
+    counted.sort_unstable_by_key(|(key, _)| *key);
+    let mut runs: Vec<wire::AuditRun> = Vec::new();
+    for ((session_id, sequence), copies) in counted {
+        match runs.last_mut() {
+            Some(run) if run.session_id == session_id && run.last + 1 == sequence && run.copies == copies => {
+                run.last = sequence;
+            }
+            _ => runs.push(wire::AuditRun {
+                session_id,
+                first: sequence,
+                last: sequence,
+                copies,
+            }),
+        }
+    }
+    Ok((records, runs))
+}
+
 /// Audit this run's acked messages against the AM's answer.
 pub fn audit(stats: &Stats, sessions: &[wire::SessionId], records: u64, runs: &[wire::AuditRun]) -> AuditReport {
     // Per session: the AM's runs, and the acked sequences, both sorted, so

@@ -90,6 +90,11 @@ pub struct Settings {
     /// lost and the doubled ones.
     #[arg(long)]
     pub audit: bool,
+    /// With --audit: the cold storage folder (the AS's Parquet files, e.g.
+    /// DATA/cold for `acct serve --data DATA`), so that exported messages
+    /// count as stored.
+    #[arg(long, requires = "audit")]
+    pub cold: Option<PathBuf>,
     /// Handshakes in flight while connecting.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,

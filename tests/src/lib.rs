@@ -106,17 +106,42 @@ impl AmProcess {
     /// Start `acct serve --data DIR --listen 127.0.0.1:0 [extra]` and wait
     /// (bounded) until it prints the address it listens on.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// [`AmProcess::start`] with extra environment variables (failpoints).
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--data".into(), data.into()];
+        args.extend(["--listen", "127.0.0.1:0"].map(Into::into));
+        args.extend(extra.iter().map(Into::into));
+        Self::spawn(&args, env, "acct serve: listening on ")
+    }
+
+    /// Start `acct storage --pki PKI --folder FOLDER --listen LISTEN` and
+    /// wait (bounded) until it listens.
+    pub fn start_storage(pki: &Path, folder: &Path, listen: SocketAddr, env: &[(&str, &str)]) -> Self {
+        let args: Vec<std::ffi::OsString> = vec![
+            "storage".into(),
+            "--pki".into(),
+            pki.into(),
+            "--folder".into(),
+            folder.into(),
+            "--listen".into(),
+            listen.to_string().into(),
+        ];
+        Self::spawn(&args, env, "acct storage: listening on ")
+    }
+
+    /// Run `acct ARGS` and wait (bounded) for the line `ready_prefix ADDR`.
+    pub fn spawn(args: &[std::ffi::OsString], env: &[(&str, &str)], ready_prefix: &str) -> Self {
         let mut child = Command::new(binary("acct"))
-            .arg("serve")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|error| panic!("spawning acct serve: {error}"));
+            .unwrap_or_else(|error| panic!("spawning acct: {error}"));
         let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -131,7 +156,7 @@ impl AmProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(address) = line.strip_prefix("acct serve: listening on ") {
+                    if let Some(address) = line.strip_prefix(ready_prefix) {
                         break address
                             .trim()
                             .parse()
@@ -140,11 +165,24 @@ impl AmProcess {
                 }
                 Err(error) => {
                     let _ = child.kill();
-                    panic!("acct serve did not report its address: {error}");
+                    panic!("acct did not report its address: {error}");
                 }
             }
         };
         Self { child, address, lines }
+    }
+
+    /// Wait (bounded) until the process prints a line containing `needle`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
     }
 
     /// The process id.
@@ -246,4 +284,135 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap_or_else(|error| panic!("runtime: {error}"))
+}
+
+/// Every message the backend holds for a data directory of a stopped
+/// `acct serve` with the embedded storage: the hot store's records and the
+/// cold storage's rows (`DATA/cold`), one entry per stored copy.
+pub fn stored_messages(data: &Path) -> Vec<wire::MessageId> {
+    let store = acct::am::store::Store::open(&acct::cli::serve::database_folder(data))
+        .unwrap_or_else(|error| panic!("opening the store: {error}"));
+    let mut out: Vec<wire::MessageId> = store
+        .records(0, usize::MAX)
+        .unwrap_or_else(|error| panic!("reading the store: {error}"))
+        .iter()
+        .map(|(_, record)| {
+            record
+                .accounting()
+                .unwrap_or_else(|error| panic!("a stored record: {error}"))
+                .value()
+                .message_id()
+        })
+        .collect();
+    out.extend(
+        cold_rows(&data.join(acct::cli::serve::DEFAULT_COLD_DIR))
+            .iter()
+            .map(|row| wire::MessageId {
+                session_id: row.session_id,
+                sequence: row.message_id,
+            }),
+    );
+    out
+}
+
+/// Every row of every Parquet file under `folder` (none if it is missing).
+pub fn cold_rows(folder: &Path) -> Vec<archive::Row> {
+    if !folder.exists() {
+        return Vec::new();
+    }
+    let mut rows = Vec::new();
+    for path in archive::parquet_files(folder).unwrap_or_else(|error| panic!("listing {}: {error}", folder.display())) {
+        archive::read_file(&path, |row| rows.push(row))
+            .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+    }
+    rows
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (for a server that
+/// must be addressed before it starts).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|error| panic!("binding a UDP port: {error}"))
+}
+
+/// Wait (bounded by `timeout`, polling every 100 ms) until `condition` holds.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    condition()
+}
+
+/// The Python that has pyarrow and DuckDB (`ACCT_PYTHON`, set by the test
+/// command; else the venv scripts/install-deps.sh makes).
+pub fn python() -> PathBuf {
+    std::env::var_os("ACCT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/acct-venv/bin/python"))
+}
+
+/// Open `count` sessions for `provider` through the admin path (users
+/// `user-0000`…, service 7) and accept their credentials as the provider.
+pub async fn open_sessions(
+    pki: &TestPki,
+    admin: &peer::quic::AmClient,
+    provider: &str,
+    count: usize,
+) -> Vec<peer::provider::ProviderSession> {
+    let mut sessions = Vec::with_capacity(count);
+    let provider_identity = pki.identity(Role::Provider, provider);
+    for index in 0..count {
+        let credential = admin
+            .open_session(&wire::AdminOpenSession {
+                provider: Name::new(provider).unwrap(),
+                service_id: wire::ServiceId(7),
+                user_id: Name::new(format!("user-{index:04}")).unwrap(),
+                user_address: wire::Address::new("127.0.0.1:5000").unwrap(),
+                policy: open_policy(now_ms()),
+            })
+            .await
+            .unwrap();
+        sessions.push(
+            peer::provider::ProviderSession::accept(credential, &pki.am_key(), provider_identity.signing_key.clone())
+                .unwrap(),
+        );
+    }
+    sessions
+}
+
+/// Send `messages` on one stream while reading acks (each wait bounded by
+/// 60 s); return the status of each.
+pub async fn send_all(
+    client: &peer::quic::AmClient,
+    messages: &[wire::Signed<wire::Accounting>],
+) -> std::collections::HashMap<wire::MessageId, wire::AckStatus> {
+    let stream = client.open_accounting().await.unwrap();
+    let (mut sender, mut receiver) = (stream.sender, stream.receiver);
+    let expected = messages.len();
+    let reader = tokio::spawn(async move {
+        let mut answers = std::collections::HashMap::new();
+        while answers.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(60), receiver.next()).await {
+                Ok(Ok(Some(peer::quic::Received::Acks(entries)))) => {
+                    for entry in entries {
+                        answers.insert(entry.message_id, entry.status);
+                    }
+                }
+                other => panic!("while waiting for acks: {other:?}"),
+            }
+        }
+        answers
+    });
+    for chunk in messages.chunks(256) {
+        sender.send(chunk).await.unwrap();
+    }
+    let answers = reader.await.unwrap();
+    let _ = sender.finish();
+    answers
 }

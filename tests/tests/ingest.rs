@@ -1,18 +1,12 @@
 //! The AM's ingest path end to end: a real `acct serve` process, real QUIC
 //! on 127.0.0.1, real RocksDB in a temp dir.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use acct_tests::{AmProcess, TestPki, now_ms, open_policy, runtime};
-use peer::provider::ProviderSession;
-use peer::quic::{AmClient, Received};
-use wire::{
-    Accounting, AccountingKind, AckStatus, Address, AdminOpenSession, MessageId, Name, Role, ServiceId, Signed, Usage,
-};
-
-/// Upper bound on waiting for acks in these tests.
-const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+use acct_tests::{AmProcess, TestPki, now_ms, open_sessions, runtime, send_all};
+use peer::quic::AmClient;
+use wire::{AccountingKind, AckStatus, MessageId, Role, Usage};
 
 fn usage(now: u64, units: u64) -> Usage {
     Usage {
@@ -23,53 +17,6 @@ fn usage(now: u64, units: u64) -> Usage {
         interval_ms: Some((now - 60_000, now)),
         custom: Vec::new(),
     }
-}
-
-async fn open_sessions(pki: &TestPki, admin: &AmClient, provider: &str, count: usize) -> Vec<ProviderSession> {
-    let mut sessions = Vec::with_capacity(count);
-    let provider_identity = pki.identity(Role::Provider, provider);
-    for index in 0..count {
-        let credential = admin
-            .open_session(&AdminOpenSession {
-                provider: Name::new(provider).unwrap(),
-                service_id: ServiceId(7),
-                user_id: Name::new(format!("user-{index:04}")).unwrap(),
-                user_address: Address::new("127.0.0.1:5000").unwrap(),
-                policy: open_policy(now_ms()),
-            })
-            .await
-            .unwrap();
-        sessions
-            .push(ProviderSession::accept(credential, &pki.am_key(), provider_identity.signing_key.clone()).unwrap());
-    }
-    sessions
-}
-
-/// Send `messages` on one stream while reading acks; return the status of each.
-async fn send_all(client: &AmClient, messages: &[Signed<Accounting>]) -> HashMap<MessageId, AckStatus> {
-    let stream = client.open_accounting().await.unwrap();
-    let (mut sender, mut receiver) = (stream.sender, stream.receiver);
-    let expected = messages.len();
-    let reader = tokio::spawn(async move {
-        let mut answers = HashMap::new();
-        while answers.len() < expected {
-            match tokio::time::timeout(ACK_TIMEOUT, receiver.next()).await {
-                Ok(Ok(Some(Received::Acks(entries)))) => {
-                    for entry in entries {
-                        answers.insert(entry.message_id, entry.status);
-                    }
-                }
-                other => panic!("while waiting for acks: {other:?}"),
-            }
-        }
-        answers
-    });
-    for chunk in messages.chunks(256) {
-        sender.send(chunk).await.unwrap();
-    }
-    let answers = reader.await.unwrap();
-    let _ = sender.finish();
-    answers
 }
 
 #[test]
@@ -131,13 +78,11 @@ fn ten_thousand_messages_stored_once_and_duplicates_acked() {
         am.terminate(Duration::from_secs(30)),
         "acct serve did not exit cleanly on SIGTERM"
     );
-    let store = acct::am::store::Store::open(&acct::cli::serve::database_folder(pki.data())).unwrap();
-    let records = store.records(0, 20_000).unwrap();
-    assert_eq!(records.len(), 10_000);
-    let ids: HashSet<MessageId> = records
-        .iter()
-        .map(|(_, record)| record.accounting().unwrap().value().message_id())
-        .collect();
+    // SIGTERM exported every committed record: hot store and cold storage
+    // together hold each message once.
+    let stored = acct_tests::stored_messages(pki.data());
+    assert_eq!(stored.len(), 10_000);
+    let ids: HashSet<MessageId> = stored.into_iter().collect();
     assert_eq!(ids.len(), 10_000, "a message is stored twice");
     let sent: HashSet<MessageId> = messages.iter().map(|message| message.value().message_id()).collect();
     assert_eq!(ids, sent);

@@ -1,6 +1,7 @@
 //! `loadgen` against a real `acct serve`: a few hundred providers on their
 //! own QUIC connections for a few seconds, with retransmitted duplicates,
-//! then the JSON report and the audit against the AM's store.
+//! then the JSON report and the audit against the AM's hot store and the
+//! cold storage.
 
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +13,9 @@ fn loadgen_run_is_acked_exactly_once_and_audited() {
     // Only the admin identity comes from the PKI folder: loadgen mints the
     // 300 provider certificates with the CA key.
     let pki = TestPki::new(0, 0);
-    let am = AmProcess::start(pki.data(), &[]);
+    // Exports run during the load and during the audit: the audit joins
+    // the hot store and the cold storage.
+    let am = AmProcess::start(pki.data(), &["--export-interval-ms", "500"]);
     let report_path = pki.data().join("report.json");
     let html_path = pki.data().join("report.html");
     let output = Command::new(binary("loadgen"))
@@ -22,6 +25,8 @@ fn loadgen_run_is_acked_exactly_once_and_audited() {
         .args(["--providers", "300", "--sessions", "600", "--users", "50"])
         .args(["--rate", "2000", "--duration", "3", "--drain", "30"])
         .args(["--duplicates", "0.05", "--seed", "7", "--audit", "--quiet"])
+        .arg("--cold")
+        .arg(pki.data().join("cold"))
         .arg("--json")
         .arg(&report_path)
         .arg("--html")

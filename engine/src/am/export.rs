@@ -344,8 +344,16 @@ impl Link {
             let mut endpoint = peer::quic::shared_endpoint(bind).map_err(|error| unreachable(error.to_string()))?;
             let mut config =
                 peer::quic::client_config(&self.settings.identity).map_err(|error| unreachable(error.to_string()))?;
+            // A storage that dies silently (SIGKILL, power) is noticed
+            // after the idle timeout; keep-alives keep a healthy but quiet
+            // link open between batches.
             let mut transport = quinn::TransportConfig::default();
-            transport.keep_alive_interval(Some(Duration::from_secs(15)));
+            transport
+                .keep_alive_interval(Some(Duration::from_secs(2)))
+                .max_idle_timeout(Some(
+                    quinn::IdleTimeout::try_from(Duration::from_secs(10))
+                        .map_err(|error| unreachable(error.to_string()))?,
+                ));
             config.transport_config(Arc::new(transport));
             endpoint.set_default_client_config(config);
             self.endpoint = Some(endpoint);

@@ -1,0 +1,407 @@
+//! Record Accounting end to end: real `acct serve` and `acct storage`
+//! processes on 127.0.0.1, real Parquet read back by pyarrow and DuckDB, and
+//! SIGKILL at the export path's dangerous moments.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use acct_tests::{
+    AmProcess, TestPki, binary, cold_rows, free_udp_port, now_ms, open_sessions, python, runtime, send_all, wait_until,
+};
+use peer::provider::ProviderSession;
+use peer::quic::AmClient;
+use wire::{AccountingKind, AckStatus, CounterName, CustomCounter, MessageId, Role, Signed, Usage};
+
+/// Upper bound on waiting for an export to land.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `per_session` messages for each session, the last one Final; varied
+/// usage with a custom counter, so that totals mean something.
+fn messages(sessions: &mut [ProviderSession], per_session: u64) -> Vec<Signed<wire::Accounting>> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for (index, session) in sessions.iter_mut().enumerate() {
+        for count in 1..=per_session {
+            let kind = if count == per_session {
+                AccountingKind::FINAL
+            } else {
+                AccountingKind::INTERIM
+            };
+            let usage = Usage {
+                units: Some(count * 3 + index as u64),
+                bytes_up: Some(1_000 + count),
+                bytes_down: (count % 2 == 0).then_some(50_000 + count),
+                duration_ms: Some(1_000),
+                interval_ms: Some((now - 60_000, now)),
+                custom: vec![CustomCounter {
+                    name: CounterName::new("gpu_ms").unwrap(),
+                    value: count,
+                }],
+            };
+            out.push(session.account(kind, usage).unwrap());
+        }
+    }
+    out
+}
+
+/// Open sessions and send every message; all must be acked STORED.
+fn ingest(pki: &TestPki, am: &AmProcess, sessions_count: usize, per_session: u64) -> Vec<Signed<wire::Accounting>> {
+    runtime().block_on(async {
+        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+            .await
+            .unwrap();
+        let mut sessions = open_sessions(pki, &admin, "provider-0001", sessions_count).await;
+        admin.close().await;
+        let messages = messages(&mut sessions, per_session);
+        let client = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
+            .await
+            .unwrap();
+        let answers = send_all(&client, &messages).await;
+        client.close().await;
+        assert_eq!(answers.len(), messages.len());
+        assert!(
+            answers.values().all(|status| *status == AckStatus::STORED),
+            "{:?}",
+            answers
+                .values()
+                .filter(|status| **status != AckStatus::STORED)
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+        messages
+    })
+}
+
+/// Records the AM's hot store holds (admin audit).
+fn hot_records(pki: &TestPki, am: &AmProcess) -> u64 {
+    runtime().block_on(async {
+        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+            .await
+            .unwrap();
+        let (records, _) = admin.audit(1_000_000).await.unwrap();
+        admin.close().await;
+        records
+    })
+}
+
+/// Send `messages` again: every one must be answered DUPLICATE.
+fn resend_expect_duplicates(pki: &TestPki, am: &AmProcess, messages: &[Signed<wire::Accounting>]) {
+    let answers = runtime().block_on(async {
+        let client = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
+            .await
+            .unwrap();
+        let answers = send_all(&client, messages).await;
+        client.close().await;
+        answers
+    });
+    assert_eq!(answers.len(), messages.len());
+    assert!(
+        answers.values().all(|status| *status == AckStatus::DUPLICATE),
+        "{answers:?}"
+    );
+}
+
+/// The cold rows as message ids, checking that none is there twice.
+fn cold_ids_once(folder: &Path) -> HashSet<MessageId> {
+    let rows = cold_rows(folder);
+    let ids: HashSet<MessageId> = rows
+        .iter()
+        .map(|row| MessageId {
+            session_id: row.session_id,
+            sequence: row.message_id,
+        })
+        .collect();
+    assert_eq!(ids.len(), rows.len(), "a message is in cold storage twice");
+    ids
+}
+
+fn sent_ids(messages: &[Signed<wire::Accounting>]) -> HashSet<MessageId> {
+    messages.iter().map(|message| message.value().message_id()).collect()
+}
+
+/// `acct audit DIR` passes.
+fn audit_passes(folder: &Path) {
+    let output = Command::new(binary("acct")).arg("audit").arg(folder).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "acct audit failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(" 0 problems"), "{stdout}");
+}
+
+/// pyarrow and DuckDB read the files on their own and compute per-user
+/// totals; they must agree with each other and with `acct report`.
+const PYTHON_TOTALS: &str = r#"
+import json, sys
+import duckdb, pyarrow.compute as pc, pyarrow.parquet as pq
+folder = sys.argv[1]
+table = pq.read_table(folder, partitioning="hive")
+by_user = {}
+for user, units, up, down, duration, custom in zip(
+    table["user_id"].to_pylist(), table["units"].to_pylist(), table["bytes_up"].to_pylist(),
+    table["bytes_down"].to_pylist(), table["duration_ms"].to_pylist(), table["custom_counters"].to_pylist()):
+    t = by_user.setdefault(user, {"messages": 0, "units": 0, "bytes_up": 0, "bytes_down": 0, "duration_ms": 0, "gpu_ms": 0})
+    t["messages"] += 1
+    t["units"] += units or 0
+    t["bytes_up"] += up or 0
+    t["bytes_down"] += down or 0
+    t["duration_ms"] += duration or 0
+    t["gpu_ms"] += dict(custom).get("gpu_ms", 0)
+rows = duckdb.sql(f"""
+    select user_id, count(*), coalesce(sum(units), 0), coalesce(sum(bytes_up), 0),
+           coalesce(sum(bytes_down), 0), coalesce(sum(duration_ms), 0),
+           coalesce(sum(custom_counters['gpu_ms']), 0), count(distinct session_id), min(node), min(date)
+    from read_parquet('{folder}/**/*.parquet', hive_partitioning = true)
+    group by user_id order by user_id""").fetchall()
+duck = {r[0]: {"messages": r[1], "units": int(r[2]), "bytes_up": int(r[3]), "bytes_down": int(r[4]),
+               "duration_ms": int(r[5]), "gpu_ms": int(r[6])} for r in rows}
+print(json.dumps({"pyarrow": by_user, "duckdb": duck, "rows": table.num_rows,
+                  "node": rows[0][8] if rows else None}))
+"#;
+
+fn check_with_independent_readers(folder: &Path, expected_rows: usize) {
+    let output = Command::new(python())
+        .args(["-c", PYTHON_TOTALS])
+        .arg(folder)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "running {} (pyarrow and DuckDB; scripts/install-deps.sh installs them): {error}",
+                python().display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "the pyarrow/DuckDB reader failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let readers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(readers["rows"].as_u64(), Some(expected_rows as u64));
+    assert_eq!(readers["node"].as_str(), Some("am-1"), "the node=am-1 partition");
+    assert_eq!(readers["pyarrow"], readers["duckdb"], "pyarrow and DuckDB disagree");
+
+    let output = Command::new(binary("acct"))
+        .args(["report", "--by", "user", "--format", "json"])
+        .arg(folder)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), readers["duckdb"].as_object().unwrap().len());
+    for group in groups {
+        let user = group["user_id"].as_str().unwrap();
+        let theirs = &readers["duckdb"][user];
+        for field in ["messages", "units", "bytes_up", "bytes_down", "duration_ms"] {
+            assert_eq!(group[field], theirs[field], "user {user}, {field}");
+        }
+        assert_eq!(group["custom"]["gpu_ms"], theirs["gpu_ms"], "user {user}, gpu_ms");
+    }
+    assert_eq!(report["total"]["messages"].as_u64(), Some(expected_rows as u64));
+}
+
+#[test]
+fn exported_records_leave_the_hot_store_once_and_readers_agree() {
+    let pki = TestPki::new(1, 0);
+    // Small batches, cut often: many files, and exports while ingest runs.
+    let am = AmProcess::start(
+        pki.data(),
+        &["--export-interval-ms", "200", "--export-records-max", "700"],
+    );
+    let messages = ingest(&pki, &am, 12, 250);
+    let cold = pki.data().join("cold");
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&cold).len() == messages.len()),
+        "the exporter did not ship every record"
+    );
+    assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || hot_records(&pki, &am) == 0),
+        "exported records are still in RocksDB"
+    );
+    let files = archive::parquet_files(&cold).unwrap();
+    assert!(files.len() >= 4, "expected several batches, got {}", files.len());
+    // A retransmission of an exported and deleted message is a duplicate.
+    resend_expect_duplicates(&pki, &am, &messages[..300]);
+    assert!(am.terminate(Duration::from_secs(60)), "acct serve did not stop cleanly");
+    assert_eq!(
+        cold_rows(&cold).len(),
+        messages.len(),
+        "the duplicates were stored again"
+    );
+    audit_passes(&cold);
+    check_with_independent_readers(&cold, messages.len());
+}
+
+#[test]
+fn sigterm_exports_what_is_committed() {
+    let pki = TestPki::new(1, 0);
+    // An interval far beyond the test: only the shutdown exports.
+    let am = AmProcess::start(pki.data(), &["--export-interval-ms", "3600000"]);
+    let messages = ingest(&pki, &am, 4, 100);
+    let cold = pki.data().join("cold");
+    assert!(cold_rows(&cold).is_empty());
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
+    assert!(acct_tests::stored_messages(pki.data()).len() == messages.len());
+}
+
+#[test]
+fn storage_away_then_back_ingest_goes_on_and_exports_catch_up() {
+    let pki = TestPki::new(1, 0);
+    let storage_address: std::net::SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let cold = pki.data().join("external-cold");
+    let am = AmProcess::start(
+        pki.data(),
+        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+    );
+    // The storage is not running: ingest is acked all the same.
+    let messages = ingest(&pki, &am, 6, 200);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(hot_records(&pki, &am), messages.len() as u64);
+    let storage = AmProcess::start_storage(&pki.pki(), &cold, storage_address, &[]);
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&cold).len() == messages.len()),
+        "exports did not catch up"
+    );
+    assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
+    assert!(wait_until(EXPORT_TIMEOUT, || hot_records(&pki, &am) == 0));
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert!(storage.terminate(Duration::from_secs(30)));
+    audit_passes(&cold);
+}
+
+/// SIGKILL the AM at `failpoint` of its first export, restart it: every
+/// record ends up in cold storage exactly once, the hot store empties.
+fn kill_am_at(failpoint: &str) {
+    let pki = TestPki::new(1, 0);
+    let am = AmProcess::start_with_env(
+        pki.data(),
+        &["--export-interval-ms", "200"],
+        &[("ACCT_FAILPOINT", failpoint)],
+    );
+    let messages = ingest(&pki, &am, 5, 100);
+    assert!(
+        am.wait_for_line(&format!("failpoint {failpoint} reached"), EXPORT_TIMEOUT),
+        "the AM never reached {failpoint}"
+    );
+    let cold = pki.data().join("cold");
+    let files_at_kill = archive::parquet_files(&cold).map_or(0, |files| files.len());
+    am.kill();
+    if failpoint == "export-after-ack" {
+        assert_eq!(files_at_kill, 1, "the storage acked: its file exists");
+    } else {
+        assert_eq!(files_at_kill, 0, "nothing was sent yet");
+    }
+    let am = AmProcess::start(pki.data(), &["--export-interval-ms", "200"]);
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&cold).len() >= messages.len()),
+        "the restarted AM did not finish the export"
+    );
+    assert!(wait_until(EXPORT_TIMEOUT, || hot_records(&pki, &am) == 0));
+    assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
+    // Retransmissions after the crash are still duplicates.
+    resend_expect_duplicates(&pki, &am, &messages[..50]);
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert_eq!(cold_rows(&cold).len(), messages.len());
+    audit_passes(&cold);
+}
+
+#[test]
+fn am_killed_between_storage_ack_and_delete_loses_and_doubles_nothing() {
+    kill_am_at("export-after-ack");
+}
+
+#[test]
+fn am_killed_between_manifest_and_send_loses_and_doubles_nothing() {
+    kill_am_at("export-after-manifest");
+}
+
+#[test]
+fn storage_killed_mid_write_leaves_no_partial_file() {
+    let pki = TestPki::new(1, 0);
+    let storage_address: std::net::SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let cold = pki.data().join("external-cold");
+    let storage = AmProcess::start_storage(
+        &pki.pki(),
+        &cold,
+        storage_address,
+        &[("ACCT_FAILPOINT", "storage-mid-write")],
+    );
+    let am = AmProcess::start(
+        pki.data(),
+        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+    );
+    let messages = ingest(&pki, &am, 4, 100);
+    assert!(storage.wait_for_line("failpoint storage-mid-write reached", EXPORT_TIMEOUT));
+    // Half a file is on disk, under a hidden temp name only.
+    let partial: Vec<_> = walk(&cold).into_iter().filter(|name| name.ends_with(".tmp")).collect();
+    assert_eq!(partial.len(), 1, "{:?}", walk(&cold));
+    assert!(
+        archive::parquet_files(&cold).unwrap().is_empty(),
+        "a partial file is visible"
+    );
+    storage.kill();
+    let storage = AmProcess::start_storage(&pki.pki(), &cold, storage_address, &[]);
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&cold).len() >= messages.len()),
+        "exports did not resume after the storage restarted"
+    );
+    assert!(
+        walk(&cold).iter().all(|name| !name.ends_with(".tmp")),
+        "the temp file was not cleaned"
+    );
+    assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert!(storage.terminate(Duration::from_secs(30)));
+    audit_passes(&cold);
+}
+
+/// Every file name under `folder`, recursively.
+fn walk(folder: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = vec![folder.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                pending.push(entry.path());
+            } else {
+                out.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn acct_audit_finds_tampered_and_doubled_rows() {
+    let pki = TestPki::new(1, 0);
+    let am = AmProcess::start(pki.data(), &["--export-interval-ms", "3600000"]);
+    let messages = ingest(&pki, &am, 2, 20);
+    assert!(am.terminate(Duration::from_secs(60)));
+    let cold = pki.data().join("cold");
+    audit_passes(&cold);
+    // Forge a second file: the same rows, one with its units changed.
+    let mut rows = cold_rows(&cold);
+    assert_eq!(rows.len(), messages.len());
+    rows[3].units = Some(999_999);
+    let forged = archive::encode(&rows, "forged").unwrap();
+    let path = cold.join("date=2000-01-01").join("node=am-1");
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join("batch-forged.parquet"), forged).unwrap();
+    let output = Command::new(binary("acct")).arg("audit").arg(&cold).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("columns disagree with the signed bytes: units"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("stored twice").count(), messages.len(), "{stdout}");
+}
