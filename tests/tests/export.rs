@@ -405,3 +405,20 @@ fn acct_audit_finds_tampered_and_doubled_rows() {
     );
     assert_eq!(stdout.matches("stored twice").count(), messages.len(), "{stdout}");
 }
+
+#[test]
+fn only_an_am_certificate_may_deliver_to_the_storage() {
+    let pki = TestPki::new(1, 0);
+    let cold = pki.data().join("external-cold");
+    let storage = AmProcess::start_storage(&pki.pki(), &cold, "127.0.0.1:0".parse().unwrap(), &[]);
+    let reason = runtime().block_on(async {
+        let client = AmClient::connect(storage.address, &pki.identity(Role::Provider, "provider-0001"))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), client.closed())
+            .await
+            .unwrap_or_else(|_| panic!("the storage kept a provider's connection open"))
+    });
+    assert!(reason.contains("only an AM certificate may deliver"), "{reason}");
+    assert!(storage.terminate(Duration::from_secs(30)));
+}

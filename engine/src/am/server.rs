@@ -85,7 +85,7 @@ pub struct ExportPlan {
 pub enum StorageTarget {
     /// An in-process AS on a free loopback port, reached over QUIC like a
     /// remote one.
-    Embedded(StorageSettings),
+    Embedded(Box<StorageSettings>),
     /// An `acct storage` at this address.
     Remote(SocketAddr),
     /// No export: records stay in RocksDB (benchmarks of ingest alone).
@@ -157,7 +157,7 @@ pub async fn run(
             let (address_sender, address) = tokio::sync::oneshot::channel();
             let (stop_storage, storage_stopped) = tokio::sync::oneshot::channel::<()>();
             let mut task = tokio::spawn(crate::storage::server::run(
-                storage_settings.clone(),
+                (**storage_settings).clone(),
                 async move {
                     let _ = storage_stopped.await;
                 },

@@ -137,7 +137,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
     } else if let Some(address) = args.storage {
         StorageTarget::Remote(address)
     } else if export.storage == "embedded" {
-        StorageTarget::Embedded(StorageSettings {
+        StorageTarget::Embedded(Box::new(StorageSettings {
             // The embedded AS listens on a free loopback port.
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             folder: storage.folder.clone(),
@@ -146,7 +146,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
             signing_key: pki::read_signing_key(&storage.key)?,
             connections_max: storage.connections_max,
             receiving_max: storage.receiving_max,
-        })
+        }))
     } else {
         StorageTarget::Remote(export.storage.parse().with_context(|| {
             format!(

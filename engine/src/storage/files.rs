@@ -206,6 +206,151 @@ fn write_atomically(root: &Path, folder: &Path, batch_hex: &str, payload: &[u8])
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::{Name, Role, SigningKey};
+
+    fn am(key: &SigningKey) -> CertifiedIdentity {
+        CertifiedIdentity {
+            role: Role::AccountingManager,
+            name: Name::new("am-1").unwrap(),
+            public_key: key.public_key(),
+        }
+    }
+
+    fn batch(
+        key: &SigningKey,
+        id: u8,
+        rows: u64,
+        tamper: impl FnOnce(&mut RecordAccounting),
+    ) -> Signed<RecordAccounting> {
+        let provider = SigningKey::from_seed(&[7; 32]);
+        let rows: Vec<archive::Row> = (1..=rows)
+            .map(|sequence| {
+                let message = Signed::sign(
+                    wire::Accounting {
+                        service_id: wire::ServiceId(1),
+                        kind: wire::AccountingKind::INTERIM,
+                        session_id: wire::SessionId([3; 16]),
+                        sequence,
+                        credential_digest: [0; 16],
+                        usage: wire::Usage {
+                            units: Some(sequence),
+                            ..wire::Usage::default()
+                        },
+                    },
+                    &provider,
+                )
+                .unwrap();
+                archive::Row::new(
+                    &archive::Context {
+                        commit_sequence: sequence,
+                        am_node: "am-1",
+                        provider_id: "provider-0001",
+                        provider_key: *provider.public_key().as_bytes(),
+                        user_id: "user-0001",
+                        received_at_ms: 1_795_000_000_000,
+                        flags: 0,
+                    },
+                    &message,
+                )
+            })
+            .collect();
+        let batch_id = BatchId([id; 16]);
+        let payload = archive::encode(&rows, &batch_id.to_string()).unwrap();
+        let mut record = RecordAccounting {
+            batch_id,
+            node: Name::new("am-1").unwrap(),
+            created_ms: 1_795_000_000_000,
+            record_count: rows.len() as u32,
+            digest: RecordAccounting::digest_of(&payload),
+            payload: Bytes::from(payload),
+        };
+        tamper(&mut record);
+        Signed::sign(record, key).unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_stored_once_and_a_conflicting_one_refused() {
+        let folder = tempfile::tempdir().unwrap();
+        let files = ColdFiles::open(folder.path()).unwrap();
+        let key = SigningKey::from_seed(&[1; 32]);
+        let first = batch(&key, 1, 5, |_| {});
+        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::STORED);
+        let path = folder
+            .path()
+            .join("date=2026-11-18/node=am-1")
+            .join(format!("batch-{}.parquet", BatchId([1; 16])));
+        assert!(path.exists());
+        let again = files.deliver(&am(&key), &first);
+        assert_eq!(again.status, RecordStatus::ALREADY_STORED);
+        assert_eq!(again.digest, first.value().digest);
+        // Same id, other rows: refused, and the answer names what is stored.
+        let other = batch(&key, 1, 6, |_| {});
+        let refused = files.deliver(&am(&key), &other);
+        assert_eq!(refused.status, RecordStatus::CONFLICTING_BATCH);
+        assert_eq!(refused.digest, first.value().digest);
+        assert_eq!(archive::parquet_files(folder.path()).unwrap().len(), 1);
+        // A restart finds the stored batch again.
+        drop(files);
+        let files = ColdFiles::open(folder.path()).unwrap();
+        assert_eq!(files.batch_count(), 1);
+        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::ALREADY_STORED);
+    }
+
+    #[test]
+    fn bad_batches_are_refused_with_their_reason() {
+        let folder = tempfile::tempdir().unwrap();
+        let files = ColdFiles::open(folder.path()).unwrap();
+        let key = SigningKey::from_seed(&[1; 32]);
+        let other_key = SigningKey::from_seed(&[2; 32]);
+        let cases: Vec<(Signed<RecordAccounting>, CertifiedIdentity, RecordStatus)> = vec![
+            (batch(&other_key, 2, 3, |_| {}), am(&key), RecordStatus::BAD_SIGNATURE),
+            (
+                batch(&key, 3, 3, |record| record.node = Name::new("am-2").unwrap()),
+                am(&key),
+                RecordStatus::WRONG_NODE,
+            ),
+            (
+                batch(&key, 4, 3, |record| record.digest[0] ^= 1),
+                am(&key),
+                RecordStatus::DIGEST_MISMATCH,
+            ),
+            (
+                batch(&key, 5, 3, |record| {
+                    record.payload = Bytes::from_static(b"PAR1 not really");
+                    record.digest = RecordAccounting::digest_of(&record.payload);
+                }),
+                am(&key),
+                RecordStatus::NOT_PARQUET,
+            ),
+            (
+                batch(&key, 6, 3, |record| record.record_count = 4),
+                am(&key),
+                RecordStatus::NOT_PARQUET,
+            ),
+            (
+                // The file says it is batch 8.
+                batch(&key, 8, 3, |record| record.batch_id = BatchId([7; 16])),
+                am(&key),
+                RecordStatus::NOT_PARQUET,
+            ),
+        ];
+        for (message, identity, expected) in cases {
+            assert_eq!(files.deliver(&identity, &message).status, expected);
+        }
+        assert!(archive::parquet_files(folder.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn partial_files_from_a_crash_are_removed_at_start() {
+        let folder = tempfile::tempdir().unwrap();
+        let inner = folder.path().join("date=2026-11-18/node=am-1");
+        std::fs::create_dir_all(&inner).unwrap();
+        let partial = inner.join(format!(".batch-{}.parquet.tmp", BatchId([9; 16])));
+        std::fs::write(&partial, b"half").unwrap();
+        let files = ColdFiles::open(folder.path()).unwrap();
+        assert!(!partial.exists());
+        assert_eq!(files.batch_count(), 0);
+    }
 
     #[test]
     fn dates_are_utc_calendar_days() {
