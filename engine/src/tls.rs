@@ -70,3 +70,29 @@ pub fn peer_identity(
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
         .and_then(|chain| chain.first().map(|certificate| ca.identify(certificate, now_s)))
 }
+
+/// A QUIC server endpoint on `listen` (8 MiB UDP buffers requested, see
+/// `peer::quic::quic_socket`) serving `certificate_der` / `key` with
+/// `transport`, client certificates from the CA required. Returns the
+/// endpoint and the UDP receive buffer size the kernel granted.
+pub fn server_endpoint(
+    listen: std::net::SocketAddr,
+    ca_der: &[u8],
+    certificate_der: Vec<u8>,
+    key: &wire::SigningKey,
+    transport: quinn::TransportConfig,
+) -> anyhow::Result<(quinn::Endpoint, usize)> {
+    use anyhow::Context as _;
+    let key_der = key.to_pkcs8_der().context("encoding the key")?;
+    let server_config = server_config(ca_der, certificate_der, key_der, Arc::new(transport))
+        .context("building the TLS configuration")?;
+    let (socket, buffer) = peer::quic::quic_socket(listen).with_context(|| format!("listening on {listen}"))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("listening on {listen}"))?;
+    Ok((endpoint, buffer))
+}

@@ -534,17 +534,7 @@ pub fn join_cold(
     counted.sort_unstable_by_key(|(key, _)| *key);
     let mut runs: Vec<wire::AuditRun> = Vec::new();
     for ((session_id, sequence), copies) in counted {
-        match runs.last_mut() {
-            Some(run) if run.session_id == session_id && run.last + 1 == sequence && run.copies == copies => {
-                run.last = sequence;
-            }
-            _ => runs.push(wire::AuditRun {
-                session_id,
-                first: sequence,
-                last: sequence,
-                copies,
-            }),
-        }
+        wire::AuditRun::append(&mut runs, session_id, sequence, copies);
     }
     Ok((records, runs))
 }

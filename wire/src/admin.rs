@@ -87,6 +87,29 @@ pub struct AuditRun {
     pub copies: u32,
 }
 
+impl AuditRun {
+    /// Add `sequence` of `session_id`, held `copies` times, to `runs` built
+    /// in (session, sequence) order: it extends the last run when it
+    /// continues it, else starts a new one.
+    pub fn append(runs: &mut Vec<Self>, session_id: SessionId, sequence: u64, copies: u32) {
+        match runs.last_mut() {
+            Some(run)
+                if run.session_id == session_id
+                    && run.last.checked_add(1) == Some(sequence)
+                    && run.copies == copies =>
+            {
+                run.last = sequence;
+            }
+            _ => runs.push(Self {
+                session_id,
+                first: sequence,
+                last: sequence,
+                copies,
+            }),
+        }
+    }
+}
+
 /// Bytes of one [`AuditRun`] on the wire.
 pub const AUDIT_RUN_BYTES: usize = 16 + 8 + 8 + 4;
 

@@ -124,24 +124,14 @@ pub async fn run(
             quinn::IdleTimeout::try_from(Duration::from_secs(60)).context("idle timeout")?,
         ))
         .keep_alive_interval(Some(Duration::from_secs(15)));
-    let key_der = settings.signing_key.to_pkcs8_der().context("encoding the AM key")?;
-    let server_config = tls::server_config(
+    let (endpoint, buffer) = tls::server_endpoint(
+        settings.listen,
         &settings.ca_der,
         settings.certificate_der.clone(),
-        key_der,
-        Arc::new(transport),
-    )
-    .context("building the TLS configuration")?;
-    let (socket, buffer) =
-        peer::quic::quic_socket(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
+        &settings.signing_key,
+        transport,
+    )?;
     tracing::info!(receive_buffer_bytes = buffer, "UDP socket");
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .with_context(|| format!("listening on {}", settings.listen))?;
     let local_addr = endpoint.local_addr().context("reading the bound address")?;
 
     let context = Arc::new(Context {

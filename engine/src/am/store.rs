@@ -389,22 +389,7 @@ impl Store {
                     copies += 1;
                 }
                 index += copies as usize;
-                match runs.last_mut() {
-                    Some(wire::AuditRun {
-                        session_id: last_session,
-                        last,
-                        copies: last_copies,
-                        ..
-                    }) if *last_session == session_id && *last + 1 == sequence && *last_copies == copies => {
-                        *last = sequence;
-                    }
-                    _ => runs.push(wire::AuditRun {
-                        session_id,
-                        first: sequence,
-                        last: sequence,
-                        copies,
-                    }),
-                }
+                wire::AuditRun::append(&mut runs, session_id, sequence, copies);
             }
         }
         Ok((records, runs))

@@ -69,23 +69,13 @@ pub async fn run(
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(60)).context("idle timeout")?,
         ));
-    let key_der = settings.signing_key.to_pkcs8_der().context("encoding the AS key")?;
-    let server_config = tls::server_config(
+    let (endpoint, _) = tls::server_endpoint(
+        settings.listen,
         &settings.ca_der,
         settings.certificate_der.clone(),
-        key_der,
-        Arc::new(transport),
-    )
-    .context("building the TLS configuration")?;
-    let (socket, _) =
-        peer::quic::quic_socket(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .with_context(|| format!("listening on {}", settings.listen))?;
+        &settings.signing_key,
+        transport,
+    )?;
     let ca = TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?;
     let receiving = Arc::new(Semaphore::new(settings.receiving_max.max(1)));
     let mut connections = JoinSet::new();
