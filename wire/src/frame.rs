@@ -10,6 +10,7 @@ use crate::accounting::{Accounting, AccountingAck};
 use crate::admin::{AdminAuditReport, AdminAuditRequest, AdminOpenSession};
 use crate::codec::Reader;
 use crate::credential::{ServiceCredential, ServiceCredentialRequest, UserCredential};
+use crate::directory::{ServiceList, ServiceListRequest, UserCredentialReceipt};
 use crate::error::DecodeError;
 use crate::error_message::ErrorMessage;
 use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, PROTOCOL_VERSION, SMALL_FRAME_BODY_BYTES_MAX};
@@ -46,8 +47,14 @@ impl MessageType {
     pub const ADMIN_AUDIT_REQUEST: Self = Self(0x0b);
     /// AM → operator: one part of the answer to an audit request.
     pub const ADMIN_AUDIT_REPORT: Self = Self(0x0c);
+    /// User → AM: ask for the service list (201).
+    pub const SERVICE_LIST_REQUEST: Self = Self(0x0d);
+    /// AM → User: one part of the service list.
+    pub const SERVICE_LIST: Self = Self(0x0e);
     /// Any direction: a typed error.
     pub const ERROR: Self = Self(0x0f);
+    /// SP → AM: the provider holds a pushed User Credential (or refuses it).
+    pub const USER_CREDENTIAL_RECEIPT: Self = Self(0x10);
 
     /// The largest body this type may carry.
     pub fn body_bytes_max(self) -> Option<usize> {
@@ -64,6 +71,9 @@ impl MessageType {
             | Self::ADMIN_OPEN_SESSION
             | Self::ADMIN_AUDIT_REQUEST
             | Self::ADMIN_AUDIT_REPORT
+            | Self::SERVICE_LIST_REQUEST
+            | Self::SERVICE_LIST
+            | Self::USER_CREDENTIAL_RECEIPT
             | Self::ERROR => Some(SMALL_FRAME_BODY_BYTES_MAX),
             _ => None,
         }
@@ -139,6 +149,12 @@ pub enum Message {
     RecordAccounting(Signed<RecordAccounting>),
     /// 224.
     RecordAck(RecordAck),
+    /// User → AM: the service list, please (201).
+    ServiceListRequest(ServiceListRequest),
+    /// AM → User: a part of the service list.
+    ServiceList(ServiceList),
+    /// SP → AM: receipt for a pushed User Credential.
+    UserCredentialReceipt(UserCredentialReceipt),
     /// Operator → AM: open a session (admin role only).
     AdminOpenSession(AdminOpenSession),
     /// Operator → AM: audit the hot store (admin role only).
@@ -197,6 +213,13 @@ impl Message {
             MessageType::ADMIN_AUDIT_REPORT => {
                 Self::AdminAuditReport(decode_plain(&body, AdminAuditReport::decode_fields)?)
             }
+            MessageType::SERVICE_LIST_REQUEST => {
+                Self::ServiceListRequest(decode_plain(&body, ServiceListRequest::decode_fields)?)
+            }
+            MessageType::SERVICE_LIST => Self::ServiceList(decode_plain(&body, ServiceList::decode_fields)?),
+            MessageType::USER_CREDENTIAL_RECEIPT => {
+                Self::UserCredentialReceipt(decode_plain(&body, UserCredentialReceipt::decode_fields)?)
+            }
             MessageType::ERROR => Self::Error(decode_plain(&body, ErrorMessage::decode_fields)?),
             MessageType(other) => return Err(DecodeError::UnknownMessageType(other)),
         })
@@ -218,6 +241,9 @@ impl Message {
             Self::AdminOpenSession(message) => message.encode_frame(out),
             Self::AdminAuditRequest(message) => message.encode_frame(out),
             Self::AdminAuditReport(message) => message.encode_frame(out),
+            Self::ServiceListRequest(message) => message.encode_frame(out),
+            Self::ServiceList(message) => message.encode_frame(out),
+            Self::UserCredentialReceipt(message) => message.encode_frame(out),
             Self::Error(message) => message.encode_frame(out),
         }
     }
@@ -237,6 +263,9 @@ impl Message {
             Self::AdminOpenSession(_) => MessageType::ADMIN_OPEN_SESSION,
             Self::AdminAuditRequest(_) => MessageType::ADMIN_AUDIT_REQUEST,
             Self::AdminAuditReport(_) => MessageType::ADMIN_AUDIT_REPORT,
+            Self::ServiceListRequest(_) => MessageType::SERVICE_LIST_REQUEST,
+            Self::ServiceList(_) => MessageType::SERVICE_LIST,
+            Self::UserCredentialReceipt(_) => MessageType::USER_CREDENTIAL_RECEIPT,
             Self::Error(_) => MessageType::ERROR,
         }
     }

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod certificate;
 pub mod codec;
 pub mod credential;
+pub mod directory;
 pub mod ed25519;
 pub mod error;
 pub mod error_message;
@@ -28,6 +29,7 @@ pub mod signed;
 pub mod text;
 
 pub use accounting::{Accounting, AccountingAck, AccountingKind, AckEntry, AckStatus, CustomCounter, Usage};
+pub use directory::{ReceiptStatus, ServiceEntry, ServiceList, ServiceListRequest, UserCredentialReceipt};
 pub use admin::{AUDIT_RUN_BYTES, AdminAuditReport, AdminAuditRequest, AdminOpenSession, AuditRun};
 pub use certificate::{CertificateError, CertifiedIdentity, Role, TrustedCa};
 pub use credential::{

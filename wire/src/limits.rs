@@ -70,6 +70,10 @@ pub const ACK_ENTRY_BYTES: usize = ID_BYTES + 8 + 1;
 /// small frame (checked below); a longer answer is sent in several parts.
 pub const AUDIT_RUNS_PER_FRAME_MAX: usize = 400;
 
+/// Services in one Service List frame; a longer list is sent in parts
+/// (checked below against the largest entry).
+pub const SERVICE_LIST_ENTRIES_PER_FRAME_MAX: usize = 32;
+
 /// Free-text detail in an Error message: for humans and logs, never parsed.
 pub const ERROR_DETAIL_BYTES_MAX: usize = 256;
 
@@ -82,6 +86,10 @@ const _: () = assert!(SMALL_FRAME_BODY_BYTES_MAX < FRAME_BODY_BYTES_MAX);
 const _: () = assert!(2 + ACK_ENTRIES_MAX * ACK_ENTRY_BYTES <= SMALL_FRAME_BODY_BYTES_MAX);
 const _: () = assert!(1 + 8 + 2 + AUDIT_RUNS_PER_FRAME_MAX * (ID_BYTES + 8 + 8 + 4) <= SMALL_FRAME_BODY_BYTES_MAX);
 const _: () = assert!(AUDIT_RUNS_PER_FRAME_MAX <= u16::MAX as usize);
+const _: () = assert!(
+    3 + SERVICE_LIST_ENTRIES_PER_FRAME_MAX * (4 + 3 * (1 + NAME_BYTES_MAX) + 1 + ADDRESS_BYTES_MAX + 30)
+        <= SMALL_FRAME_BODY_BYTES_MAX
+);
 const _: () = assert!(ADDRESS_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(COUNTER_NAME_BYTES_MAX <= u8::MAX as usize);

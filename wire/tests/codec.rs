@@ -276,6 +276,36 @@ fn message() -> impl Strategy<Value = Message> {
                 })
             }
         ),
+        Just(Message::ServiceListRequest(wire::ServiceListRequest)),
+        (
+            any::<bool>(),
+            proptest::collection::vec(
+                (any::<u32>(), name(), name(), address(), name(), policy()),
+                0..=wire::limits::SERVICE_LIST_ENTRIES_PER_FRAME_MAX
+            )
+        )
+            .prop_map(|(done, entries)| {
+                Message::ServiceList(wire::ServiceList {
+                    done,
+                    entries: entries
+                        .into_iter()
+                        .map(|(id, name, provider, provider_address, unit, policy)| wire::ServiceEntry {
+                            service_id: ServiceId(id),
+                            name,
+                            provider,
+                            provider_address,
+                            unit,
+                            policy,
+                        })
+                        .collect(),
+                })
+            }),
+        (any::<[u8; 16]>(), any::<u8>()).prop_map(|(session, status)| {
+            Message::UserCredentialReceipt(wire::UserCredentialReceipt {
+                session_id: SessionId(session),
+                status: wire::ReceiptStatus(status),
+            })
+        }),
     ]
 }
 
@@ -430,8 +460,8 @@ fn malformed_inputs_have_typed_errors() {
         ),
         (
             "unknown type",
-            Bytes::from_static(&[1, 0x0d, 0, 0, 0, 0]),
-            DecodeError::UnknownMessageType(0x0d),
+            Bytes::from_static(&[1, 0x11, 0, 0, 0, 0]),
+            DecodeError::UnknownMessageType(0x11),
         ),
         (
             "oversized accounting",
