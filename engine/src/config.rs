@@ -28,6 +28,54 @@ pub struct Config {
     /// The Accounting Storage (`acct storage`, and the AM's embedded one).
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The services the AM accounts for (its service list, step 201).
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service users may request a credential for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The service id (a1).
+    pub id: u32,
+    /// Its name, for people.
+    pub name: String,
+    /// The provider offering it (its certificate name).
+    pub provider: String,
+    /// Where users reach the provider (b2).
+    pub provider_address: String,
+    /// The unit `usage.units` counts in.
+    #[serde(default = "default_unit")]
+    pub unit: String,
+    /// How long a credential is valid after issuance, seconds.
+    #[serde(default = "default_lifetime_s")]
+    pub lifetime_s: u64,
+    /// Service Requests allowed per session; 0 means no limit.
+    #[serde(default)]
+    pub requests_max: u32,
+    /// Daily window `[start, end)` in UTC minutes (0..1440); equal values
+    /// mean all day.
+    #[serde(default)]
+    pub time_of_day: [u16; 2],
+    /// Whether the user may use the session from another address.
+    #[serde(default)]
+    pub address_change_allowed: bool,
+    /// Fields every accounting message must carry: any of "units",
+    /// "bytes_up", "bytes_down", "duration", "interval".
+    #[serde(default)]
+    pub required_data: Vec<String>,
+    /// Longest gap between accounting messages, seconds; 0: no limit.
+    #[serde(default)]
+    pub interim_interval_max_s: u32,
+}
+
+fn default_unit() -> String {
+    "units".to_owned()
+}
+
+fn default_lifetime_s() -> u64 {
+    24 * 3600
 }
 
 /// When and where the AM exports committed records.
@@ -295,6 +343,21 @@ data = "data"
 # key = "storage-1.key.pem"
 # connections_max = 16
 # receiving_max = 2                       # batches buffered at once, up to 64 MiB each
+
+# The services users may request credentials for (the service list). Without
+# any, the AM offers service N by provider-000N at 127.0.0.1:700N for N = 1..4.
+# [[services]]
+# id = 1
+# name = "video-call"
+# provider = "provider-0001"
+# provider_address = "127.0.0.1:7001"     # where users reach the provider
+# unit = "minutes"
+# lifetime_s = 86400                      # credential validity after issuance
+# requests_max = 0                        # service requests per session, 0: no limit
+# time_of_day = [0, 0]                    # UTC minutes [start, end); equal: all day
+# address_change_allowed = false
+# required_data = ["units", "interval"]   # also bytes_up, bytes_down, duration
+# interim_interval_max_s = 0              # 0: no limit
 "#
 }
 

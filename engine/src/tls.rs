@@ -34,6 +34,17 @@ fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// Whether a client must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client presents a certificate from the CA (the AS).
+    Required,
+    /// A client may connect without one (the AM: users authenticate inside
+    /// their Service Credential Request, a4 and a5); a certificate that is
+    /// presented must still chain to the CA.
+    Optional,
+}
+
 /// A QUIC server config (AM or AS): TLS 1.3 only, ALPN `acct/1`, client
 /// certificates required and verified against the CA during the handshake.
 pub fn server_config(
@@ -41,9 +52,14 @@ pub fn server_config(
     certificate_der: Vec<u8>,
     key_pkcs8_der: Vec<u8>,
     transport: Arc<quinn::TransportConfig>,
+    client_auth: ClientAuth,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider.clone()).build()?;
+    let builder = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider.clone());
+    let verifier = match client_auth {
+        ClientAuth::Required => builder.build()?,
+        ClientAuth::Optional => builder.allow_unauthenticated().build()?,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -81,10 +97,11 @@ pub fn server_endpoint(
     certificate_der: Vec<u8>,
     key: &wire::SigningKey,
     transport: quinn::TransportConfig,
+    client_auth: ClientAuth,
 ) -> anyhow::Result<(quinn::Endpoint, usize)> {
     use anyhow::Context as _;
     let key_der = key.to_pkcs8_der().context("encoding the key")?;
-    let server_config = server_config(ca_der, certificate_der, key_der, Arc::new(transport))
+    let server_config = server_config(ca_der, certificate_der, key_der, Arc::new(transport), client_auth)
         .context("building the TLS configuration")?;
     let (socket, buffer) = peer::quic::quic_socket(listen).with_context(|| format!("listening on {listen}"))?;
     let endpoint = quinn::Endpoint::new(

@@ -7,6 +7,7 @@
 //! docs/architecture.md draws the pipeline and its bounds.
 
 pub mod commit;
+pub mod credentials;
 pub mod export;
 pub mod ingest;
 pub mod pipeline;

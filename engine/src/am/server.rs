@@ -24,6 +24,7 @@ use wire::{
     SessionId, SessionKey, Signed, SigningKey, TrustedCa, UserCredential,
 };
 
+use super::credentials::{Issuer, ProviderRegistry, ReplayCache, ServiceDirectory};
 use super::export::{ExportSettings, Exporter};
 use super::ingest::{Ingest, SUBMIT_BATCH_MESSAGES_MAX};
 use super::pipeline::{AckSender, Pending, ProviderConnection};
@@ -65,6 +66,8 @@ pub struct AmSettings {
     pub ingest: IngestConfig,
     /// Where and when committed records are exported.
     pub export: ExportPlan,
+    /// The services users may request credentials for.
+    pub services: ServiceDirectory,
 }
 
 /// Where and when the AM exports.
@@ -99,6 +102,9 @@ struct Context {
     signing_key: SigningKey,
     ingest: IngestConfig,
     connections: AtomicUsize,
+    directory: ServiceDirectory,
+    replay: std::sync::Mutex<ReplayCache>,
+    providers: ProviderRegistry,
 }
 
 /// Run the AM until `shutdown` completes, then drain and stop. `ready` is
@@ -130,6 +136,7 @@ pub async fn run(
         settings.certificate_der.clone(),
         &settings.signing_key,
         transport,
+        tls::ClientAuth::Optional,
     )?;
     tracing::info!(receive_buffer_bytes = buffer, "UDP socket");
     let local_addr = endpoint.local_addr().context("reading the bound address")?;
@@ -141,6 +148,9 @@ pub async fn run(
         signing_key: settings.signing_key.clone(),
         ingest: ingest.clone(),
         connections: AtomicUsize::new(0),
+        directory: settings.services.clone(),
+        replay: std::sync::Mutex::new(ReplayCache::default()),
+        providers: ProviderRegistry::default(),
     });
     let (storage, storage_address) = match &settings.export.storage {
         StorageTarget::Embedded(storage_settings) => {
@@ -272,6 +282,13 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
     let identity = tls::peer_identity(&connection, &context.ca, now_s());
     let identity = match identity {
         Some(Ok(identity)) if matches!(identity.role, Role::Provider | Role::AccountingManager) => identity,
+        // Users need no certificate here: their requests carry it (a5) and
+        // are signed with its key (a4).
+        None | Some(Ok(wire::CertifiedIdentity { role: Role::User, .. })) => {
+            let span = tracing::info_span!("user connection", remote = %connection.remote_address());
+            serve_user_connection(connection, context, stop).instrument(span).await;
+            return;
+        }
         other => {
             tracing::info!(remote = %connection.remote_address(), reason = ?other.map(|result| result.map(|identity| identity.role)), "connection refused: no provider or admin identity");
             connection.close(close_code::ROLE_REFUSED.into(), b"certificate role may not connect");
@@ -292,6 +309,8 @@ async fn serve_connection(
 ) {
     metrics::gauge!("acct_connections").increment(1.0);
     tracing::debug!("connected");
+    let registration = (identity.role == Role::Provider)
+        .then(|| context.providers.register(&identity.name, &connection));
     let provider = ProviderConnection::new(identity.name.clone(), identity.public_key);
     let mut streams = JoinSet::new();
     let mut stop_watch = stop.clone();
@@ -323,8 +342,132 @@ async fn serve_connection(
         }
     }
     while streams.join_next().await.is_some() {}
+    if let Some(token) = registration {
+        context.providers.unregister(&identity.name, token);
+    }
     metrics::gauge!("acct_connections").decrement(1.0);
     connection.close(close_code::DONE.into(), b"");
+}
+
+/// A user's connection: streams carrying Service List Requests and
+/// Service Credential Requests, one answer each.
+async fn serve_user_connection(connection: quinn::Connection, context: &Arc<Context>, stop: watch::Receiver<bool>) {
+    metrics::gauge!("acct_user_connections").increment(1.0);
+    let mut streams = JoinSet::new();
+    let mut stop_watch = stop.clone();
+    loop {
+        tokio::select! {
+            changed = stop_watch.changed() => {
+                if changed.is_err() || *stop_watch.borrow() { break; }
+            }
+            accepted = connection.accept_bi() => {
+                let Ok((send, receive)) = accepted else { break };
+                streams.spawn(user_stream(send, receive, context.clone(), stop.clone()));
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    metrics::gauge!("acct_user_connections").decrement(1.0);
+    connection.close(close_code::DONE.into(), b"");
+}
+
+async fn user_stream(
+    mut send: quinn::SendStream,
+    mut receive: quinn::RecvStream,
+    context: Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let decoder = FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX);
+    let mut buffer = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::with_capacity(4096);
+    loop {
+        loop {
+            let frame = match decoder.next_frame(&mut buffer) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    out.clear();
+                    frame_error(&error).encode_frame(&mut out);
+                    let _ = send.write_all(&out).await;
+                    let _ = send.finish();
+                    return;
+                }
+            };
+            out.clear();
+            match frame.decode() {
+                Ok(Message::ServiceListRequest(_)) => {
+                    let entries = context.directory.entries();
+                    let mut parts = entries.chunks(wire::limits::SERVICE_LIST_ENTRIES_PER_FRAME_MAX).peekable();
+                    if parts.peek().is_none() {
+                        wire::ServiceList { done: true, entries: Vec::new() }.encode_frame(&mut out);
+                    }
+                    while let Some(part) = parts.next() {
+                        wire::ServiceList {
+                            done: parts.peek().is_none(),
+                            entries: part.to_vec(),
+                        }
+                        .encode_frame(&mut out);
+                    }
+                }
+                Ok(Message::ServiceCredentialRequest(request)) => match issue(&context, &request).await {
+                    Ok(credential) => credential.encode_frame(&mut out),
+                    Err(error) => error.encode_frame(&mut out),
+                },
+                Ok(other) => ErrorMessage::new(
+                    ErrorCode::UNEXPECTED_MESSAGE,
+                    &format!(
+                        "a user stream carries service list and credential requests only, not type 0x{:02x}",
+                        other.message_type().0
+                    ),
+                )
+                .encode_frame(&mut out),
+                Err(error) => ErrorMessage::new(ErrorCode::MALFORMED_FRAME, &error.to_string()).encode_frame(&mut out),
+            }
+            if send.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            chunk = receive.read_chunk(16 * 1024, true) => match chunk {
+                Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+                Ok(None) | Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = send.finish();
+}
+
+/// 202 → 206: validate, mint, push to the provider, store, answer.
+async fn issue(
+    context: &Arc<Context>,
+    request: &Signed<wire::ServiceCredentialRequest>,
+) -> Result<Signed<wire::ServiceCredential>, ErrorMessage> {
+    let started = std::time::Instant::now();
+    if context.ingest_pipeline.table.len() >= context.ingest.sessions_max {
+        return Err(ErrorMessage::new(
+            ErrorCode::BUSY,
+            "the AM holds its maximum number of sessions",
+        ));
+    }
+    let issuer = Issuer {
+        ca: &context.ca,
+        directory: &context.directory,
+        replay: &context.replay,
+        providers: &context.providers,
+        signing_key: &context.signing_key,
+    };
+    let minted = issuer.mint(request, now_ms()).await?;
+    let session = SessionInfo::new(minted.provider, minted.user_credential, now_ms());
+    context
+        .ingest_pipeline
+        .open_session(session)
+        .await
+        .map_err(|detail| ErrorMessage::new(ErrorCode::OUT_OF_SPACE, &detail))?;
+    metrics::counter!("acct_credentials_issued_total").increment(1);
+    metrics::histogram!("acct_credential_issue_seconds").record(started.elapsed().as_secs_f64());
+    Ok(minted.service_credential)
 }
 
 /// One provider stream: read frames, admit, queue for verification; a

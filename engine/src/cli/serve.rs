@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::Args;
 use wire::{Name, Role};
 
+use crate::am::credentials::ServiceDirectory;
 use crate::am::server::{self, AmSettings, ExportPlan, StorageTarget};
 use crate::config::{Config, ExportConfig, IngestConfig, StorageConfig};
 use crate::pki;
@@ -84,7 +85,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
-    let (node, ca, certificate, key, data, listen, ingest, export, storage) = match &args.config {
+    let (node, ca, certificate, key, data, listen, ingest, export, storage, services) = match &args.config {
         Some(path) => {
             let config = Config::load(path)?;
             (
@@ -97,6 +98,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
                 config.ingest,
                 config.export,
                 config.storage,
+                config.services,
             )
         }
         None => {
@@ -127,6 +129,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
                 IngestConfig::default(),
                 ExportConfig::default(),
                 storage,
+                Vec::new(),
             )
         }
     };
@@ -173,6 +176,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         signing_key: pki::read_signing_key(&key)?,
         ingest,
         export,
+        services: ServiceDirectory::from_config(&services)?,
     })
 }
 

@@ -75,6 +75,7 @@ pub async fn run(
         settings.certificate_der.clone(),
         &settings.signing_key,
         transport,
+        tls::ClientAuth::Required,
     )?;
     let ca = TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?;
     let receiving = Arc::new(Semaphore::new(settings.receiving_max.max(1)));

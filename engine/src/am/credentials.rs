@@ -1,0 +1,397 @@
+//! Credential issuance (201 → 202 → 204 → 206 and 208): the service list,
+//! the checks on a Service Credential Request, the replay cache, and the
+//! push of the User Credential to the provider's own connection.
+//!
+//! Order: validate → mint → push to the provider and wait for its receipt
+//! → store the session durably → answer the user. A session the provider
+//! did not confirm is never stored, so no half-made session is usable.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use wire::{
+    Address, DataFields, ErrorCode, ErrorMessage, FrameDecoder, Message, Name, Nonce, Policy, ReceiptStatus, RequestId,
+    ServiceCredential, ServiceCredentialRequest, ServiceEntry, ServiceId, SessionId, SessionKey, Signed, SigningKey,
+    TimeOfDay, TrustedCa, UserCredential,
+};
+
+use crate::config::ServiceConfig;
+
+/// How far a request's timestamp may be from the AM's clock.
+pub const REQUEST_SKEW_MS_MAX: u64 = 5 * 60 * 1000;
+/// How long request ids and nonces are remembered (covers the skew both ways).
+pub const REPLAY_WINDOW_MS: u64 = 2 * REQUEST_SKEW_MS_MAX;
+/// Requests remembered at most (about 100 bytes each: 10 MB). When full
+/// of unexpired entries, new requests are answered BUSY.
+pub const REPLAY_ENTRIES_MAX: usize = 100_000;
+/// How long the AM waits for a provider's receipt.
+pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The services the AM accounts for, by id.
+#[derive(Debug, Clone)]
+pub struct ServiceDirectory {
+    entries: Vec<ServiceEntry>,
+}
+
+impl ServiceDirectory {
+    /// From the config's `[[services]]`, or the development default: service
+    /// N by `provider-000N` at 127.0.0.1:700N, N = 1..=4.
+    pub fn from_config(services: &[ServiceConfig]) -> anyhow::Result<Self> {
+        let mut entries = Vec::new();
+        if services.is_empty() {
+            for index in 1..=4u32 {
+                entries.push(ServiceEntry {
+                    service_id: ServiceId(index),
+                    name: Name::new(format!("service-{index}"))?,
+                    provider: Name::new(crate::pki::provider_name(index as usize))?,
+                    provider_address: Address::new(format!("127.0.0.1:{}", 7000 + index))?,
+                    unit: Name::new("units")?,
+                    policy: relative_policy(24 * 3600, 0, TimeOfDay::ANY, false, DataFields::NONE, 0),
+                });
+            }
+        }
+        for service in services {
+            let mut required = DataFields::NONE;
+            for field in &service.required_data {
+                required = required.union(match field.as_str() {
+                    "units" => DataFields::UNITS,
+                    "bytes_up" => DataFields::BYTES_UP,
+                    "bytes_down" => DataFields::BYTES_DOWN,
+                    "duration" => DataFields::DURATION,
+                    "interval" => DataFields::INTERVAL,
+                    other => anyhow::bail!("service {}: unknown required_data {other:?}", service.id),
+                });
+            }
+            let [start_minute, end_minute] = service.time_of_day;
+            anyhow::ensure!(
+                start_minute < 1440 && end_minute < 1440,
+                "service {}: time_of_day minutes must be below 1440",
+                service.id
+            );
+            anyhow::ensure!(
+                entries.iter().all(|entry: &ServiceEntry| entry.service_id.0 != service.id),
+                "service id {} listed twice",
+                service.id
+            );
+            entries.push(ServiceEntry {
+                service_id: ServiceId(service.id),
+                name: Name::new(service.name.as_str())
+                    .map_err(|error| anyhow::anyhow!("service {} name: {error}", service.id))?,
+                provider: Name::new(service.provider.as_str())
+                    .map_err(|error| anyhow::anyhow!("service {} provider: {error}", service.id))?,
+                provider_address: Address::new(service.provider_address.as_str())
+                    .map_err(|error| anyhow::anyhow!("service {} provider_address: {error}", service.id))?,
+                unit: Name::new(service.unit.as_str())
+                    .map_err(|error| anyhow::anyhow!("service {} unit: {error}", service.id))?,
+                policy: relative_policy(
+                    service.lifetime_s,
+                    service.requests_max,
+                    TimeOfDay {
+                        start_minute,
+                        end_minute,
+                    },
+                    service.address_change_allowed,
+                    required,
+                    service.interim_interval_max_s,
+                ),
+            });
+        }
+        entries.sort_by_key(|entry| entry.service_id.0);
+        Ok(Self { entries })
+    }
+
+    /// Every entry, by id.
+    pub fn entries(&self) -> &[ServiceEntry] {
+        &self.entries
+    }
+
+    /// The entry of `service_id`.
+    pub fn get(&self, service_id: ServiceId) -> Option<&ServiceEntry> {
+        self.entries
+            .binary_search_by_key(&service_id.0, |entry| entry.service_id.0)
+            .ok()
+            .and_then(|index| self.entries.get(index))
+    }
+}
+
+fn relative_policy(
+    lifetime_s: u64,
+    requests_max: u32,
+    time_of_day: TimeOfDay,
+    address_change_allowed: bool,
+    required_data: DataFields,
+    interim_interval_max_s: u32,
+) -> Policy {
+    Policy {
+        valid_from_ms: 0,
+        valid_until_ms: lifetime_s.saturating_mul(1000),
+        time_of_day,
+        requests_max,
+        address_change_allowed,
+        required_data,
+        interim_interval_max_s,
+    }
+}
+
+/// Request ids and nonces seen within the replay window. Bounded by
+/// [`REPLAY_ENTRIES_MAX`].
+#[derive(Default)]
+pub struct ReplayCache {
+    ids: HashSet<RequestId>,
+    nonces: HashSet<Nonce>,
+    order: VecDeque<(u64, RequestId, Nonce)>,
+}
+
+/// Why the replay cache refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The request id was seen.
+    RequestId,
+    /// The nonce was seen.
+    Nonce,
+    /// The cache is full of unexpired entries.
+    Full,
+}
+
+impl ReplayCache {
+    /// Remember (id, nonce) at `now_ms`, unless either was seen within the window.
+    pub fn check_and_insert(&mut self, id: RequestId, nonce: Nonce, now_ms: u64) -> Result<(), Replay> {
+        while let Some(&(expires, old_id, old_nonce)) = self.order.front() {
+            if expires > now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.ids.remove(&old_id);
+            self.nonces.remove(&old_nonce);
+        }
+        if self.ids.contains(&id) {
+            return Err(Replay::RequestId);
+        }
+        if self.nonces.contains(&nonce) {
+            return Err(Replay::Nonce);
+        }
+        if self.order.len() >= REPLAY_ENTRIES_MAX {
+            return Err(Replay::Full);
+        }
+        self.ids.insert(id);
+        self.nonces.insert(nonce);
+        self.order.push_back((now_ms + REPLAY_WINDOW_MS, id, nonce));
+        Ok(())
+    }
+}
+
+/// The providers connected now, by name: where User Credentials are pushed.
+#[derive(Default)]
+pub struct ProviderRegistry {
+    next_id: AtomicU64,
+    connections: Mutex<HashMap<Name, (u64, quinn::Connection)>>,
+}
+
+impl ProviderRegistry {
+    /// Register a provider's connection (the newest one wins); returns a
+    /// token for [`ProviderRegistry::unregister`].
+    pub fn register(&self, name: &Name, connection: &quinn::Connection) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut connections) = self.connections.lock() {
+            connections.insert(name.clone(), (id, connection.clone()));
+        }
+        id
+    }
+
+    /// Forget the connection registered with `token`, if still the current one.
+    pub fn unregister(&self, name: &Name, token: u64) {
+        if let Ok(mut connections) = self.connections.lock()
+            && connections.get(name).is_some_and(|(id, _)| *id == token)
+        {
+            connections.remove(name);
+        }
+    }
+
+    fn get(&self, name: &Name) -> Option<quinn::Connection> {
+        self.connections
+            .lock()
+            .ok()
+            .and_then(|connections| connections.get(name).map(|(_, connection)| connection.clone()))
+    }
+}
+
+/// What issuance needs from the AM.
+pub struct Issuer<'a> {
+    /// The operator's CA.
+    pub ca: &'a TrustedCa,
+    /// The service list.
+    pub directory: &'a ServiceDirectory,
+    /// Seen requests.
+    pub replay: &'a Mutex<ReplayCache>,
+    /// Connected providers.
+    pub providers: &'a ProviderRegistry,
+    /// The AM's key (signs both credentials).
+    pub signing_key: &'a SigningKey,
+}
+
+/// A session minted and confirmed by its provider, ready to be stored.
+pub struct Minted {
+    /// The provider's name.
+    pub provider: Name,
+    /// The User Credential the provider holds.
+    pub user_credential: Signed<UserCredential>,
+    /// The answer for the user, once the session is stored.
+    pub service_credential: Signed<ServiceCredential>,
+}
+
+fn refuse(code: ErrorCode, detail: &str) -> ErrorMessage {
+    metrics::counter!("acct_credentials_refused_total", "code" => code.0.to_string()).increment(1);
+    ErrorMessage::new(code, detail)
+}
+
+impl Issuer<'_> {
+    /// Check a request, mint its session and push the User Credential to
+    /// the provider; the caller stores the session, then answers.
+    pub async fn mint(
+        &self,
+        request: &Signed<ServiceCredentialRequest>,
+        now_ms: u64,
+    ) -> Result<Minted, ErrorMessage> {
+        let identity = self
+            .ca
+            .verify_credential_request(request, now_ms / 1000)
+            .map_err(|error| refuse(ErrorCode::CREDENTIAL_REFUSED, &error.to_string()))?;
+        let value = request.value();
+        if value.timestamp_ms.abs_diff(now_ms) > REQUEST_SKEW_MS_MAX {
+            return Err(refuse(
+                ErrorCode::REPLAYED_REQUEST,
+                "the request's timestamp is more than 5 minutes from the AM's clock",
+            ));
+        }
+        let replay = self
+            .replay
+            .lock()
+            .map_err(|_| refuse(ErrorCode::INTERNAL, "replay cache poisoned"))?
+            .check_and_insert(value.request_id, value.nonce, now_ms);
+        match replay {
+            Ok(()) => {}
+            Err(Replay::RequestId) => return Err(refuse(ErrorCode::REPLAYED_REQUEST, "request id seen before")),
+            Err(Replay::Nonce) => return Err(refuse(ErrorCode::REPLAYED_REQUEST, "nonce seen before")),
+            Err(Replay::Full) => return Err(refuse(ErrorCode::BUSY, "too many requests in the replay window")),
+        }
+        let Some(service) = self.directory.get(value.service_id) else {
+            return Err(refuse(
+                ErrorCode::UNKNOWN_SERVICE,
+                &format!("service {} is not in the AM's service list", value.service_id.0),
+            ));
+        };
+        let Some(connection) = self.providers.get(&service.provider) else {
+            return Err(refuse(
+                ErrorCode::PROVIDER_UNAVAILABLE,
+                &format!("provider {} is not connected", service.provider),
+            ));
+        };
+        let mut session_id = [0u8; 16];
+        let mut session_key = [0u8; 32];
+        getrandom::fill(&mut session_id)
+            .and_then(|()| getrandom::fill(&mut session_key))
+            .map_err(|_| refuse(ErrorCode::INTERNAL, "no randomness"))?;
+        let lifetime = service.policy.valid_until_ms - service.policy.valid_from_ms;
+        let policy = Policy {
+            valid_from_ms: now_ms,
+            valid_until_ms: now_ms.saturating_add(lifetime),
+            ..service.policy
+        };
+        let user_credential = Signed::sign(
+            UserCredential {
+                session_id: SessionId(session_id),
+                service_id: service.service_id,
+                user_id: identity.name.clone(),
+                user_address: value.user_address.clone(),
+                session_key: SessionKey(session_key),
+                policy,
+            },
+            self.signing_key,
+        )
+        .map_err(|error| refuse(ErrorCode::INTERNAL, &error.to_string()))?;
+        let service_credential = Signed::sign(
+            ServiceCredential {
+                request_id: value.request_id,
+                session_id: SessionId(session_id),
+                service_id: service.service_id,
+                provider_address: service.provider_address.clone(),
+                session_key: SessionKey(session_key),
+                policy,
+            },
+            self.signing_key,
+        )
+        .map_err(|error| refuse(ErrorCode::INTERNAL, &error.to_string()))?;
+        push(&connection, &user_credential).await.map_err(|detail| {
+            refuse(
+                ErrorCode::PROVIDER_UNAVAILABLE,
+                &format!("provider {}: {detail}", service.provider),
+            )
+        })?;
+        Ok(Minted {
+            provider: service.provider.clone(),
+            user_credential,
+            service_credential,
+        })
+    }
+}
+
+/// Push a User Credential on the provider's connection and wait (bounded)
+/// for its receipt.
+async fn push(connection: &quinn::Connection, credential: &Signed<UserCredential>) -> Result<(), String> {
+    let exchange = async {
+        let (mut send, mut receive) = connection.open_bi().await.map_err(|error| error.to_string())?;
+        let mut frame = BytesMut::new();
+        credential.encode_frame(&mut frame);
+        send.write_all(&frame).await.map_err(|error| error.to_string())?;
+        send.finish().map_err(|error| error.to_string())?;
+        let answer = receive.read_to_end(1024).await.map_err(|error| error.to_string())?;
+        let mut buffer = BytesMut::from(&answer[..]);
+        match FrameDecoder::new(1024)
+            .next_frame(&mut buffer)
+            .map(|frame| frame.map(|frame| frame.decode()))
+        {
+            Ok(Some(Ok(Message::UserCredentialReceipt(receipt))))
+                if receipt.session_id == credential.value().session_id =>
+            {
+                if receipt.status == ReceiptStatus::ACCEPTED {
+                    Ok(())
+                } else {
+                    Err(format!("refused the credential (status 0x{:02x})", receipt.status.0))
+                }
+            }
+            other => Err(format!("answered the push with {other:?}")),
+        }
+    };
+    tokio::time::timeout(RECEIPT_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "no receipt within 5 s".to_owned())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_are_refused_within_the_window_and_forgotten_after() {
+        let mut cache = ReplayCache::default();
+        let (a, b) = (RequestId([1; 16]), RequestId([2; 16]));
+        let (x, y) = (Nonce([1; 16]), Nonce([2; 16]));
+        assert_eq!(cache.check_and_insert(a, x, 1_000), Ok(()));
+        assert_eq!(cache.check_and_insert(a, y, 2_000), Err(Replay::RequestId));
+        assert_eq!(cache.check_and_insert(b, x, 2_000), Err(Replay::Nonce));
+        assert_eq!(cache.check_and_insert(a, x, 1_000 + REPLAY_WINDOW_MS), Ok(()));
+    }
+
+    #[test]
+    fn the_default_directory_lists_the_development_providers() {
+        let directory = ServiceDirectory::from_config(&[]).unwrap();
+        assert_eq!(directory.entries().len(), 4);
+        let entry = directory.get(ServiceId(2)).unwrap();
+        assert_eq!(entry.provider.as_str(), "provider-0002");
+        assert_eq!(entry.policy.valid_until_ms, 24 * 3600 * 1000);
+        assert!(directory.get(ServiceId(5)).is_none());
+    }
+}
