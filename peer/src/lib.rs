@@ -9,10 +9,17 @@
 //!   its policies (211), answer with the proof, and number, sign and track
 //!   the session's Interim and Final Accounting (214/220) until acked.
 //!
-//! - [`quic`]: the provider's (and the operator's) QUIC connection to the AM.
+//! - [`quic`]: the provider's (and the operator's) QUIC connection to the AM,
+//!   including the pushed User Credentials (208) and their receipts.
+//! - [`net`]: the user's connection to the AM (service list, credential
+//!   requests) and the small user ↔ provider channel (210/211).
+//! - [`node`]: a whole Service Provider: pushed credentials, its endpoint
+//!   for users, accounting with retransmission after reconnects.
 //!
 //! Time is always an argument (Unix ms), so every decision is testable.
 
+pub mod net;
+pub mod node;
 pub mod provider;
 pub mod quic;
 pub mod user;

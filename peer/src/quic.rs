@@ -182,6 +182,47 @@ impl AmClient {
         }
     }
 
+    /// Answer the AM's pushed User Credentials (208) on this connection:
+    /// each pushed stream's credential goes to `handler`, whose status is
+    /// sent back as the receipt. Runs until the connection closes.
+    pub fn serve_pushes(
+        &self,
+        handler: impl Fn(Signed<UserCredential>) -> wire::ReceiptStatus + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let connection = self.connection.clone();
+        let handler = Arc::new(handler);
+        tokio::spawn(async move {
+            while let Ok((mut send, mut receive)) = connection.accept_bi().await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let Ok(bytes) = receive.read_to_end(SMALL_FRAME_BODY_BYTES_MAX + 16).await else {
+                        return;
+                    };
+                    let mut buffer = BytesMut::from(&bytes[..]);
+                    let mut out = BytesMut::new();
+                    match FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX)
+                        .next_frame(&mut buffer)
+                        .map(|frame| frame.map(|frame| frame.decode()))
+                    {
+                        Ok(Some(Ok(Message::UserCredential(credential)))) => {
+                            let session_id = credential.value().session_id;
+                            let status = handler(credential);
+                            wire::UserCredentialReceipt { session_id, status }.encode_frame(&mut out);
+                        }
+                        _ => ErrorMessage::new(
+                            wire::ErrorCode::UNEXPECTED_MESSAGE,
+                            "a pushed stream carries one User Credential",
+                        )
+                        .encode_frame(&mut out),
+                    }
+                    let _ = send.write_all(&out).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                });
+            }
+        })
+    }
+
     /// Why the connection closed, once it has.
     pub fn close_reason(&self) -> Option<String> {
         self.connection.close_reason().map(|reason| reason.to_string())
@@ -338,23 +379,41 @@ pub fn shared_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError>
 /// The QUIC client configuration that connects as `identity`: for many
 /// parties sharing one endpoint with [`AmClient::connect_with`].
 pub fn client_config(identity: &ClientIdentity) -> Result<quinn::ClientConfig, ClientError> {
+    client_config_for(
+        &identity.ca_der,
+        Some((&identity.certificate_der, &identity.signing_key)),
+    )
+}
+
+/// A QUIC client configuration that trusts servers certified by the CA
+/// `ca_der` and, with `certificate`, authenticates with that certificate
+/// and key (without: no client certificate, as users connect).
+pub fn client_config_for(
+    ca_der: &[u8],
+    certificate: Option<(&[u8], &SigningKey)>,
+) -> Result<quinn::ClientConfig, ClientError> {
     let tls = |error: rustls::Error| ClientError::Tls(error.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(identity.ca_der.clone())).map_err(tls)?;
-    let key = identity
-        .signing_key
-        .to_pkcs8_der()
-        .map_err(|error| ClientError::Tls(error.to_string()))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    roots.add(CertificateDer::from(ca_der.to_vec())).map_err(tls)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from(identity.certificate_der.clone())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
-        )
-        .map_err(tls)?;
+        .with_root_certificates(roots);
+    let mut config = match certificate {
+        Some((certificate_der, signing_key)) => {
+            let key = signing_key
+                .to_pkcs8_der()
+                .map_err(|error| ClientError::Tls(error.to_string()))?;
+            builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from(certificate_der.to_vec())],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+                )
+                .map_err(tls)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config)
         .map_err(|error| ClientError::Tls(error.to_string()))?;

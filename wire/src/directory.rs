@@ -69,7 +69,8 @@ impl ServiceEntry {
     }
 
     /// Encoded size at most: id, three names, an address, the policy.
-    pub const BYTES_MAX: usize = 4 + 3 * (1 + crate::limits::NAME_BYTES_MAX) + 1 + crate::limits::ADDRESS_BYTES_MAX + Policy::BYTES;
+    pub const BYTES_MAX: usize =
+        4 + 3 * (1 + crate::limits::NAME_BYTES_MAX) + 1 + crate::limits::ADDRESS_BYTES_MAX + Policy::BYTES;
 }
 
 /// AM → User: one part of the service list; the last part has `done`.

@@ -29,12 +29,12 @@ pub mod signed;
 pub mod text;
 
 pub use accounting::{Accounting, AccountingAck, AccountingKind, AckEntry, AckStatus, CustomCounter, Usage};
-pub use directory::{ReceiptStatus, ServiceEntry, ServiceList, ServiceListRequest, UserCredentialReceipt};
 pub use admin::{AUDIT_RUN_BYTES, AdminAuditReport, AdminAuditRequest, AdminOpenSession, AuditRun};
 pub use certificate::{CertificateError, CertifiedIdentity, Role, TrustedCa};
 pub use credential::{
     DataFields, Policy, ServiceCredential, ServiceCredentialRequest, TimeOfDay, UserCredential, credential_digest,
 };
+pub use directory::{ReceiptStatus, ServiceEntry, ServiceList, ServiceListRequest, UserCredentialReceipt};
 pub use ed25519::{BatchItem, PublicKey, SigningKey, verify_batch};
 pub use error::{DecodeError, SignatureError};
 pub use error_message::{ErrorCode, ErrorMessage};

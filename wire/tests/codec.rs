@@ -289,14 +289,16 @@ fn message() -> impl Strategy<Value = Message> {
                     done,
                     entries: entries
                         .into_iter()
-                        .map(|(id, name, provider, provider_address, unit, policy)| wire::ServiceEntry {
-                            service_id: ServiceId(id),
-                            name,
-                            provider,
-                            provider_address,
-                            unit,
-                            policy,
-                        })
+                        .map(
+                            |(id, name, provider, provider_address, unit, policy)| wire::ServiceEntry {
+                                service_id: ServiceId(id),
+                                name,
+                                provider,
+                                provider_address,
+                                unit,
+                                policy,
+                            },
+                        )
                         .collect(),
                 })
             }),

@@ -72,7 +72,9 @@ impl ServiceDirectory {
                 service.id
             );
             anyhow::ensure!(
-                entries.iter().all(|entry: &ServiceEntry| entry.service_id.0 != service.id),
+                entries
+                    .iter()
+                    .all(|entry: &ServiceEntry| entry.service_id.0 != service.id),
                 "service id {} listed twice",
                 service.id
             );
@@ -250,11 +252,7 @@ fn refuse(code: ErrorCode, detail: &str) -> ErrorMessage {
 impl Issuer<'_> {
     /// Check a request, mint its session and push the User Credential to
     /// the provider; the caller stores the session, then answers.
-    pub async fn mint(
-        &self,
-        request: &Signed<ServiceCredentialRequest>,
-        now_ms: u64,
-    ) -> Result<Minted, ErrorMessage> {
+    pub async fn mint(&self, request: &Signed<ServiceCredentialRequest>, now_ms: u64) -> Result<Minted, ErrorMessage> {
         let identity = self
             .ca
             .verify_credential_request(request, now_ms / 1000)

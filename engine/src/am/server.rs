@@ -309,8 +309,8 @@ async fn serve_connection(
 ) {
     metrics::gauge!("acct_connections").increment(1.0);
     tracing::debug!("connected");
-    let registration = (identity.role == Role::Provider)
-        .then(|| context.providers.register(&identity.name, &connection));
+    let registration =
+        (identity.role == Role::Provider).then(|| context.providers.register(&identity.name, &connection));
     let provider = ProviderConnection::new(identity.name.clone(), identity.public_key);
     let mut streams = JoinSet::new();
     let mut stop_watch = stop.clone();
@@ -398,9 +398,15 @@ async fn user_stream(
             match frame.decode() {
                 Ok(Message::ServiceListRequest(_)) => {
                     let entries = context.directory.entries();
-                    let mut parts = entries.chunks(wire::limits::SERVICE_LIST_ENTRIES_PER_FRAME_MAX).peekable();
+                    let mut parts = entries
+                        .chunks(wire::limits::SERVICE_LIST_ENTRIES_PER_FRAME_MAX)
+                        .peekable();
                     if parts.peek().is_none() {
-                        wire::ServiceList { done: true, entries: Vec::new() }.encode_frame(&mut out);
+                        wire::ServiceList {
+                            done: true,
+                            entries: Vec::new(),
+                        }
+                        .encode_frame(&mut out);
                     }
                     while let Some(part) = parts.next() {
                         wire::ServiceList {

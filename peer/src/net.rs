@@ -1,0 +1,280 @@
+//! The User's side over QUIC, and the small User ↔ provider channel the
+//! library offers so the flow runs end to end (providers with a channel of
+//! their own use [`crate::user`] and [`crate::provider`] directly).
+//!
+//! - [`UserClient`]: a user's connection to the AM (no client certificate:
+//!   the request carries it, a5, and is signed with its key, a4): the
+//!   service list (201) and credential requests (202 → 206).
+//! - [`ServiceServer`]: the provider's endpoint for users: Service Request
+//!   in (210), Service Proof out (211), one exchange per stream.
+//! - [`request_service`]: the user's side of that exchange.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use wire::limits::SMALL_FRAME_BODY_BYTES_MAX;
+use wire::{
+    ErrorMessage, FrameDecoder, Maced, Message, ServiceCredential, ServiceCredentialRequest, ServiceEntry,
+    ServiceProof, ServiceRequest, Signed, SigningKey,
+};
+
+use crate::quic::{ALPN, AM_SERVER_NAME, ClientError, client_config_for, shared_endpoint};
+
+/// Largest answer read for one request.
+const ANSWER_BYTES_MAX: usize = 1024 * 1024;
+/// How long one exchange may take.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn unspecified(address: SocketAddr) -> SocketAddr {
+    if address.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
+async fn connect_anonymous(
+    address: SocketAddr,
+    ca_der: &[u8],
+) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+    let mut endpoint = shared_endpoint(unspecified(address))?;
+    endpoint.set_default_client_config(client_config_for(ca_der, None)?);
+    let connection = endpoint
+        .connect(address, AM_SERVER_NAME)
+        .map_err(|error| ClientError::Connect(error.to_string()))?
+        .await
+        .map_err(|error| ClientError::Connect(error.to_string()))?;
+    Ok((endpoint, connection))
+}
+
+/// One request, its answers until `last` says the exchange is complete.
+async fn exchange(
+    connection: &quinn::Connection,
+    request: &[u8],
+    mut last: impl FnMut(&Message) -> bool,
+) -> Result<Vec<Message>, ClientError> {
+    let work = async {
+        let (mut send, mut receive) = connection
+            .open_bi()
+            .await
+            .map_err(|error| ClientError::Connection(error.to_string()))?;
+        send.write_all(request)
+            .await
+            .map_err(|error| ClientError::Connection(error.to_string()))?;
+        let decoder = FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX);
+        let mut buffer = BytesMut::new();
+        let mut answers = Vec::new();
+        let mut read = 0usize;
+        loop {
+            while let Some(frame) = decoder.next_frame(&mut buffer)? {
+                let message = frame.decode()?;
+                let done = last(&message) || matches!(message, Message::Error(_));
+                answers.push(message);
+                if done {
+                    let _ = send.finish();
+                    return Ok(answers);
+                }
+            }
+            match receive.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => {
+                    read += chunk.bytes.len();
+                    if read > ANSWER_BYTES_MAX {
+                        return Err(ClientError::Connection("the answer is too long".into()));
+                    }
+                    buffer.extend_from_slice(&chunk.bytes);
+                }
+                Ok(None) => return Err(ClientError::Connection("stream ended before the answer".into())),
+                Err(error) => return Err(ClientError::Connection(error.to_string())),
+            }
+        }
+    };
+    tokio::time::timeout(EXCHANGE_TIMEOUT, work)
+        .await
+        .map_err(|_| ClientError::Connection("no answer within 30 s".into()))?
+}
+
+/// A user's connection to the AM.
+pub struct UserClient {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+}
+
+impl UserClient {
+    /// Connect to the AM, checking its certificate against the CA `ca_der`.
+    pub async fn connect(address: SocketAddr, ca_der: &[u8]) -> Result<Self, ClientError> {
+        let (endpoint, connection) = connect_anonymous(address, ca_der).await?;
+        Ok(Self { endpoint, connection })
+    }
+
+    /// The AM's service list (201).
+    pub async fn services(&self) -> Result<Vec<ServiceEntry>, ClientError> {
+        let mut frame = BytesMut::new();
+        wire::ServiceListRequest.encode_frame(&mut frame);
+        let answers = exchange(
+            &self.connection,
+            &frame,
+            |message| matches!(message, Message::ServiceList(list) if list.done),
+        )
+        .await?;
+        let mut entries = Vec::new();
+        for answer in answers {
+            match answer {
+                Message::ServiceList(list) => entries.extend(list.entries),
+                Message::Error(error) => return Err(ClientError::Refused(error)),
+                other => return Err(ClientError::Unexpected(other.message_type().0)),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Send a Service Credential Request (202) and return the AM's answer
+    /// (206), unchecked: check it with [`crate::user::check_credential`].
+    pub async fn request_credential(
+        &self,
+        request: &Signed<ServiceCredentialRequest>,
+    ) -> Result<Signed<ServiceCredential>, ClientError> {
+        let mut frame = BytesMut::new();
+        request.encode_frame(&mut frame);
+        let mut answers = exchange(&self.connection, &frame, |_| true).await?;
+        match answers.pop() {
+            Some(Message::ServiceCredential(credential)) => Ok(credential),
+            Some(Message::Error(error)) => Err(ClientError::Refused(error)),
+            Some(other) => Err(ClientError::Unexpected(other.message_type().0)),
+            None => Err(ClientError::Connection("no answer".into())),
+        }
+    }
+
+    /// Close the connection and wait (bounded) for the close to be sent.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// What a provider answers to one Service Request: the proof (which may
+/// carry a refusal status), or an Error when no proof can be made (the
+/// session is unknown to it, or the MAC does not verify).
+pub type ServiceAnswer = Result<Maced<ServiceProof>, ErrorMessage>;
+
+/// The provider's QUIC endpoint for its users.
+pub struct ServiceServer {
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServiceServer {
+    /// Serve on `listen` with the provider's certificate (users check it
+    /// against the CA; they present none: the MAC authenticates them).
+    pub fn start(
+        listen: SocketAddr,
+        certificate_der: &[u8],
+        signing_key: &SigningKey,
+        handler: impl Fn(Maced<ServiceRequest>) -> ServiceAnswer + Send + Sync + 'static,
+    ) -> Result<Self, ClientError> {
+        let tls = |error: rustls::Error| ClientError::Tls(error.to_string());
+        let key = signing_key
+            .to_pkcs8_der()
+            .map_err(|error| ClientError::Tls(error.to_string()))?;
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(tls)?
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![CertificateDer::from(certificate_der.to_vec())],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+                )
+                .map_err(tls)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config)
+            .map_err(|error| ClientError::Tls(error.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(16u32.into());
+        server.transport_config(Arc::new(transport));
+        let (socket, _) = crate::quic::quic_socket(listen).map_err(|error| ClientError::Connect(error.to_string()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|error| ClientError::Connect(error.to_string()))?;
+        let handler = Arc::new(handler);
+        let accepting = endpoint.clone();
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let Ok(connection) = incoming.await else { return };
+                    while let Ok((mut send, mut receive)) = connection.accept_bi().await {
+                        let handler = handler.clone();
+                        tokio::spawn(async move {
+                            let Ok(bytes) = receive.read_to_end(SMALL_FRAME_BODY_BYTES_MAX + 16).await else {
+                                return;
+                            };
+                            let mut buffer = BytesMut::from(&bytes[..]);
+                            let mut out = BytesMut::new();
+                            match FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX)
+                                .next_frame(&mut buffer)
+                                .map(|frame| frame.map(|frame| frame.decode()))
+                            {
+                                Ok(Some(Ok(Message::ServiceRequest(request)))) => match handler(request) {
+                                    Ok(proof) => proof.encode_frame(&mut out),
+                                    Err(error) => error.encode_frame(&mut out),
+                                },
+                                _ => ErrorMessage::new(
+                                    wire::ErrorCode::UNEXPECTED_MESSAGE,
+                                    "a service stream carries one Service Request",
+                                )
+                                .encode_frame(&mut out),
+                            }
+                            let _ = send.write_all(&out).await;
+                            let _ = send.finish();
+                            let _ = send.stopped().await;
+                        });
+                    }
+                });
+            }
+        });
+        Ok(Self { endpoint, task })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|error| ClientError::Connect(error.to_string()))
+    }
+
+    /// Stop serving.
+    pub fn stop(self) {
+        self.endpoint.close(0u32.into(), b"stopped");
+        self.task.abort();
+    }
+}
+
+/// The user's side of a Service Request (210 → 211): send it to the
+/// provider at `address` (certified by the CA `ca_der`) and return its
+/// answer, unchecked: check it with [`crate::user::check_proof`].
+pub async fn request_service(
+    address: SocketAddr,
+    ca_der: &[u8],
+    request: &Maced<ServiceRequest>,
+) -> Result<Maced<ServiceProof>, ClientError> {
+    let (endpoint, connection) = connect_anonymous(address, ca_der).await?;
+    let mut frame = BytesMut::new();
+    request.encode_frame(&mut frame);
+    let answer = exchange(&connection, &frame, |_| true).await;
+    connection.close(0u32.into(), b"done");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    match answer?.pop() {
+        Some(Message::ServiceProof(proof)) => Ok(proof),
+        Some(Message::Error(error)) => Err(ClientError::Refused(error)),
+        Some(other) => Err(ClientError::Unexpected(other.message_type().0)),
+        None => Err(ClientError::Connection("no answer".into())),
+    }
+}

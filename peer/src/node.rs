@@ -1,0 +1,257 @@
+//! A Service Provider as one object, for providers that take the whole
+//! library: its connection to the AM (receiving pushed User Credentials,
+//! 208), its endpoint for users (Service Request → proof, 210/211), and
+//! its sessions' accounting (214/220) with retransmission of everything
+//! unacked after a reconnect (same message ids: the AM's dedup makes the
+//! delivery exactly-once).
+//!
+//! Bounds: sessions held are those the AM pushed (the AM bounds them);
+//! each session holds at most `UNACKED_MESSAGES_MAX` unacked messages;
+//! pushed-credential notifications queue up to [`ARRIVALS_MAX`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use wire::{AccountingKind, AckStatus, ErrorCode, ErrorMessage, MessageId, PublicKey, ReceiptStatus, SessionId, Usage};
+
+use crate::net::ServiceServer;
+use crate::provider::{AckOutcome, ProviderError, ProviderSession};
+use crate::quic::{AmClient, ClientError, ClientIdentity, Received};
+
+/// Pushed credentials waiting to be noticed by [`ProviderNode::next_credential`].
+pub const ARRIVALS_MAX: usize = 1024;
+
+type Sessions = Arc<Mutex<HashMap<SessionId, ProviderSession>>>;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What one [`ProviderNode::deliver`] achieved.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Messages sent (unacked ones, retransmissions included).
+    pub sent: usize,
+    /// Answered STORED or DUPLICATE: stored once at the AM.
+    pub stored: usize,
+    /// Of those, answered DUPLICATE (a retransmission of a stored message).
+    pub duplicates: usize,
+    /// Refused for good, with the reason.
+    pub refused: Vec<(MessageId, AckStatus)>,
+    /// Still unacked (retry later).
+    pub pending: usize,
+}
+
+/// A running Service Provider.
+pub struct ProviderNode {
+    am_address: SocketAddr,
+    identity: ClientIdentity,
+    am_key: PublicKey,
+    client: tokio::sync::Mutex<Option<AmClient>>,
+    sessions: Sessions,
+    arrivals: tokio::sync::Mutex<mpsc::Receiver<SessionId>>,
+    arrivals_sender: mpsc::Sender<SessionId>,
+    server: ServiceServer,
+}
+
+impl ProviderNode {
+    /// Connect to the AM as `identity` (a provider certificate), accept the
+    /// credentials it pushes (verified with `am_key`), and serve users on
+    /// `service_listen`.
+    pub async fn start(
+        am_address: SocketAddr,
+        identity: ClientIdentity,
+        am_key: PublicKey,
+        service_listen: SocketAddr,
+    ) -> Result<Self, ClientError> {
+        let sessions: Sessions = Arc::new(Mutex::new(HashMap::new()));
+        let (arrivals_sender, arrivals) = mpsc::channel(ARRIVALS_MAX);
+        let served = sessions.clone();
+        let server = ServiceServer::start(
+            service_listen,
+            &identity.certificate_der,
+            &identity.signing_key,
+            move |request| {
+                let mut sessions = served
+                    .lock()
+                    .map_err(|_| ErrorMessage::new(ErrorCode::INTERNAL, "sessions poisoned"))?;
+                let Some(session) = sessions.get_mut(&request.value().session_id) else {
+                    return Err(ErrorMessage::new(
+                        ErrorCode::SESSION_REFUSED,
+                        "this provider holds no such session",
+                    ));
+                };
+                session.validate(&request, now_ms()).map_err(|error| match error {
+                    ProviderError::RequestMac | ProviderError::WrongSession(_) => {
+                        ErrorMessage::new(ErrorCode::SESSION_REFUSED, &error.to_string())
+                    }
+                    other => ErrorMessage::new(ErrorCode::INTERNAL, &other.to_string()),
+                })
+            },
+        )?;
+        let node = Self {
+            am_address,
+            identity,
+            am_key,
+            client: tokio::sync::Mutex::new(None),
+            sessions,
+            arrivals: tokio::sync::Mutex::new(arrivals),
+            arrivals_sender,
+            server,
+        };
+        node.connect().await?;
+        Ok(node)
+    }
+
+    /// (Re)connect to the AM and serve its pushes on the new connection.
+    async fn connect(&self) -> Result<(), ClientError> {
+        let client = AmClient::connect(self.am_address, &self.identity).await?;
+        let sessions = self.sessions.clone();
+        let am_key = self.am_key.clone();
+        let signing_key = self.identity.signing_key.clone();
+        let arrivals = self.arrivals_sender.clone();
+        client.serve_pushes(move |credential| {
+            let session_id = credential.value().session_id;
+            let Ok(session) = ProviderSession::accept(credential, &am_key, signing_key.clone()) else {
+                return ReceiptStatus::BAD_SIGNATURE;
+            };
+            let Ok(mut sessions) = sessions.lock() else {
+                return ReceiptStatus::BUSY;
+            };
+            sessions.entry(session_id).or_insert(session);
+            let _ = arrivals.try_send(session_id);
+            ReceiptStatus::ACCEPTED
+        });
+        *self.client.lock().await = Some(client);
+        Ok(())
+    }
+
+    /// Close the connection to the AM (as a network failure would); the
+    /// next [`ProviderNode::deliver`] reconnects.
+    pub async fn disconnect(&self) {
+        if let Some(client) = self.client.lock().await.take() {
+            client.close().await;
+        }
+    }
+
+    /// Where users reach this provider.
+    pub fn service_address(&self) -> Result<SocketAddr, ClientError> {
+        self.server.local_addr()
+    }
+
+    /// Wait (at most `timeout`) for the next credential the AM pushes.
+    pub async fn next_credential(&self, timeout: Duration) -> Option<SessionId> {
+        let mut arrivals = self.arrivals.lock().await;
+        tokio::time::timeout(timeout, arrivals.recv()).await.ok().flatten()
+    }
+
+    /// Account for a session: the message is signed and kept until acked.
+    pub fn account(
+        &self,
+        session_id: SessionId,
+        kind: AccountingKind,
+        usage: Usage,
+    ) -> Result<MessageId, ProviderError> {
+        let mut sessions = self.sessions.lock().map_err(|_| ProviderError::Backlog)?;
+        let session = sessions
+            .get_mut(&session_id)
+            .ok_or(ProviderError::WrongSession(session_id))?;
+        Ok(session.account(kind, usage)?.value().message_id())
+    }
+
+    /// Whether the session is closed by its final accounting (`None`: unknown).
+    pub fn is_closed(&self, session_id: SessionId) -> Option<bool> {
+        self.sessions
+            .lock()
+            .ok()
+            .and_then(|sessions| sessions.get(&session_id).map(ProviderSession::is_closed))
+    }
+
+    /// Send every unacked message of every session (retransmissions keep
+    /// their ids) and wait, at most `timeout`, for their acks. Reconnects
+    /// first if the connection to the AM is gone.
+    pub async fn deliver(&self, timeout: Duration) -> Result<Delivery, ClientError> {
+        let outgoing: Vec<_> = match self.sessions.lock() {
+            Ok(sessions) => sessions
+                .values()
+                .flat_map(|session| session.unacked().cloned())
+                .collect(),
+            Err(_) => return Err(ClientError::Connection("sessions poisoned".into())),
+        };
+        let mut delivery = Delivery {
+            sent: outgoing.len(),
+            ..Delivery::default()
+        };
+        if outgoing.is_empty() {
+            return Ok(delivery);
+        }
+        let alive = self
+            .client
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|client| client.close_reason().is_none());
+        if !alive {
+            self.connect().await?;
+        }
+        let stream = {
+            let client = self.client.lock().await;
+            let Some(client) = client.as_ref() else {
+                return Err(ClientError::Connection("not connected".into()));
+            };
+            client.open_accounting().await?
+        };
+        let (mut sender, mut receiver) = (stream.sender, stream.receiver);
+        for chunk in outgoing.chunks(256) {
+            sender.send(chunk).await?;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut answered = 0usize;
+        while answered < outgoing.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let entries = match tokio::time::timeout(left, receiver.next()).await {
+                Ok(Ok(Some(Received::Acks(entries)))) => entries,
+                Ok(Ok(Some(Received::Error(error)))) => return Err(ClientError::Refused(error)),
+                Ok(Ok(None)) | Err(_) => break,
+                Ok(Err(error)) => return Err(error),
+            };
+            let Ok(mut sessions) = self.sessions.lock() else {
+                return Err(ClientError::Connection("sessions poisoned".into()));
+            };
+            for entry in entries {
+                answered += 1;
+                let Some(session) = sessions.get_mut(&entry.message_id.session_id) else {
+                    continue;
+                };
+                match session.on_ack(&entry) {
+                    AckOutcome::Stored => {
+                        delivery.stored += 1;
+                        if entry.status == AckStatus::DUPLICATE {
+                            delivery.duplicates += 1;
+                        }
+                    }
+                    AckOutcome::Refused(status) => delivery.refused.push((entry.message_id, status)),
+                    AckOutcome::Retry(_) | AckOutcome::Unknown => {}
+                }
+            }
+        }
+        let _ = sender.finish();
+        delivery.pending = self
+            .sessions
+            .lock()
+            .map(|sessions| sessions.values().map(|session| session.unacked().count()).sum())
+            .unwrap_or(0);
+        Ok(delivery)
+    }
+
+    /// Stop: close the AM connection and the users' endpoint.
+    pub async fn stop(self) {
+        self.disconnect().await;
+        self.server.stop();
+    }
+}
