@@ -135,6 +135,19 @@ impl CertificateAuthority {
     /// Issue a certificate for `name` in `role`, valid for a year from now,
     /// with a fresh Ed25519 key.
     pub fn issue(&self, role: Role, name: &str) -> Result<IssuedIdentity, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_valid(role, name, now - Duration::hours(1), now + Duration::days(365))
+    }
+
+    /// Issue a certificate valid from `not_before` to `not_after` (tests
+    /// use this for expired and not-yet-valid certificates).
+    pub fn issue_valid(
+        &self,
+        role: Role,
+        name: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<IssuedIdentity, PkiError> {
         let name = Name::new(name).map_err(|_| PkiError::BadName(name.to_owned()))?;
         let signing_key = fresh_signing_key()?;
         let key = rcgen_key(&signing_key)?;
@@ -158,9 +171,8 @@ impl CertificateAuthority {
         params.extended_key_usages = usages;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(365);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let issuer = Issuer::new(self.params.clone(), &self.key);
         let certificate = params.signed_by(&key, &issuer)?;
         Ok(IssuedIdentity {

@@ -64,6 +64,9 @@ async fn exchange(
         send.write_all(request)
             .await
             .map_err(|error| ClientError::Connection(error.to_string()))?;
+        // One request per stream: the peer may read to the end.
+        send.finish()
+            .map_err(|error| ClientError::Connection(error.to_string()))?;
         let decoder = FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX);
         let mut buffer = BytesMut::new();
         let mut answers = Vec::new();
@@ -74,7 +77,6 @@ async fn exchange(
                 let done = last(&message) || matches!(message, Message::Error(_));
                 answers.push(message);
                 if done {
-                    let _ = send.finish();
                     return Ok(answers);
                 }
             }

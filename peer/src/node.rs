@@ -164,6 +164,14 @@ impl ProviderNode {
         Ok(session.account(kind, usage)?.value().message_id())
     }
 
+    /// The User Credential the AM pushed for a session.
+    pub fn credential(&self, session_id: SessionId) -> Option<wire::Signed<wire::UserCredential>> {
+        self.sessions
+            .lock()
+            .ok()
+            .and_then(|sessions| sessions.get(&session_id).map(|session| session.credential().clone()))
+    }
+
     /// Whether the session is closed by its final accounting (`None`: unknown).
     pub fn is_closed(&self, session_id: SessionId) -> Option<bool> {
         self.sessions
