@@ -417,3 +417,33 @@ fn a_provider_reconnecting_mid_session_delivers_its_accounting_once() {
     assert_eq!(stored.len(), 7, "each message of the session stored");
     assert_eq!(unique.len(), 7, "none twice");
 }
+
+#[test]
+fn acct_demo_runs_the_whole_flow_and_exits_zero() {
+    let folder = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(acct_tests::binary("acct"))
+        .args(["demo", "--interims", "2", "--data"])
+        .arg(folder.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in [
+        "[201]",
+        "[202]",
+        "[208]",
+        "[206]",
+        "[210→211]",
+        "[214→216] interim 2",
+        "[220→221]",
+        "[222→224]",
+    ] {
+        assert!(stdout.contains(step), "missing {step}:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("verified").count(), 3, "{stdout}");
+    assert!(stdout.contains("acct demo: every step succeeded"));
+}

@@ -105,6 +105,13 @@ impl ServiceDirectory {
         Ok(Self { entries })
     }
 
+    /// A directory of exactly these entries.
+    pub fn from_entries(mut entries: Vec<ServiceEntry>) -> Self {
+        entries.sort_by_key(|entry| entry.service_id.0);
+        entries.dedup_by_key(|entry| entry.service_id.0);
+        Self { entries }
+    }
+
     /// Every entry, by id.
     pub fn entries(&self) -> &[ServiceEntry] {
         &self.entries

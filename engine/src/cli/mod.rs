@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand; `main.rs` only dispatches.
 
 pub mod audit;
+pub mod demo;
 pub mod init;
 pub mod report;
 pub mod serve;
@@ -26,6 +27,9 @@ pub enum Command {
     /// Run the Accounting Manager (with no arguments: the embedded default,
     /// exporting to an in-process Accounting Storage).
     Serve(serve::ServeArgs),
+    /// Run the whole flow on 127.0.0.1 (AM, storage, one provider, one
+    /// user, a session with interim and final accounting) and print it.
+    Demo(demo::DemoArgs),
     /// Run the Accounting Storage as its own service.
     Storage(storage::StorageArgs),
     /// Billing totals from the cold storage's Parquet files.
@@ -42,6 +46,7 @@ impl Cli {
             Command::Init(args) => init::run(args),
             Command::Serve(args) => serve::run(args),
             Command::Storage(args) => storage::run(args),
+            Command::Demo(args) => demo::run(args),
             Command::Report(args) => report::run(args),
             Command::Audit(args) => audit::run(args),
         }

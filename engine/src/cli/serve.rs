@@ -84,7 +84,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
+pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
     let (node, ca, certificate, key, data, listen, ingest, export, storage, services) = match &args.config {
         Some(path) => {
             let config = Config::load(path)?;
