@@ -116,6 +116,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let ingest = settings.ingest.clone();
     std::fs::create_dir_all(&settings.data).with_context(|| format!("creating {}", settings.data.display()))?;
+    // The store holds every session's User Credential, session key included:
+    // only the AM's user may read it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&settings.data, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to its owner", settings.data.display()))?;
+    }
     let store = Arc::new(Store::open(&settings.data).with_context(|| format!("opening {}", settings.data.display()))?);
     let ingest_pipeline = Ingest::start(store.clone(), &ingest)?;
     tracing::info!(sessions = ingest_pipeline.table.len(), "recovered");
