@@ -112,7 +112,7 @@ impl ProviderNode {
     async fn connect(&self) -> Result<(), ClientError> {
         let client = AmClient::connect(self.am_address, &self.identity).await?;
         let sessions = self.sessions.clone();
-        let am_key = self.am_key.clone();
+        let am_key = self.am_key;
         let signing_key = self.identity.signing_key.clone();
         let arrivals = self.arrivals_sender.clone();
         client.serve_pushes(move |credential| {
@@ -127,6 +127,20 @@ impl ProviderNode {
             let _ = arrivals.try_send(session_id);
             ReceiptStatus::ACCEPTED
         });
+        // An empty stream the AM answers (by finishing it) only once it
+        // serves this connection, and so once pushes can reach it.
+        let mut probe = client.open_accounting().await?;
+        probe.sender.finish()?;
+        match tokio::time::timeout(Duration::from_secs(10), probe.receiver.next()).await {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(other))) => {
+                return Err(ClientError::Connection(format!(
+                    "the AM answered the probe with {other:?}"
+                )));
+            }
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(ClientError::Connection("the AM did not answer within 10 s".into())),
+        }
         *self.client.lock().await = Some(client);
         Ok(())
     }
@@ -162,6 +176,11 @@ impl ProviderNode {
             .get_mut(&session_id)
             .ok_or(ProviderError::WrongSession(session_id))?;
         Ok(session.account(kind, usage)?.value().message_id())
+    }
+
+    /// Sessions held (every accepted push).
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map_or(0, |sessions| sessions.len())
     }
 
     /// The User Credential the AM pushed for a session.

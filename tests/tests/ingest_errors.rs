@@ -238,19 +238,19 @@ fn bad_input_gets_typed_answers_and_the_rest_keeps_working() {
             }
         );
 
-        // A user certificate may not account.
-        let user = AmClient::connect(am.address, &pki.identity(Role::User, "user-0001")).await;
-        if let Ok(user) = user {
-            let stream = user.open_accounting().await;
-            let refused = match stream {
-                Err(_) => true,
-                Ok(mut stream) => {
-                    let _ = stream.sender.send_raw(&[1]).await;
-                    !matches!(stream.receiver.next().await, Ok(Some(Received::Acks(_))))
-                }
-            };
-            assert!(refused);
+        // A user may not account: a user connection carries service list
+        // and credential requests only.
+        let user = AmClient::connect(am.address, &pki.identity(Role::User, "user-0001"))
+            .await
+            .unwrap();
+        let mut stream = user.open_accounting().await.unwrap();
+        stream.sender.send(std::slice::from_ref(&next)).await.unwrap();
+        stream.sender.finish().unwrap();
+        match tokio::time::timeout(Duration::from_secs(30), stream.receiver.next()).await {
+            Ok(Ok(Some(Received::Error(error)))) => assert_eq!(error.code, wire::ErrorCode::UNEXPECTED_MESSAGE),
+            other => panic!("a user's accounting was answered {other:?}"),
         }
+        user.close().await;
         client.close().await;
         their_client.close().await;
         admin.close().await;

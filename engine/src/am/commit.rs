@@ -37,6 +37,9 @@ pub struct Committer {
     settings: CommitSettings,
 }
 
+/// Where the committer answers a session opening.
+type SessionReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 /// An ack decided in a group, sent after the group's write.
 struct Answer {
     reply: AckSender,
@@ -108,28 +111,42 @@ impl Committer {
     fn process(&mut self, group: &mut Vec<CommitCommand>) {
         let now = now_ms();
         let mut records: Vec<Verified> = Vec::with_capacity(group.iter().map(CommitCommand::messages).sum());
+        let mut opens = Vec::new();
         for command in group.drain(..) {
             match command {
                 CommitCommand::Records(verified) => records.extend(verified),
-                CommitCommand::OpenSession { session, reply } => {
-                    let _ = reply.send(self.open_session(session, now));
-                }
+                CommitCommand::OpenSession { session, reply } => opens.push((session, reply)),
             }
+        }
+        if !opens.is_empty() {
+            self.open_sessions(opens, now);
         }
         if !records.is_empty() {
             self.commit_records(records, now);
         }
     }
 
-    fn open_session(&mut self, session: Arc<SessionInfo>, now: u64) -> Result<(), String> {
+    /// Store new sessions, all in one synced write (credential issuance
+    /// under load: one fsync for many sessions), then answer each.
+    fn open_sessions(&mut self, opens: Vec<(Arc<SessionInfo>, SessionReply)>, now: u64) {
         let progress = SessionProgress::new(now);
-        self.store
-            .insert_session(&session, &progress)
-            .map_err(|error| error.to_string())?;
-        self.table.insert(session.clone());
-        self.sessions.insert(session.session_id(), (session, progress));
+        let sessions: Vec<&SessionInfo> = opens.iter().map(|(session, _)| session.as_ref()).collect();
+        match self.store.insert_sessions(&sessions, &progress) {
+            Ok(()) => {
+                for (session, reply) in opens {
+                    self.table.insert(session.clone());
+                    self.sessions.insert(session.session_id(), (session, progress));
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                let detail = error.to_string();
+                for (_, reply) in opens {
+                    let _ = reply.send(Err(detail.clone()));
+                }
+            }
+        }
         metrics::gauge!("acct_sessions").set(self.sessions.len() as f64);
-        Ok(())
     }
 
     fn commit_records(&mut self, records: Vec<Verified>, now: u64) {
@@ -404,7 +421,9 @@ mod tests {
         )
         .unwrap();
         let session = SessionInfo::new(Name::new("p1").unwrap(), credential, now);
-        committer.open_session(session.clone(), now).unwrap();
+        let (opened, result) = tokio::sync::oneshot::channel();
+        committer.open_sessions(vec![(session.clone(), opened)], now);
+        result.blocking_recv().unwrap().unwrap();
         let provider_key = SigningKey::from_seed(&[2; 32]);
         let (reply, acks) = tokio::sync::mpsc::channel(1024);
         Harness {

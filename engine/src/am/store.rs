@@ -280,10 +280,18 @@ impl Store {
 
     /// Store a new session (synced) before its credential is handed out.
     pub fn insert_session(&self, info: &SessionInfo, progress: &SessionProgress) -> Result<(), StoreError> {
+        self.insert_sessions(&[info], progress)
+    }
+
+    /// Store new sessions in one synced write, each with `progress`.
+    pub fn insert_sessions(&self, infos: &[&SessionInfo], progress: &SessionProgress) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        let key = info.session_id().0;
-        batch.put_cf(self.family(SESSIONS), key, encode_session(info));
-        batch.put_cf(self.family(PROGRESS), key, encode_progress(progress));
+        let encoded = encode_progress(progress);
+        for info in infos {
+            let key = info.session_id().0;
+            batch.put_cf(self.family(SESSIONS), key, encode_session(info));
+            batch.put_cf(self.family(PROGRESS), key, encoded);
+        }
         self.write_synced(batch)
     }
 

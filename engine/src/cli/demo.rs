@@ -135,7 +135,7 @@ async fn demo(data: &std::path::Path, interims: u64) -> anyhow::Result<()> {
     let user_identity = identity(Role::User, "user-0001")?;
     let ca_der = user_identity.ca_der.clone();
 
-    let provider = ProviderNode::start(am_address, provider_identity, am_key.clone(), provider_address)
+    let provider = ProviderNode::start(am_address, provider_identity, am_key, provider_address)
         .await
         .context("starting the provider")?;
     step(&format!(
