@@ -345,7 +345,8 @@ data = "data"
 # receiving_max = 2                       # batches buffered at once, up to 64 MiB each
 
 # The services users may request credentials for (the service list). Without
-# any, the AM offers service N by provider-000N at 127.0.0.1:700N for N = 1..4.
+# any, the AM offers service N by provider-N (4 digits, as `acct init` names
+# providers) at 127.0.0.1:(7000 + N), for N = 1..10000.
 # [[services]]
 # id = 1
 # name = "video-call"

@@ -43,24 +43,79 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
             eprintln!("{line}");
         }
     };
-    let identities = plan::identities(&settings.pki, settings.providers)?;
+    let identities = plan::identities(&settings.pki, settings.providers, settings.users)?;
     say(format!(
-        "loadgen: {} providers ({} certificates minted), opening {} sessions on {}",
+        "loadgen: {} providers and {} users ({} certificates minted); connecting the providers to {}",
+        settings.providers, settings.users, identities.minted, settings.am
+    ));
+    let configs = identities
+        .providers
+        .iter()
+        .map(|(_, identity)| peer::quic::client_config(identity))
+        .collect::<Result<Vec<_>, _>>()?;
+    let endpoints = (0..settings.sockets.min(settings.providers))
+        .map(|_| {
+            let bind = if settings.am.is_ipv6() {
+                std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            } else {
+                std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+            };
+            peer::quic::shared_endpoint(bind).context("opening a UDP socket")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    // Every provider connects before sessions are issued (the AM pushes
+    // each User Credential to its provider's connection) and before the
+    // clock starts (the timed phase measures accounting, not handshakes).
+    let connecting_at = Instant::now();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let connect_progress = progress_line(&settings, "connecting", connected.clone(), None);
+    let (clients, connect_failures) = drive::connect_all(&settings, &configs, &endpoints, connected.clone()).await;
+    connect_progress.abort();
+    let connect_s = connecting_at.elapsed().as_secs_f64();
+    let providers_connected = clients.iter().filter(|client| client.is_some()).count();
+    let pushed: plan::Pushed = Arc::default();
+    for client in clients.iter().flatten() {
+        let pushed = pushed.clone();
+        client.serve_pushes(move |credential| {
+            if let Ok(mut pushed) = pushed.lock() {
+                pushed.insert(credential.value().session_id, credential);
+                wire::ReceiptStatus::ACCEPTED
+            } else {
+                wire::ReceiptStatus::BUSY
+            }
+        });
+    }
+    for client in clients.iter().flatten() {
+        client
+            .confirm_served(Duration::from_secs(30))
+            .await
+            .context("waiting for the AM to serve a provider")?;
+    }
+    say(format!(
+        "loadgen: {providers_connected} of {} providers connected in {connect_s:.1} s ({connect_failures} failed attempts); opening {} sessions",
         settings.providers,
-        identities.minted,
-        settings.session_count(),
-        settings.am
+        settings.session_count()
     ));
     let opened_at = Instant::now();
-    let sessions = plan::open_sessions(&settings, &identities).await?;
+    let sessions = if settings.admin_sessions {
+        plan::open_sessions(&settings, &identities).await?
+    } else {
+        plan::issue_credentials(&settings, &identities, &pushed).await?
+    };
     let sessions_open_s = opened_at.elapsed().as_secs_f64();
     let session_ids: Vec<wire::SessionId> = sessions
         .iter()
         .map(|(_, credential)| credential.value().session_id)
         .collect();
     say(format!(
-        "loadgen: {} sessions opened in {sessions_open_s:.1} s; signing {} messages ahead",
+        "loadgen: {} sessions opened in {sessions_open_s:.1} s ({}); signing {} messages ahead",
         sessions.len(),
+        if settings.admin_sessions {
+            "admin path"
+        } else {
+            "credential requests by users"
+        },
         settings.interims_planned() + sessions.len() as u64
     ));
     let signing_at = Instant::now();
@@ -78,38 +133,9 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         .iter()
         .map(|plan| (plan.interims.len() + plan.finals.len()) as u64)
         .sum();
-    let configs = identities
-        .providers
-        .iter()
-        .map(|(_, identity)| peer::quic::client_config(identity))
-        .collect::<Result<Vec<_>, _>>()?;
-    let endpoints = (0..settings.sockets.min(settings.providers))
-        .map(|_| {
-            let bind = if settings.am.is_ipv6() {
-                std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-            } else {
-                std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-            };
-            peer::quic::shared_endpoint(bind).context("opening a UDP socket")
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     say(format!(
-        "loadgen: {messages_presigned} messages signed in {signing_s:.1} s; connecting {} providers",
-        settings.providers
-    ));
-
-    // Every provider connects before the clock starts, so that the timed
-    // phase measures accounting, not the handshake storm.
-    let connecting_at = Instant::now();
-    let connected = Arc::new(AtomicUsize::new(0));
-    let connect_progress = progress_line(&settings, "connecting", connected.clone(), None);
-    let (clients, connect_failures) = drive::connect_all(&settings, &configs, &endpoints, connected.clone()).await;
-    connect_progress.abort();
-    let connect_s = connecting_at.elapsed().as_secs_f64();
-    let providers_connected = clients.iter().filter(|client| client.is_some()).count();
-    say(format!(
-        "loadgen: {providers_connected} of {} providers connected in {connect_s:.1} s ({connect_failures} failed attempts); sending for {} s",
-        settings.providers, settings.duration
+        "loadgen: {messages_presigned} messages signed in {signing_s:.1} s; sending for {} s",
+        settings.duration
     ));
     let shared = Shared::new();
     shared.add_connect_failures(connect_failures);
@@ -127,6 +153,13 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         signing_s,
         credentials_issued: session_ids.len() as u64,
         sessions_open_s,
+        credentials_per_s: session_ids.len() as f64 / sessions_open_s.max(1e-9),
+        sessions_via: if settings.admin_sessions {
+            "admin"
+        } else {
+            "credentials"
+        }
+        .to_owned(),
         certificates_minted: identities.minted as u64,
         providers_connected: providers_connected as u64,
         connect_s,

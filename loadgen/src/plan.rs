@@ -34,13 +34,16 @@ pub struct Identities {
     pub am_key: PublicKey,
     /// Each provider's identity, in order.
     pub providers: Vec<(Name, ClientIdentity)>,
-    /// Providers whose certificate loadgen minted with the CA key.
+    /// Each user's identity (`user-000N`), in order: they request the
+    /// credentials.
+    pub users: Vec<ClientIdentity>,
+    /// Provider and user certificates loadgen minted with the CA key.
     pub minted: usize,
 }
 
 /// Load the PKI folder: provider `i` is `provider-000i` as `acct init`
 /// names it, read from the folder when there, minted otherwise.
-pub fn identities(folder: &Path, providers: usize) -> anyhow::Result<Identities> {
+pub fn identities(folder: &Path, providers: usize, users: usize) -> anyhow::Result<Identities> {
     let ca_der = acct::pki::read_certificate_der(&folder.join(acct::pki::CA_CERTIFICATE_FILE))
         .with_context(|| format!("reading the CA certificate in {}", folder.display()))?;
     let read = |role: Role, name: &Name| -> anyhow::Result<Option<ClientIdentity>> {
@@ -65,40 +68,136 @@ pub fn identities(folder: &Path, providers: usize) -> anyhow::Result<Identities>
     let am_key = admin.signing_key.public_key();
     let mut authority = None;
     let mut minted = 0;
+    let mut identity_of = |role: Role, name: &Name| -> anyhow::Result<ClientIdentity> {
+        if let Some(identity) = read(role, name)? {
+            return Ok(identity);
+        }
+        if authority.is_none() {
+            authority = Some(acct::pki::CertificateAuthority::load(folder).with_context(|| {
+                format!(
+                    "{} lacks the certificate of {name} and has no CA key to mint it",
+                    folder.display()
+                )
+            })?);
+        }
+        let Some(ca) = authority.as_ref() else {
+            anyhow::bail!("no CA to mint certificates");
+        };
+        let issued = ca.issue(role, name.as_str())?;
+        minted += 1;
+        Ok(ClientIdentity {
+            ca_der: ca_der.clone(),
+            certificate_der: issued.certificate_der,
+            signing_key: issued.signing_key,
+        })
+    };
     let mut out = Vec::with_capacity(providers);
     for index in 1..=providers {
         let name = Name::new(acct::pki::provider_name(index))?;
-        let identity = match read(Role::Provider, &name)? {
-            Some(identity) => identity,
-            None => {
-                if authority.is_none() {
-                    authority = Some(acct::pki::CertificateAuthority::load(folder).with_context(|| {
-                        format!(
-                            "{} has fewer than {providers} provider certificates and no CA key to mint more",
-                            folder.display()
-                        )
-                    })?);
-                }
-                let Some(ca) = authority.as_ref() else {
-                    anyhow::bail!("no CA to mint provider certificates");
-                };
-                let issued = ca.issue(Role::Provider, name.as_str())?;
-                minted += 1;
-                ClientIdentity {
-                    ca_der: ca_der.clone(),
-                    certificate_der: issued.certificate_der,
-                    signing_key: issued.signing_key,
-                }
-            }
-        };
-        out.push((name, identity));
+        out.push((name.clone(), identity_of(Role::Provider, &name)?));
+    }
+    let mut user_identities = Vec::with_capacity(users);
+    for index in 1..=users {
+        let name = Name::new(acct::pki::user_name(index))?;
+        user_identities.push(identity_of(Role::User, &name)?);
     }
     Ok(Identities {
         admin,
         am_key,
         providers: out,
+        users: user_identities,
         minted,
     })
+}
+
+/// User Credentials the AM pushed to loadgen's providers, by session.
+pub type Pushed = Arc<std::sync::Mutex<std::collections::HashMap<SessionId, Signed<UserCredential>>>>;
+
+/// User connections requesting credentials at once.
+const USER_CONNECTIONS: usize = 16;
+/// Requests in flight per user connection.
+const REQUESTS_PER_USER_CONNECTION: usize = 4;
+
+/// Sessions of the run, through the patent's flow: users request
+/// credentials for service N+1 (the AM's development service of provider
+/// N+1), the AM pushes each User Credential to the provider's connection
+/// (where `pushed` collects it) before answering. Returns each session's
+/// provider index and the User Credential the provider received.
+pub async fn issue_credentials(
+    settings: &Settings,
+    identities: &Identities,
+    pushed: &Pushed,
+) -> anyhow::Result<Vec<(usize, Signed<UserCredential>)>> {
+    let count = settings.session_count();
+    let now = acct::clock::now_ms();
+    let mut requests = Vec::with_capacity(count);
+    for index in 0..count {
+        let provider = index % settings.providers;
+        let user = &identities.users[index % identities.users.len()];
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|error| anyhow::anyhow!("randomness: {error}"))?;
+        let (id, nonce) = random.split_at(16);
+        let request = peer::user::credential_request(
+            ServiceId(u32::try_from(provider + 1)?),
+            wire::RequestId(id.try_into()?),
+            wire::Nonce(nonce.try_into()?),
+            now,
+            Address::new(format!("127.0.0.{}:{}", 1 + index % 250, 10_000 + index % 50_000))?,
+            Bytes::from(user.certificate_der.clone()),
+            &user.signing_key,
+        )?;
+        requests.push((provider, request));
+    }
+    let requests = Arc::new(requests);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ca_der = identities.admin.ca_der.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..USER_CONNECTIONS.min(count.max(1)) {
+        let client = Arc::new(
+            peer::net::UserClient::connect(settings.am, &ca_der)
+                .await
+                .context("connecting to the AM as a user")?,
+        );
+        for _ in 0..REQUESTS_PER_USER_CONNECTION {
+            let (client, requests, next, pushed, am_key) = (
+                client.clone(),
+                requests.clone(),
+                next.clone(),
+                pushed.clone(),
+                identities.am_key,
+            );
+            tasks.spawn(async move {
+                let mut issued = Vec::new();
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((provider, request)) = requests.get(index) else {
+                        return Ok::<_, anyhow::Error>(issued);
+                    };
+                    let credential = client
+                        .request_credential(request)
+                        .await
+                        .with_context(|| format!("requesting a credential for service {}", provider + 1))?;
+                    peer::user::check_credential(&credential, request.value().request_id, &am_key)?;
+                    let session_id = credential.value().session_id;
+                    let user_credential = pushed
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("pushed credentials poisoned"))?
+                        .remove(&session_id)
+                        .context("the AM answered before the provider held the User Credential")?;
+                    issued.push((index, *provider, user_credential));
+                }
+            });
+        }
+    }
+    let mut sessions = Vec::with_capacity(count);
+    while let Some(result) = tasks.join_next().await {
+        sessions.extend(result.context("credential task")??);
+    }
+    sessions.sort_unstable_by_key(|(index, _, _)| *index);
+    Ok(sessions
+        .into_iter()
+        .map(|(_, provider, credential)| (provider, credential))
+        .collect())
 }
 
 /// Sessions of the run, opened through the AM's admin path: provider index

@@ -155,6 +155,12 @@ pub struct Setup {
     pub credentials_issued: u64,
     /// Seconds spent opening them.
     pub sessions_open_s: f64,
+    /// Sessions opened per second (credential issuance rate through the
+    /// whole flow, or the admin path with `--admin-sessions`).
+    pub credentials_per_s: f64,
+    /// How the sessions were opened: `credentials` (users' requests, the
+    /// AM's push to the provider) or `admin`.
+    pub sessions_via: String,
     /// Provider certificates minted by loadgen.
     pub certificates_minted: u64,
     /// Providers whose first connection came up.
@@ -287,9 +293,11 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  setup: {} sessions opened in {:.1} s, {} messages signed ahead in {:.1} s, {} providers connected in {:.1} s",
+            "  setup: {} sessions opened via {} in {:.1} s ({:.0}/s), {} messages signed ahead in {:.1} s, {} providers connected in {:.1} s",
             self.setup.credentials_issued,
+            self.setup.sessions_via,
             self.setup.sessions_open_s,
+            self.setup.credentials_per_s,
             self.setup.messages_presigned,
             self.setup.signing_s,
             self.setup.providers_connected,

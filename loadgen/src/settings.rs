@@ -90,6 +90,11 @@ pub struct Settings {
     /// lost and the doubled ones.
     #[arg(long)]
     pub audit: bool,
+    /// Open the sessions through the operator's admin path instead of
+    /// users' credential requests (for an AM whose service list does not
+    /// offer service N by provider-N).
+    #[arg(long)]
+    pub admin_sessions: bool,
     /// With --audit: the cold storage folder (the AS's Parquet files, e.g.
     /// DATA/cold for `acct serve --data DATA`), so that exported messages
     /// count as stored.

@@ -127,20 +127,7 @@ impl ProviderNode {
             let _ = arrivals.try_send(session_id);
             ReceiptStatus::ACCEPTED
         });
-        // An empty stream the AM answers (by finishing it) only once it
-        // serves this connection, and so once pushes can reach it.
-        let mut probe = client.open_accounting().await?;
-        probe.sender.finish()?;
-        match tokio::time::timeout(Duration::from_secs(10), probe.receiver.next()).await {
-            Ok(Ok(None)) => {}
-            Ok(Ok(Some(other))) => {
-                return Err(ClientError::Connection(format!(
-                    "the AM answered the probe with {other:?}"
-                )));
-            }
-            Ok(Err(error)) => return Err(error),
-            Err(_) => return Err(ClientError::Connection("the AM did not answer within 10 s".into())),
-        }
+        client.confirm_served(Duration::from_secs(10)).await?;
         *self.client.lock().await = Some(client);
         Ok(())
     }

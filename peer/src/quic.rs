@@ -182,6 +182,24 @@ impl AmClient {
         }
     }
 
+    /// Wait (at most `timeout`) until the AM serves this connection: an
+    /// empty stream that the AM finishes only then. After it, credentials
+    /// the AM pushes can reach this provider.
+    pub async fn confirm_served(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut probe = self.open_accounting().await?;
+        probe.sender.finish()?;
+        match tokio::time::timeout(timeout, probe.receiver.next()).await {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(other))) => Err(ClientError::Connection(format!(
+                "the AM answered the probe with {other:?}"
+            ))),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(ClientError::Connection(format!(
+                "the AM did not serve the connection within {timeout:?}"
+            ))),
+        }
+    }
+
     /// Answer the AM's pushed User Credentials (208) on this connection:
     /// each pushed stream's credential goes to `handler`, whose status is
     /// sent back as the receipt. Runs until the connection closes.

@@ -10,8 +10,8 @@ use acct_tests::{AmProcess, TestPki, binary};
 
 #[test]
 fn loadgen_run_is_acked_exactly_once_and_audited() {
-    // Only the admin identity comes from the PKI folder: loadgen mints the
-    // 300 provider certificates with the CA key.
+    // Only the AM's identity comes from the PKI folder: loadgen mints the
+    // 300 provider and 50 user certificates with the CA key.
     let pki = TestPki::new(0, 0);
     // Exports run during the load and during the audit: the audit joins
     // the hot store and the cold storage.
@@ -54,6 +54,9 @@ fn loadgen_run_is_acked_exactly_once_and_audited() {
     assert_eq!(number("acked_stored"), 6600, "{stdout}");
     assert_eq!(number("unanswered"), 0, "{stdout}");
     assert_eq!(number("credentials_issued"), 600);
+    // Through the patent's flow: users' requests, pushes to the providers.
+    assert_eq!(report["sessions_via"].as_str(), Some("credentials"));
+    assert!(report["credentials_per_s"].as_f64().is_some_and(|rate| rate > 0.0));
     assert_eq!(number("lost"), 0, "{stdout}");
     assert_eq!(number("double_stored"), 0, "{stdout}");
     assert_eq!(report["audit"]["stored_once"].as_u64(), Some(6600), "{stdout}");

@@ -27,6 +27,9 @@ pub const REPLAY_WINDOW_MS: u64 = 2 * REQUEST_SKEW_MS_MAX;
 /// Requests remembered at most (about 100 bytes each: 10 MB). When full
 /// of unexpired entries, new requests are answered BUSY.
 pub const REPLAY_ENTRIES_MAX: usize = 100_000;
+/// Services in the development default: one per development provider, as
+/// many as loadgen can run (10,000 providers).
+pub const DEFAULT_SERVICES: u32 = 10_000;
 /// How long the AM waits for a provider's receipt.
 pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -38,11 +41,12 @@ pub struct ServiceDirectory {
 
 impl ServiceDirectory {
     /// From the config's `[[services]]`, or the development default: service
-    /// N by `provider-000N` at 127.0.0.1:700N, N = 1..=4.
+    /// N offered by `provider-N` (the development PKI's names, 4 digits) at
+    /// 127.0.0.1:(7000 + N), for N = 1..=[`DEFAULT_SERVICES`].
     pub fn from_config(services: &[ServiceConfig]) -> anyhow::Result<Self> {
         let mut entries = Vec::new();
         if services.is_empty() {
-            for index in 1..=4u32 {
+            for index in 1..=DEFAULT_SERVICES {
                 entries.push(ServiceEntry {
                     service_id: ServiceId(index),
                     name: Name::new(format!("service-{index}"))?,
@@ -393,10 +397,10 @@ mod tests {
     #[test]
     fn the_default_directory_lists_the_development_providers() {
         let directory = ServiceDirectory::from_config(&[]).unwrap();
-        assert_eq!(directory.entries().len(), 4);
+        assert_eq!(directory.entries().len(), DEFAULT_SERVICES as usize);
         let entry = directory.get(ServiceId(2)).unwrap();
         assert_eq!(entry.provider.as_str(), "provider-0002");
         assert_eq!(entry.policy.valid_until_ms, 24 * 3600 * 1000);
-        assert!(directory.get(ServiceId(5)).is_none());
+        assert!(directory.get(ServiceId(DEFAULT_SERVICES + 1)).is_none());
     }
 }
