@@ -31,6 +31,21 @@ pub struct Config {
     /// The services the AM accounts for (its service list, step 201).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Revocations, re-read while the AM runs.
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// What the AM re-reads from the config file while it runs (every second,
+/// when the file changes): no restart needed to revoke a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Denied certificates: a certificate's name (`provider-0003`: every
+    /// certificate with that name) or `sha256:<hex>` of one certificate's
+    /// DER. Denied providers are disconnected within about a second and
+    /// refused afterwards; denied users get no credentials.
+    pub denied: Vec<String>,
 }
 
 /// One service users may request a credential for.
@@ -343,6 +358,13 @@ data = "data"
 # key = "storage-1.key.pem"
 # connections_max = 16
 # receiving_max = 2                       # batches buffered at once, up to 64 MiB each
+
+[security]
+# Revoked certificates, applied without restart: the AM re-reads this list
+# when the file changes (checked every second). A name denies every
+# certificate with that name; "sha256:<hex>" one certificate (SHA-256 of its
+# DER, e.g. `openssl x509 -in c.pem -outform der | sha256sum`).
+# denied = ["provider-0003", "sha256:9f86d081884c7d65..."]
 
 # The services users may request credentials for (the service list). Without
 # any, the AM offers service N by provider-N (4 digits, as `acct init` names

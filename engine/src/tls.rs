@@ -113,3 +113,11 @@ pub fn server_endpoint(
     .with_context(|| format!("listening on {listen}"))?;
     Ok((endpoint, buffer))
 }
+
+/// The DER of a connection's peer certificate, if it presented one.
+pub fn peer_certificate(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|certificate| certificate.to_vec()))
+}

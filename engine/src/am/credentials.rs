@@ -243,6 +243,8 @@ pub struct Issuer<'a> {
     pub providers: &'a ProviderRegistry,
     /// The AM's key (signs both credentials).
     pub signing_key: &'a SigningKey,
+    /// Revoked certificates.
+    pub deny: &'a super::deny::DenyList,
 }
 
 /// A session minted and confirmed by its provider, ready to be stored.
@@ -269,6 +271,9 @@ impl Issuer<'_> {
             .verify_credential_request(request, now_ms / 1000)
             .map_err(|error| refuse(ErrorCode::CREDENTIAL_REFUSED, &error.to_string()))?;
         let value = request.value();
+        if self.deny.is_denied(identity.name.as_str(), &value.certificate) {
+            return Err(refuse(ErrorCode::CREDENTIAL_REFUSED, "certificate revoked"));
+        }
         if value.timestamp_ms.abs_diff(now_ms) > REQUEST_SKEW_MS_MAX {
             return Err(refuse(
                 ErrorCode::REPLAYED_REQUEST,

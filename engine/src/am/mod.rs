@@ -8,6 +8,7 @@
 
 pub mod commit;
 pub mod credentials;
+pub mod deny;
 pub mod export;
 pub mod ingest;
 pub mod pipeline;

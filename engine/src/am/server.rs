@@ -25,6 +25,7 @@ use wire::{
 };
 
 use super::credentials::{Issuer, ProviderRegistry, ReplayCache, ServiceDirectory};
+use super::deny::DenyList;
 use super::export::{ExportSettings, Exporter};
 use super::ingest::{Ingest, SUBMIT_BATCH_MESSAGES_MAX};
 use super::pipeline::{AckSender, Pending, ProviderConnection};
@@ -45,6 +46,8 @@ pub mod close_code {
     pub const BAD_SIGNATURES: u32 = 2;
     /// The AM is shutting down.
     pub const SHUTTING_DOWN: u32 = 3;
+    /// The peer's certificate is denied (`[security] denied`).
+    pub const DENIED: u32 = 4;
 }
 
 /// What the AM needs to run.
@@ -68,6 +71,10 @@ pub struct AmSettings {
     pub export: ExportPlan,
     /// The services users may request credentials for.
     pub services: ServiceDirectory,
+    /// Revoked certificates.
+    pub deny: Arc<DenyList>,
+    /// The config file, re-read for `[security]` while the AM runs.
+    pub config_path: Option<PathBuf>,
 }
 
 /// Where and when the AM exports.
@@ -105,6 +112,7 @@ struct Context {
     directory: ServiceDirectory,
     replay: std::sync::Mutex<ReplayCache>,
     providers: ProviderRegistry,
+    deny: Arc<DenyList>,
 }
 
 /// Run the AM until `shutdown` completes, then drain and stop. `ready` is
@@ -158,7 +166,12 @@ pub async fn run(
         directory: settings.services.clone(),
         replay: std::sync::Mutex::new(ReplayCache::default()),
         providers: ProviderRegistry::default(),
+        deny: settings.deny.clone(),
     });
+    let deny_watcher = settings
+        .config_path
+        .clone()
+        .map(|path| super::deny::watch_config(path, settings.deny.clone()));
     let (storage, storage_address) = match &settings.export.storage {
         StorageTarget::Embedded(storage_settings) => {
             let (address_sender, address) = tokio::sync::oneshot::channel();
@@ -236,6 +249,9 @@ pub async fn run(
         }
     }
 
+    if let Some(watcher) = deny_watcher {
+        watcher.abort();
+    }
     tracing::info!("shutting down: draining in-flight messages");
     endpoint.set_server_config(None);
     let _ = stop_sender.send(true);
@@ -302,8 +318,15 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
             return;
         }
     };
+    let certificate = tls::peer_certificate(&connection).unwrap_or_default();
+    if context.deny.is_denied(identity.name.as_str(), &certificate) {
+        metrics::counter!("acct_connections_denied_total").increment(1);
+        tracing::warn!(peer = %identity.name, remote = %connection.remote_address(), "connection refused: certificate denied");
+        connection.close(close_code::DENIED.into(), b"certificate revoked");
+        return;
+    }
     let span = tracing::info_span!("connection", peer = %identity.name, role = identity.role.as_str(), remote = %connection.remote_address());
-    serve_connection(connection, identity, context, stop)
+    serve_connection(connection, identity, certificate, context, stop)
         .instrument(span)
         .await;
 }
@@ -311,6 +334,7 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
 async fn serve_connection(
     connection: quinn::Connection,
     identity: wire::CertifiedIdentity,
+    certificate: Vec<u8>,
     context: &Arc<Context>,
     stop: watch::Receiver<bool>,
 ) {
@@ -321,10 +345,19 @@ async fn serve_connection(
     let provider = ProviderConnection::new(identity.name.clone(), identity.public_key);
     let mut streams = JoinSet::new();
     let mut stop_watch = stop.clone();
+    let mut deny_watch = context.deny.subscribe();
     loop {
         tokio::select! {
             changed = stop_watch.changed() => {
                 if changed.is_err() || *stop_watch.borrow() { break; }
+            }
+            Ok(()) = deny_watch.changed() => {
+                if context.deny.is_denied(identity.name.as_str(), &certificate) {
+                    metrics::counter!("acct_connections_denied_total").increment(1);
+                    tracing::warn!("disconnecting: certificate denied");
+                    connection.close(close_code::DENIED.into(), b"certificate revoked");
+                    break;
+                }
             }
             accepted = connection.accept_bi() => {
                 let Ok((send, receive)) = accepted else { break };
@@ -470,6 +503,7 @@ async fn issue(
         replay: &context.replay,
         providers: &context.providers,
         signing_key: &context.signing_key,
+        deny: &context.deny,
     };
     let minted = issuer.mint(request, now_ms()).await?;
     let session = SessionInfo::new(minted.provider, minted.user_credential, now_ms());

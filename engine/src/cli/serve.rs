@@ -85,7 +85,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
-    let (node, ca, certificate, key, data, listen, ingest, export, storage, services) = match &args.config {
+    let (node, ca, certificate, key, data, listen, ingest, export, storage, services, denied) = match &args.config {
         Some(path) => {
             let config = Config::load(path)?;
             (
@@ -99,6 +99,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
                 config.export,
                 config.storage,
                 config.services,
+                config.security.denied,
             )
         }
         None => {
@@ -129,6 +130,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
                 IngestConfig::default(),
                 ExportConfig::default(),
                 storage,
+                Vec::new(),
                 Vec::new(),
             )
         }
@@ -177,6 +179,8 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         ingest,
         export,
         services: ServiceDirectory::from_config(&services)?,
+        deny: std::sync::Arc::new(crate::am::deny::DenyList::new(&denied)),
+        config_path: args.config.clone(),
     })
 }
 

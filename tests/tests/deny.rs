@@ -1,0 +1,116 @@
+//! Revoking a certificate without a restart: `[security] denied` in the
+//! config file, re-read by the running AM.
+
+use std::time::Duration;
+
+use acct_tests::{AmProcess, TestPki, now_ms, open_sessions, runtime, send_all};
+use bytes::Bytes;
+use peer::net::UserClient;
+use peer::quic::{AmClient, ClientError};
+use sha2::Digest;
+use wire::{AccountingKind, AckStatus, Address, ErrorCode, Nonce, RequestId, Role, ServiceId, Usage};
+
+fn usage() -> Usage {
+    Usage {
+        units: Some(1),
+        interval_ms: Some((now_ms() - 1000, now_ms())),
+        ..Usage::default()
+    }
+}
+
+/// Rewrite the config's deny list (the AM checks the file every second).
+fn deny(config: &std::path::Path, entries: &[String]) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let start = text.find("[security]").unwrap();
+    let end = start + text[start..].find("\n[").unwrap_or(text.len() - start);
+    let list = entries
+        .iter()
+        .map(|entry| format!("{entry:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let section = format!("[security]\ndenied = [{list}]\n");
+    std::fs::write(config, format!("{}{}{}", &text[..start], section, &text[end..])).unwrap();
+}
+
+#[test]
+fn a_denied_certificate_is_cut_off_without_a_restart() {
+    let pki = TestPki::new(2, 1);
+    let config = pki.pki().join("acct.toml");
+    let am = AmProcess::start(pki.data(), &["--config", config.to_str().unwrap(), "--no-export"]);
+    runtime().block_on(async {
+        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+            .await
+            .unwrap();
+        let mut first = open_sessions(&pki, &admin, "provider-0001", 1).await;
+        let mut second = open_sessions(&pki, &admin, "provider-0002", 1).await;
+        let one = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
+            .await
+            .unwrap();
+        let two = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0002"))
+            .await
+            .unwrap();
+        let message = first[0].account(AccountingKind::INTERIM, usage()).unwrap();
+        assert_eq!(
+            send_all(&one, &[message]).await.into_values().next(),
+            Some(AckStatus::STORED)
+        );
+
+        // Revoke provider-0001 by name: its connection closes, the other stays.
+        deny(&config, &["provider-0001".into()]);
+        let reason = tokio::time::timeout(Duration::from_secs(15), one.closed())
+            .await
+            .unwrap_or_else(|_| panic!("the revoked provider is still connected"));
+        assert!(reason.contains("certificate revoked"), "{reason}");
+        let message = second[0].account(AccountingKind::INTERIM, usage()).unwrap();
+        assert_eq!(
+            send_all(&two, &[message]).await.into_values().next(),
+            Some(AckStatus::STORED)
+        );
+        // And it cannot come back.
+        if let Ok(again) = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001")).await {
+            let reason = tokio::time::timeout(Duration::from_secs(15), again.closed())
+                .await
+                .unwrap();
+            assert!(reason.contains("certificate revoked"), "{reason}");
+        }
+
+        // Revoke one user certificate by its digest: no credential for it.
+        let user = pki.identity(Role::User, "user-0001");
+        let digest = hex::encode(sha2::Sha256::digest(&user.certificate_der));
+        deny(&config, &[format!("sha256:{digest}")]);
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let client = UserClient::connect(am.address, &pki.ca_der()).await.unwrap();
+        let request = peer::user::credential_request(
+            ServiceId(2),
+            RequestId([1; 16]),
+            Nonce([2; 16]),
+            now_ms(),
+            Address::new("127.0.0.1:5000").unwrap(),
+            Bytes::from(user.certificate_der.clone()),
+            &user.signing_key,
+        )
+        .unwrap();
+        match client.request_credential(&request).await {
+            Err(ClientError::Refused(error)) => {
+                assert_eq!(error.code, ErrorCode::CREDENTIAL_REFUSED);
+                assert!(error.detail.contains("revoked"), "{}", error.detail);
+            }
+            other => panic!("a revoked user got {other:?}"),
+        }
+        client.close().await;
+
+        // provider-0001 is no longer denied: it connects and accounts again.
+        let back = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
+            .await
+            .unwrap();
+        let message = first[0].account(AccountingKind::INTERIM, usage()).unwrap();
+        assert_eq!(
+            send_all(&back, &[message]).await.into_values().next(),
+            Some(AckStatus::STORED)
+        );
+        back.close().await;
+        two.close().await;
+        admin.close().await;
+    });
+    assert!(am.terminate(Duration::from_secs(30)));
+}
