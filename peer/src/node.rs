@@ -49,15 +49,29 @@ pub struct Delivery {
 
 /// A running Service Provider.
 pub struct ProviderNode {
+    inner: Arc<Inner>,
+    arrivals: tokio::sync::Mutex<mpsc::Receiver<SessionId>>,
+    server: ServiceServer,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+/// What the node's tasks share.
+struct Inner {
     am_address: SocketAddr,
     identity: ClientIdentity,
     am_key: PublicKey,
     client: tokio::sync::Mutex<Option<AmClient>>,
     sessions: Sessions,
-    arrivals: tokio::sync::Mutex<mpsc::Receiver<SessionId>>,
     arrivals_sender: mpsc::Sender<SessionId>,
-    server: ServiceServer,
 }
+
+/// How long after its lifetime a session is kept (late accounting, acks).
+const SESSION_GRACE_MS: u64 = 3_600_000;
+/// Backoff between reconnection attempts, doubling up to the maximum.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Sessions are pruned when the map reaches a multiple of this size.
+const PRUNE_EVERY: usize = 1024;
 
 impl ProviderNode {
     /// Connect to the AM as `identity` (a provider certificate), accept the
@@ -94,20 +108,55 @@ impl ProviderNode {
                 })
             },
         )?;
-        let node = Self {
+        let inner = Arc::new(Inner {
             am_address,
             identity,
             am_key,
             client: tokio::sync::Mutex::new(None),
             sessions,
-            arrivals: tokio::sync::Mutex::new(arrivals),
             arrivals_sender,
+        });
+        inner.connect().await?;
+        // Keep the connection to the AM up even when nothing is to be sent:
+        // an idle provider must still receive new sessions.
+        let keeper = tokio::spawn(keep_connected(Arc::downgrade(&inner)));
+        Ok(Self {
+            inner,
+            arrivals: tokio::sync::Mutex::new(arrivals),
             server,
-        };
-        node.connect().await?;
-        Ok(node)
+            keeper,
+        })
     }
+}
 
+/// Reconnect (with backoff) whenever the AM connection is closed, until
+/// the node is dropped.
+async fn keep_connected(inner: std::sync::Weak<Inner>) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let closed = {
+            let Some(node) = inner.upgrade() else { return };
+            let client = node.client.lock().await;
+            client.as_ref().map(AmClient::connection_handle)
+        };
+        match closed {
+            Some(connection) => {
+                let _ = connection.closed().await;
+            }
+            None => tokio::time::sleep(backoff).await,
+        }
+        let Some(node) = inner.upgrade() else { return };
+        match node.connect().await {
+            Ok(()) => backoff = RECONNECT_MIN,
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
+impl Inner {
     /// (Re)connect to the AM and serve its pushes on the new connection.
     async fn connect(&self) -> Result<(), ClientError> {
         let client = AmClient::connect(self.am_address, &self.identity).await?;
@@ -123,6 +172,21 @@ impl ProviderNode {
             let Ok(mut sessions) = sessions.lock() else {
                 return ReceiptStatus::BUSY;
             };
+            // Now and then, forget sessions that are done: finished and
+            // acked, or long past their lifetime.
+            if sessions.len() % PRUNE_EVERY == PRUNE_EVERY - 1 {
+                let now = now_ms();
+                sessions.retain(|_, held| {
+                    !held.is_finished()
+                        && held
+                            .credential()
+                            .value()
+                            .policy
+                            .valid_until_ms
+                            .saturating_add(SESSION_GRACE_MS)
+                            > now
+                });
+            }
             sessions.entry(session_id).or_insert(session);
             let _ = arrivals.try_send(session_id);
             ReceiptStatus::ACCEPTED
@@ -131,11 +195,13 @@ impl ProviderNode {
         *self.client.lock().await = Some(client);
         Ok(())
     }
+}
 
+impl ProviderNode {
     /// Close the connection to the AM (as a network failure would); the
-    /// next [`ProviderNode::deliver`] reconnects.
+    /// node reconnects by itself.
     pub async fn disconnect(&self) {
-        if let Some(client) = self.client.lock().await.take() {
+        if let Some(client) = self.inner.client.lock().await.take() {
             client.close().await;
         }
     }
@@ -158,21 +224,22 @@ impl ProviderNode {
         kind: AccountingKind,
         usage: Usage,
     ) -> Result<MessageId, ProviderError> {
-        let mut sessions = self.sessions.lock().map_err(|_| ProviderError::Backlog)?;
+        let mut sessions = self.inner.sessions.lock().map_err(|_| ProviderError::Backlog)?;
         let session = sessions
             .get_mut(&session_id)
             .ok_or(ProviderError::WrongSession(session_id))?;
         Ok(session.account(kind, usage)?.value().message_id())
     }
 
-    /// Sessions held (every accepted push).
+    /// Sessions held (pushed and not yet pruned).
     pub fn session_count(&self) -> usize {
-        self.sessions.lock().map_or(0, |sessions| sessions.len())
+        self.inner.sessions.lock().map_or(0, |sessions| sessions.len())
     }
 
     /// The User Credential the AM pushed for a session.
     pub fn credential(&self, session_id: SessionId) -> Option<wire::Signed<wire::UserCredential>> {
-        self.sessions
+        self.inner
+            .sessions
             .lock()
             .ok()
             .and_then(|sessions| sessions.get(&session_id).map(|session| session.credential().clone()))
@@ -180,17 +247,18 @@ impl ProviderNode {
 
     /// Whether the session is closed by its final accounting (`None`: unknown).
     pub fn is_closed(&self, session_id: SessionId) -> Option<bool> {
-        self.sessions
+        self.inner
+            .sessions
             .lock()
             .ok()
             .and_then(|sessions| sessions.get(&session_id).map(ProviderSession::is_closed))
     }
 
     /// Send every unacked message of every session (retransmissions keep
-    /// their ids) and wait, at most `timeout`, for their acks. Reconnects
-    /// first if the connection to the AM is gone.
+    /// their ids) while reading their acks, all within `timeout`.
+    /// Reconnects first if the connection to the AM is gone.
     pub async fn deliver(&self, timeout: Duration) -> Result<Delivery, ClientError> {
-        let outgoing: Vec<_> = match self.sessions.lock() {
+        let outgoing: Vec<_> = match self.inner.sessions.lock() {
             Ok(sessions) => sessions
                 .values()
                 .flat_map(|session| session.unacked().cloned())
@@ -205,36 +273,52 @@ impl ProviderNode {
             return Ok(delivery);
         }
         let alive = self
+            .inner
             .client
             .lock()
             .await
             .as_ref()
             .is_some_and(|client| client.close_reason().is_none());
         if !alive {
-            self.connect().await?;
+            self.inner.connect().await?;
         }
         let stream = {
-            let client = self.client.lock().await;
+            let client = self.inner.client.lock().await;
             let Some(client) = client.as_ref() else {
                 return Err(ClientError::Connection("not connected".into()));
             };
             client.open_accounting().await?
         };
         let (mut sender, mut receiver) = (stream.sender, stream.receiver);
-        for chunk in outgoing.chunks(256) {
-            sender.send(chunk).await?;
-        }
+        let expected = outgoing.len();
+        // Send and read at once: the AM reads a stream only while its acks
+        // are read, so sending everything first could block both sides.
+        let writer = tokio::spawn(async move {
+            for chunk in outgoing.chunks(256) {
+                if sender.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = sender.finish();
+        });
         let deadline = Instant::now() + timeout;
         let mut answered = 0usize;
-        while answered < outgoing.len() {
+        while answered < expected {
             let left = deadline.saturating_duration_since(Instant::now());
             let entries = match tokio::time::timeout(left, receiver.next()).await {
                 Ok(Ok(Some(Received::Acks(entries)))) => entries,
-                Ok(Ok(Some(Received::Error(error)))) => return Err(ClientError::Refused(error)),
+                Ok(Ok(Some(Received::Error(error)))) => {
+                    writer.abort();
+                    return Err(ClientError::Refused(error));
+                }
                 Ok(Ok(None)) | Err(_) => break,
-                Ok(Err(error)) => return Err(error),
+                Ok(Err(error)) => {
+                    writer.abort();
+                    return Err(error);
+                }
             };
-            let Ok(mut sessions) = self.sessions.lock() else {
+            let Ok(mut sessions) = self.inner.sessions.lock() else {
+                writer.abort();
                 return Err(ClientError::Connection("sessions poisoned".into()));
             };
             for entry in entries {
@@ -254,8 +338,9 @@ impl ProviderNode {
                 }
             }
         }
-        let _ = sender.finish();
+        writer.abort();
         delivery.pending = self
+            .inner
             .sessions
             .lock()
             .map(|sessions| sessions.values().map(|session| session.unacked().count()).sum())
@@ -265,6 +350,7 @@ impl ProviderNode {
 
     /// Stop: close the AM connection and the users' endpoint.
     pub async fn stop(self) {
+        self.keeper.abort();
         self.disconnect().await;
         self.server.stop();
     }

@@ -241,6 +241,11 @@ impl AmClient {
         })
     }
 
+    /// The underlying QUIC connection (to wait for its close, say).
+    pub fn connection_handle(&self) -> quinn::Connection {
+        self.connection.clone()
+    }
+
     /// Why the connection closed, once it has.
     pub fn close_reason(&self) -> Option<String> {
         self.connection.close_reason().map(|reason| reason.to_string())

@@ -447,3 +447,32 @@ fn acct_demo_runs_the_whole_flow_and_exits_zero() {
     assert_eq!(stdout.matches("verified").count(), 3, "{stdout}");
     assert!(stdout.contains("acct demo: every step succeeded"));
 }
+
+#[test]
+fn users_check_who_they_talk_to_and_idle_providers_come_back() {
+    let world = world();
+    runtime().block_on(async {
+        let provider = world.provider().await;
+        // A provider's certificate chains to the CA too, but it is no AM.
+        let service = provider.service_address().unwrap();
+        match UserClient::connect(service, &world.pki.ca_der()).await {
+            Err(ClientError::Connect(detail)) => assert!(detail.contains("not a certified am"), "{detail}"),
+            Err(other) => panic!("unexpected error {other:?}"),
+            Ok(_) => panic!("a user took a provider for the AM"),
+        }
+        // An idle provider whose connection drops reconnects by itself:
+        // users get credentials for its services again without it sending.
+        provider.disconnect().await;
+        let mut issued = false;
+        for _ in 0..100 {
+            if world.credential(1).await.is_ok() {
+                issued = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(issued, "the idle provider did not come back");
+        provider.stop().await;
+    });
+    assert!(world.am.terminate(Duration::from_secs(60)));
+}

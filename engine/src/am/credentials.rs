@@ -150,13 +150,18 @@ fn relative_policy(
 }
 
 /// Request ids and nonces seen within the replay window. Bounded by
-/// [`REPLAY_ENTRIES_MAX`].
+/// [`REPLAY_ENTRIES_MAX`] in all and [`REPLAY_ENTRIES_PER_USER_MAX`] per
+/// user, so that one user cannot fill it for everyone.
 #[derive(Default)]
 pub struct ReplayCache {
     ids: HashSet<RequestId>,
     nonces: HashSet<Nonce>,
-    order: VecDeque<(u64, RequestId, Nonce)>,
+    per_user: HashMap<Name, usize>,
+    order: VecDeque<(u64, RequestId, Nonce, Name)>,
 }
+
+/// Requests one user may have in the replay window.
+pub const REPLAY_ENTRIES_PER_USER_MAX: usize = 10_000;
 
 /// Why the replay cache refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,15 +175,22 @@ pub enum Replay {
 }
 
 impl ReplayCache {
-    /// Remember (id, nonce) at `now_ms`, unless either was seen within the window.
-    pub fn check_and_insert(&mut self, id: RequestId, nonce: Nonce, now_ms: u64) -> Result<(), Replay> {
-        while let Some(&(expires, old_id, old_nonce)) = self.order.front() {
-            if expires > now_ms {
+    /// Remember (id, nonce) of `user` at `now_ms`, unless either was seen
+    /// within the window.
+    pub fn check_and_insert(&mut self, user: &Name, id: RequestId, nonce: Nonce, now_ms: u64) -> Result<(), Replay> {
+        while let Some((expires, old_id, old_nonce, old_user)) = self.order.front() {
+            if *expires > now_ms {
                 break;
             }
+            self.ids.remove(old_id);
+            self.nonces.remove(old_nonce);
+            if let Some(count) = self.per_user.get_mut(old_user) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_user.remove(old_user);
+                }
+            }
             self.order.pop_front();
-            self.ids.remove(&old_id);
-            self.nonces.remove(&old_nonce);
         }
         if self.ids.contains(&id) {
             return Err(Replay::RequestId);
@@ -186,12 +198,21 @@ impl ReplayCache {
         if self.nonces.contains(&nonce) {
             return Err(Replay::Nonce);
         }
-        if self.order.len() >= REPLAY_ENTRIES_MAX {
+        if self.order.len() >= REPLAY_ENTRIES_MAX
+            || self
+                .per_user
+                .get(user)
+                .is_some_and(|count| *count >= REPLAY_ENTRIES_PER_USER_MAX)
+        {
             return Err(Replay::Full);
         }
         self.ids.insert(id);
         self.nonces.insert(nonce);
-        self.order.push_back((now_ms + REPLAY_WINDOW_MS, id, nonce));
+        *self.per_user.entry(user.clone()).or_default() += 1;
+        // Kept one millisecond beyond the window: a request stamped at the
+        // edge of the skew is refused for its whole lifetime.
+        self.order
+            .push_back((now_ms + REPLAY_WINDOW_MS + 1, id, nonce, user.clone()));
         Ok(())
     }
 }
@@ -200,34 +221,44 @@ impl ReplayCache {
 #[derive(Default)]
 pub struct ProviderRegistry {
     next_id: AtomicU64,
-    connections: Mutex<HashMap<Name, (u64, quinn::Connection)>>,
+    connections: Mutex<HashMap<Name, Vec<(u64, quinn::Connection)>>>,
 }
 
 impl ProviderRegistry {
-    /// Register a provider's connection (the newest one wins); returns a
-    /// token for [`ProviderRegistry::unregister`].
+    /// Register a provider's connection (pushes go to its newest live
+    /// one); returns a token for [`ProviderRegistry::unregister`].
     pub fn register(&self, name: &Name, connection: &quinn::Connection) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut connections) = self.connections.lock() {
-            connections.insert(name.clone(), (id, connection.clone()));
+            connections
+                .entry(name.clone())
+                .or_default()
+                .push((id, connection.clone()));
         }
         id
     }
 
-    /// Forget the connection registered with `token`, if still the current one.
+    /// Forget the connection registered with `token`.
     pub fn unregister(&self, name: &Name, token: u64) {
         if let Ok(mut connections) = self.connections.lock()
-            && connections.get(name).is_some_and(|(id, _)| *id == token)
+            && let Some(list) = connections.get_mut(name)
         {
-            connections.remove(name);
+            list.retain(|(id, _)| *id != token);
+            if list.is_empty() {
+                connections.remove(name);
+            }
         }
     }
 
     fn get(&self, name: &Name) -> Option<quinn::Connection> {
-        self.connections
-            .lock()
-            .ok()
-            .and_then(|connections| connections.get(name).map(|(_, connection)| connection.clone()))
+        self.connections.lock().ok().and_then(|connections| {
+            connections.get(name).and_then(|list| {
+                list.iter()
+                    .rev()
+                    .find(|(_, connection)| connection.close_reason().is_none())
+                    .map(|(_, connection)| connection.clone())
+            })
+        })
     }
 }
 
@@ -284,12 +315,17 @@ impl Issuer<'_> {
             .replay
             .lock()
             .map_err(|_| refuse(ErrorCode::INTERNAL, "replay cache poisoned"))?
-            .check_and_insert(value.request_id, value.nonce, now_ms);
+            .check_and_insert(&identity.name, value.request_id, value.nonce, now_ms);
         match replay {
             Ok(()) => {}
             Err(Replay::RequestId) => return Err(refuse(ErrorCode::REPLAYED_REQUEST, "request id seen before")),
             Err(Replay::Nonce) => return Err(refuse(ErrorCode::REPLAYED_REQUEST, "nonce seen before")),
-            Err(Replay::Full) => return Err(refuse(ErrorCode::BUSY, "too many requests in the replay window")),
+            Err(Replay::Full) => {
+                return Err(refuse(
+                    ErrorCode::BUSY,
+                    "too many requests in the replay window (from this user, or in all)",
+                ));
+            }
         }
         let Some(service) = self.directory.get(value.service_id) else {
             return Err(refuse(
@@ -391,12 +427,37 @@ mod tests {
     #[test]
     fn replays_are_refused_within_the_window_and_forgotten_after() {
         let mut cache = ReplayCache::default();
+        let user = Name::new("user-0001").unwrap();
         let (a, b) = (RequestId([1; 16]), RequestId([2; 16]));
         let (x, y) = (Nonce([1; 16]), Nonce([2; 16]));
-        assert_eq!(cache.check_and_insert(a, x, 1_000), Ok(()));
-        assert_eq!(cache.check_and_insert(a, y, 2_000), Err(Replay::RequestId));
-        assert_eq!(cache.check_and_insert(b, x, 2_000), Err(Replay::Nonce));
-        assert_eq!(cache.check_and_insert(a, x, 1_000 + REPLAY_WINDOW_MS), Ok(()));
+        assert_eq!(cache.check_and_insert(&user, a, x, 1_000), Ok(()));
+        assert_eq!(cache.check_and_insert(&user, a, y, 2_000), Err(Replay::RequestId));
+        assert_eq!(cache.check_and_insert(&user, b, x, 2_000), Err(Replay::Nonce));
+        assert_eq!(
+            cache.check_and_insert(&user, a, x, 1_000 + REPLAY_WINDOW_MS),
+            Err(Replay::RequestId)
+        );
+        assert_eq!(cache.check_and_insert(&user, a, x, 1_001 + REPLAY_WINDOW_MS), Ok(()));
+    }
+
+    #[test]
+    fn one_user_cannot_fill_the_replay_cache() {
+        let mut cache = ReplayCache::default();
+        let greedy = Name::new("user-0001").unwrap();
+        let other = Name::new("user-0002").unwrap();
+        for index in 0..REPLAY_ENTRIES_PER_USER_MAX as u64 {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&index.to_be_bytes());
+            assert_eq!(cache.check_and_insert(&greedy, RequestId(id), Nonce(id), 1), Ok(()));
+        }
+        assert_eq!(
+            cache.check_and_insert(&greedy, RequestId([0xff; 16]), Nonce([0xff; 16]), 1),
+            Err(Replay::Full)
+        );
+        assert_eq!(
+            cache.check_and_insert(&other, RequestId([0xfe; 16]), Nonce([0xfe; 16]), 1),
+            Ok(())
+        );
     }
 
     #[test]

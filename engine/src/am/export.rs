@@ -36,6 +36,9 @@ pub const BATCH_BYTES_MAX: usize = 32 * 1024 * 1024;
 pub const BATCH_RECORDS_MAX: usize = 1_000_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest wait for the storage's answer to one batch (sending 64 MiB,
+/// its checks and its fsync included).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often an idle exporter looks for new records.
 const POLL: Duration = Duration::from_millis(100);
 /// The server name the AS's certificate must carry (as for the AM).
@@ -278,7 +281,11 @@ async fn ship(
         .await
         .map_err(|error| ShipError::Encode(error.to_string()))??
     };
-    let ack = link.deliver(&message).await?;
+    // A storage that is alive but stuck (an fsync that never returns)
+    // keeps the connection up: bound the exchange itself.
+    let ack = tokio::time::timeout(DELIVERY_TIMEOUT, link.deliver(&message))
+        .await
+        .map_err(|_| ShipError::Unreachable("no answer from the storage within 120 s".into()))??;
     let stored = ack.batch_id == manifest.batch_id
         && ((ack.status.is_stored() && ack.digest == digest)
             || (ack.status == RecordStatus::CONFLICTING_BATCH && Some(ack.digest) == manifest.sent_digest));

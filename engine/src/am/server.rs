@@ -113,6 +113,39 @@ struct Context {
     replay: std::sync::Mutex<ReplayCache>,
     providers: ProviderRegistry,
     deny: Arc<DenyList>,
+    /// The service list's frames, encoded once.
+    service_list: bytes::Bytes,
+    /// User connections open now (bounded by [`USER_CONNECTIONS_MAX`]).
+    user_connections: AtomicUsize,
+}
+
+/// Connections without a client certificate (users) at once; they do not
+/// count against `connections_max`, which stays for providers.
+pub const USER_CONNECTIONS_MAX: usize = 4_096;
+/// A user connection with no open stream for this long is closed.
+pub const USER_IDLE: Duration = Duration::from_secs(30);
+
+fn encode_service_list(directory: &ServiceDirectory) -> bytes::Bytes {
+    let mut out = BytesMut::new();
+    let mut parts = directory
+        .entries()
+        .chunks(wire::limits::SERVICE_LIST_ENTRIES_PER_FRAME_MAX)
+        .peekable();
+    if parts.peek().is_none() {
+        wire::ServiceList {
+            done: true,
+            entries: Vec::new(),
+        }
+        .encode_frame(&mut out);
+    }
+    while let Some(part) = parts.next() {
+        wire::ServiceList {
+            done: parts.peek().is_none(),
+            entries: part.to_vec(),
+        }
+        .encode_frame(&mut out);
+    }
+    out.freeze()
 }
 
 /// Run the AM until `shutdown` completes, then drain and stop. `ready` is
@@ -167,6 +200,8 @@ pub async fn run(
         replay: std::sync::Mutex::new(ReplayCache::default()),
         providers: ProviderRegistry::default(),
         deny: settings.deny.clone(),
+        service_list: encode_service_list(&settings.services),
+        user_connections: AtomicUsize::new(0),
     });
     let deny_watcher = settings
         .config_path
@@ -308,8 +343,18 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
         // Users need no certificate here: their requests carry it (a5) and
         // are signed with its key (a4).
         None | Some(Ok(wire::CertifiedIdentity { role: Role::User, .. })) => {
-            let span = tracing::info_span!("user connection", remote = %connection.remote_address());
-            serve_user_connection(connection, context, stop).instrument(span).await;
+            // Users have their own bound, so that anonymous connections
+            // cannot take the providers' slots.
+            context.connections.fetch_sub(1, Ordering::Relaxed);
+            if context.user_connections.fetch_add(1, Ordering::Relaxed) >= USER_CONNECTIONS_MAX {
+                metrics::counter!("acct_connections_refused_total").increment(1);
+                connection.close(close_code::SHUTTING_DOWN.into(), b"too many user connections");
+            } else {
+                let span = tracing::info_span!("user connection", remote = %connection.remote_address());
+                serve_user_connection(connection, context, stop).instrument(span).await;
+            }
+            context.user_connections.fetch_sub(1, Ordering::Relaxed);
+            context.connections.fetch_add(1, Ordering::Relaxed);
             return;
         }
         other => {
@@ -319,6 +364,7 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
         }
     };
     let certificate = tls::peer_certificate(&connection).unwrap_or_default();
+    let deny_watch = context.deny.subscribe();
     if context.deny.is_denied(identity.name.as_str(), &certificate) {
         metrics::counter!("acct_connections_denied_total").increment(1);
         tracing::warn!(peer = %identity.name, remote = %connection.remote_address(), "connection refused: certificate denied");
@@ -326,7 +372,7 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
         return;
     }
     let span = tracing::info_span!("connection", peer = %identity.name, role = identity.role.as_str(), remote = %connection.remote_address());
-    serve_connection(connection, identity, certificate, context, stop)
+    serve_connection(connection, identity, certificate, deny_watch, context, stop)
         .instrument(span)
         .await;
 }
@@ -335,6 +381,7 @@ async fn serve_connection(
     connection: quinn::Connection,
     identity: wire::CertifiedIdentity,
     certificate: Vec<u8>,
+    mut deny_watch: watch::Receiver<u64>,
     context: &Arc<Context>,
     stop: watch::Receiver<bool>,
 ) {
@@ -345,7 +392,6 @@ async fn serve_connection(
     let provider = ProviderConnection::new(identity.name.clone(), identity.public_key);
     let mut streams = JoinSet::new();
     let mut stop_watch = stop.clone();
-    let mut deny_watch = context.deny.subscribe();
     loop {
         tokio::select! {
             changed = stop_watch.changed() => {
@@ -400,6 +446,7 @@ async fn serve_user_connection(connection: quinn::Connection, context: &Arc<Cont
             changed = stop_watch.changed() => {
                 if changed.is_err() || *stop_watch.borrow() { break; }
             }
+            () = tokio::time::sleep(USER_IDLE), if streams.is_empty() => break,
             accepted = connection.accept_bi() => {
                 let Ok((send, receive)) = accepted else { break };
                 streams.spawn(user_stream(send, receive, context.clone(), stop.clone()));
@@ -437,24 +484,11 @@ async fn user_stream(
             out.clear();
             match frame.decode() {
                 Ok(Message::ServiceListRequest(_)) => {
-                    let entries = context.directory.entries();
-                    let mut parts = entries
-                        .chunks(wire::limits::SERVICE_LIST_ENTRIES_PER_FRAME_MAX)
-                        .peekable();
-                    if parts.peek().is_none() {
-                        wire::ServiceList {
-                            done: true,
-                            entries: Vec::new(),
-                        }
-                        .encode_frame(&mut out);
+                    // Shared bytes, encoded once: a request costs no copy.
+                    if send.write_chunk(context.service_list.clone()).await.is_err() {
+                        return;
                     }
-                    while let Some(part) = parts.next() {
-                        wire::ServiceList {
-                            done: parts.peek().is_none(),
-                            entries: part.to_vec(),
-                        }
-                        .encode_frame(&mut out);
-                    }
+                    continue;
                 }
                 Ok(Message::ServiceCredentialRequest(request)) => match issue(&context, &request).await {
                     Ok(credential) => credential.encode_frame(&mut out),
@@ -511,7 +545,7 @@ async fn issue(
         .ingest_pipeline
         .open_session(session)
         .await
-        .map_err(|detail| ErrorMessage::new(ErrorCode::OUT_OF_SPACE, &detail))?;
+        .map_err(|detail| ErrorMessage::new(store_failure_code(&detail), &detail))?;
     metrics::counter!("acct_credentials_issued_total").increment(1);
     metrics::histogram!("acct_credential_issue_seconds").record(started.elapsed().as_secs_f64());
     Ok(minted.service_credential)
@@ -856,5 +890,16 @@ async fn open_session(
         .open_session(session)
         .await
         .map(|()| credential)
-        .map_err(|detail| ErrorMessage::new(ErrorCode::OUT_OF_SPACE, &detail))
+        .map_err(|detail| ErrorMessage::new(store_failure_code(&detail), &detail))
+}
+
+/// The Error code for a session the committer could not store.
+fn store_failure_code(detail: &str) -> ErrorCode {
+    if detail.contains("stopping") {
+        ErrorCode::SHUTTING_DOWN
+    } else if detail.contains("out of disk space") {
+        ErrorCode::OUT_OF_SPACE
+    } else {
+        ErrorCode::BUSY
+    }
 }

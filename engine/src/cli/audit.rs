@@ -6,8 +6,9 @@
 //! from the signed bytes agrees with them. Across all files, no (session,
 //! message id) appears twice. Files are checked on every core.
 //!
-//! Memory: about 40 bytes per row for the double check (a set of 24-byte
-//! keys), plus one Arrow batch per thread.
+//! Memory: about 40 bytes per row for the double check (a map of 24-byte
+//! keys), plus, per thread, one Arrow batch and 32 bytes per row of the
+//! file it is reading.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -59,12 +60,10 @@ pub fn audit(dir: &std::path::Path) -> anyhow::Result<Findings> {
                         index
                     };
                     let Some(path) = files.get(index) else { return };
-                    let mut rows = Vec::new();
+                    // Verify while reading; keep only ids for the double check.
+                    let mut ids: Vec<(SessionId, u64, u64)> = Vec::new();
                     let mut problems = Vec::new();
-                    if let Err(error) = archive::read_file(path, |row| rows.push(row)) {
-                        problems.push(format!("{}: unreadable: {error}", path.display()));
-                    }
-                    for row in &rows {
+                    let read = archive::read_file(path, |row| {
                         if let Err(problem) = row.verify() {
                             problems.push(format!(
                                 "{}: session {} message {}: {problem}",
@@ -73,26 +72,26 @@ pub fn audit(dir: &std::path::Path) -> anyhow::Result<Findings> {
                                 row.message_id
                             ));
                         }
+                        ids.push((row.session_id, row.message_id, row.commit_sequence));
+                    });
+                    if let Err(error) = read {
+                        problems.push(format!("{}: unreadable: {error}", path.display()));
                     }
                     if let Ok(mut seen) = seen.lock() {
-                        for row in &rows {
+                        for (session_id, message_id, commit_sequence) in &ids {
                             if let Some((first_file, first_commit)) =
-                                seen.insert((row.session_id, row.message_id), (index, row.commit_sequence))
+                                seen.insert((*session_id, *message_id), (index, *commit_sequence))
                             {
                                 problems.push(format!(
-                                    "session {} message {} stored twice: {} (commit {}) and {} (commit {})",
-                                    row.session_id,
-                                    row.message_id,
+                                    "session {session_id} message {message_id} stored twice: {} (commit {first_commit}) and {} (commit {commit_sequence})",
                                     files[first_file].display(),
-                                    first_commit,
                                     path.display(),
-                                    row.commit_sequence
                                 ));
                             }
                         }
                     }
                     if let Ok(mut findings) = findings.lock() {
-                        findings.rows += rows.len() as u64;
+                        findings.rows += ids.len() as u64;
                         findings.problems.extend(problems);
                     }
                 }
