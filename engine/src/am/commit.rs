@@ -35,6 +35,8 @@ pub struct Committer {
     sessions: HashMap<SessionId, (Arc<SessionInfo>, SessionProgress)>,
     next_commit_sequence: u64,
     settings: CommitSettings,
+    /// Provider keys by their id in the `keys` family (one per distinct key).
+    key_ids: HashMap<[u8; 32], u32>,
 }
 
 /// Where the committer answers a session opening.
@@ -66,6 +68,12 @@ impl Committer {
             sessions.insert(stored.info.session_id(), (stored.info, stored.progress));
         }
         let next_commit_sequence = store.next_commit_sequence()?;
+        let key_ids = store
+            .keys()?
+            .into_iter()
+            .enumerate()
+            .map(|(id, key)| (key, id as u32))
+            .collect();
         metrics::gauge!("acct_sessions").set(sessions.len() as f64);
         Ok(Self {
             store,
@@ -73,6 +81,7 @@ impl Committer {
             sessions,
             next_commit_sequence,
             settings,
+            key_ids,
         })
     }
 
@@ -156,6 +165,8 @@ impl Committer {
         let mut staged: HashMap<SessionId, SessionProgress> = HashMap::new();
         let mut pending: HashMap<MessageId, [u8; 8]> = HashMap::new();
         let mut answers: Vec<Answer> = Vec::with_capacity(records.len());
+        // Keys first seen in this group: forgotten again if the write fails.
+        let mut new_keys: Vec<[u8; 32]> = Vec::new();
         for verified in records {
             let item = verified.pending();
             let message = item.message.value();
@@ -165,11 +176,22 @@ impl Committer {
                 Ok(Decision::New(mut progress)) => {
                     let flags = progress.flags;
                     progress.record(message, now);
+                    let key = *item.connection.key.as_bytes();
+                    let provider_key_id = match self.key_ids.get(&key) {
+                        Some(id) => *id,
+                        None => {
+                            let id = self.key_ids.len() as u32;
+                            self.key_ids.insert(key, id);
+                            self.store.add_key(&mut write, id, &key);
+                            new_keys.push(key);
+                            id
+                        }
+                    };
                     let record = StoredRecord {
                         received_ms: item.received_ms,
                         flags,
                         provider: item.connection.name.clone(),
-                        provider_key: *item.connection.key.as_bytes(),
+                        provider_key_id,
                         user_id: item.session.credential.value().user_id.clone(),
                         body: item.message.body().clone(),
                     };
@@ -219,6 +241,9 @@ impl Committer {
             }
             Err(error) => {
                 self.next_commit_sequence = first_commit_sequence;
+                for key in &new_keys {
+                    self.key_ids.remove(key);
+                }
                 let status = match error {
                     StoreError::OutOfSpace(_) => AckStatus::OUT_OF_SPACE,
                     _ => AckStatus::BUSY,

@@ -214,15 +214,19 @@ fn next_step(store: &Store, records_max: usize, due: bool) -> Result<Step, Store
 /// Encode a batch as Parquet, exactly as every earlier attempt did.
 fn encode(store: &Store, node: &Name, manifest: &Manifest) -> Result<(Vec<u8>, u32), ShipError> {
     let records = store.batch_records(manifest)?;
+    let keys = store.keys()?;
     let mut rows = Vec::with_capacity(records.len());
     for (commit_sequence, record) in &records {
         let message = record.accounting()?;
+        let provider_key = *keys
+            .get(record.provider_key_id as usize)
+            .ok_or_else(|| ShipError::Encode(format!("provider key {} is missing", record.provider_key_id)))?;
         rows.push(archive::Row::new(
             &archive::Context {
                 commit_sequence: *commit_sequence,
                 am_node: node.as_str(),
                 provider_id: record.provider.as_str(),
-                provider_key: record.provider_key,
+                provider_key,
                 user_id: record.user_id.as_str(),
                 received_at_ms: record.received_ms,
                 flags: record.flags.0,

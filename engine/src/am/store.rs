@@ -8,6 +8,7 @@
 //! | `progress` | session id (16) | [`SessionProgress`], 65 bytes; rewritten with every commit group that touches the session |
 //! | `records` | commit sequence (u64) | [`StoredRecord`]: one accounting message as received, with what the AM knew |
 //! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of the message's signature |
+//! | `keys` | key id (u32) | a provider's Ed25519 key (32 bytes); records name it by id; written once, with the first record that uses it |
 //! | `exports` | first commit sequence (u64) | [`Manifest`]: a batch cut for export and not yet acked by the AS |
 //! | `meta` | name | counters (`next_commit_sequence`, `export_cursor`) |
 //!
@@ -34,14 +35,15 @@ const PROGRESS: &str = "progress";
 const RECORDS: &str = "records";
 const FINGERPRINTS: &str = "fingerprints";
 const EXPORTS: &str = "exports";
+const KEYS: &str = "keys";
 const META: &str = "meta";
 const NEXT_COMMIT_SEQUENCE: &[u8] = b"next_commit_sequence";
 const EXPORT_CURSOR: &[u8] = b"export_cursor";
 
 /// Version byte of every stored value this build writes.
 const STORED_VERSION: u8 = 1;
-/// Version byte of records: 2 added the provider's key.
-const RECORD_VERSION: u8 = 2;
+/// Version byte of records: 3 names the provider's key by id (`keys`).
+const RECORD_VERSION: u8 = 3;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +92,9 @@ pub struct StoredRecord {
     pub flags: SessionFlags,
     /// The provider (from its certificate).
     pub provider: Name,
-    /// The provider's Ed25519 key (from its certificate), which signed the body.
-    pub provider_key: [u8; 32],
+    /// Id of the provider's Ed25519 key (from its certificate), which signed
+    /// the body, in the `keys` family.
+    pub provider_key_id: u32,
     /// The user the session bills.
     pub user_id: Name,
     /// The Accounting body exactly as received: fields, then signature.
@@ -112,7 +115,7 @@ impl StoredRecord {
         out.put_u64(self.received_ms);
         out.put_u8(self.flags.0);
         put_text(out, self.provider.as_str());
-        out.put_slice(&self.provider_key);
+        out.put_u32(self.provider_key_id);
         put_text(out, self.user_id.as_str());
         out.put_u16(u16::try_from(self.body.len()).unwrap_or(u16::MAX));
         out.put_slice(&self.body);
@@ -133,14 +136,14 @@ impl StoredRecord {
             let received_ms = reader.u64("received_ms")?;
             let flags = SessionFlags(reader.u8("flags")?);
             let provider = Name::new(reader.text_u8(64, "provider")?)?;
-            let provider_key = reader.array("provider_key")?;
+            let provider_key_id = reader.u32("provider_key_id")?;
             let user_id = Name::new(reader.text_u8(64, "user_id")?)?;
             let body = reader.bytes_u16(wire::limits::SMALL_FRAME_BODY_BYTES_MAX, "body")?;
             Ok(Self {
                 received_ms,
                 flags,
                 provider,
-                provider_key,
+                provider_key_id,
                 user_id,
                 body,
             })
@@ -209,7 +212,7 @@ impl Store {
         options.set_allow_concurrent_memtable_write(false);
         options.set_max_background_jobs(2);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let families = [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, EXPORTS, META].map(|name| {
+        let families = [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, EXPORTS, KEYS, META].map(|name| {
             let mut family = Options::default();
             family.set_compression_type(rocksdb::DBCompressionType::Lz4);
             if name == RECORDS || name == FINGERPRINTS {
@@ -323,6 +326,33 @@ impl Store {
             .push((fingerprint_key(session_id, sequence), fingerprint));
         group.next_commit_sequence = Some(commit_sequence + 1);
         group.records += 1;
+    }
+
+    /// Add a provider key with its new id to `group` (with the first record
+    /// that names it, so neither exists without the other).
+    pub fn add_key(&self, group: &mut GroupWrite, id: u32, key: &[u8; 32]) {
+        group.batch.put_cf(self.family(KEYS), id.to_be_bytes(), key);
+    }
+
+    /// Every provider key by id, in id order (ids are dense from 0).
+    pub fn keys(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.family(KEYS), IteratorMode::Start) {
+            let (id, key) = item?;
+            let id: [u8; 4] = id
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt_text("key id", "not 4 bytes"))?;
+            if u32::from_be_bytes(id) as usize != out.len() {
+                return Err(corrupt_text("keys", "key ids are not dense"));
+            }
+            out.push(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt_text("key", "not 32 bytes"))?,
+            );
+        }
+        Ok(out)
     }
 
     /// Add a session's new progress to `group`.
@@ -537,7 +567,7 @@ impl Store {
     /// Bytes the store takes on disk (SST files of every family) plus its
     /// memtables: what grows while the AS is away.
     pub fn disk_bytes(&self) -> u64 {
-        [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, EXPORTS, META]
+        [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, EXPORTS, KEYS, META]
             .iter()
             .map(|name| {
                 let family = self.family(name);
