@@ -233,33 +233,22 @@ impl ServiceServer {
                 let handler = handler.clone();
                 tokio::spawn(async move {
                     let Ok(connection) = incoming.await else { return };
-                    while let Ok((mut send, mut receive)) = connection.accept_bi().await {
-                        let handler = handler.clone();
-                        tokio::spawn(async move {
-                            let Ok(bytes) = receive.read_to_end(SMALL_FRAME_BODY_BYTES_MAX + 16).await else {
-                                return;
-                            };
-                            let mut buffer = BytesMut::from(&bytes[..]);
-                            let mut out = BytesMut::new();
-                            match FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX)
-                                .next_frame(&mut buffer)
-                                .map(|frame| frame.map(|frame| frame.decode()))
-                            {
-                                Ok(Some(Ok(Message::ServiceRequest(request)))) => match handler(request) {
-                                    Ok(proof) => proof.encode_frame(&mut out),
-                                    Err(error) => error.encode_frame(&mut out),
-                                },
-                                _ => ErrorMessage::new(
-                                    wire::ErrorCode::UNEXPECTED_MESSAGE,
-                                    "a service stream carries one Service Request",
-                                )
-                                .encode_frame(&mut out),
-                            }
-                            let _ = send.write_all(&out).await;
-                            let _ = send.finish();
-                            let _ = send.stopped().await;
-                        });
-                    }
+                    let _ = crate::quic::answer_streams(connection, move |message| {
+                        let mut out = BytesMut::new();
+                        match message {
+                            Ok(Message::ServiceRequest(request)) => match handler(request) {
+                                Ok(proof) => proof.encode_frame(&mut out),
+                                Err(error) => error.encode_frame(&mut out),
+                            },
+                            _ => ErrorMessage::new(
+                                wire::ErrorCode::UNEXPECTED_MESSAGE,
+                                "a service stream carries one Service Request",
+                            )
+                            .encode_frame(&mut out),
+                        }
+                        out
+                    })
+                    .await;
                 });
             }
         });

@@ -207,37 +207,21 @@ impl AmClient {
         &self,
         handler: impl Fn(Signed<UserCredential>) -> wire::ReceiptStatus + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        let connection = self.connection.clone();
-        let handler = Arc::new(handler);
-        tokio::spawn(async move {
-            while let Ok((mut send, mut receive)) = connection.accept_bi().await {
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let Ok(bytes) = receive.read_to_end(SMALL_FRAME_BODY_BYTES_MAX + 16).await else {
-                        return;
-                    };
-                    let mut buffer = BytesMut::from(&bytes[..]);
-                    let mut out = BytesMut::new();
-                    match FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX)
-                        .next_frame(&mut buffer)
-                        .map(|frame| frame.map(|frame| frame.decode()))
-                    {
-                        Ok(Some(Ok(Message::UserCredential(credential)))) => {
-                            let session_id = credential.value().session_id;
-                            let status = handler(credential);
-                            wire::UserCredentialReceipt { session_id, status }.encode_frame(&mut out);
-                        }
-                        _ => ErrorMessage::new(
-                            wire::ErrorCode::UNEXPECTED_MESSAGE,
-                            "a pushed stream carries one User Credential",
-                        )
-                        .encode_frame(&mut out),
-                    }
-                    let _ = send.write_all(&out).await;
-                    let _ = send.finish();
-                    let _ = send.stopped().await;
-                });
+        answer_streams(self.connection.clone(), move |message| {
+            let mut out = BytesMut::new();
+            match message {
+                Ok(Message::UserCredential(credential)) => {
+                    let session_id = credential.value().session_id;
+                    let status = handler(credential);
+                    wire::UserCredentialReceipt { session_id, status }.encode_frame(&mut out);
+                }
+                _ => ErrorMessage::new(
+                    wire::ErrorCode::UNEXPECTED_MESSAGE,
+                    "a pushed stream carries one User Credential",
+                )
+                .encode_frame(&mut out),
             }
+            out
         })
     }
 
@@ -255,6 +239,33 @@ impl AmClient {
     pub async fn closed(&self) -> String {
         self.connection.closed().await.to_string()
     }
+}
+
+/// Serve one-exchange streams on `connection` until it closes: each
+/// stream the peer opens carries one frame (read to its end, at most a
+/// small frame), `answer` turns it into the reply, which is written before
+/// the stream is finished.
+pub(crate) fn answer_streams(
+    connection: quinn::Connection,
+    answer: impl Fn(Result<Message, DecodeError>) -> BytesMut + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut send, mut receive)) = connection.accept_bi().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let limit = wire::limits::FRAME_HEADER_BYTES + SMALL_FRAME_BODY_BYTES_MAX;
+                let Ok(bytes) = receive.read_to_end(limit).await else {
+                    return;
+                };
+                let out = answer(Message::decode(bytes::Bytes::from(bytes)));
+                let _ = send.write_all(&out).await;
+                let _ = send.finish();
+                // Let the answer reach the peer before the stream is dropped.
+                let _ = send.stopped().await;
+            });
+        }
+    })
 }
 
 /// Opens accounting streams on a connection; see [`AmClient::stream_opener`].

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use wire::{
-    Address, DataFields, ErrorCode, ErrorMessage, FrameDecoder, Message, Name, Nonce, Policy, ReceiptStatus, RequestId,
+    Address, DataFields, ErrorCode, ErrorMessage, Message, Name, Nonce, Policy, ReceiptStatus, RequestId,
     ServiceCredential, ServiceCredentialRequest, ServiceEntry, ServiceId, SessionId, SessionKey, Signed, SigningKey,
     TimeOfDay, TrustedCa, UserCredential,
 };
@@ -398,14 +398,8 @@ async fn push(connection: &quinn::Connection, credential: &Signed<UserCredential
         send.write_all(&frame).await.map_err(|error| error.to_string())?;
         send.finish().map_err(|error| error.to_string())?;
         let answer = receive.read_to_end(1024).await.map_err(|error| error.to_string())?;
-        let mut buffer = BytesMut::from(&answer[..]);
-        match FrameDecoder::new(1024)
-            .next_frame(&mut buffer)
-            .map(|frame| frame.map(|frame| frame.decode()))
-        {
-            Ok(Some(Ok(Message::UserCredentialReceipt(receipt))))
-                if receipt.session_id == credential.value().session_id =>
-            {
+        match Message::decode(bytes::Bytes::from(answer)) {
+            Ok(Message::UserCredentialReceipt(receipt)) if receipt.session_id == credential.value().session_id => {
                 if receipt.status == ReceiptStatus::ACCEPTED {
                     Ok(())
                 } else {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
-use wire::{BatchId, FrameDecoder, Message, Name, RecordAccounting, RecordStatus, Signed, TrustedCa};
+use wire::{BatchId, Message, Name, RecordAccounting, RecordStatus, Signed, TrustedCa};
 
 use super::store::{Manifest, Store, StoreError};
 use crate::clock::{now_ms, now_s};
@@ -406,15 +406,9 @@ impl Link {
             .read_to_end(64 * 1024)
             .await
             .map_err(|error| broken(error.to_string()))?;
-        let mut buffer = BytesMut::from(&answer[..]);
-        match FrameDecoder::new(wire::limits::SMALL_FRAME_BODY_BYTES_MAX)
-            .next_frame(&mut buffer)
-            .map(|frame| frame.map(|frame| frame.decode()))
-        {
-            Ok(Some(Ok(Message::RecordAck(ack)))) => Ok(ack),
-            Ok(Some(Ok(Message::Error(error)))) => {
-                Err(broken(format!("storage error {:?}: {}", error.code, error.detail)))
-            }
+        match Message::decode(Bytes::from(answer)) {
+            Ok(Message::RecordAck(ack)) => Ok(ack),
+            Ok(Message::Error(error)) => Err(broken(format!("storage error {:?}: {}", error.code, error.detail))),
             other => Err(broken(format!("unexpected answer from the storage: {other:?}"))),
         }
     }

@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
-use wire::{ErrorCode, ErrorMessage, FrameDecoder, Message, Role, SigningKey, TrustedCa};
+use wire::{ErrorCode, ErrorMessage, Message, Role, SigningKey, TrustedCa};
 
 use super::files::ColdFiles;
 use crate::clock::now_s;
@@ -147,38 +147,25 @@ async fn serve_stream(
     };
     let mut out = BytesMut::new();
     let answer = match receive.read_to_end(FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX).await {
-        Ok(bytes) => {
-            let mut buffer = BytesMut::from(&bytes[..]);
-            drop(bytes);
-            let decoder = FrameDecoder::new(FRAME_BODY_BYTES_MAX);
-            match decoder
-                .next_frame(&mut buffer)
-                .map(|frame| frame.map(|frame| frame.decode()))
-            {
-                Ok(Some(Ok(Message::RecordAccounting(record)))) if buffer.is_empty() => {
-                    let batch = record.value().batch_id;
-                    let files = files.clone();
-                    match tokio::task::spawn_blocking(move || files.deliver(&am, &record)).await {
-                        Ok(ack) => Ok(ack),
-                        Err(_) => Err(ErrorMessage::new(
-                            ErrorCode::INTERNAL,
-                            &format!("storing batch {batch} failed"),
-                        )),
-                    }
+        // Exactly one frame: Message::decode refuses trailing bytes.
+        Ok(bytes) => match Message::decode(bytes::Bytes::from(bytes)) {
+            Ok(Message::RecordAccounting(record)) => {
+                let batch = record.value().batch_id;
+                let files = files.clone();
+                match tokio::task::spawn_blocking(move || files.deliver(&am, &record)).await {
+                    Ok(ack) => Ok(ack),
+                    Err(_) => Err(ErrorMessage::new(
+                        ErrorCode::INTERNAL,
+                        &format!("storing batch {batch} failed"),
+                    )),
                 }
-                Ok(Some(Ok(_))) => Err(ErrorMessage::new(
-                    ErrorCode::UNEXPECTED_MESSAGE,
-                    "a storage stream carries exactly one Record Accounting",
-                )),
-                Ok(Some(Err(error))) | Err(error) => {
-                    Err(ErrorMessage::new(ErrorCode::MALFORMED_FRAME, &error.to_string()))
-                }
-                Ok(None) => Err(ErrorMessage::new(
-                    ErrorCode::MALFORMED_FRAME,
-                    "the stream ended mid-frame",
-                )),
             }
-        }
+            Ok(_) => Err(ErrorMessage::new(
+                ErrorCode::UNEXPECTED_MESSAGE,
+                "a storage stream carries exactly one Record Accounting",
+            )),
+            Err(error) => Err(ErrorMessage::new(ErrorCode::MALFORMED_FRAME, &error.to_string())),
+        },
         Err(quinn::ReadToEndError::TooLong) => Err(ErrorMessage::new(
             ErrorCode::FRAME_TOO_LARGE,
             "a storage stream carries one frame of at most 64 MiB",
