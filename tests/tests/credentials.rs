@@ -370,7 +370,15 @@ fn the_provider_refuses_service_requests_with_typed_reasons() {
         // After the lifetime.
         let short = world.credential(4).await.unwrap();
         provider.next_credential(Duration::from_secs(10)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        // Wait (bounded) until the lifetime the credential states is over.
+        let until = short.value().policy.valid_until_ms;
+        for _ in 0..100 {
+            if now_ms() > until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(now_ms() > until, "the one-second lifetime did not end");
         assert_eq!(
             world.ask_service(short.value(), USER_ADDRESS).await,
             Err(UserError::Refused(ProofStatus::EXPIRED.0))

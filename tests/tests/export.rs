@@ -255,13 +255,27 @@ fn storage_away_then_back_ingest_goes_on_and_exports_catch_up() {
     let pki = TestPki::new(1, 0);
     let storage_address: std::net::SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
     let cold = pki.data().join("external-cold");
+    let metrics_port = acct_tests::free_tcp_port();
+    let metrics_address = format!("127.0.0.1:{metrics_port}");
     let am = AmProcess::start(
         pki.data(),
-        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+        &[
+            "--storage",
+            &storage_address.to_string(),
+            "--export-interval-ms",
+            "200",
+            "--metrics",
+            &metrics_address,
+        ],
     );
-    // The storage is not running: ingest is acked all the same.
+    // The storage is not running: ingest is acked all the same, and the
+    // exporter's attempts fail (bounded wait on its failure counter).
     let messages = ingest(&pki, &am, 6, 200);
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || acct_tests::http_get(metrics_port, "/metrics")
+            .contains("acct_export_failures_total")),
+        "the exporter never tried the absent storage"
+    );
     assert_eq!(hot_records(&pki, &am), messages.len() as u64);
     let storage = AmProcess::start_storage(&pki.pki(), &cold, storage_address, &[]);
     assert!(
