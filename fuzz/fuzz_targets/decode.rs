@@ -8,7 +8,11 @@ use wire::{FrameDecoder, Message};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(message) = Message::decode(Bytes::copy_from_slice(data)) {
-        assert_eq!(message.to_frame().as_ref(), data, "decode then encode changed the bytes");
+        assert_eq!(
+            message.to_frame().as_ref(),
+            data,
+            "decode then encode changed the bytes"
+        );
     }
     let decoder = FrameDecoder::new(wire::limits::SMALL_FRAME_BODY_BYTES_MAX);
     let mut buffer = BytesMut::from(data);

@@ -37,6 +37,62 @@ pub struct Committer {
     settings: CommitSettings,
     /// Provider keys by their id in the `keys` family (one per distinct key).
     key_ids: HashMap<[u8; 32], u32>,
+    /// Failed commit groups since the last success, logged at most every
+    /// [`FAILURE_LOG_INTERVAL`] (a full disk fails every group).
+    failures: FailureLog,
+}
+
+/// How often a run of failing commit groups is logged.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A run of failed commit groups: logged when it starts, every
+/// [`FAILURE_LOG_INTERVAL`] while it lasts, and when it ends.
+#[derive(Default)]
+struct FailureLog {
+    /// When the run started, and when it was last logged.
+    since: Option<(Instant, Instant)>,
+    groups: u64,
+    messages: u64,
+}
+
+impl FailureLog {
+    fn failed(&mut self, error: &StoreError, messages: usize) {
+        let now = Instant::now();
+        self.groups += 1;
+        self.messages += messages as u64;
+        let log = match &mut self.since {
+            None => {
+                self.since = Some((now, now));
+                true
+            }
+            Some((_, logged)) if now.duration_since(*logged) >= FAILURE_LOG_INTERVAL => {
+                *logged = now;
+                true
+            }
+            Some(_) => false,
+        };
+        if log {
+            tracing::error!(
+                %error,
+                groups = self.groups,
+                messages = self.messages,
+                "commit groups failing: nothing of them is stored, providers are answered to retry"
+            );
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if let Some((since, _)) = self.since.take() {
+            tracing::warn!(
+                groups = self.groups,
+                messages = self.messages,
+                seconds = since.elapsed().as_secs_f64(),
+                "commits succeed again after a run of failed groups"
+            );
+            self.groups = 0;
+            self.messages = 0;
+        }
+    }
 }
 
 /// Where the committer answers a session opening.
@@ -82,6 +138,7 @@ impl Committer {
             next_commit_sequence,
             settings,
             key_ids,
+            failures: FailureLog::default(),
         })
     }
 
@@ -232,6 +289,9 @@ impl Committer {
         };
         let failure = match result {
             Ok(()) => {
+                if stored_count > 0 {
+                    self.failures.succeeded();
+                }
                 for (session_id, progress) in staged {
                     if let Some(entry) = self.sessions.get_mut(&session_id) {
                         entry.1 = progress;
@@ -244,11 +304,12 @@ impl Committer {
                 for key in &new_keys {
                     self.key_ids.remove(key);
                 }
-                let status = match error {
-                    StoreError::OutOfSpace(_) => AckStatus::OUT_OF_SPACE,
-                    _ => AckStatus::BUSY,
+                let (status, kind) = match error {
+                    StoreError::OutOfSpace(_) => (AckStatus::OUT_OF_SPACE, "out_of_space"),
+                    _ => (AckStatus::BUSY, "other"),
                 };
-                tracing::error!(%error, messages = stored_count, "commit group failed; nothing of it is stored, providers will retry");
+                metrics::counter!("acct_commit_failures_total", "kind" => kind).increment(1);
+                self.failures.failed(&error, stored_count);
                 Some(status)
             }
         };
