@@ -104,14 +104,46 @@ pub fn server_endpoint(
     let server_config = server_config(ca_der, certificate_der, key_der, Arc::new(transport), client_auth)
         .context("building the TLS configuration")?;
     let (socket, buffer) = peer::quic::quic_socket(listen).with_context(|| format!("listening on {listen}"))?;
+    let (reset_key, cid_key) = restart_stable_keys(key)?;
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         Some(server_config),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
     .with_context(|| format!("listening on {listen}"))?;
     Ok((endpoint, buffer))
+}
+
+/// The server's QUIC stateless-reset key and connection-id key, derived
+/// from its signing key so that they are the same after a restart. A
+/// restarted AM (or AS) then recognises the connection ids it issued before
+/// a crash (quinn drops packets whose id fails its keyed check) and answers
+/// them with a valid stateless reset: its clients learn at once that the
+/// connection is gone and reconnect, instead of waiting for their idle
+/// timeout. The derivation is one-way (SHA-256 over a label and the private
+/// key): the keys reveal nothing of the signing key, and without it nobody
+/// can forge a reset.
+fn restart_stable_keys(key: &wire::SigningKey) -> anyhow::Result<(ring::hmac::Key, u64)> {
+    use anyhow::Context as _;
+    use sha2::Digest as _;
+    let der = key.to_pkcs8_der().context("encoding the key")?;
+    let derive = |label: &[u8]| {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(label);
+        hasher.update(der.as_slice());
+        hasher.finalize()
+    };
+    let reset = derive(b"acct QUIC stateless reset key v1\0");
+    let cid = derive(b"acct QUIC connection id key v1\0");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid[..8]);
+    Ok((
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_slice()),
+        u64::from_le_bytes(cid_key),
+    ))
 }
 
 /// The DER of a connection's peer certificate, if it presented one.

@@ -201,3 +201,44 @@ fn sigkill_loses_nothing_acked_and_stores_nothing_twice() {
         "only {interrupted_rounds} of {KILLS} kills interrupted traffic"
     );
 }
+
+/// A provider connected to an AM that is killed and restarted on the same
+/// address learns at once that its connection is gone: the restarted AM
+/// answers the old connection's packets with a valid QUIC stateless reset
+/// (its reset key is derived from its identity), instead of leaving the
+/// provider to its idle timeout (60 s) before it reconnects.
+#[test]
+fn a_restarted_am_resets_connections_of_the_killed_one() {
+    let pki = TestPki::new(1, 0);
+    let port = acct_tests::free_udp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args: Vec<std::ffi::OsString> = ["serve", "--no-export", "--listen", &listen, "--data"]
+        .into_iter()
+        .map(Into::into)
+        .chain([pki.data().as_os_str().to_owned()])
+        .collect();
+    let am = AmProcess::spawn(&args, &[], "acct serve: listening on ");
+    let rt = runtime();
+    let identity = pki.identity(Role::Provider, "provider-0001");
+    let client = rt.block_on(AmClient::connect(am.address, &identity)).unwrap();
+    let connection = client.connection_handle();
+    am.kill();
+    let restarted = AmProcess::spawn(&args, &[], "acct serve: listening on ");
+    let started = Instant::now();
+    let closed = rt.block_on(async {
+        // Keep-alives (every 5 s) or this stream's packets reach the new
+        // process, which resets the connection.
+        let _ = client.open_accounting().await;
+        tokio::time::timeout(Duration::from_secs(20), connection.closed()).await
+    });
+    let reason = closed.expect("the connection was not reset within 20 s of the restart");
+    println!(
+        "connection closed {:.2} s after the restart: {reason}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        matches!(reason, quinn::ConnectionError::Reset),
+        "closed, but not by a stateless reset: {reason}"
+    );
+    drop(restarted);
+}
