@@ -452,6 +452,10 @@ pub fn fingerprint(signature: &[u8; 64]) -> [u8; 8] {
 }
 
 #[cfg(test)]
+#[path = "model_test.rs"]
+mod model_test;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::am::pipeline::{Pending, ProviderConnection};
