@@ -314,3 +314,59 @@ fn a_provider_sending_mostly_bad_signatures_is_disconnected() {
     });
     assert!(am.terminate(Duration::from_secs(30)));
 }
+
+#[test]
+fn a_provider_opening_stream_after_stream_of_garbage_is_disconnected() {
+    let pki = TestPki::new(2, 1);
+    let am = AmProcess::start(pki.data(), &["--no-export"]);
+    runtime().block_on(async {
+        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+            .await
+            .unwrap();
+        let mut honest = open(&pki, &admin, "provider-0002", DataFields::UNITS).await;
+        let hostile = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
+            .await
+            .unwrap();
+        let good_client = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0002"))
+            .await
+            .unwrap();
+        // An oversized length prefix, stream after stream: each is answered
+        // with its typed error until the connection is closed.
+        let mut oversized = vec![wire::limits::PROTOCOL_VERSION, wire::MessageType::ACCOUNTING.0];
+        oversized.extend_from_slice(&0x8000_0000u32.to_be_bytes());
+        let mut errors = 0usize;
+        for _ in 0..64 {
+            let Ok(AccountingStream {
+                mut sender,
+                mut receiver,
+            }) = hostile.open_accounting().await
+            else {
+                break;
+            };
+            if sender.send_raw(&oversized).await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(WAIT, receiver.next()).await {
+                Ok(Ok(Some(Received::Error(error)))) => {
+                    assert_eq!(error.code, wire::ErrorCode::FRAME_TOO_LARGE, "{error:?}");
+                    errors += 1;
+                }
+                _ => break,
+            }
+        }
+        assert!(
+            (16..64).contains(&errors),
+            "{errors} streams answered before the disconnect"
+        );
+        let reason = tokio::time::timeout(WAIT, hostile.closed())
+            .await
+            .expect("the AM closed the connection");
+        assert!(reason.contains("protocol errors"), "{reason}");
+        // The honest provider, connected all along, is unaffected.
+        let fine = honest.account(AccountingKind::INTERIM, usage(now_ms())).unwrap();
+        assert_eq!(single(&good_client, &fine).await, AckStatus::STORED);
+        good_client.close().await;
+        admin.close().await;
+    });
+    assert!(am.terminate(Duration::from_secs(30)));
+}

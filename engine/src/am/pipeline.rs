@@ -28,6 +28,9 @@ pub struct ProviderConnection {
     pub good_signatures: AtomicU64,
     /// Signatures that did not.
     pub bad_signatures: AtomicU64,
+    /// Streams the AM closed for a protocol error (malformed or oversized
+    /// frame, a message type that has no place on the stream).
+    pub malformed_streams: AtomicU64,
 }
 
 impl ProviderConnection {
@@ -38,6 +41,7 @@ impl ProviderConnection {
             key,
             good_signatures: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
+            malformed_streams: AtomicU64::new(0),
         })
     }
 
@@ -49,10 +53,23 @@ impl ProviderConnection {
         let good = self.good_signatures.load(Ordering::Relaxed);
         bad > BAD_SIGNATURES_MIN && bad > good
     }
+
+    /// Whether the connection keeps breaking the protocol: more than
+    /// `MALFORMED_STREAMS_MAX` streams closed for a protocol error. The
+    /// provider library never sends a malformed frame, so this is a broken
+    /// or hostile peer opening stream after stream of garbage; it is
+    /// disconnected, and a reconnect costs it a full handshake.
+    pub fn breaks_protocol(&self) -> bool {
+        self.malformed_streams.load(Ordering::Relaxed) > MALFORMED_STREAMS_MAX
+    }
 }
 
 /// Bad signatures a connection may send before the abuse rule applies.
 pub const BAD_SIGNATURES_MIN: u64 = 256;
+
+/// Streams a connection may have closed for protocol errors before it is
+/// disconnected.
+pub const MALFORMED_STREAMS_MAX: u64 = 16;
 
 /// An accounting message admitted for verification.
 #[derive(Debug)]

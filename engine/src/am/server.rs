@@ -48,6 +48,9 @@ pub mod close_code {
     pub const SHUTTING_DOWN: u32 = 3;
     /// The peer's certificate is denied (`[security] denied`).
     pub const DENIED: u32 = 4;
+    /// The provider had more than `MALFORMED_STREAMS_MAX` streams closed for
+    /// protocol errors.
+    pub const PROTOCOL_ERRORS: u32 = 5;
 }
 
 /// What the AM needs to run.
@@ -418,8 +421,14 @@ async fn serve_connection(
                         provider_stream(send, receive, &context, &provider, stop).await;
                         if provider.is_abusive() {
                             tracing::warn!("disconnecting: mostly bad signatures");
-                            metrics::counter!("acct_connections_abusive_total").increment(1);
+                            metrics::counter!("acct_connections_abusive_total", "reason" => "bad_signatures")
+                                .increment(1);
                             connection.close(close_code::BAD_SIGNATURES.into(), b"too many bad signatures");
+                        } else if provider.breaks_protocol() {
+                            tracing::warn!("disconnecting: stream after stream of protocol errors");
+                            metrics::counter!("acct_connections_abusive_total", "reason" => "protocol_errors")
+                                .increment(1);
+                            connection.close(close_code::PROTOCOL_ERRORS.into(), b"too many protocol errors");
                         }
                     });
                 }
@@ -707,6 +716,7 @@ async fn provider_stream(
     let _ = submit(context, &mut batch, &ack_sender).await;
     match fatal {
         Some(error) => {
+            provider.malformed_streams.fetch_add(1, Ordering::Relaxed);
             let _ = error_sender.send(error);
             let _ = receive.stop(0u32.into());
         }

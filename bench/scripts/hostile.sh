@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Hostile providers: honest providers (loadgen) against a fresh `acct serve`
+# with no attacker, then with each attack of `attacker` running at the same
+# time. For each: the honest closed-loop throughput, and the honest ack p99
+# in an open-loop run at half the attack-free closed-loop rate, next to the
+# run without the attacker.
+#
+#   bash bench/scripts/hostile.sh [seconds] [attacks...]
+#
+# Settings (environment): BIN (prebuilt binaries; default: build release),
+# OUT (write the JSON here).
+#
+# The attacker runs on the same 2 cores as the AM and loadgen: part of any
+# drop is the attacker's own CPU, which a real attacker spends elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds="${1:-10}"
+shift || true
+attacks=("$@")
+if [ "${#attacks[@]}" -eq 0 ]; then
+  attacks=(bad-signatures split-frames random-bytes oversized idle-streams half-open other-sessions replay-changed revoked)
+fi
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+  BIN="${CARGO_TARGET_DIR:-target}/release"
+fi
+work="$(mktemp -d)"
+am_pid=""
+attacker_pid=""
+cleanup() {
+  for pid in "$attacker_pid" "$am_pid"; do
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_am() { # folder deny
+  local folder="$1" deny="$2"
+  mkdir -p "$folder"
+  "$BIN/acct" init "$folder/pki" --providers 0 --users 0 >/dev/null
+  if [ -n "$deny" ]; then
+    python3 - "$folder/pki/acct.toml" "$deny" <<'PY'
+import sys
+path, name = sys.argv[1], sys.argv[2]
+text = open(path).read()
+section = f'[security]\ndenied = ["{name}"]\n'
+start = text.find("[security]")
+if start < 0:
+    text += "\n" + section
+else:
+    # The section ends where the next one starts (a line beginning with "[").
+    end = text.find("\n[", start)
+    end = len(text) if end < 0 else end + 1
+    text = text[:start] + section + text[end:]
+open(path, "w").write(text)
+PY
+  fi
+  "$BIN/acct" serve --data "$folder" --config "$folder/pki/acct.toml" --listen 127.0.0.1:0 --no-export \
+    >"$folder/am.out" 2>"$folder/am.err" &
+  am_pid=$!
+  for _ in $(seq 1 600); do
+    grep -q "listening on" "$folder/am.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  address="$(sed -n 's/^acct serve: listening on //p' "$folder/am.out")"
+  [ -n "$address" ] || { echo "acct serve did not start"; cat "$folder/am.err"; exit 1; }
+}
+
+stop_am() {
+  kill -TERM "$am_pid" 2>/dev/null || true
+  wait "$am_pid" 2>/dev/null || true
+  am_pid=""
+}
+
+honest() { # folder name extra loadgen args...
+  local folder="$1" name="$2"
+  shift 2
+  "$BIN/loadgen" --am "$address" --pki "$folder/pki" --providers 50 --sessions 500 --users 50 \
+    --duration "$seconds" --drain 30 --quiet --json "$folder/$name.json" "$@" >"$folder/$name.out" 2>&1
+}
+
+figure() { # json field
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['throughput_per_s'] if sys.argv[2]=='rate' else r['latency_ms']['p99'])" "$1" "$2"
+}
+
+run_scenario() { # attack ("none" for the baseline) open_rate
+  local attack="$1" open_rate="$2" folder="$work/$1" deny=""
+  [ "$attack" = revoked ] && deny="provider-9999"
+  start_am "$folder" "$deny"
+  if [ "$attack" != none ]; then
+    # Long enough for both honest runs; stopped after them.
+    "$BIN/attacker" --am "$address" --pki "$folder/pki" --attack "$attack" --duration $((seconds * 2 + 60)) \
+      >"$folder/attacker.json" 2>"$folder/attacker.err" &
+    attacker_pid=$!
+    sleep 3
+    kill -0 "$attacker_pid" 2>/dev/null || { echo "attacker $attack exited early:"; cat "$folder/attacker.err"; exit 1; }
+  fi
+  honest "$folder" closed --max --window 64
+  if [ -n "$open_rate" ]; then
+    honest "$folder" open --rate "$open_rate"
+  fi
+  if [ -n "$attacker_pid" ]; then
+    # SIGTERM: the attacker stops and prints what it did.
+    kill -TERM "$attacker_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$attacker_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$attacker_pid" 2>/dev/null || true
+    wait "$attacker_pid" 2>/dev/null || true
+    attacker_pid=""
+  fi
+  # The AM must still be alive and exit cleanly.
+  kill -0 "$am_pid" 2>/dev/null || { echo "acct serve died under $attack"; tail -20 "$folder/am.err"; exit 1; }
+  stop_am
+  grep -c . "$folder/am.err" >"$folder/log_lines" || true
+}
+
+echo "hostile: $seconds s per honest run; attacks: ${attacks[*]}"
+run_scenario none ""
+base_rate="$(figure "$work/none/closed.json" rate)"
+open_rate="$(python3 -c "print(max(100, int(float('$base_rate') / 2)))")"
+# The baseline's open-loop p99 at that rate, without the attacker.
+start_am "$work/none-open" ""
+honest "$work/none-open" open --rate "$open_rate"
+stop_am
+for attack in "${attacks[@]}"; do
+  echo "hostile: $attack"
+  run_scenario "$attack" "$open_rate"
+done
+
+python3 - "$work" "$open_rate" "${OUT:-}" "${attacks[@]}" <<'PY'
+import json, sys
+work, open_rate, out, attacks = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+load = lambda path: json.load(open(path))
+base_closed = load(f"{work}/none/closed.json")
+base_open = load(f"{work}/none-open/open.json")
+rows, ok = [], True
+for attack in attacks:
+    closed = load(f"{work}/{attack}/closed.json")
+    opened = load(f"{work}/{attack}/open.json")
+    try:
+        attacker = json.loads(open(f"{work}/{attack}/attacker.json").read().strip().splitlines()[-1])
+    except Exception:
+        attacker = {}
+    throughput_ratio = closed["throughput_per_s"] / base_closed["throughput_per_s"]
+    p99_ratio = opened["latency_ms"]["p99"] / max(base_open["latency_ms"]["p99"], 0.001)
+    passed = throughput_ratio >= 0.8 and p99_ratio <= 2.0
+    ok &= passed
+    rows.append({
+        "attack": attack,
+        "honest_closed_msgs_per_s": round(closed["throughput_per_s"]),
+        "throughput_ratio": round(throughput_ratio, 3),
+        "honest_open_p99_ms": opened["latency_ms"]["p99"],
+        "p99_ratio": round(p99_ratio, 2),
+        "honest_rejected": {**closed.get("rejected", {}), **opened.get("rejected", {})},
+        "attacker": attacker,
+        "passed": passed,
+    })
+summary = {
+    "baseline": {
+        "honest_closed_msgs_per_s": round(base_closed["throughput_per_s"]),
+        "closed_p99_ms": base_closed["latency_ms"]["p99"],
+        "open_rate": open_rate,
+        "honest_open_p99_ms": base_open["latency_ms"]["p99"],
+    },
+    "attacks": rows,
+}
+print(f"baseline: {summary['baseline']['honest_closed_msgs_per_s']} msgs/s closed loop; "
+      f"open loop at {open_rate}/s: p99 {base_open['latency_ms']['p99']:.2f} ms")
+print(f"{'attack':<16} {'honest msgs/s':>13} {'ratio':>6} {'open p99 ms':>11} {'ratio':>6}  attacker")
+for row in rows:
+    a = row["attacker"]
+    attacker = f"sent {a.get('sent')}, conns {a.get('connections')}, cut {a.get('disconnects')}, {a.get('answers')}"
+    print(f"{row['attack']:<16} {row['honest_closed_msgs_per_s']:>13} {row['throughput_ratio']:>6} "
+          f"{row['honest_open_p99_ms']:>11.2f} {row['p99_ratio']:>6}  {'PASS' if row['passed'] else 'FAIL'}  {attacker[:160]}")
+if out:
+    json.dump(summary, open(out, "w"), indent=2)
+sys.exit(0 if ok else 1)
+PY
