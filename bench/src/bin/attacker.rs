@@ -432,7 +432,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                         let _ = tokio::time::timeout(Duration::from_millis(1), connecting).await;
                         counts.sent.fetch_add(1, Ordering::Relaxed);
                     }
-                    if index % 64 == 0 {
+                    if index.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }
