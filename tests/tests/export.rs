@@ -289,6 +289,41 @@ fn storage_away_then_back_ingest_goes_on_and_exports_catch_up() {
     audit_passes(&cold);
 }
 
+/// A storage that takes 2 s to answer each batch: ingest is acked as
+/// usual (acks never wait for exports), exports complete one slow batch at
+/// a time, and every record ends up in cold storage once.
+#[test]
+fn a_slow_storage_slows_exports_not_ingest() {
+    let pki = TestPki::new(1, 0);
+    let storage_address: std::net::SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let cold = pki.data().join("external-cold");
+    let storage = AmProcess::start_storage(
+        &pki.pki(),
+        &cold,
+        storage_address,
+        &[("ACCT_STORAGE_ACK_DELAY_MS", "2000")],
+    );
+    let am = AmProcess::start(
+        pki.data(),
+        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+    );
+    // Three rounds of ingest while slow exports run; each is fully acked
+    // (ingest() asserts every answer is STORED).
+    let mut messages = Vec::new();
+    for _ in 0..3 {
+        messages.extend(ingest(&pki, &am, 4, 100));
+    }
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&cold).len() == messages.len()),
+        "the slow storage never caught up"
+    );
+    assert!(wait_until(EXPORT_TIMEOUT, || hot_records(&pki, &am) == 0));
+    assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert!(storage.terminate(Duration::from_secs(30)));
+    audit_passes(&cold);
+}
+
 /// SIGKILL the AM at `failpoint` of its first export, restart it: every
 /// record ends up in cold storage exactly once, the hot store empties.
 fn kill_am_at(failpoint: &str) {

@@ -362,6 +362,15 @@ fn a_provider_opening_stream_after_stream_of_garbage_is_disconnected() {
             .await
             .expect("the AM closed the connection");
         assert!(reason.contains("protocol errors"), "{reason}");
+        // Reconnecting at once meets the backoff: closed right after the
+        // handshake, before it can cost anything more.
+        let again = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
+            .await
+            .unwrap();
+        let reason = tokio::time::timeout(WAIT, again.closed())
+            .await
+            .expect("the AM closed the reconnect");
+        assert!(reason.contains("retry in"), "{reason}");
         // The honest provider, connected all along, is unaffected.
         let fine = honest.account(AccountingKind::INTERIM, usage(now_ms())).unwrap();
         assert_eq!(single(&good_client, &fine).await, AckStatus::STORED);

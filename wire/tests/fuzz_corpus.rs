@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use bytes::Bytes;
-use wire::Message;
+use bytes::{Bytes, BytesMut};
+use wire::{Frame, FrameDecoder, Message};
 
 #[test]
 fn fuzz_corpus_is_a_regression_suite() {
@@ -22,6 +22,49 @@ fn fuzz_corpus_is_a_regression_suite() {
     }
     // The committed seeds include one valid frame of every message type.
     assert!(files >= 12 && decoded >= 12, "{files} files, {decoded} decoded");
+}
+
+/// The frames target's corpus: each stream (after its two seed bytes)
+/// decodes the same read at once and read one byte at a time.
+#[test]
+fn frames_corpus_decodes_the_same_in_any_pieces() {
+    let folder = manifest_dir().join("../fuzz/corpus/frames");
+    let mut files = 0usize;
+    let mut frames = 0usize;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let Some(stream) = bytes.get(2..) else { continue };
+        files += 1;
+        let whole = read_all(stream, usize::MAX);
+        assert_eq!(whole, read_all(stream, 1), "{}", path.display());
+        frames += whole.0.len();
+    }
+    assert!(files >= 100 && frames >= 100, "{files} files, {frames} frames");
+}
+
+/// The frames of `stream` fed `piece` bytes at a time, and whether it
+/// ended in an error.
+fn read_all(stream: &[u8], piece: usize) -> (Vec<Frame>, bool) {
+    let decoder = FrameDecoder::new(wire::limits::SMALL_FRAME_BODY_BYTES_MAX);
+    let mut buffer = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    loop {
+        loop {
+            match decoder.next_frame(&mut buffer) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(_) => return (frames, true),
+            }
+        }
+        if offset == stream.len() {
+            return (frames, false);
+        }
+        let take = piece.min(stream.len() - offset);
+        buffer.extend_from_slice(&stream[offset..offset + take]);
+        offset += take;
+    }
 }
 
 /// This crate's folder, read when the test runs (cargo sets it for the test

@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod deny;
 pub mod export;
 pub mod ingest;
+pub mod penalty;
 pub mod pipeline;
 pub mod server;
 pub mod session;

@@ -4,7 +4,7 @@
 //! → the stream's ack writer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
@@ -31,6 +31,8 @@ pub struct ProviderConnection {
     /// Streams the AM closed for a protocol error (malformed or oversized
     /// frame, a message type that has no place on the stream).
     pub malformed_streams: AtomicU64,
+    /// Set once the AM closed this connection for abuse.
+    pub closed_for_abuse: AtomicBool,
 }
 
 impl ProviderConnection {
@@ -42,6 +44,7 @@ impl ProviderConnection {
             good_signatures: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
             malformed_streams: AtomicU64::new(0),
+            closed_for_abuse: AtomicBool::new(false),
         })
     }
 

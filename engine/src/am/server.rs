@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::BytesMut;
@@ -51,6 +51,8 @@ pub mod close_code {
     /// The provider had more than `MALFORMED_STREAMS_MAX` streams closed for
     /// protocol errors.
     pub const PROTOCOL_ERRORS: u32 = 5;
+    /// The provider was disconnected for abuse and its backoff has not ended.
+    pub const BACKOFF: u32 = 6;
 }
 
 /// What the AM needs to run.
@@ -116,6 +118,8 @@ struct Context {
     replay: std::sync::Mutex<ReplayCache>,
     providers: ProviderRegistry,
     deny: Arc<DenyList>,
+    /// Backoffs of providers disconnected for abuse.
+    penalties: super::penalty::Penalties,
     /// The service list's frames, encoded once.
     service_list: bytes::Bytes,
     /// User connections open now (bounded by [`USER_CONNECTIONS_MAX`]).
@@ -203,6 +207,7 @@ pub async fn run(
         replay: std::sync::Mutex::new(ReplayCache::default()),
         providers: ProviderRegistry::default(),
         deny: settings.deny.clone(),
+        penalties: super::penalty::Penalties::default(),
         service_list: encode_service_list(&settings.services),
         user_connections: AtomicUsize::new(0),
     });
@@ -374,6 +379,12 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
         connection.close(close_code::DENIED.into(), b"certificate revoked");
         return;
     }
+    if let Some(left) = context.penalties.remaining(identity.name.as_str(), Instant::now()) {
+        metrics::counter!("acct_connections_backoff_total").increment(1);
+        let reason = format!("disconnected for abuse; retry in {} ms", left.as_millis());
+        connection.close(close_code::BACKOFF.into(), reason.as_bytes());
+        return;
+    }
     let span = tracing::info_span!("connection", peer = %identity.name, role = identity.role.as_str(), remote = %connection.remote_address());
     serve_connection(connection, identity, certificate, deny_watch, context, stop)
         .instrument(span)
@@ -419,16 +430,21 @@ async fn serve_connection(
                     let connection = connection.clone();
                     streams.spawn(async move {
                         provider_stream(send, receive, &context, &provider, stop).await;
-                        if provider.is_abusive() {
-                            tracing::warn!("disconnecting: mostly bad signatures");
-                            metrics::counter!("acct_connections_abusive_total", "reason" => "bad_signatures")
-                                .increment(1);
-                            connection.close(close_code::BAD_SIGNATURES.into(), b"too many bad signatures");
+                        let reason = if provider.is_abusive() {
+                            Some((close_code::BAD_SIGNATURES, "bad_signatures", "too many bad signatures"))
                         } else if provider.breaks_protocol() {
-                            tracing::warn!("disconnecting: stream after stream of protocol errors");
-                            metrics::counter!("acct_connections_abusive_total", "reason" => "protocol_errors")
-                                .increment(1);
-                            connection.close(close_code::PROTOCOL_ERRORS.into(), b"too many protocol errors");
+                            Some((close_code::PROTOCOL_ERRORS, "protocol_errors", "too many protocol errors"))
+                        } else {
+                            None
+                        };
+                        // Once per connection, whichever stream notices first.
+                        if let Some((code, label, text)) = reason
+                            && !provider.closed_for_abuse.swap(true, Ordering::Relaxed)
+                        {
+                            let backoff = context.penalties.strike(provider.name.as_str(), Instant::now());
+                            tracing::warn!(reason = text, backoff_ms = backoff.as_millis() as u64, "disconnecting an abusive provider");
+                            metrics::counter!("acct_connections_abusive_total", "reason" => label).increment(1);
+                            connection.close(code.into(), text.as_bytes());
                         }
                     });
                 }

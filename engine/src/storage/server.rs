@@ -176,8 +176,24 @@ async fn serve_stream(
         Ok(ack) => ack.encode_frame(&mut out),
         Err(error) => error.encode_frame(&mut out),
     }
+    if let Some(delay) = ack_delay() {
+        tokio::time::sleep(delay).await;
+    }
     let _ = send.write_all(&out).await;
     let _ = send.finish();
     // Let the ack reach the AM before the stream is dropped.
     let _ = send.stopped().await;
+}
+
+/// Fault injection for tests and benchmarks: `ACCT_STORAGE_ACK_DELAY_MS`
+/// makes the storage hold every answer that long after the file is durable,
+/// as a slow storage would. Unset in production.
+fn ack_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("ACCT_STORAGE_ACK_DELAY_MS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
 }
