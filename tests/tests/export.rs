@@ -277,6 +277,16 @@ fn storage_away_then_back_ingest_goes_on_and_exports_catch_up() {
         "the exporter never tried the absent storage"
     );
     assert_eq!(hot_records(&pki, &am), messages.len() as u64);
+    // The backlog gauge counts every record waiting, also while the first
+    // batch is being retried.
+    let backlog_line = format!("acct_export_backlog_records {}", messages.len());
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || acct_tests::http_get(metrics_port, "/metrics")
+            .lines()
+            .any(|line| line == backlog_line)),
+        "the backlog gauge never showed {} records",
+        messages.len()
+    );
     let storage = AmProcess::start_storage(&pki.pki(), &cold, storage_address, &[]);
     assert!(
         wait_until(EXPORT_TIMEOUT, || cold_rows(&cold).len() == messages.len()),

@@ -61,6 +61,10 @@ struct Args {
     /// The honest provider whose sessions `other-sessions` bills.
     #[arg(long, default_value = "provider-0001")]
     victim: String,
+    /// The local address `half-open` sends from: another loopback address
+    /// than the honest providers', as an attacker's own machine would be.
+    #[arg(long, default_value = "127.0.0.2")]
+    bind: std::net::IpAddr,
 }
 
 /// Counters reported at the end.
@@ -411,30 +415,36 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                 }
             }
             Attack::HalfOpen => {
+                // Real client Initials (valid QUIC and TLS ClientHellos, made by
+                // quinn-proto) sent from plain UDP sockets that never answer:
+                // the AM does its half of each handshake and holds it until it
+                // gives up.
                 let config = peer::quic::client_config_for(&me.ca_der, None)?;
-                let mut endpoints = Vec::new();
-                for _ in 0..16 {
-                    let (socket, _) = peer::quic::quic_socket("127.0.0.1:0".parse()?)?;
-                    endpoints.push(quinn::Endpoint::new(
-                        quinn::EndpointConfig::default(),
-                        None,
-                        socket,
-                        Arc::new(quinn::TokioRuntime),
-                    )?);
-                }
+                let sockets: Vec<std::net::UdpSocket> = (0..16)
+                    .map(|_| std::net::UdpSocket::bind(SocketAddr::new(args.bind, 0)))
+                    .collect::<Result<_, _>>()?;
+                let mut buffer = Vec::with_capacity(2048);
                 let mut index = 0usize;
                 while Instant::now() < until {
-                    let endpoint = &endpoints[index % endpoints.len()];
-                    index += 1;
-                    if let Ok(connecting) = endpoint.connect_with(config.clone(), args.am, peer::quic::AM_SERVER_NAME) {
-                        // The Initial goes out when the connection is polled once;
-                        // then it is abandoned.
-                        let _ = tokio::time::timeout(Duration::from_millis(1), connecting).await;
-                        counts.sent.fetch_add(1, Ordering::Relaxed);
+                    // A fresh state machine per batch keeps the attacker's memory flat.
+                    let mut endpoint =
+                        quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
+                    for _ in 0..256 {
+                        let now = Instant::now();
+                        let Ok((_, mut connection)) =
+                            endpoint.connect(now, config.clone(), args.am, peer::quic::AM_SERVER_NAME)
+                        else {
+                            break;
+                        };
+                        let socket = &sockets[index % sockets.len()];
+                        index += 1;
+                        buffer.clear();
+                        if let Some(transmit) = connection.poll_transmit(now, 1, &mut buffer) {
+                            let _ = socket.send_to(&buffer[..transmit.size], transmit.destination);
+                            counts.sent.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    if index.is_multiple_of(64) {
-                        tokio::task::yield_now().await;
-                    }
+                    tokio::task::yield_now().await;
                 }
             }
             Attack::OtherSessions => {
@@ -517,6 +527,7 @@ fn clone_args(args: &Args) -> Args {
         attack: args.attack,
         duration: args.duration,
         victim: args.victim.clone(),
+        bind: args.bind,
     }
 }
 

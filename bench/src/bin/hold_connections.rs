@@ -57,7 +57,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut held = Vec::with_capacity(args.connections);
     // Open in waves so the handshakes do not all time out at once.
-    for wave in (0..args.connections).collect::<Vec<_>>().chunks(500) {
+    // At most 200 at once: the AM takes 256 handshakes from one address at a time.
+    for wave in (0..args.connections).collect::<Vec<_>>().chunks(200) {
         let mut tasks = tokio::task::JoinSet::new();
         for &index in wave {
             let endpoint = endpoints[index % endpoints.len()].clone();

@@ -184,11 +184,15 @@ enum Step {
 }
 
 fn next_step(store: &Store, records_max: usize, due: bool) -> Result<Step, StoreError> {
+    let next = store.next_commit_sequence()?;
     if let Some(manifest) = store.manifests()?.into_iter().next() {
+        // Everything from the oldest unacknowledged batch on waits: also
+        // while a batch is being retried against an absent storage.
+        metrics::gauge!("acct_export_backlog_records").set(next.saturating_sub(manifest.first) as f64);
+        metrics::gauge!("acct_store_disk_bytes").set(store.disk_bytes() as f64);
         return Ok(Step::Ship(manifest, false));
     }
     let cursor = store.export_cursor()?;
-    let next = store.next_commit_sequence()?;
     let backlog = next.saturating_sub(cursor);
     metrics::gauge!("acct_export_backlog_records").set(backlog as f64);
     metrics::gauge!("acct_store_disk_bytes").set(store.disk_bytes() as f64);

@@ -6,6 +6,7 @@
 //! waits (under the drain deadline) until each admitted message is answered;
 //! then the verifiers and the committer drain their queues and stop.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -120,10 +121,56 @@ struct Context {
     deny: Arc<DenyList>,
     /// Backoffs of providers disconnected for abuse.
     penalties: super::penalty::Penalties,
+    /// Handshakes in progress.
+    handshakes: Handshakes,
     /// The service list's frames, encoded once.
     service_list: bytes::Bytes,
     /// User connections open now (bounded by [`USER_CONNECTIONS_MAX`]).
     user_connections: AtomicUsize,
+}
+
+/// Handshakes in progress at once. A handshake holds a connection slot; a
+/// flood of handshakes started and abandoned must not take the slots of
+/// honest providers, so beyond this new handshakes are refused (a QUIC
+/// CONNECTION_REFUSED, before any cryptography).
+pub const HANDSHAKES_MAX: usize = 1_024;
+/// Handshakes in progress from one IP address at once (a quarter of
+/// [`HANDSHAKES_MAX`]: one address cannot take them all).
+pub const HANDSHAKES_PER_ADDRESS_MAX: u32 = 256;
+/// A handshake not finished by then is dropped and its slot freed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress, in all and per source address.
+#[derive(Default)]
+struct Handshakes {
+    by_address: std::sync::Mutex<HashMap<std::net::IpAddr, u32>>,
+}
+
+impl Handshakes {
+    /// Take a handshake slot for `address`, or say why not.
+    fn enter(&self, address: std::net::IpAddr) -> Result<(), &'static str> {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let total: u32 = by_address.values().sum();
+        if total as usize >= HANDSHAKES_MAX {
+            return Err("handshakes");
+        }
+        let count = by_address.entry(address).or_default();
+        if *count >= HANDSHAKES_PER_ADDRESS_MAX {
+            return Err("handshakes_per_address");
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    fn leave(&self, address: std::net::IpAddr) {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = by_address.get_mut(&address) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&address);
+            }
+        }
+    }
 }
 
 /// Connections without a client certificate (users) at once; they do not
@@ -208,6 +255,7 @@ pub async fn run(
         providers: ProviderRegistry::default(),
         deny: settings.deny.clone(),
         penalties: super::penalty::Penalties::default(),
+        handshakes: Handshakes::default(),
         service_list: encode_service_list(&settings.services),
         user_connections: AtomicUsize::new(0),
     });
@@ -276,7 +324,13 @@ pub async fn run(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 if context.connections.load(Ordering::Relaxed) >= context.ingest.connections_max {
-                    metrics::counter!("acct_connections_refused_total").increment(1);
+                    metrics::counter!("acct_connections_refused_total", "reason" => "connections").increment(1);
+                    incoming.refuse();
+                    continue;
+                }
+                let address = incoming.remote_address().ip();
+                if let Err(reason) = context.handshakes.enter(address) {
+                    metrics::counter!("acct_connections_refused_total", "reason" => reason).increment(1);
                     incoming.refuse();
                     continue;
                 }
@@ -337,11 +391,20 @@ pub async fn run(
 }
 
 async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, stop: watch::Receiver<bool>) {
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(error) => {
+    let address = incoming.remote_address().ip();
+    // Dropping an unfinished handshake closes it and frees its slots.
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, std::future::IntoFuture::into_future(incoming)).await;
+    context.handshakes.leave(address);
+    let connection = match handshake {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
             metrics::counter!("acct_handshakes_failed_total").increment(1);
             tracing::debug!(%error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("acct_handshakes_failed_total").increment(1);
+            tracing::debug!("handshake timed out");
             return;
         }
     };
