@@ -299,24 +299,29 @@ fn storage_away_then_back_ingest_goes_on_and_exports_catch_up() {
     audit_passes(&cold);
 }
 
+/// An external storage started with `env` (a fault to inject) in
+/// DATA/external-cold, and an AM exporting to it every 200 ms.
+fn with_external_storage(
+    pki: &TestPki,
+    env: &[(&str, &str)],
+) -> (AmProcess, std::net::SocketAddr, std::path::PathBuf, AmProcess) {
+    let storage_address: std::net::SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let cold = pki.data().join("external-cold");
+    let storage = AmProcess::start_storage(&pki.pki(), &cold, storage_address, env);
+    let am = AmProcess::start(
+        pki.data(),
+        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+    );
+    (storage, storage_address, cold, am)
+}
+
 /// A storage that takes 2 s to answer each batch: ingest is acked as
 /// usual (acks never wait for exports), exports complete one slow batch at
 /// a time, and every record ends up in cold storage once.
 #[test]
 fn a_slow_storage_slows_exports_not_ingest() {
     let pki = TestPki::new(1, 0);
-    let storage_address: std::net::SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let cold = pki.data().join("external-cold");
-    let storage = AmProcess::start_storage(
-        &pki.pki(),
-        &cold,
-        storage_address,
-        &[("ACCT_STORAGE_ACK_DELAY_MS", "2000")],
-    );
-    let am = AmProcess::start(
-        pki.data(),
-        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
-    );
+    let (storage, _, cold, am) = with_external_storage(&pki, &[("ACCT_STORAGE_ACK_DELAY_MS", "2000")]);
     // Three rounds of ingest while slow exports run; each is fully acked
     // (ingest() asserts every answer is STORED).
     let mut messages = Vec::new();
@@ -383,18 +388,7 @@ fn am_killed_between_manifest_and_send_loses_and_doubles_nothing() {
 #[test]
 fn storage_killed_mid_write_leaves_no_partial_file() {
     let pki = TestPki::new(1, 0);
-    let storage_address: std::net::SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let cold = pki.data().join("external-cold");
-    let storage = AmProcess::start_storage(
-        &pki.pki(),
-        &cold,
-        storage_address,
-        &[("ACCT_FAILPOINT", "storage-mid-write")],
-    );
-    let am = AmProcess::start(
-        pki.data(),
-        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
-    );
+    let (storage, storage_address, cold, am) = with_external_storage(&pki, &[("ACCT_FAILPOINT", "storage-mid-write")]);
     let messages = ingest(&pki, &am, 4, 100);
     assert!(storage.wait_for_line("failpoint storage-mid-write reached", EXPORT_TIMEOUT));
     // Half a file is on disk, under a hidden temp name only.

@@ -451,6 +451,18 @@ pub fn fingerprint(signature: &[u8; 64]) -> [u8; 8] {
     out
 }
 
+/// The commit settings of the unit tests and the model test.
+#[cfg(test)]
+const TEST_SETTINGS: CommitSettings = CommitSettings {
+    group_messages_max: 64,
+    bounds: TimeBounds {
+        future_skew_ms_max: 300_000,
+        lateness_ms_max: 86_400_000,
+    },
+    dedup_window_ms: 86_400_000,
+    tick: Duration::from_secs(1),
+};
+
 #[cfg(test)]
 #[path = "model_test.rs"]
 mod model_test;
@@ -462,16 +474,6 @@ mod tests {
     use wire::{
         Accounting, AccountingKind, Address, DataFields, Name, Policy, ServiceId, SessionKey, Signed, SigningKey,
         TimeOfDay, Usage, UserCredential,
-    };
-
-    const SETTINGS: CommitSettings = CommitSettings {
-        group_messages_max: 64,
-        bounds: TimeBounds {
-            future_skew_ms_max: 300_000,
-            lateness_ms_max: 86_400_000,
-        },
-        dedup_window_ms: 86_400_000,
-        tick: Duration::from_secs(1),
     };
 
     struct Harness {
@@ -488,7 +490,7 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(folder.path()).unwrap());
         let table = Arc::new(SessionTable::default());
-        let mut committer = Committer::new(store, table, SETTINGS).unwrap();
+        let mut committer = Committer::new(store, table, TEST_SETTINGS).unwrap();
         let now = now_ms();
         let credential = Signed::sign(
             UserCredential {
@@ -600,7 +602,7 @@ mod tests {
         assert_eq!(harness.commit(std::slice::from_ref(&message)), vec![AckStatus::STORED]);
         let store = harness.committer.store.clone();
         let table = Arc::new(SessionTable::default());
-        harness.committer = Committer::new(store, table.clone(), SETTINGS).unwrap();
+        harness.committer = Committer::new(store, table.clone(), TEST_SETTINGS).unwrap();
         assert!(table.get(&SessionId([3; 16])).is_some());
         assert_eq!(harness.commit(&[message]), vec![AckStatus::DUPLICATE]);
         assert_eq!(harness.commit(&[harness.message(2, 1)]), vec![AckStatus::STORED]);
@@ -624,9 +626,11 @@ mod tests {
         last.kind = AccountingKind::FINAL;
         let last = Signed::sign(last, &harness.provider_key).unwrap();
         assert_eq!(harness.commit(std::slice::from_ref(&last)), vec![AckStatus::STORED]);
-        harness.committer.tick(now_ms() + SETTINGS.dedup_window_ms / 2);
+        harness.committer.tick(now_ms() + TEST_SETTINGS.dedup_window_ms / 2);
         assert_eq!(harness.commit(std::slice::from_ref(&last)), vec![AckStatus::DUPLICATE]);
-        harness.committer.tick(now_ms() + SETTINGS.dedup_window_ms + 60_000);
+        harness
+            .committer
+            .tick(now_ms() + TEST_SETTINGS.dedup_window_ms + 60_000);
         assert_eq!(harness.commit(&[last]), vec![AckStatus::UNKNOWN_SESSION]);
         assert!(
             harness

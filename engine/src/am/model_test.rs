@@ -20,9 +20,9 @@ use wire::{
     SessionKey, Signed, SigningKey, TimeOfDay, Usage, UserCredential,
 };
 
-use super::{CommitSettings, Committer};
+use super::{Committer, TEST_SETTINGS};
 use crate::am::pipeline::{AckSender, Pending, ProviderConnection, SessionTable, Verified};
-use crate::am::session::{SessionInfo, TimeBounds};
+use crate::am::session::SessionInfo;
 use crate::am::store::{Manifest, Store};
 
 const SESSIONS: usize = 4;
@@ -83,22 +83,12 @@ struct World {
     exports: u64,
 }
 
-const SETTINGS: CommitSettings = CommitSettings {
-    group_messages_max: 64,
-    bounds: TimeBounds {
-        future_skew_ms_max: 300_000,
-        lateness_ms_max: 86_400_000,
-    },
-    dedup_window_ms: 86_400_000,
-    tick: std::time::Duration::from_secs(1),
-};
-
 impl World {
     fn new(seed: u64) -> Self {
         let folder = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(folder.path()).unwrap());
         let table = Arc::new(SessionTable::default());
-        let mut committer = Committer::new(store, table, SETTINGS).unwrap();
+        let mut committer = Committer::new(store, table, TEST_SETTINGS).unwrap();
         let now_ms = crate::clock::now_ms();
         let am_key = SigningKey::from_seed(&[1; 32]);
         let infos: Vec<Arc<SessionInfo>> = (0..SESSIONS)
@@ -348,7 +338,7 @@ impl World {
         while self.acks.try_recv().is_ok() {}
         let store = Arc::new(Store::open(self.folder.path()).unwrap());
         let table = Arc::new(SessionTable::default());
-        self.committer = Some(Committer::new(store, table, SETTINGS).unwrap());
+        self.committer = Some(Committer::new(store, table, TEST_SETTINGS).unwrap());
         self.crashes += 1;
     }
 
