@@ -11,3 +11,10 @@ export ACCT_PYTHON="${ACCT_PYTHON:-${ACCT_VENV:-/var/tmp/acct-venv}/bin/python}"
 # build another package's binaries for a test crate).
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# A smoke run of the benchmark harness (seconds, tiny sizes, debug builds):
+# acct, the ceiling, PostgreSQL and JetStream, so that it cannot rot. Its
+# figures mean nothing; the real run is `bash bench/scripts/harness.sh`.
+smoke_out="$(mktemp)"
+SMOKE=1 BIN="${CARGO_TARGET_DIR:-target}/debug" OUT="$smoke_out" bash bench/scripts/harness.sh 1
+python3 -c "import json, sys; r = json.load(open(sys.argv[1])); assert len(r['systems']) >= 10 and len(r['targets']) == 10" "$smoke_out"
+rm -f "$smoke_out"

@@ -192,3 +192,59 @@ pub fn pending(
         reply: reply.clone(),
     }
 }
+
+/// What the harness's clients for other systems (PostgreSQL, JetStream)
+/// share: the records split over connections, and the report they print.
+pub mod other {
+    use loadgen::records::Record;
+
+    /// Split `records` over `parts` connections by provider (a provider's
+    /// records stay on one connection and keep their order, as on the AM).
+    pub fn split(records: Vec<Record>, parts: usize) -> Vec<Vec<Record>> {
+        let parts = parts.max(1);
+        let mut out: Vec<Vec<Record>> = (0..parts)
+            .map(|_| Vec::with_capacity(records.len() / parts + 1))
+            .collect();
+        for record in records {
+            out[record.provider as usize % parts].push(record);
+        }
+        out
+    }
+
+    /// One connection's outcome: an ack latency (ms) per fresh record
+    /// stored, and how many duplicates the system recognised.
+    #[derive(Default)]
+    pub struct Outcome {
+        /// Ack latency of each fresh record, ms.
+        pub latencies_ms: Vec<f64>,
+        /// Records the system answered as already stored.
+        pub duplicates: u64,
+    }
+
+    /// The JSON line every client prints: fresh records stored per second
+    /// (from the start to the last answer) and the ack latency quantiles.
+    pub fn report(outcomes: Vec<Outcome>, seconds: f64, extra: serde_json::Value) -> serde_json::Value {
+        let duplicates: u64 = outcomes.iter().map(|outcome| outcome.duplicates).sum();
+        let mut latencies: Vec<f64> = outcomes.into_iter().flat_map(|outcome| outcome.latencies_ms).collect();
+        latencies.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let mut out = serde_json::json!({
+            "stored": latencies.len(),
+            "duplicates": duplicates,
+            "seconds": seconds,
+            "msgs_per_s": latencies.len() as f64 / seconds.max(1e-9),
+            "p50_ms": pick(0.5),
+            "p99_ms": pick(0.99),
+            "p99_9_ms": pick(0.999),
+        });
+        if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
+            out.extend(extra);
+        }
+        out
+    }
+}

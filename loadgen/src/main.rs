@@ -137,6 +137,15 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         "loadgen: {messages_presigned} messages signed in {signing_s:.1} s; sending for {} s",
         settings.duration
     ));
+    if let Some(path) = &settings.records {
+        let keys: Vec<wire::PublicKey> = identities
+            .providers
+            .iter()
+            .map(|(_, identity)| identity.signing_key.public_key())
+            .collect();
+        let written = loadgen::records::write(path, &keys, &plans, settings.records_max)?;
+        say(format!("loadgen: {written} records written to {}", path.display()));
+    }
     let shared = Shared::new();
     shared.add_connect_failures(connect_failures);
     let progress = progress_line(&settings, "running", connected.clone(), Some(shared.clone()));

@@ -109,6 +109,14 @@ pub struct Settings {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Write the messages signed ahead to this file (loadgen/src/records.rs
+    /// gives the layout) before sending, so that the benchmark harness can
+    /// feed the same records to other systems.
+    #[arg(long)]
+    pub records: Option<PathBuf>,
+    /// Most records written with `--records`.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub records_max: usize,
 }
 
 impl Settings {

