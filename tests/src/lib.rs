@@ -416,3 +416,23 @@ pub async fn send_all(
     let _ = sender.finish();
     answers
 }
+
+/// Rewrite the `[security] denied` list of the config file at `config` (a
+/// running AM re-reads it within about a second).
+pub fn set_denied(config: &Path, entries: &[String]) {
+    let text = std::fs::read_to_string(config).unwrap_or_else(|error| panic!("reading {}: {error}", config.display()));
+    let list = entries
+        .iter()
+        .map(|entry| format!("{entry:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let section = format!("[security]\ndenied = [{list}]\n");
+    let text = match text.find("[security]") {
+        Some(start) => {
+            let end = start + text[start..].find("\n[").map_or(text.len() - start, |end| end + 1);
+            format!("{}{}{}", &text[..start], section, &text[end..])
+        }
+        None => format!("{text}\n{section}"),
+    };
+    std::fs::write(config, text).unwrap_or_else(|error| panic!("writing {}: {error}", config.display()));
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use acct_tests::{AmProcess, TestPki, now_ms, open_sessions, runtime, send_all};
+use acct_tests::{AmProcess, TestPki, now_ms, open_sessions, runtime, send_all, set_denied as deny};
 use bytes::Bytes;
 use peer::net::UserClient;
 use peer::quic::{AmClient, ClientError};
@@ -16,20 +16,6 @@ fn usage() -> Usage {
         interval_ms: Some((now_ms() - 1000, now_ms())),
         ..Usage::default()
     }
-}
-
-/// Rewrite the config's deny list (the AM checks the file every second).
-fn deny(config: &std::path::Path, entries: &[String]) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let start = text.find("[security]").unwrap();
-    let end = start + text[start..].find("\n[").unwrap_or(text.len() - start);
-    let list = entries
-        .iter()
-        .map(|entry| format!("{entry:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let section = format!("[security]\ndenied = [{list}]\n");
-    std::fs::write(config, format!("{}{}{}", &text[..start], section, &text[end..])).unwrap();
 }
 
 #[test]

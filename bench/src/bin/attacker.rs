@@ -61,10 +61,16 @@ struct Args {
     /// The honest provider whose sessions `other-sessions` bills.
     #[arg(long, default_value = "provider-0001")]
     victim: String,
-    /// The local address `half-open` sends from: another loopback address
+    /// The local address every attack comes from: another loopback address
     /// than the honest providers', as an attacker's own machine would be.
     #[arg(long, default_value = "127.0.0.2")]
     bind: std::net::IpAddr,
+}
+
+/// Connect to the AM as `me` from the attacker's own address (`--bind`).
+async fn connect(args: &Args, me: &ClientIdentity) -> anyhow::Result<AmClient> {
+    let endpoint = peer::quic::shared_endpoint(SocketAddr::new(args.bind, 0))?;
+    Ok(AmClient::connect_with(&endpoint, peer::quic::client_config(me)?, args.am).await?)
 }
 
 /// Counters reported at the end.
@@ -171,7 +177,7 @@ async fn flood(
 ) {
     let mut round = 0u64;
     while Instant::now() < until {
-        let Ok(client) = AmClient::connect(args.am, me).await else {
+        let Ok(client) = connect(args, me).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -231,7 +237,7 @@ async fn raw_streams(
     bytes: &(dyn Fn() -> Vec<u8> + Sync),
 ) {
     while Instant::now() < until {
-        let Ok(client) = AmClient::connect(args.am, me).await else {
+        let Ok(client) = connect(args, me).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -313,7 +319,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                 let credential = &credentials[0];
                 let mut sequence = 1u64;
                 while Instant::now() < until {
-                    let client = AmClient::connect(args.am, &me).await?;
+                    let client = connect(&args, &me).await?;
                     counts.connections.fetch_add(1, Ordering::Relaxed);
                     let (mut send, mut receive) = client.connection_handle().open_bi().await?;
                     let reader = {
@@ -382,7 +388,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                 let mut held = Vec::new();
                 let mut clients = Vec::new();
                 for _ in 0..8 {
-                    let client = AmClient::connect(args.am, &me).await?;
+                    let client = connect(&args, &me).await?;
                     counts.connections.fetch_add(1, Ordering::Relaxed);
                     let connection = client.connection_handle();
                     for _ in 0..2_000 {
@@ -460,7 +466,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                     .map(|sequence| accounting(&credentials[0], sequence, 1, &me.signing_key))
                     .collect::<Result<_, _>>()?;
                 // Store the originals first.
-                let client = AmClient::connect(args.am, &me).await?;
+                let client = connect(&args, &me).await?;
                 let stream = client.open_accounting().await?;
                 let (mut sender, mut receiver) = (stream.sender, stream.receiver);
                 sender.send(&originals).await?;
@@ -482,7 +488,12 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             }
             Attack::Revoked => {
                 while Instant::now() < until {
-                    match AmClient::connect(args.am, &me).await {
+                    // An address in its backoff gets no answer: stop waiting at the end.
+                    let Ok(attempt) = tokio::time::timeout_at(until.into(), connect(&args, &me)).await else {
+                        counts.answer("no answer before the end".to_owned(), 1);
+                        break;
+                    };
+                    match attempt {
                         Ok(client) => {
                             counts.connections.fetch_add(1, Ordering::Relaxed);
                             let connection = client.connection_handle();

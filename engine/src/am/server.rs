@@ -120,7 +120,10 @@ struct Context {
     providers: ProviderRegistry,
     deny: Arc<DenyList>,
     /// Backoffs of providers disconnected for abuse.
-    penalties: super::penalty::Penalties,
+    penalties: super::penalty::Penalties<String>,
+    /// Backoffs of addresses whose handshakes keep ending in a refused
+    /// identity (denied, or a name in its backoff).
+    address_penalties: super::penalty::Penalties<std::net::IpAddr>,
     /// Handshakes in progress.
     handshakes: Handshakes,
     /// The service list's frames, encoded once.
@@ -132,7 +135,9 @@ struct Context {
 /// Handshakes in progress at once. A handshake holds a connection slot; a
 /// flood of handshakes started and abandoned must not take the slots of
 /// honest providers, so beyond this new handshakes are refused (a QUIC
-/// CONNECTION_REFUSED, before any cryptography).
+/// CONNECTION_REFUSED, before any cryptography). Beyond the per-address
+/// bound, and from an address in its backoff, they are dropped unanswered
+/// instead: a flood gets no packet back to cost the AM or to amplify.
 pub const HANDSHAKES_MAX: usize = 1_024;
 /// Handshakes in progress from one IP address at once (a quarter of
 /// [`HANDSHAKES_MAX`]: one address cannot take them all).
@@ -146,17 +151,36 @@ struct Handshakes {
     by_address: std::sync::Mutex<HashMap<std::net::IpAddr, u32>>,
 }
 
+/// Which handshake bound a new connection attempt hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandshakesFull {
+    /// [`HANDSHAKES_MAX`].
+    All,
+    /// [`HANDSHAKES_PER_ADDRESS_MAX`].
+    Address,
+}
+
+impl HandshakesFull {
+    /// The `reason` label of `acct_connections_refused_total`.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::All => "handshakes",
+            Self::Address => "handshakes_per_address",
+        }
+    }
+}
+
 impl Handshakes {
-    /// Take a handshake slot for `address`, or say why not.
-    fn enter(&self, address: std::net::IpAddr) -> Result<(), &'static str> {
+    /// Take a handshake slot for `address`, or say which bound is reached.
+    fn enter(&self, address: std::net::IpAddr) -> Result<(), HandshakesFull> {
         let mut by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let total: u32 = by_address.values().sum();
         if total as usize >= HANDSHAKES_MAX {
-            return Err("handshakes");
+            return Err(HandshakesFull::All);
         }
         let count = by_address.entry(address).or_default();
         if *count >= HANDSHAKES_PER_ADDRESS_MAX {
-            return Err("handshakes_per_address");
+            return Err(HandshakesFull::Address);
         }
         *count += 1;
         Ok(())
@@ -255,6 +279,7 @@ pub async fn run(
         providers: ProviderRegistry::default(),
         deny: settings.deny.clone(),
         penalties: super::penalty::Penalties::default(),
+        address_penalties: super::penalty::Penalties::default(),
         handshakes: Handshakes::default(),
         service_list: encode_service_list(&settings.services),
         user_connections: AtomicUsize::new(0),
@@ -329,9 +354,17 @@ pub async fn run(
                     continue;
                 }
                 let address = incoming.remote_address().ip();
-                if let Err(reason) = context.handshakes.enter(address) {
-                    metrics::counter!("acct_connections_refused_total", "reason" => reason).increment(1);
-                    incoming.refuse();
+                if context.address_penalties.remaining(&address, Instant::now()).is_some() {
+                    metrics::counter!("acct_connections_refused_total", "reason" => "address_backoff").increment(1);
+                    incoming.ignore();
+                    continue;
+                }
+                if let Err(full) = context.handshakes.enter(address) {
+                    metrics::counter!("acct_connections_refused_total", "reason" => full.reason()).increment(1);
+                    match full {
+                        HandshakesFull::All => incoming.refuse(),
+                        HandshakesFull::Address => incoming.ignore(),
+                    }
                     continue;
                 }
                 context.connections.fetch_add(1, Ordering::Relaxed);
@@ -440,12 +473,14 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
         metrics::counter!("acct_connections_denied_total").increment(1);
         tracing::warn!(peer = %identity.name, remote = %connection.remote_address(), "connection refused: certificate denied");
         connection.close(close_code::DENIED.into(), b"certificate revoked");
+        context.address_penalties.strike(&address, Instant::now());
         return;
     }
     if let Some(left) = context.penalties.remaining(identity.name.as_str(), Instant::now()) {
         metrics::counter!("acct_connections_backoff_total").increment(1);
         let reason = format!("disconnected for abuse; retry in {} ms", left.as_millis());
         connection.close(close_code::BACKOFF.into(), reason.as_bytes());
+        context.address_penalties.strike(&address, Instant::now());
         return;
     }
     let span = tracing::info_span!("connection", peer = %identity.name, role = identity.role.as_str(), remote = %connection.remote_address());
