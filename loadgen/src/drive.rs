@@ -185,6 +185,11 @@ struct Provider {
     state: Mutex<State>,
     /// Signalled when answers free window space or queue work.
     changed: Notify,
+    /// Open loop: the sender runs on its schedule, so an answer wakes it
+    /// only when it queues work (a retry, a retransmission) or settles the
+    /// last outstanding message; a wake per answer would double the task
+    /// wakeups per message.
+    open_loop: bool,
     malformed: Arc<Semaphore>,
 }
 
@@ -319,6 +324,7 @@ pub async fn run(
             plan,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
+            open_loop: !settings.max,
             malformed: Arc::new(Semaphore::new(MALFORMED_STREAMS_MAX)),
         });
         let settings = settings.clone();
@@ -715,8 +721,9 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
         };
         let now = Instant::now();
         let mut settled: Vec<Settled> = Vec::with_capacity(entries.len());
-        {
+        let wake = {
             let mut state = provider.lock();
+            let queued_before = state.retry.len() + state.duplicate_queue.len();
             for entry in &entries {
                 match stream {
                     Stream::Main => {
@@ -754,8 +761,13 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                     }
                 }
             }
+            !provider.open_loop
+                || state.retry.len() + state.duplicate_queue.len() > queued_before
+                || (state.inflight.is_empty() && state.duplicates.is_empty() && state.faults.is_empty())
+        };
+        if wake {
+            provider.changed.notify_one();
         }
-        provider.changed.notify_one();
         if settled.is_empty() {
             continue;
         }

@@ -319,9 +319,24 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                 let credential = &credentials[0];
                 let mut sequence = 1u64;
                 while Instant::now() < until {
-                    let client = connect(&args, &me).await?;
+                    // Cut off for splitting its frames, it reconnects: closed
+                    // after the handshake (backoff), then not answered at all.
+                    let Ok(attempt) = tokio::time::timeout_at(until.into(), connect(&args, &me)).await else {
+                        counts.answer("no answer before the end".to_owned(), 1);
+                        break;
+                    };
+                    let client = match attempt {
+                        Ok(client) => client,
+                        Err(error) => {
+                            counts.answer(format!("refused: {error}"), 1);
+                            continue;
+                        }
+                    };
                     counts.connections.fetch_add(1, Ordering::Relaxed);
-                    let (mut send, mut receive) = client.connection_handle().open_bi().await?;
+                    let Ok((mut send, mut receive)) = client.connection_handle().open_bi().await else {
+                        counts.disconnects.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     let reader = {
                         let counts = counts.clone();
                         tokio::spawn(async move {

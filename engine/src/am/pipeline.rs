@@ -33,6 +33,9 @@ pub struct ProviderConnection {
     pub malformed_streams: AtomicU64,
     /// Set once the AM closed this connection for abuse.
     pub closed_for_abuse: AtomicBool,
+    /// Signalled (to every stream waiting on it) when a verifier finds the
+    /// connection [abusive](Self::is_abusive).
+    pub abuse: tokio::sync::Notify,
 }
 
 impl ProviderConnection {
@@ -45,6 +48,7 @@ impl ProviderConnection {
             bad_signatures: AtomicU64::new(0),
             malformed_streams: AtomicU64::new(0),
             closed_for_abuse: AtomicBool::new(false),
+            abuse: tokio::sync::Notify::new(),
         })
     }
 

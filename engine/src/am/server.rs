@@ -691,8 +691,10 @@ async fn provider_stream(
     let (error_sender, error_input) = tokio::sync::oneshot::channel::<ErrorMessage>();
     let writer_inflight = inflight.clone();
     let writer = tokio::spawn(async move {
-        let mut frame = BytesMut::with_capacity(16 * 1024);
-        let mut entries = Vec::with_capacity(wire::limits::ACK_ENTRIES_MAX);
+        // Grown on first use to what the stream's acks need, then reused:
+        // an idle stream (of thousands) holds no 16 KiB up front.
+        let mut frame = BytesMut::new();
+        let mut entries = Vec::new();
         loop {
             let Some(first) = ack_input.recv().await else { break };
             entries.push(first);
@@ -728,10 +730,9 @@ async fn provider_stream(
     });
 
     let decoder = FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX);
-    let mut buffer = BytesMut::with_capacity(8 * 1024);
+    // Grows with what the provider sends; an idle stream holds nothing.
+    let mut buffer = BytesMut::new();
     let mut fatal: Option<ErrorMessage> = None;
-    let mut abuse_check = tokio::time::interval(ABUSE_CHECK_INTERVAL);
-    abuse_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Pending> = Vec::new();
     'stream: loop {
         // One clock reading per read: the messages of a read arrived together.
@@ -811,18 +812,23 @@ async fn provider_stream(
         if *stop.borrow() {
             break;
         }
+        // Verdicts arrive after admission: the verifiers signal when this
+        // connection crosses the abuse line (registered before the check, so
+        // that a signal in between is not lost). No timer: thousands of idle
+        // streams cost no wakeups.
+        let abuse = provider.abuse.notified();
+        tokio::pin!(abuse);
+        abuse.as_mut().enable();
+        if provider.is_abusive() {
+            break;
+        }
         tokio::select! {
             chunk = receive.read_chunk(64 * 1024, true) => match chunk {
                 Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
                 Ok(None) | Err(_) => break,
             },
             _ = stop.changed() => break,
-            // Verdicts arrive after admission: look again while idle.
-            _ = abuse_check.tick() => {
-                if provider.is_abusive() {
-                    break;
-                }
-            }
+            () = &mut abuse => break,
         }
     }
     // Messages admitted before the stream ended are still verified and
@@ -869,9 +875,6 @@ async fn submit(context: &Context, batch: &mut Vec<Pending>, ack_sender: &AckSen
         }
     }
 }
-
-/// How often an idle stream checks whether its provider became abusive.
-const ABUSE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 fn frame_error(error: &wire::DecodeError) -> ErrorMessage {
     let code = match error {

@@ -193,6 +193,10 @@ impl GroupWrite {
     }
 }
 
+/// Memory for the memtables of all column families together (RocksDB's
+/// write buffer manager): the store's share of the AM's memory bound.
+pub const MEMTABLES_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 /// The RocksDB store.
 pub struct Store {
     db: DB,
@@ -212,6 +216,15 @@ impl Store {
         options.set_allow_concurrent_memtable_write(false);
         options.set_max_background_jobs(2);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // One budget for the memtables of every family: without it, the two
+        // 128 MiB families below could hold 2 x 2 x 128 MiB while a flush
+        // runs, on top of the connections' memory. Over the budget RocksDB
+        // flushes the largest memtable, and stalls the committer's writes
+        // until the flush frees memory: backpressure, never growth.
+        options.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(
+            MEMTABLES_BYTES_MAX,
+            true,
+        ));
         let families = [SESSIONS, PROGRESS, RECORDS, FINGERPRINTS, EXPORTS, KEYS, META].map(|name| {
             let mut family = Options::default();
             family.set_compression_type(rocksdb::DBCompressionType::Lz4);

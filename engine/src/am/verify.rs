@@ -58,6 +58,9 @@ pub fn run(
             } else {
                 bad += 1;
                 pending.connection.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                if pending.connection.is_abusive() {
+                    pending.connection.abuse.notify_waiters();
+                }
                 let _ = pending.reply.try_send(AckEntry {
                     message_id: pending.message.value().message_id(),
                     status: AckStatus::BAD_SIGNATURE,
