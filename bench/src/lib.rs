@@ -221,6 +221,35 @@ pub mod other {
         pub duplicates: u64,
     }
 
+    /// Run `client` on `connections` tasks at once, each with its share of
+    /// `records` (by [`split`]) and the instant `seconds` from now at which
+    /// to stop sending; then the [`report`] of what they stored.
+    pub async fn drive<A, F, Fut>(
+        args: std::sync::Arc<A>,
+        records: Vec<Record>,
+        connections: usize,
+        seconds: u64,
+        client: F,
+        extra: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value>
+    where
+        A: Send + Sync + 'static,
+        F: Fn(std::sync::Arc<A>, Vec<Record>, std::time::Instant) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Outcome>> + Send + 'static,
+    {
+        let started = std::time::Instant::now();
+        let until = started + std::time::Duration::from_secs(seconds);
+        let tasks: Vec<_> = split(records, connections)
+            .into_iter()
+            .map(|share| tokio::spawn(client(args.clone(), share, until)))
+            .collect();
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            outcomes.push(task.await??);
+        }
+        Ok(report(outcomes, started.elapsed().as_secs_f64(), extra))
+    }
+
     /// The JSON line every client prints: fresh records stored per second
     /// (from the start to the last answer) and the ack latency quantiles.
     pub fn report(outcomes: Vec<Outcome>, seconds: f64, extra: serde_json::Value) -> serde_json::Value {

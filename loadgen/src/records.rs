@@ -14,12 +14,12 @@
 //! its original (loadgen retransmits after the ack), and every session's
 //! Final Accounting comes last.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
-use wire::{Accounting, FrameDecoder, Message, PublicKey, Signed};
+use wire::{Accounting, FrameHeader, Message, PublicKey, Signed};
 
 use crate::plan::ProviderPlan;
 
@@ -122,35 +122,37 @@ impl Writer {
     }
 }
 
-/// Read at most `max` records from `path`. Every record must decode as an
-/// Accounting message of a listed provider.
+/// Read at most `max` records from `path`, frame by frame (each body at
+/// most [`wire::limits::SMALL_FRAME_BODY_BYTES_MAX`], so a damaged file cannot
+/// ask for a large allocation). Every record must decode as an Accounting
+/// message of a listed provider.
 pub fn read(path: &Path, max: usize) -> anyhow::Result<Records> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let mut buffer = BytesMut::from(&bytes[..]);
-    drop(bytes);
-    let magic = buffer.split_to(MAGIC.len().min(buffer.len()));
-    anyhow::ensure!(&magic[..] == MAGIC, "{} is not a records file", path.display());
-    let count = take_u32(&mut buffer)? as usize;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut input = BufReader::new(file);
+    let mut magic = [0u8; 8];
+    input
+        .read_exact(&mut magic)
+        .with_context(|| format!("{} is not a records file", path.display()))?;
+    anyhow::ensure!(&magic == MAGIC, "{} is not a records file", path.display());
+    let count = take_u32(&mut input)?.context("the file ends before its key list")? as usize;
     anyhow::ensure!(count <= PROVIDERS_MAX, "{count} providers: at most {PROVIDERS_MAX}");
     let mut keys = Vec::with_capacity(count);
     for _ in 0..count {
-        anyhow::ensure!(buffer.len() >= 32, "the key list is cut short");
         let mut key = [0u8; 32];
-        key.copy_from_slice(&buffer.split_to(32));
+        input.read_exact(&mut key).context("the key list is cut short")?;
         keys.push(PublicKey::from_bytes(key).map_err(|error| anyhow::anyhow!("a provider key: {error}"))?);
     }
-    let decoder = FrameDecoder::new(wire::limits::FRAME_BODY_BYTES_MAX);
     let mut seen = std::collections::HashSet::new();
     let mut records = Vec::new();
-    while !buffer.is_empty() && records.len() < max {
-        let provider = take_u32(&mut buffer)?;
+    while records.len() < max {
+        let Some(provider) = take_u32(&mut input)? else { break };
         anyhow::ensure!((provider as usize) < keys.len(), "record names provider {provider}");
-        let frame = decoder
-            .next_frame(&mut buffer)?
-            .context("the last record is cut short")?;
-        let Message::Accounting(message) = frame.decode()? else {
+        let mut header = [0u8; wire::limits::FRAME_HEADER_BYTES];
+        input.read_exact(&mut header).context("a record is cut short")?;
+        let parsed = FrameHeader::parse(&header, wire::limits::SMALL_FRAME_BODY_BYTES_MAX)?;
+        let mut body = vec![0u8; parsed.body_bytes];
+        input.read_exact(&mut body).context("a record is cut short")?;
+        let Message::Accounting(message) = Message::decode_body(parsed.message_type, Bytes::from(body))? else {
             anyhow::bail!("a record is not an Accounting message");
         };
         let duplicate = !seen.insert(message.value().message_id());
@@ -163,8 +165,12 @@ pub fn read(path: &Path, max: usize) -> anyhow::Result<Records> {
     Ok(Records { keys, records })
 }
 
-fn take_u32(buffer: &mut BytesMut) -> anyhow::Result<u32> {
-    anyhow::ensure!(buffer.len() >= 4, "the file is cut short");
-    let bytes: Bytes = buffer.split_to(4).freeze();
-    Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+/// The next little-endian u32, or None at the end of the file.
+fn take_u32(input: &mut impl Read) -> anyhow::Result<Option<u32>> {
+    let mut bytes = [0u8; 4];
+    match input.read_exact(&mut bytes) {
+        Ok(()) => Ok(Some(u32::from_le_bytes(bytes))),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(error) => Err(error.into()),
+    }
 }

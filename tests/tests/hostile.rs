@@ -17,14 +17,7 @@ fn abandoned_handshakes_do_not_lock_out_honest_providers() {
     let metrics_port = acct_tests::free_tcp_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
     let am = AmProcess::start(pki.data(), &["--no-export", "--metrics", &metrics]);
-    let mut attacker = Command::new(binary("attacker"))
-        .args(["--am", &am.address.to_string()])
-        .arg("--pki")
-        .arg(pki.pki())
-        .args(["--attack", "half-open", "--duration", "20", "--bind", "127.0.0.2"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|error| panic!("starting the attacker: {error}"));
+    let mut attacker = start_attacker(&pki, &am, "half-open", 20, Stdio::null());
     // The flood reaches the per-address bound: the AM refuses the excess
     // before any cryptography.
     let refused = wait_until(Duration::from_secs(15), || {
@@ -58,14 +51,7 @@ fn a_revoked_provider_reconnecting_in_a_loop_is_dropped_unanswered() {
             &metrics,
         ],
     );
-    let attacker = Command::new(binary("attacker"))
-        .args(["--am", &am.address.to_string()])
-        .arg("--pki")
-        .arg(pki.pki())
-        .args(["--attack", "revoked", "--duration", "8", "--bind", "127.0.0.2"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("starting the attacker: {error}"));
+    let attacker = start_attacker(&pki, &am, "revoked", 8, Stdio::piped());
     // After its free strikes the attacker's address is in a backoff: its
     // next attempts get no answer, before any cryptography.
     let dropped = wait_until(Duration::from_secs(30), || {
@@ -87,6 +73,25 @@ fn a_revoked_provider_reconnecting_in_a_loop_is_dropped_unanswered() {
         "{handshakes} handshakes completed by the revoked provider: {report}"
     );
     assert!(am.terminate(Duration::from_secs(30)));
+}
+
+/// The attacker binary running `attack` for `seconds` from 127.0.0.2.
+fn start_attacker(pki: &TestPki, am: &AmProcess, attack: &str, seconds: u32, stdout: Stdio) -> std::process::Child {
+    Command::new(binary("attacker"))
+        .args(["--am", &am.address.to_string()])
+        .arg("--pki")
+        .arg(pki.pki())
+        .args([
+            "--attack",
+            attack,
+            "--duration",
+            &seconds.to_string(),
+            "--bind",
+            "127.0.0.2",
+        ])
+        .stdout(stdout)
+        .spawn()
+        .unwrap_or_else(|error| panic!("starting the attacker: {error}"))
 }
 
 /// provider-0001, from 127.0.0.1, opens 2 sessions and sends `count`

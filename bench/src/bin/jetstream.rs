@@ -95,26 +95,17 @@ fn main() -> anyhow::Result<()> {
         })
         .await
         .map_err(|error| anyhow::anyhow!("creating the stream: {error}"))?;
-        let started = Instant::now();
-        let until = started + Duration::from_secs(args.seconds);
-        let args = std::sync::Arc::new(args);
-        let tasks: Vec<_> = other::split(records, args.connections)
-            .into_iter()
-            .map(|share| {
-                let args = args.clone();
-                tokio::spawn(async move { publisher(&args, share, until).await })
-            })
-            .collect();
-        let mut outcomes = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            outcomes.push(task.await??);
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        anyhow::Ok(other::report(
-            outcomes,
+        let extra = serde_json::json!({"connections": args.connections, "window": args.window});
+        let (connections, seconds) = (args.connections, args.seconds);
+        other::drive(
+            std::sync::Arc::new(args),
+            records,
+            connections,
             seconds,
-            serde_json::json!({"connections": args.connections, "window": args.window}),
-        ))
+            |args, share, until| async move { publisher(&args, share, until).await },
+            extra,
+        )
+        .await
     })?;
     println!("{report}");
     Ok(())

@@ -11,7 +11,7 @@
 //!
 //! PostgreSQL verifies no signature; it stores the signed bytes as they are.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use bench::other::{self, Outcome};
@@ -101,26 +101,17 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(connection);
         client.batch_execute(SCHEMA).await?;
         client.batch_execute("TRUNCATE records").await?;
-        let started = Instant::now();
-        let until = started + Duration::from_secs(args.seconds);
-        let args = std::sync::Arc::new(args);
-        let tasks: Vec<_> = other::split(records, args.connections)
-            .into_iter()
-            .map(|share| {
-                let args = args.clone();
-                tokio::spawn(async move { inserter(&args, share, until).await })
-            })
-            .collect();
-        let mut outcomes = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            outcomes.push(task.await??);
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        anyhow::Ok(other::report(
-            outcomes,
+        let extra = serde_json::json!({"connections": args.connections, "batch": args.batch});
+        let (connections, seconds) = (args.connections, args.seconds);
+        other::drive(
+            std::sync::Arc::new(args),
+            records,
+            connections,
             seconds,
-            serde_json::json!({"connections": args.connections, "batch": args.batch}),
-        ))
+            |args, share, until| async move { inserter(&args, share, until).await },
+            extra,
+        )
+        .await
     })?;
     println!("{report}");
     Ok(())
