@@ -12,8 +12,12 @@ target="${CARGO_TARGET_DIR:-target}"
 # reuses the compiled RocksDB (another selection changes host features).
 cargo build --release -p acct -p bench --bins --benches >/dev/null
 data="$(mktemp -d)"
+# One provider may hold at most 64 connections (connections_per_provider_max):
+# spread them over as many identities as that needs.
+providers=$(( (connections + 63) / 64 ))
+"$target/release/acct" init "$data/pki" --providers "$providers" --users 0 >/dev/null
 trap 'kill "$am_pid" 2>/dev/null || true; rm -rf "$data"' EXIT
-"$target/release/acct" serve --data "$data" --listen 127.0.0.1:0 >"$data/stdout" 2>"$data/stderr" &
+"$target/release/acct" serve --data "$data" --config "$data/pki/acct.toml" --listen 127.0.0.1:0 >"$data/stdout" 2>"$data/stderr" &
 am_pid=$!
 for _ in $(seq 1 600); do
   grep -q "listening on" "$data/stdout" 2>/dev/null && break
@@ -22,7 +26,7 @@ done
 address="$(sed -n 's/^acct serve: listening on //p' "$data/stdout")"
 [ -n "$address" ] || { echo "acct serve did not start"; cat "$data/stderr"; exit 1; }
 idle_kib="$(awk '/VmRSS/ {print $2}' /proc/$am_pid/status)"
-"$target/release/hold_connections" --am "$address" --pki "$data/pki" --connections "$connections" --hold-seconds 5 &
+"$target/release/hold_connections" --am "$address" --pki "$data/pki" --connections "$connections" --providers "$providers" --hold-seconds 5 &
 holder=$!
 peak_kib=0
 while kill -0 "$holder" 2>/dev/null; do

@@ -175,6 +175,10 @@ pub struct IngestConfig {
     pub admission_wait_ms: u64,
     /// Provider and admin connections at once; more are refused.
     pub connections_max: usize,
+    /// Connections one provider (one certificate name) may hold at once;
+    /// more are closed right after their handshake (code 8), so that one
+    /// provider cannot take the slots of all the others.
+    pub connections_per_provider_max: usize,
     /// Concurrent streams per connection.
     pub streams_per_connection_max: u32,
     /// QUIC receive window per connection, bytes.
@@ -204,6 +208,7 @@ impl Default for IngestConfig {
             stream_inflight_messages_max: 1_024,
             admission_wait_ms: 1_000,
             connections_max: 20_000,
+            connections_per_provider_max: 64,
             streams_per_connection_max: 8,
             connection_receive_window_bytes: 64 * 1024,
             stream_receive_window_bytes: 64 * 1024,
@@ -331,6 +336,7 @@ data = "data"
 # stream_inflight_messages_max = 1024     # then QUIC flow control holds the provider
 # admission_wait_ms = 1000                # then "busy, retry"
 # connections_max = 20000
+# connections_per_provider_max = 64      # then code 8 right after the handshake
 # streams_per_connection_max = 8
 # connection_receive_window_bytes = 65536
 # stream_receive_window_bytes = 65536

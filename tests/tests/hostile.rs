@@ -2,7 +2,7 @@
 //! out: handshakes started and abandoned are bounded in all and per address
 //! (an unfinished one is dropped after 10 s), and an address whose
 //! handshakes keep ending in a refused identity is dropped unanswered for a
-//! while.
+//! while. A provider whose packets carry a byte each is cut off.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -129,4 +129,91 @@ fn honest_provider_sends(
         client.close().await;
         answers
     })
+}
+
+#[test]
+fn a_provider_writing_a_byte_per_packet_is_cut_off() {
+    let pki = TestPki::new(1, 0);
+    let metrics_port = acct_tests::free_tcp_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let am = AmProcess::start(pki.data(), &["--no-export", "--metrics", &metrics]);
+    let attacker = start_attacker(&pki, &am, "split-frames", 8, Stdio::piped());
+    // 2,048 datagrams of a byte each on a connection: it is closed (code 7).
+    let cut = wait_until(Duration::from_secs(30), || {
+        http_get(metrics_port, "/metrics").contains("reason=\"tiny_packets\"")
+    });
+    // An honest provider, from another address, is served and not judged:
+    // its packets carry whole messages.
+    let answers = honest_provider_sends(&pki, &am, 100);
+    let output = attacker.wait_with_output().unwrap();
+    assert!(cut, "the byte-per-packet provider was never cut off");
+    assert_eq!(answers.len(), 100);
+    assert!(answers.values().all(|status| *status == AckStatus::STORED));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answered = report["answers"].as_object().unwrap();
+    assert!(
+        answered
+            .keys()
+            .any(|answer| answer.contains("too many tiny packets (code 7)")),
+        "{report}"
+    );
+    // The attacker's packets did carry a byte each.
+    let datagrams = answered["datagrams sent"].as_u64().unwrap();
+    let bytes = answered["bytes written"].as_u64().unwrap();
+    assert!(datagrams * 2 >= bytes, "{datagrams} datagrams for {bytes} bytes");
+    assert!(am.terminate(Duration::from_secs(30)));
+}
+
+#[test]
+fn one_provider_cannot_take_every_connection_slot() {
+    let pki = TestPki::new(2, 0);
+    let am = AmProcess::start(pki.data(), &["--no-export"]);
+    runtime().block_on(async {
+        let greedy = pki.identity(Role::Provider, "provider-0001");
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            held.push(AmClient::connect(am.address, &greedy).await.unwrap());
+        }
+        // The 65th completes its handshake and is closed at once (code 8).
+        let extra = AmClient::connect(am.address, &greedy).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(10), extra.connection_handle().closed())
+            .await
+            .expect("the 65th connection was not closed");
+        assert!(
+            matches!(&reason, quinn::ConnectionError::ApplicationClosed(close) if close.error_code == quinn::VarInt::from_u32(8)),
+            "{reason}"
+        );
+        // Another provider still gets in and stays.
+        let other = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0002"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(other.connection_handle().close_reason().is_none());
+        other.close().await;
+        // The held ones were never disturbed; closing one frees its slot.
+        assert!(held.iter().all(|client| client.connection_handle().close_reason().is_none()));
+        held.pop().unwrap().close().await;
+        let again = wait_for_slot(&am, &greedy).await;
+        assert!(again, "a freed slot was not given to the provider again");
+        for client in held {
+            client.close().await;
+        }
+    });
+    assert!(am.terminate(Duration::from_secs(30)));
+}
+
+/// Connect as `identity` until a connection stays open for 300 ms (the AM
+/// frees a closed connection's slot when it notices the close): at most 20
+/// tries.
+async fn wait_for_slot(am: &AmProcess, identity: &peer::quic::ClientIdentity) -> bool {
+    for _ in 0..20 {
+        let client = AmClient::connect(am.address, identity).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let open = client.connection_handle().close_reason().is_none();
+        client.close().await;
+        if open {
+            return true;
+        }
+    }
+    false
 }

@@ -65,6 +65,10 @@ struct Args {
     /// than the honest providers', as an attacker's own machine would be.
     #[arg(long, default_value = "127.0.0.2")]
     bind: std::net::IpAddr,
+    /// Initials per second for `half-open` (the earlier attacker, which made
+    /// each one on the fly, reached about 23,000 a second).
+    #[arg(long, default_value_t = 25_000)]
+    rate: u64,
 }
 
 /// Connect to the AM as `me` from the attacker's own address (`--bind`).
@@ -281,6 +285,15 @@ fn random_bytes(length: usize) -> Vec<u8> {
 async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let counts = Arc::new(Counts::default());
     let me = identity(&args.pki, Role::Provider, ATTACKER)?;
+    // Half-open's Initials are made ahead, as loadgen signs its messages
+    // ahead: what the attack measures is what the AM pays per Initial, not
+    // the attacker's own TLS work on the AM's cores (a real attacker spends
+    // its own machine).
+    let initials = if args.attack == Attack::HalfOpen {
+        initials(&args, &me, HALF_OPEN_INITIALS)?
+    } else {
+        Vec::new()
+    };
     let started = Instant::now();
     let until = started + Duration::from_secs(args.duration);
     let attack = async {
@@ -315,53 +328,17 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                 }
             }
             Attack::SplitFrames => {
-                let credentials = sessions(&args, ATTACKER, 1).await?;
-                let credential = &credentials[0];
-                let mut sequence = 1u64;
-                while Instant::now() < until {
-                    // Cut off for splitting its frames, it reconnects: closed
-                    // after the handshake (backoff), then not answered at all.
-                    let Ok(attempt) = tokio::time::timeout_at(until.into(), connect(&args, &me)).await else {
-                        counts.answer("no answer before the end".to_owned(), 1);
-                        break;
-                    };
-                    let client = match attempt {
-                        Ok(client) => client,
-                        Err(error) => {
-                            counts.answer(format!("refused: {error}"), 1);
-                            continue;
-                        }
-                    };
-                    counts.connections.fetch_add(1, Ordering::Relaxed);
-                    let Ok((mut send, mut receive)) = client.connection_handle().open_bi().await else {
-                        counts.disconnects.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    let reader = {
-                        let counts = counts.clone();
-                        tokio::spawn(async move {
-                            let mut buffer = vec![0u8; 64 * 1024];
-                            while let Ok(Some(read)) = receive.read(&mut buffer).await {
-                                counts.answer("ack bytes".to_owned(), read as u64);
-                            }
-                        })
-                    };
-                    'stream: while Instant::now() < until {
-                        let message = accounting(credential, sequence, 1, &me.signing_key)?;
-                        sequence += 1;
-                        let mut frame = bytes::BytesMut::new();
-                        message.encode_frame(&mut frame);
-                        for byte in frame.iter() {
-                            if send.write_all(&[*byte]).await.is_err() {
-                                break 'stream;
-                            }
-                            tokio::task::yield_now().await;
-                        }
-                        counts.sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = send.finish();
-                    reader.abort();
-                    client.close().await;
+                let credentials = sessions(&args, ATTACKER, SPLIT_CONNECTIONS).await?;
+                let tasks: Vec<_> = credentials
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, credential)| {
+                        let (args, me, counts) = (clone_args(&args), me.clone(), counts.clone());
+                        tokio::spawn(async move { split_frames(&args, &me, &counts, until, &credential, index).await })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await??;
                 }
             }
             Attack::RandomBytes => {
@@ -436,36 +413,25 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                 }
             }
             Attack::HalfOpen => {
-                // Real client Initials (valid QUIC and TLS ClientHellos, made by
-                // quinn-proto) sent from plain UDP sockets that never answer:
-                // the AM does its half of each handshake and holds it until it
-                // gives up.
-                let config = peer::quic::client_config_for(&me.ca_der, None)?;
+                // Initials made before the attack (below), sent at `--rate`
+                // from 16 plain UDP sockets that never answer: the AM
+                // decrypts each and either starts its half of the handshake
+                // (holding it until it gives up) or drops it.
                 let sockets: Vec<std::net::UdpSocket> = (0..16)
                     .map(|_| std::net::UdpSocket::bind(SocketAddr::new(args.bind, 0)))
                     .collect::<Result<_, _>>()?;
-                let mut buffer = Vec::with_capacity(2048);
                 let mut index = 0usize;
+                let mut sent = 0u64;
                 while Instant::now() < until {
-                    // A fresh state machine per batch keeps the attacker's memory flat.
-                    let mut endpoint =
-                        quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
-                    for _ in 0..256 {
-                        let now = Instant::now();
-                        let Ok((_, mut connection)) =
-                            endpoint.connect(now, config.clone(), args.am, peer::quic::AM_SERVER_NAME)
-                        else {
-                            break;
-                        };
-                        let socket = &sockets[index % sockets.len()];
+                    let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
+                    while sent < due {
+                        let packet = &initials[index % initials.len()];
+                        let _ = sockets[index % sockets.len()].send_to(packet, args.am);
                         index += 1;
-                        buffer.clear();
-                        if let Some(transmit) = connection.poll_transmit(now, 1, &mut buffer) {
-                            let _ = socket.send_to(&buffer[..transmit.size], transmit.destination);
-                            counts.sent.fetch_add(1, Ordering::Relaxed);
-                        }
+                        sent += 1;
                     }
-                    tokio::task::yield_now().await;
+                    counts.sent.store(sent, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
             Attack::OtherSessions => {
@@ -546,6 +512,111 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// Connections `split-frames` writes on at once, one stream each.
+const SPLIT_CONNECTIONS: usize = 16;
+
+/// One connection of `split-frames`, reconnecting when cut off: valid
+/// accounting written one byte at a time, each byte in a packet of its own
+/// (a pause of about a millisecond after each lets QUIC send it before the
+/// next; without it quinn packs the bytes of a message into one packet).
+async fn split_frames(
+    args: &Args,
+    me: &ClientIdentity,
+    counts: &Arc<Counts>,
+    until: Instant,
+    credential: &Signed<wire::UserCredential>,
+    index: usize,
+) -> anyhow::Result<()> {
+    // Sequences of different connections never meet.
+    let mut sequence = 1 + index as u64 * 1_000_000_000;
+    while Instant::now() < until {
+        // Cut off for its tiny packets, it reconnects: closed after the
+        // handshake (backoff), then not answered at all.
+        let Ok(attempt) = tokio::time::timeout_at(until.into(), connect(args, me)).await else {
+            counts.answer("no answer before the end".to_owned(), 1);
+            break;
+        };
+        let client = match attempt {
+            Ok(client) => client,
+            Err(error) => {
+                counts.answer(format!("refused: {error}"), 1);
+                continue;
+            }
+        };
+        counts.connections.fetch_add(1, Ordering::Relaxed);
+        let connection = client.connection_handle();
+        let Ok((mut send, mut receive)) = connection.open_bi().await else {
+            counts.disconnects.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let reader = {
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(Some(read)) = receive.read(&mut buffer).await {
+                    counts.answer("ack bytes".to_owned(), read as u64);
+                }
+            })
+        };
+        let mut stats_before = connection.stats();
+        'stream: while Instant::now() < until {
+            let message = accounting(credential, sequence, 1, &me.signing_key)?;
+            sequence += 1;
+            let mut frame = bytes::BytesMut::new();
+            message.encode_frame(&mut frame);
+            for byte in frame.iter() {
+                if send.write_all(&[*byte]).await.is_err() {
+                    break 'stream;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            counts.sent.fetch_add(1, Ordering::Relaxed);
+            let stats = connection.stats();
+            counts.answer(
+                "datagrams sent".to_owned(),
+                stats.udp_tx.datagrams - stats_before.udp_tx.datagrams,
+            );
+            counts.answer("bytes written".to_owned(), frame.len() as u64);
+            stats_before = stats;
+        }
+        if let Some(reason) = connection.close_reason() {
+            counts.disconnects.fetch_add(1, Ordering::Relaxed);
+            counts.answer(format!("closed: {reason}"), 1);
+        }
+        reader.abort();
+        client.close().await;
+    }
+    Ok(())
+}
+
+/// Distinct Initials half-open cycles through (each a fresh connection ID
+/// and ClientHello; one pass takes under a second at the default rate).
+const HALF_OPEN_INITIALS: usize = 16_384;
+
+/// `count` real client Initials (valid QUIC and TLS ClientHellos, made by
+/// quinn-proto), each from a fresh connection attempt.
+fn initials(args: &Args, me: &ClientIdentity, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let config = peer::quic::client_config_for(&me.ca_der, None)?;
+    let mut packets = Vec::with_capacity(count);
+    while packets.len() < count {
+        // A fresh state machine per batch keeps the attacker's memory flat.
+        let mut endpoint =
+            quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
+        for _ in 0..256 {
+            let now = Instant::now();
+            let (_, mut connection) = endpoint.connect(now, config.clone(), args.am, peer::quic::AM_SERVER_NAME)?;
+            let mut buffer = Vec::with_capacity(2048);
+            let transmit = connection
+                .poll_transmit(now, 1, &mut buffer)
+                .context("a new connection has an Initial to send")?;
+            buffer.truncate(transmit.size);
+            packets.push(buffer);
+        }
+    }
+    packets.truncate(count);
+    Ok(packets)
+}
+
 fn clone_args(args: &Args) -> Args {
     Args {
         am: args.am,
@@ -554,6 +625,7 @@ fn clone_args(args: &Args) -> Args {
         duration: args.duration,
         victim: args.victim.clone(),
         bind: args.bind,
+        rate: args.rate,
     }
 }
 

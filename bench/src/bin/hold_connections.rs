@@ -24,8 +24,9 @@ struct Args {
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
-    /// Provider identities to spread them over (provider-0001 …).
-    #[arg(long, default_value_t = 4)]
+    /// Provider identities to spread them over (provider-0001 …); the AM
+    /// takes at most `connections_per_provider_max` (64) from each.
+    #[arg(long, default_value_t = 16)]
     providers: usize,
     /// How long to hold them once all are open.
     #[arg(long, default_value_t = 10)]

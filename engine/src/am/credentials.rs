@@ -226,16 +226,20 @@ pub struct ProviderRegistry {
 
 impl ProviderRegistry {
     /// Register a provider's connection (pushes go to its newest live
-    /// one); returns a token for [`ProviderRegistry::unregister`].
-    pub fn register(&self, name: &Name, connection: &quinn::Connection) -> u64 {
+    /// one); returns a token for [`ProviderRegistry::unregister`], or None
+    /// when the provider already has `max` connections.
+    pub fn register(&self, name: &Name, connection: &quinn::Connection, max: usize) -> Option<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut connections) = self.connections.lock() {
-            connections
-                .entry(name.clone())
-                .or_default()
-                .push((id, connection.clone()));
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = connections.entry(name.clone()).or_default();
+        if list.len() >= max {
+            return None;
         }
-        id
+        list.push((id, connection.clone()));
+        Some(id)
     }
 
     /// Forget the connection registered with `token`.

@@ -54,6 +54,15 @@ pub mod close_code {
     pub const PROTOCOL_ERRORS: u32 = 5;
     /// The provider was disconnected for abuse and its backoff has not ended.
     pub const BACKOFF: u32 = 6;
+    /// The provider's datagrams carried almost no accounting each (the
+    /// tiny-packet rule, `pipeline::TINY_PACKET_BYTES`).
+    pub const TINY_PACKETS: u32 = 7;
+    /// The provider already holds `connections_per_provider_max`
+    /// connections.
+    pub const TOO_MANY_CONNECTIONS: u32 = 8;
+    /// The provider sent mostly messages for unknown sessions or other
+    /// providers' sessions (`pipeline::FOREIGN_SESSIONS_MIN`).
+    pub const FOREIGN_SESSIONS: u32 = 9;
 }
 
 /// What the AM needs to run.
@@ -497,10 +506,31 @@ async fn serve_connection(
     context: &Arc<Context>,
     stop: watch::Receiver<bool>,
 ) {
+    let registration = if identity.role == Role::Provider {
+        let max = context.ingest.connections_per_provider_max.max(1);
+        match context.providers.register(&identity.name, &connection, max) {
+            Some(token) => Some(token),
+            None => {
+                metrics::counter!("acct_connections_refused_total", "reason" => "per_provider").increment(1);
+                tracing::warn!(
+                    max,
+                    "connection refused: the provider holds connections_per_provider_max already"
+                );
+                connection.close(
+                    close_code::TOO_MANY_CONNECTIONS.into(),
+                    b"too many connections for this provider",
+                );
+                context
+                    .address_penalties
+                    .strike(&connection.remote_address().ip(), Instant::now());
+                return;
+            }
+        }
+    } else {
+        None
+    };
     metrics::gauge!("acct_connections").increment(1.0);
     tracing::debug!("connected");
-    let registration =
-        (identity.role == Role::Provider).then(|| context.providers.register(&identity.name, &connection));
     let provider = ProviderConnection::new(identity.name.clone(), identity.public_key);
     let mut streams = JoinSet::new();
     let mut stop_watch = stop.clone();
@@ -527,9 +557,13 @@ async fn serve_connection(
                     let provider = provider.clone();
                     let connection = connection.clone();
                     streams.spawn(async move {
-                        provider_stream(send, receive, &context, &provider, stop).await;
+                        provider_stream(send, receive, &connection, &context, &provider, stop).await;
                         let reason = if provider.is_abusive() {
                             Some((close_code::BAD_SIGNATURES, "bad_signatures", "too many bad signatures"))
+                        } else if provider.bills_foreign_sessions() {
+                            Some((close_code::FOREIGN_SESSIONS, "foreign_sessions", "too many messages for sessions not its own"))
+                        } else if provider.tiny_packets.load(Ordering::Relaxed) {
+                            Some((close_code::TINY_PACKETS, "tiny_packets", "too many tiny packets"))
                         } else if provider.breaks_protocol() {
                             Some((close_code::PROTOCOL_ERRORS, "protocol_errors", "too many protocol errors"))
                         } else {
@@ -681,6 +715,7 @@ async fn issue(
 async fn provider_stream(
     mut send: quinn::SendStream,
     mut receive: quinn::RecvStream,
+    connection: &quinn::Connection,
     context: &Arc<Context>,
     provider: &Arc<ProviderConnection>,
     mut stop: watch::Receiver<bool>,
@@ -788,6 +823,10 @@ async fn provider_stream(
             if let Err(status) = session::admit(session.as_deref(), &provider.name) {
                 metrics::counter!("acct_messages_total", "outcome" => "rejected").increment(1);
                 let _ = ack_sender.try_send(AckEntry { message_id, status });
+                provider.foreign_sessions.fetch_add(1, Ordering::Relaxed);
+                if provider.bills_foreign_sessions() {
+                    break 'stream;
+                }
                 continue;
             }
             let Some(session) = session else { continue };
@@ -824,7 +863,12 @@ async fn provider_stream(
         }
         tokio::select! {
             chunk = receive.read_chunk(64 * 1024, true) => match chunk {
-                Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+                Ok(Some(chunk)) => {
+                    buffer.extend_from_slice(&chunk.bytes);
+                    if provider.read_and_check(chunk.bytes.len(), || connection.stats().udp_rx.datagrams) {
+                        break;
+                    }
+                }
                 Ok(None) | Err(_) => break,
             },
             _ = stop.changed() => break,
