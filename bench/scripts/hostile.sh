@@ -8,7 +8,8 @@
 #   bash bench/scripts/hostile.sh [seconds] [attacks...]
 #
 # Settings (environment): BIN (prebuilt binaries; default: build release),
-# OUT (write the JSON here).
+# OUT (write the JSON here), REPEAT (rounds per attack, medians compared;
+# default 1).
 #
 # The attacker runs on the same 2 cores as the AM and loadgen: part of any
 # drop is the attacker's own CPU, which a real attacker spends elsewhere.
@@ -135,48 +136,67 @@ open_rate="$(python3 -c "print(max(100, int(float('$base_rate') / 2)))")"
 # the same honest runs, no attacker): figures on this shared machine drift
 # within minutes, and a p99 from one far-away baseline says more about the
 # drift than about the attack.
+# With REPEAT=n (default 1) each pair runs n times and the figures compared
+# are the medians: at half the machine's rate the open-loop p99 of identical
+# baseline runs moved between 40 and 345 ms within one harness run.
+repeat="${REPEAT:-1}"
 for attack in "${attacks[@]}"; do
-  echo "hostile: $attack"
-  run_scenario "before-$attack" none "$open_rate"
-  run_scenario "$attack" "$attack" "$open_rate"
+  for round in $(seq 1 "$repeat"); do
+    echo "hostile: $attack (round $round of $repeat)"
+    run_scenario "before-$attack-$round" none "$open_rate"
+    run_scenario "$attack-$round" "$attack" "$open_rate"
+  done
 done
 
-python3 - "$work" "$open_rate" "${OUT:-}" "${attacks[@]}" <<'PY'
-import json, sys
-work, open_rate, out, attacks = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+python3 - "$work" "$open_rate" "${OUT:-}" "$repeat" "${attacks[@]}" <<'PY'
+import json, statistics, sys
+work, open_rate, out, repeat, attacks = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5:]
 load = lambda path: json.load(open(path))
 rows, ok = [], True
 for attack in attacks:
-    base_closed = load(f"{work}/before-{attack}/closed.json")
-    base_open = load(f"{work}/before-{attack}/open.json")
-    closed = load(f"{work}/{attack}/closed.json")
-    opened = load(f"{work}/{attack}/open.json")
+    rounds = range(1, repeat + 1)
+    rate = lambda folder: load(f"{work}/{folder}/closed.json")["throughput_per_s"]
+    p99 = lambda folder: load(f"{work}/{folder}/open.json")["latency_ms"]["p99"]
+    base_rates = [rate(f"before-{attack}-{r}") for r in rounds]
+    base_p99s = [p99(f"before-{attack}-{r}") for r in rounds]
+    rates = [rate(f"{attack}-{r}") for r in rounds]
+    p99s = [p99(f"{attack}-{r}") for r in rounds]
+    last = f"{work}/{attack}-{repeat}"
     try:
-        attacker = json.loads(open(f"{work}/{attack}/attacker.json").read().strip().splitlines()[-1])
+        attacker = json.loads(open(f"{last}/attacker.json").read().strip().splitlines()[-1])
     except Exception:
         attacker = {}
     try:
-        attacker["cpu_s"] = float(open(f"{work}/{attack}/attacker_cpu").read())
+        attacker["cpu_s"] = float(open(f"{last}/attacker_cpu").read())
     except Exception:
         pass
-    throughput_ratio = closed["throughput_per_s"] / base_closed["throughput_per_s"]
-    p99_ratio = opened["latency_ms"]["p99"] / max(base_open["latency_ms"]["p99"], 0.001)
+    base_rate, honest_rate = statistics.median(base_rates), statistics.median(rates)
+    base_p99, honest_p99 = statistics.median(base_p99s), statistics.median(p99s)
+    throughput_ratio = honest_rate / base_rate
+    p99_ratio = honest_p99 / max(base_p99, 0.001)
     passed = throughput_ratio >= 0.8 and p99_ratio <= 2.0
     ok &= passed
+    rejected = {}
+    for r in rounds:
+        for kind in ("closed", "open"):
+            for key, value in load(f"{work}/{attack}-{r}/{kind}.json").get("rejected", {}).items():
+                rejected[key] = rejected.get(key, 0) + value
     rows.append({
         "attack": attack,
-        "baseline_closed_msgs_per_s": round(base_closed["throughput_per_s"]),
-        "baseline_open_p99_ms": base_open["latency_ms"]["p99"],
-        "honest_closed_msgs_per_s": round(closed["throughput_per_s"]),
+        "rounds": repeat,
+        "baseline_closed_msgs_per_s": round(base_rate),
+        "baseline_open_p99_ms": base_p99,
+        "honest_closed_msgs_per_s": round(honest_rate),
         "throughput_ratio": round(throughput_ratio, 3),
-        "honest_open_p99_ms": opened["latency_ms"]["p99"],
+        "honest_open_p99_ms": honest_p99,
         "p99_ratio": round(p99_ratio, 2),
-        "honest_rejected": {**closed.get("rejected", {}), **opened.get("rejected", {})},
+        "per_round": {"baseline_closed": base_rates, "closed": rates, "baseline_p99_ms": base_p99s, "p99_ms": p99s},
+        "honest_rejected": rejected,
         "attacker": attacker,
         "passed": passed,
     })
-summary = {"open_rate": open_rate, "attacks": rows}
-print(f"open loop at {open_rate}/s (half the first baseline's closed-loop rate); each attack against the baseline run just before it")
+summary = {"open_rate": open_rate, "rounds": repeat, "attacks": rows}
+print(f"open loop at {open_rate}/s (half the first baseline's closed-loop rate); each attack against the baseline run just before it; medians of {repeat} round(s)")
 print(f"{'attack':<16} {'msgs/s before':>13} {'with':>7} {'ratio':>6} {'p99 ms before':>13} {'with':>7} {'ratio':>6}  attacker")
 for row in rows:
     a = row["attacker"]
