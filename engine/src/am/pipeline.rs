@@ -124,7 +124,7 @@ impl ProviderConnection {
 /// decryption and a wakeup whatever it carries; a provider writing its
 /// frames a byte at a time would make it pay that per byte. The provider
 /// library packs messages into full packets (an accounting frame alone is
-/// about 125 bytes), so an honest provider stays far above the line; a
+/// 125 to 160 bytes), so an honest provider stays far above the line; a
 /// connection sending fewer than 205 datagrams a second is never judged,
 /// and its idle keep-alives never count (a window older than
 /// `TINY_PACKETS_WINDOW` starts over).
