@@ -187,8 +187,7 @@ fn one_provider_cannot_take_every_connection_slot() {
         let other = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0002"))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(other.connection_handle().close_reason().is_none());
+        assert!(!closed_within(&other, Duration::from_millis(500)).await);
         other.close().await;
         // The held ones were never disturbed; closing one frees its slot.
         assert!(held.iter().all(|client| client.connection_handle().close_reason().is_none()));
@@ -202,14 +201,21 @@ fn one_provider_cannot_take_every_connection_slot() {
     assert!(am.terminate(Duration::from_secs(30)));
 }
 
-/// Connect as `identity` until a connection stays open for 300 ms (the AM
-/// frees a closed connection's slot when it notices the close): at most 20
+/// Whether the AM closes `client`'s connection within `bound` (the AM closes
+/// a refused one right after the handshake).
+async fn closed_within(client: &AmClient, bound: Duration) -> bool {
+    tokio::time::timeout(bound, client.connection_handle().closed())
+        .await
+        .is_ok()
+}
+
+/// Connect as `identity` until a connection is not closed within 300 ms (the
+/// AM frees a closed connection's slot when it notices the close): at most 20
 /// tries.
 async fn wait_for_slot(am: &AmProcess, identity: &peer::quic::ClientIdentity) -> bool {
     for _ in 0..20 {
         let client = AmClient::connect(am.address, identity).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let open = client.connection_handle().close_reason().is_none();
+        let open = !closed_within(&client, Duration::from_millis(300)).await;
         client.close().await;
         if open {
             return true;
