@@ -211,6 +211,17 @@ impl Handshakes {
 pub const USER_CONNECTIONS_MAX: usize = 4_096;
 /// A user connection with no open stream for this long is closed.
 pub const USER_IDLE: Duration = Duration::from_secs(30);
+/// Before a connection is closed for abuse, the stream that noticed waits
+/// this long at most for the answers to what it admitted (BAD_SIGNATURE and
+/// the like) to be verified, written and acknowledged by the provider:
+/// closing at once discards what QUIC has buffered but not yet sent. The
+/// connection's streams read nothing more meanwhile, and a provider that
+/// does not read its answers cannot hold the close any longer than this.
+pub const ABUSE_CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Completes when the provider has acknowledged every byte written on a
+/// finished stream (or stopped it, or the connection is gone).
+type Delivered = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn encode_service_list(directory: &ServiceDirectory) -> bytes::Bytes {
     let mut out = BytesMut::new();
@@ -557,7 +568,7 @@ async fn serve_connection(
                     let provider = provider.clone();
                     let connection = connection.clone();
                     streams.spawn(async move {
-                        provider_stream(send, receive, &connection, &context, &provider, stop).await;
+                        let writer = provider_stream(send, receive, &connection, &context, &provider, stop).await;
                         let reason = if provider.is_abusive() {
                             Some((close_code::BAD_SIGNATURES, "bad_signatures", "too many bad signatures"))
                         } else if provider.bills_foreign_sessions() {
@@ -576,7 +587,15 @@ async fn serve_connection(
                             let backoff = context.penalties.strike(provider.name.as_str(), Instant::now());
                             tracing::warn!(reason = text, backoff_ms = backoff.as_millis() as u64, "disconnecting an abusive provider");
                             metrics::counter!("acct_connections_abusive_total", "reason" => label).increment(1);
+                            let answered = async {
+                                if let Ok(Some(delivered)) = writer.await {
+                                    delivered.await;
+                                }
+                            };
+                            let _ = tokio::time::timeout(ABUSE_CLOSE_LINGER, answered).await;
                             connection.close(code.into(), text.as_bytes());
+                        } else {
+                            let _ = writer.await;
                         }
                     });
                 }
@@ -719,7 +738,7 @@ async fn provider_stream(
     context: &Arc<Context>,
     provider: &Arc<ProviderConnection>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> tokio::task::JoinHandle<Option<Delivered>> {
     let inflight_max = context.ingest.stream_inflight_messages_max.max(1);
     let inflight = Arc::new(Semaphore::new(inflight_max));
     let (ack_sender, mut ack_input) = mpsc::channel::<AckEntry>(inflight_max);
@@ -752,7 +771,7 @@ async fn provider_stream(
                 while let Some(_entry) = ack_input.recv().await {
                     writer_inflight.add_permits(1);
                 }
-                return;
+                return None;
             }
             writer_inflight.add_permits(count);
         }
@@ -762,6 +781,10 @@ async fn provider_stream(
             let _ = send.write_all(&frame).await;
         }
         let _ = send.finish();
+        let stopped = send.stopped();
+        Some(Box::pin(async move {
+            let _ = stopped.await;
+        }) as Delivered)
     });
 
     let decoder = FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX);
@@ -889,8 +912,9 @@ async fn provider_stream(
     }
     drop(ack_sender);
     // Every admitted message holds a clone of the ack sender until answered:
-    // the writer ends once all are answered and written.
-    let _ = writer.await;
+    // the writer ends once all are answered and written. The caller awaits
+    // it, for a bounded time when it closes the connection for abuse.
+    writer
 }
 
 /// Hand the stream's admitted messages to the verify queue, waiting at most
