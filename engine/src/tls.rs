@@ -89,8 +89,11 @@ pub fn peer_identity(
 
 /// A QUIC server endpoint on `listen` (8 MiB UDP buffers requested, see
 /// `peer::quic::quic_socket`) serving `certificate_der` / `key` with
-/// `transport`, client certificates from the CA required. Returns the
-/// endpoint and the UDP receive buffer size the kernel granted.
+/// `transport`, client certificates from the CA required. With `gate`, the
+/// AM's [`InitialGate`](crate::am::gate::InitialGate) (made here: it must
+/// know the endpoint's connection IDs) stands between the socket and QUIC.
+/// Returns the endpoint, the UDP receive buffer size the kernel granted,
+/// and the gate.
 pub fn server_endpoint(
     listen: std::net::SocketAddr,
     ca_der: &[u8],
@@ -98,8 +101,10 @@ pub fn server_endpoint(
     key: &wire::SigningKey,
     transport: quinn::TransportConfig,
     client_auth: ClientAuth,
-) -> anyhow::Result<(quinn::Endpoint, usize)> {
+    gate: bool,
+) -> anyhow::Result<(quinn::Endpoint, usize, Option<Arc<crate::am::gate::InitialGate>>)> {
     use anyhow::Context as _;
+    use quinn::Runtime as _;
     let key_der = key.to_pkcs8_der().context("encoding the key")?;
     let server_config = server_config(ca_der, certificate_der, key_der, Arc::new(transport), client_auth)
         .context("building the TLS configuration")?;
@@ -107,14 +112,21 @@ pub fn server_endpoint(
     let (reset_key, cid_key) = restart_stable_keys(key)?;
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
-    let endpoint = quinn::Endpoint::new(
+    let gate = gate.then(|| Arc::new(crate::am::gate::InitialGate::new(cid_key)));
+    let mut socket = quinn::TokioRuntime
+        .wrap_udp_socket(socket)
+        .with_context(|| format!("listening on {listen}"))?;
+    if let Some(gate) = &gate {
+        socket = Arc::new(crate::am::gate::GatedSocket::new(socket, gate.clone()));
+    }
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         endpoint_config,
         Some(server_config),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
     .with_context(|| format!("listening on {listen}"))?;
-    Ok((endpoint, buffer))
+    Ok((endpoint, buffer, gate))
 }
 
 /// The server's QUIC stateless-reset key and connection-id key, derived

@@ -18,10 +18,10 @@ fn abandoned_handshakes_do_not_lock_out_honest_providers() {
     let metrics = format!("127.0.0.1:{metrics_port}");
     let am = AmProcess::start(pki.data(), &["--no-export", "--metrics", &metrics]);
     let mut attacker = start_attacker(&pki, &am, "half-open", 20, Stdio::null());
-    // The flood reaches the per-address bound: the AM refuses the excess
-    // before any cryptography.
+    // The flood reaches the per-address bound: the AM drops the excess as
+    // it comes off the socket, before any cryptography.
     let refused = wait_until(Duration::from_secs(15), || {
-        http_get(metrics_port, "/metrics").contains("reason=\"handshakes_per_address\"")
+        http_get(metrics_port, "/metrics").contains("acct_initials_dropped_total{reason=\"handshakes_per_address\"}")
     });
     // Meanwhile an honest provider (from 127.0.0.1) connects and is served.
     let answers = honest_provider_sends(&pki, &am, 100);
@@ -53,9 +53,9 @@ fn a_revoked_provider_reconnecting_in_a_loop_is_dropped_unanswered() {
     );
     let attacker = start_attacker(&pki, &am, "revoked", 8, Stdio::piped());
     // After its free strikes the attacker's address is in a backoff: its
-    // next attempts get no answer, before any cryptography.
+    // next attempts are dropped as they come off the socket, unanswered.
     let dropped = wait_until(Duration::from_secs(30), || {
-        http_get(metrics_port, "/metrics").contains("reason=\"address_backoff\"")
+        http_get(metrics_port, "/metrics").contains("acct_initials_dropped_total{reason=\"address_backoff\"}")
     });
     // Meanwhile an honest provider, from another address, is served.
     let answers = honest_provider_sends(&pki, &am, 100);

@@ -10,6 +10,7 @@ pub mod commit;
 pub mod credentials;
 pub mod deny;
 pub mod export;
+pub mod gate;
 pub mod ingest;
 pub mod penalty;
 pub mod pipeline;

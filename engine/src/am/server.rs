@@ -133,12 +133,27 @@ struct Context {
     /// Backoffs of addresses whose handshakes keep ending in a refused
     /// identity (denied, or a name in its backoff).
     address_penalties: super::penalty::Penalties<std::net::IpAddr>,
+    /// Drops new connections from backed-off addresses before QUIC
+    /// decrypts them (see [`super::gate`]).
+    gate: Arc<super::gate::InitialGate>,
     /// Handshakes in progress.
     handshakes: Handshakes,
     /// The service list's frames, encoded once.
     service_list: bytes::Bytes,
     /// User connections open now (bounded by [`USER_CONNECTIONS_MAX`]).
     user_connections: AtomicUsize,
+}
+
+impl Context {
+    /// A strike against `address`: once it is in a backoff, its new
+    /// connections are dropped at the gate until the backoff ends.
+    fn strike_address(&self, address: std::net::IpAddr) {
+        let now = Instant::now();
+        let backoff = self.address_penalties.strike(&address, now);
+        if !backoff.is_zero() {
+            self.gate.back_off(address, now + backoff, now);
+        }
+    }
 }
 
 /// Handshakes in progress at once. A handshake holds a connection slot; a
@@ -154,10 +169,12 @@ pub const HANDSHAKES_PER_ADDRESS_MAX: u32 = 256;
 /// A handshake not finished by then is dropped and its slot freed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Handshakes in progress, in all and per source address.
-#[derive(Default)]
+/// Handshakes in progress, in all and per source address. An address at
+/// its bound is closed at the [`InitialGate`](super::gate::InitialGate)
+/// until one of its handshakes ends.
 struct Handshakes {
     by_address: std::sync::Mutex<HashMap<std::net::IpAddr, u32>>,
+    gate: Arc<super::gate::InitialGate>,
 }
 
 /// Which handshake bound a new connection attempt hit.
@@ -180,6 +197,13 @@ impl HandshakesFull {
 }
 
 impl Handshakes {
+    fn new(gate: Arc<super::gate::InitialGate>) -> Self {
+        Self {
+            by_address: std::sync::Mutex::new(HashMap::new()),
+            gate,
+        }
+    }
+
     /// Take a handshake slot for `address`, or say which bound is reached.
     fn enter(&self, address: std::net::IpAddr) -> Result<(), HandshakesFull> {
         let mut by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -192,12 +216,18 @@ impl Handshakes {
             return Err(HandshakesFull::Address);
         }
         *count += 1;
+        if *count == HANDSHAKES_PER_ADDRESS_MAX {
+            self.gate.set_at_bound(address, true);
+        }
         Ok(())
     }
 
     fn leave(&self, address: std::net::IpAddr) {
         let mut by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(count) = by_address.get_mut(&address) {
+            if *count == HANDSHAKES_PER_ADDRESS_MAX {
+                self.gate.set_at_bound(address, false);
+            }
             *count -= 1;
             if *count == 0 {
                 by_address.remove(&address);
@@ -276,14 +306,16 @@ pub async fn run(
             quinn::IdleTimeout::try_from(Duration::from_secs(60)).context("idle timeout")?,
         ))
         .keep_alive_interval(Some(Duration::from_secs(15)));
-    let (endpoint, buffer) = tls::server_endpoint(
+    let (endpoint, buffer, gate) = tls::server_endpoint(
         settings.listen,
         &settings.ca_der,
         settings.certificate_der.clone(),
         &settings.signing_key,
         transport,
         tls::ClientAuth::Optional,
+        true,
     )?;
+    let gate = gate.context("the AM's endpoint has an Initial gate")?;
     tracing::info!(receive_buffer_bytes = buffer, "UDP socket");
     let local_addr = endpoint.local_addr().context("reading the bound address")?;
 
@@ -300,7 +332,8 @@ pub async fn run(
         deny: settings.deny.clone(),
         penalties: super::penalty::Penalties::default(),
         address_penalties: super::penalty::Penalties::default(),
-        handshakes: Handshakes::default(),
+        handshakes: Handshakes::new(gate.clone()),
+        gate,
         service_list: encode_service_list(&settings.services),
         user_connections: AtomicUsize::new(0),
     });
@@ -493,14 +526,14 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
         metrics::counter!("acct_connections_denied_total").increment(1);
         tracing::warn!(peer = %identity.name, remote = %connection.remote_address(), "connection refused: certificate denied");
         connection.close(close_code::DENIED.into(), b"certificate revoked");
-        context.address_penalties.strike(&address, Instant::now());
+        context.strike_address(address);
         return;
     }
     if let Some(left) = context.penalties.remaining(identity.name.as_str(), Instant::now()) {
         metrics::counter!("acct_connections_backoff_total").increment(1);
         let reason = format!("disconnected for abuse; retry in {} ms", left.as_millis());
         connection.close(close_code::BACKOFF.into(), reason.as_bytes());
-        context.address_penalties.strike(&address, Instant::now());
+        context.strike_address(address);
         return;
     }
     let span = tracing::info_span!("connection", peer = %identity.name, role = identity.role.as_str(), remote = %connection.remote_address());
@@ -531,9 +564,7 @@ async fn serve_connection(
                     close_code::TOO_MANY_CONNECTIONS.into(),
                     b"too many connections for this provider",
                 );
-                context
-                    .address_penalties
-                    .strike(&connection.remote_address().ip(), Instant::now());
+                context.strike_address(connection.remote_address().ip());
                 return;
             }
         }

@@ -69,13 +69,14 @@ pub async fn run(
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(60)).context("idle timeout")?,
         ));
-    let (endpoint, _) = tls::server_endpoint(
+    let (endpoint, _, _) = tls::server_endpoint(
         settings.listen,
         &settings.ca_der,
         settings.certificate_der.clone(),
         &settings.signing_key,
         transport,
         tls::ClientAuth::Required,
+        false,
     )?;
     let ca = TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?;
     let receiving = Arc::new(Semaphore::new(settings.receiving_max.max(1)));
