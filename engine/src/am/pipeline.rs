@@ -47,7 +47,8 @@ pub struct ProviderConnection {
     /// Set once the tiny-packet rule fired.
     pub tiny_packets: AtomicBool,
     /// Signalled (to every stream waiting on it) when a verifier finds the
-    /// connection [abusive](Self::is_abusive).
+    /// connection [abusive](Self::is_abusive), or when it is being closed
+    /// for any abuse: its streams then [stop reading](Self::stops_reading).
     pub abuse: tokio::sync::Notify,
 }
 
@@ -93,6 +94,12 @@ impl ProviderConnection {
         let bad = self.bad_signatures.load(Ordering::Relaxed);
         let good = self.good_signatures.load(Ordering::Relaxed);
         bad > BAD_SIGNATURES_MIN && bad > good
+    }
+
+    /// Whether the connection's streams stop reading: it is abusive, or it
+    /// is being closed for abuse (its answers are being flushed).
+    pub fn stops_reading(&self) -> bool {
+        self.is_abusive() || self.closed_for_abuse.load(Ordering::Relaxed)
     }
 
     /// Whether the connection bills mostly sessions that are not its own:

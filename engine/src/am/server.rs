@@ -618,6 +618,8 @@ async fn serve_connection(
                             let backoff = context.penalties.strike(provider.name.as_str(), Instant::now());
                             tracing::warn!(reason = text, backoff_ms = backoff.as_millis() as u64, "disconnecting an abusive provider");
                             metrics::counter!("acct_connections_abusive_total", "reason" => label).increment(1);
+                            // The other streams stop reading while this one's answers go out.
+                            provider.abuse.notify_waiters();
                             let answered = async {
                                 if let Ok(Some(delivered)) = writer.await {
                                     delivered.await;
@@ -894,7 +896,7 @@ async fn provider_stream(
             if batch.len() >= SUBMIT_BATCH_MESSAGES_MAX && !submit(context, &mut batch, &ack_sender).await {
                 break 'stream;
             }
-            if provider.is_abusive() {
+            if provider.stops_reading() {
                 break 'stream;
             }
         }
@@ -912,7 +914,7 @@ async fn provider_stream(
         let abuse = provider.abuse.notified();
         tokio::pin!(abuse);
         abuse.as_mut().enable();
-        if provider.is_abusive() {
+        if provider.stops_reading() {
             break;
         }
         tokio::select! {
