@@ -2,7 +2,8 @@
 //! out: handshakes started and abandoned are bounded in all and per address
 //! (an unfinished one is dropped after 10 s), and an address whose
 //! handshakes keep ending in a refused identity is dropped unanswered for a
-//! while. A provider whose packets carry a byte each is cut off.
+//! while. A provider whose packets carry a byte each is cut off, and so is
+//! one that replays its stored ids with changed content.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -161,6 +162,38 @@ fn a_provider_writing_a_byte_per_packet_is_cut_off() {
     let datagrams = answered["datagrams sent"].as_u64().unwrap();
     let bytes = answered["bytes written"].as_u64().unwrap();
     assert!(datagrams * 2 >= bytes, "{datagrams} datagrams for {bytes} bytes");
+    assert!(am.terminate(Duration::from_secs(30)));
+}
+
+#[test]
+fn a_provider_replaying_its_ids_with_changed_content_is_cut_off() {
+    let pki = TestPki::new(1, 0);
+    let metrics_port = acct_tests::free_tcp_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let am = AmProcess::start(pki.data(), &["--no-export", "--metrics", &metrics]);
+    // The attacker stores 64 messages, then sends them again and again,
+    // each round with changed content under the same ids.
+    let attacker = start_attacker(&pki, &am, "replay-changed", 8, Stdio::piped());
+    let cut = wait_until(Duration::from_secs(30), || {
+        http_get(metrics_port, "/metrics").contains("reason=\"conflicting_duplicates\"")
+    });
+    let answers = honest_provider_sends(&pki, &am, 100);
+    let output = attacker.wait_with_output().unwrap();
+    assert!(cut, "the provider replaying changed content was never cut off");
+    assert_eq!(answers.len(), 100);
+    assert!(answers.values().all(|status| *status == AckStatus::STORED));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answered = report["answers"].as_object().unwrap();
+    assert!(
+        answered
+            .keys()
+            .any(|answer| answer.contains("too many conflicting duplicates (code 10)")),
+        "{report}"
+    );
+    // Cut off after about 1,024 of them, then backed off: not the hundreds
+    // of thousands it sends in 8 s unchecked (release build).
+    let conflicting = answered["AckStatus(36)"].as_u64().unwrap();
+    assert!((1_025..=20_000).contains(&conflicting), "{report}");
     assert!(am.terminate(Duration::from_secs(30)));
 }
 

@@ -196,8 +196,10 @@ async fn flood(
             }
             let batch = make(round);
             round += 1;
-            if sender.send(&batch).await.is_err() {
+            if let Err(error) = sender.send(&batch).await {
                 counts.disconnects.fetch_add(1, Ordering::Relaxed);
+                counts.answer(format!("send failed: {error}"), 1);
+                closed_because(&client, counts).await;
                 break;
             }
             counts.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -224,10 +226,21 @@ async fn flood(
             }
             if broken {
                 counts.disconnects.fetch_add(1, Ordering::Relaxed);
+                closed_because(&client, counts).await;
                 break;
             }
         }
         client.close().await;
+    }
+}
+
+/// Count why the AM closed `client`'s connection, waiting for the close a
+/// little: the AM flushes its answers first (within 5 s).
+async fn closed_because(client: &AmClient, counts: &Counts) {
+    let connection = client.connection_handle();
+    match tokio::time::timeout(Duration::from_secs(6), connection.closed()).await {
+        Ok(reason) => counts.answer(format!("closed: {reason}"), 1),
+        Err(_) => counts.answer("not closed within 6 s".to_owned(), 1),
     }
 }
 

@@ -266,7 +266,12 @@ impl Committer {
                     Outcome::StoredNow
                 }
                 Ok(Decision::DuplicateOfPending) => Outcome::DuplicateOfPending,
-                Ok(Decision::Answered(status)) => Outcome::Final(status),
+                Ok(Decision::Answered(status)) => {
+                    if status == AckStatus::CONFLICTING_DUPLICATE {
+                        item.connection.conflicting_duplicate();
+                    }
+                    Outcome::Final(status)
+                }
                 Err(error) => {
                     tracing::error!(%error, "fingerprint lookup failed; answering busy");
                     Outcome::Final(AckStatus::BUSY)

@@ -32,6 +32,9 @@ pub struct ProviderConnection {
     /// Messages refused before verification because their session is
     /// unknown or another provider's.
     pub foreign_sessions: AtomicU64,
+    /// Messages answered CONFLICTING_DUPLICATE: an id already stored with
+    /// other content (counted by the committer).
+    pub conflicting_duplicates: AtomicU64,
     /// Streams the AM closed for a protocol error (malformed or oversized
     /// frame, a message type that has no place on the stream).
     pub malformed_streams: AtomicU64,
@@ -61,6 +64,7 @@ impl ProviderConnection {
             good_signatures: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
             foreign_sessions: AtomicU64::new(0),
+            conflicting_duplicates: AtomicU64::new(0),
             malformed_streams: AtomicU64::new(0),
             closed_for_abuse: AtomicBool::new(false),
             reads: AtomicU64::new(0),
@@ -96,10 +100,33 @@ impl ProviderConnection {
         bad > BAD_SIGNATURES_MIN && bad > good
     }
 
-    /// Whether the connection's streams stop reading: it is abusive, or it
-    /// is being closed for abuse (its answers are being flushed).
+    /// Whether the connection's streams stop reading: it sends mostly bad
+    /// signatures or conflicting duplicates (verdicts that come after
+    /// admission), or it is being closed for abuse (its answers are being
+    /// flushed).
     pub fn stops_reading(&self) -> bool {
-        self.is_abusive() || self.closed_for_abuse.load(Ordering::Relaxed)
+        self.is_abusive() || self.sends_conflicting_duplicates() || self.closed_for_abuse.load(Ordering::Relaxed)
+    }
+
+    /// Count one CONFLICTING_DUPLICATE answer; wakes the connection's
+    /// streams when it crosses the line of
+    /// [`Self::sends_conflicting_duplicates`].
+    pub fn conflicting_duplicate(&self) {
+        self.conflicting_duplicates.fetch_add(1, Ordering::Relaxed);
+        if self.sends_conflicting_duplicates() {
+            self.abuse.notify_waiters();
+        }
+    }
+
+    /// Whether the connection replays stored ids with changed content: more
+    /// than `CONFLICTING_DUPLICATES_MIN` of them, and more than the rest of
+    /// its good signatures. Each costs a verification before the committer
+    /// can tell; an honest provider retransmits the same bytes (DUPLICATE),
+    /// and changed content under a stored id is a broken or dishonest one.
+    pub fn sends_conflicting_duplicates(&self) -> bool {
+        let conflicting = self.conflicting_duplicates.load(Ordering::Relaxed);
+        let good = self.good_signatures.load(Ordering::Relaxed);
+        conflicting > CONFLICTING_DUPLICATES_MIN && conflicting > good.saturating_sub(conflicting)
     }
 
     /// Whether the connection bills mostly sessions that are not its own:
@@ -178,6 +205,10 @@ pub const BAD_SIGNATURES_MIN: u64 = 256;
 /// Messages for unknown or other providers' sessions a connection may send
 /// before [`ProviderConnection::bills_foreign_sessions`] applies.
 pub const FOREIGN_SESSIONS_MIN: u64 = 1_024;
+
+/// CONFLICTING_DUPLICATE answers a connection may get before the
+/// conflicting-duplicate rule can close it.
+pub const CONFLICTING_DUPLICATES_MIN: u64 = 1_024;
 
 /// Streams a connection may have closed for protocol errors before it is
 /// disconnected.
@@ -339,6 +370,36 @@ mod tests {
         // A busy honest provider with some stale sessions is not judged.
         connection.good_signatures.store(100_000, Ordering::Relaxed);
         assert!(!connection.bills_foreign_sessions());
+    }
+
+    #[test]
+    fn conflicting_duplicates_are_abuse_only_in_bulk_and_against_the_rest() {
+        let key = wire::SigningKey::from_seed(&[7; 32]);
+        let connection = ProviderConnection::new(Name::new("p1").unwrap(), key.public_key());
+        // Every conflicting duplicate had a good signature first.
+        let conflicting = |count: u64| {
+            for _ in 0..count {
+                connection.good_signatures.fetch_add(1, Ordering::Relaxed);
+                connection.conflicting_duplicate();
+            }
+        };
+        conflicting(CONFLICTING_DUPLICATES_MIN);
+        assert!(
+            !connection.sends_conflicting_duplicates(),
+            "a bug replaying a batch is not abuse"
+        );
+        conflicting(1);
+        assert!(connection.sends_conflicting_duplicates());
+        assert!(connection.stops_reading());
+        // A provider that stored far more than it conflicted is not judged.
+        let busy = ProviderConnection::new(Name::new("p2").unwrap(), key.public_key());
+        busy.good_signatures.store(1_000_000, Ordering::Relaxed);
+        for _ in 0..10_000 {
+            busy.good_signatures.fetch_add(1, Ordering::Relaxed);
+            busy.conflicting_duplicate();
+        }
+        assert!(!busy.sends_conflicting_duplicates());
+        assert!(!busy.stops_reading());
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub mod close_code {
     /// The provider sent mostly messages for unknown sessions or other
     /// providers' sessions (`pipeline::FOREIGN_SESSIONS_MIN`).
     pub const FOREIGN_SESSIONS: u32 = 9;
+    /// Mostly ids already stored, with changed content
+    /// (`pipeline::CONFLICTING_DUPLICATES_MIN`).
+    pub const CONFLICTING_DUPLICATES: u32 = 10;
 }
 
 /// What the AM needs to run.
@@ -602,6 +605,8 @@ async fn serve_connection(
                         let writer = provider_stream(send, receive, &connection, &context, &provider, stop).await;
                         let reason = if provider.is_abusive() {
                             Some((close_code::BAD_SIGNATURES, "bad_signatures", "too many bad signatures"))
+                        } else if provider.sends_conflicting_duplicates() {
+                            Some((close_code::CONFLICTING_DUPLICATES, "conflicting_duplicates", "too many conflicting duplicates"))
                         } else if provider.bills_foreign_sessions() {
                             Some((close_code::FOREIGN_SESSIONS, "foreign_sessions", "too many messages for sessions not its own"))
                         } else if provider.tiny_packets.load(Ordering::Relaxed) {
