@@ -90,8 +90,9 @@ pub fn peer_identity(
 /// A QUIC server endpoint on `listen` (8 MiB UDP buffers requested, see
 /// `peer::quic::quic_socket`) serving `certificate_der` / `key` with
 /// `transport`, client certificates from the CA required. With `gate`, the
-/// AM's [`InitialGate`](crate::am::gate::InitialGate) (made here: it must
-/// know the endpoint's connection IDs) stands between the socket and QUIC.
+/// AM's [`InitialGate`](crate::am::gate::InitialGate) (made here: it learns
+/// each connection ID the endpoint issues) stands between the socket and
+/// QUIC.
 /// Returns the endpoint, the UDP receive buffer size the kernel granted,
 /// and the gate.
 pub fn server_endpoint(
@@ -110,9 +111,18 @@ pub fn server_endpoint(
         .context("building the TLS configuration")?;
     let (socket, buffer) = peer::quic::quic_socket(listen).with_context(|| format!("listening on {listen}"))?;
     let (reset_key, cid_key) = restart_stable_keys(key)?;
+    let gate = gate.then(|| Arc::new(crate::am::gate::InitialGate::new()));
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
-    let gate = gate.then(|| Arc::new(crate::am::gate::InitialGate::new(cid_key)));
+    match &gate {
+        // The gate learns each ID issued: a handshake in progress passes it.
+        Some(gate) => {
+            let gate = gate.clone();
+            endpoint_config.cid_generator(move || Box::new(crate::am::gate::IssuedIds::new(cid_key, gate.clone())))
+        }
+        None => {
+            endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)))
+        }
+    };
     let mut socket = quinn::TokioRuntime
         .wrap_udp_socket(socket)
         .with_context(|| format!("listening on {listen}"))?;

@@ -7,22 +7,29 @@
 //! but only after quinn has decrypted the Initial to hand it over: about
 //! 8 µs of AM CPU each, so a flood of 25,000 Initials a second from one
 //! address cost a fifth of a core. The gate looks at three header fields
-//! instead (long header, type Initial, version 1) and, for those, whether
-//! the destination connection ID is one this AM issued: a client's later
-//! Initials (its acknowledgements, often coalesced with its handshake
-//! Finished) carry the AM's own ID and pass, so handshakes already in
-//! progress complete. Only a first Initial, which carries an ID the client
-//! chose, is dropped. Datagrams with a short header (every packet of an
-//! established connection) cost one comparison.
+//! instead (long header, type Initial, version 1) and, for those, at the
+//! destination connection ID. An Initial of a handshake in progress passes:
+//! the client's later Initials (its acknowledgements, often coalesced with
+//! its handshake Finished) carry an ID this AM issued within the last
+//! [`HANDSHAKE_TIMEOUT`], and a client's repeated first Initial carries the
+//! ID it chose for a handshake the accept loop took. Every other Initial
+//! from a closed address is dropped. Datagrams with a short header (every
+//! packet of an established connection) cost one comparison.
 //!
-//! Bounded: at most [`GATE_ADDRESSES_MAX`] addresses in backoff are held
-//! (about 64 bytes each); beyond that, the accept loop's own check still
-//! applies. Addresses at their handshake bound are at most
-//! `HANDSHAKES_MAX / HANDSHAKES_PER_ADDRESS_MAX` (4).
+//! An allowed ID passes at most [`ALLOWED_ID_USES`] times: an attacker that
+//! learns one (the AM sends its own in the clear) cannot replay it to flood
+//! past the gate, and it learns one only per handshake it may start.
+//!
+//! Bounded: at most [`GATE_ADDRESSES_MAX`] addresses in backoff (about 64
+//! bytes each; beyond that the accept loop's own check still applies), at
+//! most `HANDSHAKES_MAX / HANDSHAKES_PER_ADDRESS_MAX` (4) addresses at their
+//! handshake bound, and at most [`ALLOWED_IDS_MAX`] allowed IDs (about
+//! 80 bytes each; the oldest is forgotten first).
 //!
 //! [`HANDSHAKES_PER_ADDRESS_MAX`]: super::server::HANDSHAKES_PER_ADDRESS_MAX
+//! [`HANDSHAKE_TIMEOUT`]: super::server::HANDSHAKE_TIMEOUT
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
@@ -30,14 +37,24 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use quinn_proto::{ConnectionId, ConnectionIdGenerator, HashedConnectionIdGenerator};
+use quinn_proto::{ConnectionId, ConnectionIdGenerator, HashedConnectionIdGenerator, InvalidCid};
 
 /// Addresses in backoff the gate holds at most.
 pub const GATE_ADDRESSES_MAX: usize = 10_000;
+/// Connection IDs of handshakes in progress the gate holds at most (the
+/// oldest is forgotten first).
+pub const ALLOWED_IDS_MAX: usize = 32_768;
+/// Initials one allowed ID may carry through a closed address's gate (an
+/// honest client sends a few).
+pub const ALLOWED_ID_USES: u8 = 16;
+/// How long an ID stays allowed: a handshake not done by then is dropped.
+const ALLOWED_FOR: Duration = super::server::HANDSHAKE_TIMEOUT;
+/// The longest connection ID (RFC 9000 §17.2).
+const CONNECTION_ID_BYTES_MAX: usize = 20;
 
 /// QUIC version 1 (RFC 9000), the only version the AM speaks.
 const QUIC_V1: [u8; 4] = [0, 0, 0, 1];
@@ -65,8 +82,32 @@ impl Closed {
 struct Closures {
     /// Addresses in a backoff, until when.
     backoff: HashMap<IpAddr, Instant>,
+    /// When the last backoff ends: after that, the table is emptied.
+    backoff_last_end: Option<Instant>,
     /// Addresses at their bound of handshakes in progress.
     at_bound: HashSet<IpAddr>,
+}
+
+/// Connection IDs of handshakes in progress: those the AM issued and those
+/// the clients chose for handshakes the accept loop took.
+#[derive(Default)]
+struct Allowed {
+    /// Uses left, by ID.
+    uses: HashMap<ConnectionId, u8>,
+    /// In the order allowed, with when: the front expires first.
+    order: VecDeque<(Instant, ConnectionId)>,
+}
+
+impl Allowed {
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some(&(since, id)) = self.order.front() {
+            if now.saturating_duration_since(since) < ALLOWED_FOR && self.order.len() <= ALLOWED_IDS_MAX {
+                break;
+            }
+            self.order.pop_front();
+            self.uses.remove(&id);
+        }
+    }
 }
 
 /// Which addresses may not start a connection now. Shared by the accept
@@ -75,8 +116,7 @@ pub struct InitialGate {
     /// False while nothing is closed: then the socket takes no lock.
     armed: AtomicBool,
     closures: Mutex<Closures>,
-    /// Recognises the connection IDs this AM issued.
-    ids: HashedConnectionIdGenerator,
+    allowed: Mutex<Allowed>,
 }
 
 impl fmt::Debug for InitialGate {
@@ -86,19 +126,45 @@ impl fmt::Debug for InitialGate {
 }
 
 impl InitialGate {
-    /// A gate that recognises the connection IDs issued by a
-    /// [`HashedConnectionIdGenerator`] with `connection_id_key` (the
-    /// endpoint's own, see `tls::server_endpoint`).
-    pub fn new(connection_id_key: u64) -> Self {
+    /// A gate with nothing closed. The endpoint issues its connection IDs
+    /// through [`IssuedIds`], so that handshakes in progress pass.
+    pub fn new() -> Self {
         Self {
             armed: AtomicBool::new(false),
             closures: Mutex::new(Closures::default()),
-            ids: HashedConnectionIdGenerator::from_key(connection_id_key),
+            allowed: Mutex::new(Allowed::default()),
         }
     }
 
     fn closures(&self) -> std::sync::MutexGuard<'_, Closures> {
         self.closures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Let Initials whose destination is `id` through for a while: an ID
+    /// the AM issued, or the one a client chose for a handshake the accept
+    /// loop took (its repeated first Initials carry it).
+    pub fn allow(&self, id: ConnectionId, now: Instant) {
+        let mut allowed = self.allowed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if allowed.uses.insert(id, ALLOWED_ID_USES).is_none() {
+            allowed.order.push_back((now, id));
+        }
+        allowed.forget_expired(now);
+    }
+
+    /// Whether `id` is allowed at `now`; counts one use.
+    fn take_allowed(&self, id: &[u8], now: Instant) -> bool {
+        if id.len() > CONNECTION_ID_BYTES_MAX {
+            return false;
+        }
+        let mut allowed = self.allowed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        allowed.forget_expired(now);
+        match allowed.uses.get_mut(&ConnectionId::new(id)) {
+            Some(uses) if *uses > 0 => {
+                *uses -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn rearm(&self, closures: &Closures) {
@@ -118,6 +184,7 @@ impl InitialGate {
         }
         let end = closures.backoff.entry(address).or_insert(until);
         *end = (*end).max(until);
+        closures.backoff_last_end = Some(closures.backoff_last_end.map_or(until, |last| last.max(until)));
         self.rearm(&closures);
     }
 
@@ -136,40 +203,95 @@ impl InitialGate {
 
     /// Why `datagram` from `from` is dropped, or `None` if it goes on to QUIC.
     fn closed(&self, datagram: &[u8], from: IpAddr, now: impl FnOnce() -> Instant) -> Option<Closed> {
-        if !self.armed.load(Ordering::Acquire) || !self.opens_a_connection(datagram) {
+        if !self.armed.load(Ordering::Acquire) {
             return None;
         }
-        let mut closures = self.closures();
-        if closures.at_bound.contains(&from) {
-            return Some(Closed::Handshakes);
+        let id = initial_destination(datagram)?;
+        let now = now();
+        let verdict = {
+            let mut closures = self.closures();
+            if closures.backoff_last_end.is_some_and(|last| last <= now) {
+                // Every backoff has ended: nothing to keep.
+                closures.backoff.clear();
+                closures.backoff_last_end = None;
+                self.rearm(&closures);
+            }
+            if closures.at_bound.contains(&from) {
+                Closed::Handshakes
+            } else {
+                match closures.backoff.get(&from) {
+                    Some(until) if *until > now => Closed::Backoff,
+                    Some(_) => {
+                        closures.backoff.remove(&from);
+                        self.rearm(&closures);
+                        return None;
+                    }
+                    None => return None,
+                }
+            }
+        };
+        // A closed address: only a handshake in progress goes on.
+        if self.take_allowed(id, now) {
+            None
+        } else {
+            Some(verdict)
         }
-        let until = *closures.backoff.get(&from)?;
-        if until > now() {
-            return Some(Closed::Backoff);
+    }
+}
+
+impl Default for InitialGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The destination connection ID of `datagram` if it starts with a QUIC v1
+/// Initial: a long header (0x80) of type Initial (bits 0x30 clear, RFC 9000
+/// §17.2.2). Only the first packet of a coalesced datagram can open a
+/// connection.
+fn initial_destination(datagram: &[u8]) -> Option<&[u8]> {
+    let &first = datagram.first()?;
+    if first & 0x80 == 0 || first & 0x30 != 0 || datagram.get(1..5)? != QUIC_V1 {
+        return None;
+    }
+    let length = usize::from(*datagram.get(5)?);
+    datagram.get(6..6 + length)
+}
+
+/// The endpoint's connection-ID generator, telling the gate of each ID it
+/// issues: a client's later Initials carry it.
+pub struct IssuedIds {
+    inner: HashedConnectionIdGenerator,
+    gate: Arc<InitialGate>,
+}
+
+impl IssuedIds {
+    /// IDs from a [`HashedConnectionIdGenerator`] with `key`.
+    pub fn new(key: u64, gate: Arc<InitialGate>) -> Self {
+        Self {
+            inner: HashedConnectionIdGenerator::from_key(key),
+            gate,
         }
-        closures.backoff.remove(&from);
-        self.rearm(&closures);
-        None
+    }
+}
+
+impl ConnectionIdGenerator for IssuedIds {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let id = self.inner.generate_cid();
+        self.gate.allow(id, Instant::now());
+        id
     }
 
-    /// Whether `datagram` starts with the first Initial of a new QUIC v1
-    /// connection: a long header of type Initial whose destination
-    /// connection ID is not one this AM issued.
-    fn opens_a_connection(&self, datagram: &[u8]) -> bool {
-        // Long header (0x80) of type Initial (bits 0x30 clear, RFC 9000 §17.2.2).
-        let Some(&first) = datagram.first() else { return false };
-        if first & 0x80 == 0 || first & 0x30 != 0 || datagram.get(1..5) != Some(&QUIC_V1[..]) {
-            return false;
-        }
-        let Some(&length) = datagram.get(5) else { return false };
-        let Some(id) = datagram.get(6..6 + usize::from(length)) else {
-            return false;
-        };
-        // Checked before ConnectionId::new, which takes at most 20 bytes.
-        if id.len() != self.ids.cid_len() {
-            return true;
-        }
-        self.ids.validate(&ConnectionId::new(id)).is_err()
+    fn validate(&self, id: &ConnectionId) -> Result<(), InvalidCid> {
+        self.inner.validate(id)
+    }
+
+    fn cid_len(&self) -> usize {
+        self.inner.cid_len()
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        self.inner.cid_lifetime()
     }
 }
 
@@ -259,10 +381,11 @@ impl AsyncUdpSocket for GatedSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn gate() -> (InitialGate, HashedConnectionIdGenerator) {
-        (InitialGate::new(7), HashedConnectionIdGenerator::from_key(7))
+    fn gate() -> (Arc<InitialGate>, IssuedIds) {
+        let gate = Arc::new(InitialGate::new());
+        let ids = IssuedIds::new(7, gate.clone());
+        (gate, ids)
     }
 
     /// A long header packet of type `kind` (0 Initial, 2 Handshake) for `id`.
@@ -288,12 +411,16 @@ mod tests {
         gate.set_at_bound(ATTACKER, true);
         assert_eq!(gate.closed(&first, ATTACKER, || now), Some(Closed::Handshakes));
         assert_eq!(gate.closed(&first, HONEST, || now), None);
-        // A handshake in progress: the client's later Initials carry our ID.
+        // A handshake in progress: the client's later Initials carry the ID
+        // the AM issued.
         let ours = ids.generate_cid();
         assert_eq!(gate.closed(&long_header(0, &ours), ATTACKER, || now), None);
-        // An 8-byte ID the AM did not issue is a new attempt.
+        // An ID that passes the generator's keyed check but was never
+        // issued is a new attempt.
+        let forged = HashedConnectionIdGenerator::from_key(7).generate_cid();
+        assert!(ids.validate(&forged).is_ok());
         assert_eq!(
-            gate.closed(&long_header(0, &[1; 8]), ATTACKER, || now),
+            gate.closed(&long_header(0, &forged), ATTACKER, || now),
             Some(Closed::Handshakes)
         );
         // Handshake packets, short headers, other versions, runts: untouched.
@@ -305,13 +432,56 @@ mod tests {
         for length in 0..8 {
             assert_eq!(gate.closed(&first[..length], ATTACKER, || now), None, "{length} bytes");
         }
-        // A length byte pointing past the end is no new connection either.
+        // A length byte pointing past the end is no Initial either.
         let mut short = first[..10].to_vec();
         short[5] = 20;
         assert_eq!(gate.closed(&short, ATTACKER, || now), None);
+        // A length above 20 bytes is never an allowed ID.
+        let mut long = first.clone();
+        long[5] = 21;
+        assert_eq!(gate.closed(&long, ATTACKER, || now), Some(Closed::Handshakes));
         gate.set_at_bound(ATTACKER, false);
         assert_eq!(gate.closed(&first, ATTACKER, || now), None);
         assert!(!gate.armed.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn an_allowed_id_passes_a_bounded_number_of_times_and_for_a_bounded_time() {
+        let (gate, mut ids) = gate();
+        let now = Instant::now();
+        gate.set_at_bound(ATTACKER, true);
+        // The ID a client chose for a handshake the accept loop took.
+        let chosen = [5u8; 16];
+        gate.allow(ConnectionId::new(&chosen), now);
+        for _ in 0..ALLOWED_ID_USES {
+            assert_eq!(gate.closed(&long_header(0, &chosen), ATTACKER, || now), None);
+        }
+        // An attacker replaying it floods no further.
+        assert_eq!(
+            gate.closed(&long_header(0, &chosen), ATTACKER, || now),
+            Some(Closed::Handshakes)
+        );
+        // An issued ID expires with the handshake timeout.
+        let ours = ids.generate_cid();
+        let later = Instant::now() + ALLOWED_FOR;
+        assert_eq!(
+            gate.closed(&long_header(0, &ours), ATTACKER, || later),
+            Some(Closed::Handshakes)
+        );
+    }
+
+    #[test]
+    fn allowed_ids_are_bounded() {
+        let (gate, _) = gate();
+        let now = Instant::now();
+        for index in 0..(ALLOWED_IDS_MAX as u64 + 10) {
+            gate.allow(ConnectionId::new(&index.to_be_bytes()), now);
+        }
+        let allowed = gate.allowed.lock().unwrap();
+        assert_eq!(allowed.order.len(), ALLOWED_IDS_MAX);
+        assert_eq!(allowed.uses.len(), ALLOWED_IDS_MAX);
+        // The oldest went first.
+        assert!(!allowed.uses.contains_key(&ConnectionId::new(&0u64.to_be_bytes())));
     }
 
     #[test]
@@ -326,8 +496,10 @@ mod tests {
             gate.closed(&first, ATTACKER, || now + Duration::from_millis(1500)),
             Some(Closed::Backoff)
         );
-        assert_eq!(gate.closed(&first, ATTACKER, || now + Duration::from_secs(2)), None);
-        assert!(!gate.armed.load(Ordering::Relaxed), "the expired entry is gone");
+        // Once every backoff has ended, the gate is disarmed, whoever sends.
+        assert_eq!(gate.closed(&first, HONEST, || now + Duration::from_secs(2)), None);
+        assert!(!gate.armed.load(Ordering::Relaxed));
+        assert!(gate.closures().backoff.is_empty());
     }
 
     #[test]

@@ -423,6 +423,10 @@ pub async fn run(
                     }
                     continue;
                 }
+                // The client's repeated first Initials (sent again if the
+                // AM's answer is late) carry the ID it chose: they must
+                // reach this handshake even once the address is at its bound.
+                context.gate.allow(incoming.orig_dst_cid(), Instant::now());
                 context.connections.fetch_add(1, Ordering::Relaxed);
                 let context = context.clone();
                 let stop = stop.clone();
@@ -871,9 +875,18 @@ async fn provider_stream(
                     if !submit(context, &mut batch, &ack_sender).await {
                         break 'stream;
                     }
+                    // A provider that stops reading its answers waits here:
+                    // an abuse verdict must still reach it.
+                    let abuse = provider.abuse.notified();
+                    tokio::pin!(abuse);
+                    abuse.as_mut().enable();
+                    if provider.stops_reading() {
+                        break 'stream;
+                    }
                     tokio::select! {
                         permit = inflight.clone().acquire_owned() => permit,
                         _ = stop.changed() => break 'stream,
+                        () = &mut abuse => break 'stream,
                     }
                 }
             };
