@@ -132,69 +132,58 @@ fn honest_provider_sends(
     })
 }
 
-#[test]
-fn a_provider_writing_a_byte_per_packet_is_cut_off() {
+/// Run `attack` for 8 s against a fresh AM while an honest provider (from
+/// another address) sends 100 messages. Asserts that the AM cut the
+/// attacker off for `reason` (the `acct_connections_abusive_total` label,
+/// and `close` in the close reason the attacker saw) and that every honest
+/// message was STORED; returns what the attacker got.
+fn cut_off_while_an_honest_provider_is_served(attack: &str, reason: &str, close: &str) -> serde_json::Value {
     let pki = TestPki::new(1, 0);
     let metrics_port = acct_tests::free_tcp_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
     let am = AmProcess::start(pki.data(), &["--no-export", "--metrics", &metrics]);
-    let attacker = start_attacker(&pki, &am, "split-frames", 8, Stdio::piped());
-    // 2,048 datagrams of a byte each on a connection: it is closed (code 7).
+    let attacker = start_attacker(&pki, &am, attack, 8, Stdio::piped());
+    let label = format!("reason=\"{reason}\"");
     let cut = wait_until(Duration::from_secs(30), || {
-        http_get(metrics_port, "/metrics").contains("reason=\"tiny_packets\"")
+        http_get(metrics_port, "/metrics").contains(&label)
     });
-    // An honest provider, from another address, is served and not judged:
-    // its packets carry whole messages.
     let answers = honest_provider_sends(&pki, &am, 100);
     let output = attacker.wait_with_output().unwrap();
-    assert!(cut, "the byte-per-packet provider was never cut off");
+    assert!(cut, "{attack}: never cut off for {reason}");
     assert_eq!(answers.len(), 100);
     assert!(answers.values().all(|status| *status == AckStatus::STORED));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let answered = report["answers"].as_object().unwrap();
-    assert!(
-        answered
-            .keys()
-            .any(|answer| answer.contains("too many tiny packets (code 7)")),
-        "{report}"
-    );
-    // The attacker's packets did carry a byte each.
-    let datagrams = answered["datagrams sent"].as_u64().unwrap();
-    let bytes = answered["bytes written"].as_u64().unwrap();
-    assert!(datagrams * 2 >= bytes, "{datagrams} datagrams for {bytes} bytes");
+    assert!(answered.keys().any(|answer| answer.contains(close)), "{report}");
     assert!(am.terminate(Duration::from_secs(30)));
+    report
+}
+
+#[test]
+fn a_provider_writing_a_byte_per_packet_is_cut_off() {
+    // 2,048 datagrams of a byte each on a connection: it is closed (code 7).
+    // The honest provider's packets carry whole messages: not judged.
+    let report =
+        cut_off_while_an_honest_provider_is_served("split-frames", "tiny_packets", "too many tiny packets (code 7)");
+    // The attacker's packets did carry a byte each.
+    let datagrams = report["answers"]["datagrams sent"].as_u64().unwrap();
+    let bytes = report["answers"]["bytes written"].as_u64().unwrap();
+    assert!(datagrams * 2 >= bytes, "{datagrams} datagrams for {bytes} bytes");
 }
 
 #[test]
 fn a_provider_replaying_its_ids_with_changed_content_is_cut_off() {
-    let pki = TestPki::new(1, 0);
-    let metrics_port = acct_tests::free_tcp_port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let am = AmProcess::start(pki.data(), &["--no-export", "--metrics", &metrics]);
     // The attacker stores 64 messages, then sends them again and again,
     // each round with changed content under the same ids.
-    let attacker = start_attacker(&pki, &am, "replay-changed", 8, Stdio::piped());
-    let cut = wait_until(Duration::from_secs(30), || {
-        http_get(metrics_port, "/metrics").contains("reason=\"conflicting_duplicates\"")
-    });
-    let answers = honest_provider_sends(&pki, &am, 100);
-    let output = attacker.wait_with_output().unwrap();
-    assert!(cut, "the provider replaying changed content was never cut off");
-    assert_eq!(answers.len(), 100);
-    assert!(answers.values().all(|status| *status == AckStatus::STORED));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let answered = report["answers"].as_object().unwrap();
-    assert!(
-        answered
-            .keys()
-            .any(|answer| answer.contains("too many conflicting duplicates (code 10)")),
-        "{report}"
+    let report = cut_off_while_an_honest_provider_is_served(
+        "replay-changed",
+        "conflicting_duplicates",
+        "too many conflicting duplicates (code 10)",
     );
     // Cut off after about 1,024 of them, then backed off: not the hundreds
     // of thousands it sends in 8 s unchecked (release build).
-    let conflicting = answered["AckStatus(36)"].as_u64().unwrap();
+    let conflicting = report["answers"]["AckStatus(36)"].as_u64().unwrap();
     assert!((1_025..=20_000).contains(&conflicting), "{report}");
-    assert!(am.terminate(Duration::from_secs(30)));
 }
 
 #[test]
