@@ -10,15 +10,19 @@
 //! instead (long header, type Initial, version 1) and, for those, at the
 //! destination connection ID. An Initial of a handshake in progress passes:
 //! the client's later Initials (its acknowledgements, often coalesced with
-//! its handshake Finished) carry an ID this AM issued within the last
-//! [`HANDSHAKE_TIMEOUT`], and a client's repeated first Initial carries the
-//! ID it chose for a handshake the accept loop took. Every other Initial
-//! from a closed address is dropped. Datagrams with a short header (every
-//! packet of an established connection) cost one comparison.
+//! its handshake Finished) carry the ID this AM chose when it accepted the
+//! handshake, and a client's repeated first Initial carries the ID it chose
+//! itself. Both are allowed for [`HANDSHAKE_TIMEOUT`], from the address of
+//! that handshake only. Every other Initial from a closed address is
+//! dropped. Datagrams with a short header (every packet of an established
+//! connection) cost one comparison.
 //!
 //! An allowed ID passes at most [`ALLOWED_ID_USES`] times: an attacker that
 //! learns one (the AM sends its own in the clear) cannot replay it to flood
-//! past the gate, and it learns one only per handshake it may start.
+//! past the gate, and it learns one only per handshake it may start. The
+//! other IDs the endpoint issues (NEW_CONNECTION_ID for established
+//! connections, which a peer can make it issue again and again) are never
+//! allowed: only those made inside [`accepting`].
 //!
 //! Bounded: at most [`GATE_ADDRESSES_MAX`] addresses in backoff (about 64
 //! bytes each; beyond that the accept loop's own check still applies), at
@@ -29,6 +33,7 @@
 //! [`HANDSHAKES_PER_ADDRESS_MAX`]: super::server::HANDSHAKES_PER_ADDRESS_MAX
 //! [`HANDSHAKE_TIMEOUT`]: super::server::HANDSHAKE_TIMEOUT
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
@@ -92,8 +97,8 @@ struct Closures {
 /// the clients chose for handshakes the accept loop took.
 #[derive(Default)]
 struct Allowed {
-    /// Uses left, by ID.
-    uses: HashMap<ConnectionId, u8>,
+    /// The handshake's address and the uses left, by ID.
+    uses: HashMap<ConnectionId, (IpAddr, u8)>,
     /// In the order allowed, with when: the front expires first.
     order: VecDeque<(Instant, ConnectionId)>,
 }
@@ -143,23 +148,25 @@ impl InitialGate {
     /// Let Initials whose destination is `id` through for a while: an ID
     /// the AM issued, or the one a client chose for a handshake the accept
     /// loop took (its repeated first Initials carry it).
-    pub fn allow(&self, id: ConnectionId, now: Instant) {
+    pub fn allow(&self, id: ConnectionId, address: IpAddr, now: Instant) {
         let mut allowed = self.allowed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if allowed.uses.insert(id, ALLOWED_ID_USES).is_none() {
+        // Once only: an ID allowed again keeps its uses and its deadline.
+        if let std::collections::hash_map::Entry::Vacant(entry) = allowed.uses.entry(id) {
+            entry.insert((address, ALLOWED_ID_USES));
             allowed.order.push_back((now, id));
         }
         allowed.forget_expired(now);
     }
 
-    /// Whether `id` is allowed at `now`; counts one use.
-    fn take_allowed(&self, id: &[u8], now: Instant) -> bool {
+    /// Whether `id` is allowed from `from` at `now`; counts one use.
+    fn take_allowed(&self, id: &[u8], from: IpAddr, now: Instant) -> bool {
         if id.len() > CONNECTION_ID_BYTES_MAX {
             return false;
         }
         let mut allowed = self.allowed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         allowed.forget_expired(now);
         match allowed.uses.get_mut(&ConnectionId::new(id)) {
-            Some(uses) if *uses > 0 => {
+            Some((address, uses)) if *address == from && *uses > 0 => {
                 *uses -= 1;
                 true
             }
@@ -231,7 +238,7 @@ impl InitialGate {
             }
         };
         // A closed address: only a handshake in progress goes on.
-        if self.take_allowed(id, now) {
+        if self.take_allowed(id, from, now) {
             None
         } else {
             Some(verdict)
@@ -258,8 +265,29 @@ fn initial_destination(datagram: &[u8]) -> Option<&[u8]> {
     datagram.get(6..6 + length)
 }
 
-/// The endpoint's connection-ID generator, telling the gate of each ID it
-/// issues: a client's later Initials carry it.
+thread_local! {
+    /// The address of the handshake this thread is accepting, while it is.
+    static ACCEPTING: Cell<Option<IpAddr>> = const { Cell::new(None) };
+}
+
+/// Run `accept` (quinn's `Incoming::accept`, which makes the connection's
+/// first ID on the calling thread) so that the ID it issues is allowed for
+/// the handshake from `address`.
+pub fn accepting<T>(address: IpAddr, accept: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ACCEPTING.set(None);
+        }
+    }
+    ACCEPTING.set(Some(address));
+    let _reset = Reset;
+    accept()
+}
+
+/// The endpoint's connection-ID generator, telling the gate of the first ID
+/// of each handshake it accepts (inside [`accepting`]): a client's later
+/// Initials carry it.
 pub struct IssuedIds {
     inner: HashedConnectionIdGenerator,
     gate: Arc<InitialGate>,
@@ -278,7 +306,9 @@ impl IssuedIds {
 impl ConnectionIdGenerator for IssuedIds {
     fn generate_cid(&mut self) -> ConnectionId {
         let id = self.inner.generate_cid();
-        self.gate.allow(id, Instant::now());
+        if let Some(address) = ACCEPTING.get() {
+            self.gate.allow(id, address, Instant::now());
+        }
         id
     }
 
@@ -412,9 +442,22 @@ mod tests {
         assert_eq!(gate.closed(&first, ATTACKER, || now), Some(Closed::Handshakes));
         assert_eq!(gate.closed(&first, HONEST, || now), None);
         // A handshake in progress: the client's later Initials carry the ID
-        // the AM issued.
-        let ours = ids.generate_cid();
+        // the AM issued when it accepted it, from that address only.
+        let ours = accepting(ATTACKER, || ids.generate_cid());
         assert_eq!(gate.closed(&long_header(0, &ours), ATTACKER, || now), None);
+        let elsewhere = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+        gate.set_at_bound(elsewhere, true);
+        assert_eq!(
+            gate.closed(&long_header(0, &ours), elsewhere, || now),
+            Some(Closed::Handshakes)
+        );
+        gate.set_at_bound(elsewhere, false);
+        // IDs issued outside an accept (NEW_CONNECTION_ID) are never allowed.
+        let later_id = ids.generate_cid();
+        assert_eq!(
+            gate.closed(&long_header(0, &later_id), ATTACKER, || now),
+            Some(Closed::Handshakes)
+        );
         // An ID that passes the generator's keyed check but was never
         // issued is a new attempt.
         let forged = HashedConnectionIdGenerator::from_key(7).generate_cid();
@@ -452,7 +495,7 @@ mod tests {
         gate.set_at_bound(ATTACKER, true);
         // The ID a client chose for a handshake the accept loop took.
         let chosen = [5u8; 16];
-        gate.allow(ConnectionId::new(&chosen), now);
+        gate.allow(ConnectionId::new(&chosen), ATTACKER, now);
         for _ in 0..ALLOWED_ID_USES {
             assert_eq!(gate.closed(&long_header(0, &chosen), ATTACKER, || now), None);
         }
@@ -461,11 +504,23 @@ mod tests {
             gate.closed(&long_header(0, &chosen), ATTACKER, || now),
             Some(Closed::Handshakes)
         );
-        // An issued ID expires with the handshake timeout.
-        let ours = ids.generate_cid();
-        let later = Instant::now() + ALLOWED_FOR;
+        // Allowing it again gives it no more uses.
+        gate.allow(ConnectionId::new(&chosen), ATTACKER, now);
         assert_eq!(
-            gate.closed(&long_header(0, &ours), ATTACKER, || later),
+            gate.closed(&long_header(0, &chosen), ATTACKER, || now),
+            Some(Closed::Handshakes)
+        );
+        // An issued ID passes until the handshake timeout, then no more.
+        let start = Instant::now();
+        let ours = accepting(ATTACKER, || ids.generate_cid());
+        let end = Instant::now() + ALLOWED_FOR;
+        assert_eq!(
+            gate.closed(&long_header(0, &ours), ATTACKER, || start + ALLOWED_FOR
+                - Duration::from_millis(100)),
+            None
+        );
+        assert_eq!(
+            gate.closed(&long_header(0, &ours), ATTACKER, || end),
             Some(Closed::Handshakes)
         );
     }
@@ -475,13 +530,15 @@ mod tests {
         let (gate, _) = gate();
         let now = Instant::now();
         for index in 0..(ALLOWED_IDS_MAX as u64 + 10) {
-            gate.allow(ConnectionId::new(&index.to_be_bytes()), now);
+            gate.allow(ConnectionId::new(&index.to_be_bytes()), ATTACKER, now);
         }
         let allowed = gate.allowed.lock().unwrap();
         assert_eq!(allowed.order.len(), ALLOWED_IDS_MAX);
         assert_eq!(allowed.uses.len(), ALLOWED_IDS_MAX);
-        // The oldest went first.
+        // The oldest went first, the rest stay.
         assert!(!allowed.uses.contains_key(&ConnectionId::new(&0u64.to_be_bytes())));
+        assert!(!allowed.uses.contains_key(&ConnectionId::new(&9u64.to_be_bytes())));
+        assert!(allowed.uses.contains_key(&ConnectionId::new(&10u64.to_be_bytes())));
     }
 
     #[test]
@@ -496,6 +553,12 @@ mod tests {
             gate.closed(&first, ATTACKER, || now + Duration::from_millis(1500)),
             Some(Closed::Backoff)
         );
+        // One address's ended backoff is forgotten when it sends again.
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+        gate.back_off(other, now + Duration::from_secs(1), now);
+        assert_eq!(gate.closed(&first, other, || now + Duration::from_secs(1)), None);
+        assert!(!gate.closures().backoff.contains_key(&other));
+        assert!(gate.armed.load(Ordering::Relaxed), "the attacker's backoff runs on");
         // Once every backoff has ended, the gate is disarmed, whoever sends.
         assert_eq!(gate.closed(&first, HONEST, || now + Duration::from_secs(2)), None);
         assert!(!gate.armed.load(Ordering::Relaxed));

@@ -208,7 +208,10 @@ impl Handshakes {
     }
 
     /// Take a handshake slot for `address`, or say which bound is reached.
-    fn enter(&self, address: std::net::IpAddr) -> Result<(), HandshakesFull> {
+    /// The client's repeated first Initials (sent again if the AM's answer
+    /// is late) carry `client_chosen_id`: the gate lets them through even
+    /// once this handshake brings the address to its bound.
+    fn enter(&self, address: std::net::IpAddr, client_chosen_id: quinn::ConnectionId) -> Result<(), HandshakesFull> {
         let mut by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let total: u32 = by_address.values().sum();
         if total as usize >= HANDSHAKES_MAX {
@@ -219,6 +222,7 @@ impl Handshakes {
             return Err(HandshakesFull::Address);
         }
         *count += 1;
+        self.gate.allow(client_chosen_id, address, Instant::now());
         if *count == HANDSHAKES_PER_ADDRESS_MAX {
             self.gate.set_at_bound(address, true);
         }
@@ -415,7 +419,7 @@ pub async fn run(
                     incoming.ignore();
                     continue;
                 }
-                if let Err(full) = context.handshakes.enter(address) {
+                if let Err(full) = context.handshakes.enter(address, incoming.orig_dst_cid()) {
                     metrics::counter!("acct_connections_refused_total", "reason" => full.reason()).increment(1);
                     match full {
                         HandshakesFull::All => incoming.refuse(),
@@ -423,10 +427,6 @@ pub async fn run(
                     }
                     continue;
                 }
-                // The client's repeated first Initials (sent again if the
-                // AM's answer is late) carry the ID it chose: they must
-                // reach this handshake even once the address is at its bound.
-                context.gate.allow(incoming.orig_dst_cid(), Instant::now());
                 context.connections.fetch_add(1, Ordering::Relaxed);
                 let context = context.clone();
                 let stop = stop.clone();
@@ -486,7 +486,12 @@ pub async fn run(
 async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, stop: watch::Receiver<bool>) {
     let address = incoming.remote_address().ip();
     // Dropping an unfinished handshake closes it and frees its slots.
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, std::future::IntoFuture::into_future(incoming)).await;
+    // The connection's first ID is made here: the gate lets the client's
+    // later Initials, which carry it, through.
+    let handshake = match super::gate::accepting(address, || incoming.accept()) {
+        Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
+        Err(error) => Ok(Err(error)),
+    };
     context.handshakes.leave(address);
     let connection = match handshake {
         Ok(Ok(connection)) => connection,
