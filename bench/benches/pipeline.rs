@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use acct::config::IngestConfig;
 use bench::{FixtureMessage, IngestFixture};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tokio::sync::mpsc;
 
 const PROVIDERS: usize = 64;
 /// The pipeline's default verification batch, used for the ceiling too: the
@@ -56,20 +55,13 @@ fn pipeline(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let batch = pool.take(&mut fixture, CHUNK * iters as usize);
             let total = batch.len();
-            let (ack_sender, mut acks) = mpsc::channel(total.max(1));
             let queue = fixture.ingest.verify_queue().clone();
             let connections = fixture.connections.clone();
+            let replies = bench::Replies::new(connections.len(), total);
+            let senders = replies.senders.clone();
             let started = Instant::now();
-            let feeder = std::thread::spawn(move || bench::feed(&queue, &connections, batch, &ack_sender).unwrap());
-            let stored = fixture.runtime.block_on(async {
-                let mut stored = 0usize;
-                for _ in 0..total {
-                    let entry = acks.recv().await.unwrap();
-                    assert_eq!(entry.status, wire::AckStatus::STORED);
-                    stored += 1;
-                }
-                stored
-            });
+            let feeder = std::thread::spawn(move || bench::feed(&queue, &connections, batch, &senders).unwrap());
+            let stored = fixture.runtime.block_on(replies.stored()).unwrap();
             let elapsed = started.elapsed();
             feeder.join().unwrap();
             assert_eq!(stored, total);

@@ -153,13 +153,66 @@ impl IngestFixture {
 /// provider stream does with the messages of one read.
 pub const FEED_BATCH: usize = 64;
 
+/// Where the answers to the fixture's messages go: one channel per provider
+/// connection, as each provider stream in the AM has its own.
+pub struct Replies {
+    /// Indexed like the fixture's connections.
+    pub senders: Vec<acct::am::pipeline::AckSender>,
+    receivers: Vec<tokio::sync::mpsc::Receiver<acct::am::pipeline::Answers>>,
+}
+
+impl Replies {
+    /// Channels for `providers` connections, each with room for `capacity`
+    /// sends (the benchmark has no in-flight bound: room for every message).
+    pub fn new(providers: usize, capacity: usize) -> Self {
+        let (senders, receivers) = (0..providers.max(1))
+            .map(|_| tokio::sync::mpsc::channel(capacity.max(1)))
+            .unzip();
+        Self { senders, receivers }
+    }
+
+    /// Wait until every sender is gone (the feeder's and the pipeline's),
+    /// counting the answers; any answer but STORED is an error.
+    pub async fn stored(self) -> anyhow::Result<usize> {
+        drop(self.senders);
+        let tasks: Vec<_> = self
+            .receivers
+            .into_iter()
+            .map(|mut receiver| {
+                tokio::spawn(async move {
+                    let mut stored = 0usize;
+                    while let Some(answers) = receiver.recv().await {
+                        let mut entries = Vec::with_capacity(answers.len());
+                        answers.append_to(&mut entries);
+                        for entry in entries {
+                            anyhow::ensure!(
+                                entry.status == wire::AckStatus::STORED,
+                                "unexpected answer {:?}",
+                                entry.status
+                            );
+                            stored += 1;
+                        }
+                    }
+                    Ok(stored)
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for task in tasks {
+            stored += task.await??;
+        }
+        Ok(stored)
+    }
+}
+
 /// Feed `work` to `queue` in batches of [`FEED_BATCH`] (blocking: waits for
-/// room like a stream does), on the calling thread.
+/// room like a stream does), on the calling thread; each message's answer
+/// goes to its provider's channel in `replies`.
 pub fn feed(
     queue: &acct::am::ingest::VerifyQueue,
     connections: &[std::sync::Arc<acct::am::pipeline::ProviderConnection>],
     work: Vec<FixtureMessage>,
-    reply: &acct::am::pipeline::AckSender,
+    replies: &[acct::am::pipeline::AckSender],
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut batch = Vec::with_capacity(FEED_BATCH);
@@ -168,7 +221,7 @@ pub fn feed(
         batch.extend(
             work.by_ref()
                 .take(FEED_BATCH)
-                .map(|item| pending(connections, item, reply)),
+                .map(|item| pending(connections, item, replies)),
         );
         runtime
             .block_on(queue.submit(std::mem::take(&mut batch), std::time::Duration::from_secs(3600)))
@@ -177,11 +230,12 @@ pub fn feed(
     Ok(())
 }
 
-/// The pipeline item for a fixture message from `connections`, acked to `reply`.
+/// The pipeline item for a fixture message from `connections`, answered on
+/// its provider's channel in `replies`.
 pub fn pending(
     connections: &[std::sync::Arc<acct::am::pipeline::ProviderConnection>],
     item: FixtureMessage,
-    reply: &acct::am::pipeline::AckSender,
+    replies: &[acct::am::pipeline::AckSender],
 ) -> acct::am::pipeline::Pending {
     let (provider, session, message) = item;
     acct::am::pipeline::Pending {
@@ -189,7 +243,7 @@ pub fn pending(
         session,
         connection: connections[provider % connections.len().max(1)].clone(),
         received_ms: acct::clock::now_ms(),
-        reply: reply.clone(),
+        reply: replies[provider % replies.len().max(1)].clone(),
     }
 }
 

@@ -52,12 +52,13 @@ fn main() -> anyhow::Result<()> {
     let mut fixture = IngestFixture::new(args.providers, &settings)?;
     let work = fixture.messages(args.messages)?;
     let connections = fixture.connections.clone();
-    let (ack_sender, mut acks) = tokio::sync::mpsc::channel(args.messages.max(1));
+    let replies = bench::Replies::new(connections.len(), args.messages);
+    let senders = replies.senders.clone();
     let queue = fixture.ingest.verify_queue().clone();
     let before = thread_cpu_seconds();
     let started = Instant::now();
     let feeder = std::thread::Builder::new().name("feeder".into()).spawn(move || {
-        let fed = bench::feed(&queue, &connections, work, &ack_sender);
+        let fed = bench::feed(&queue, &connections, work, &senders);
         // This thread's CPU time, read before it exits (a finished
         // thread leaves /proc/self/task).
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
@@ -68,17 +69,7 @@ fn main() -> anyhow::Result<()> {
         });
         (fed, cpu)
     })?;
-    let stored = fixture.runtime.block_on(async {
-        let mut stored = 0usize;
-        while stored < args.messages {
-            match acks.recv().await {
-                Some(entry) if entry.status == wire::AckStatus::STORED => stored += 1,
-                Some(entry) => anyhow::bail!("unexpected answer {:?}", entry.status),
-                None => break,
-            }
-        }
-        Ok(stored)
-    })?;
+    let stored = fixture.runtime.block_on(replies.stored())?;
     let elapsed = started.elapsed().as_secs_f64();
     let fed = feeder.join();
     let after = thread_cpu_seconds();

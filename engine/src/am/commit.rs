@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use wire::{AckEntry, AckStatus, MessageId, SessionId};
 
-use super::pipeline::{AckSender, CommitCommand, SessionTable, Verified};
+use super::pipeline::{AckSender, Answers, CommitCommand, SessionTable, Verified};
 use super::session::{self, SequenceState, SessionFlags, SessionInfo, SessionProgress, TimeBounds};
 use super::store::{GroupWrite, Store, StoreError, StoredRecord};
 use crate::clock::now_ms;
@@ -105,7 +105,6 @@ type SessionReply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// An ack decided in a group, sent after the group's write.
 struct Answer {
-    reply: AckSender,
     message_id: MessageId,
     outcome: Outcome,
 }
@@ -230,7 +229,7 @@ impl Committer {
         let mut answers: Vec<Answer> = Vec::with_capacity(records.len());
         // Keys first seen in this group: forgotten again if the write fails.
         let mut new_keys: Vec<[u8; 32]> = Vec::new();
-        for verified in records {
+        for verified in &records {
             let item = verified.pending();
             let message = item.message.value();
             let message_id = message.message_id();
@@ -283,11 +282,7 @@ impl Committer {
                     Outcome::Final(AckStatus::BUSY)
                 }
             };
-            answers.push(Answer {
-                reply: item.reply.clone(),
-                message_id,
-                outcome,
-            });
+            answers.push(Answer { message_id, outcome });
         }
         for (session_id, progress) in &staged {
             self.store.add_progress(&mut write, *session_id, progress);
@@ -327,7 +322,11 @@ impl Committer {
         metrics::histogram!("acct_commit_group_messages").record(stored_count as f64);
         metrics::histogram!("acct_commit_seconds").record(started.elapsed().as_secs_f64());
         let mut counts = [0u64; 4];
-        for answer in answers {
+        // A stream's consecutive answers go as one send (they arrived
+        // together, in one read and one verify batch).
+        let mut run: Vec<AckEntry> = Vec::new();
+        let mut run_reply: Option<&AckSender> = None;
+        for (answer, verified) in answers.into_iter().zip(&records) {
             let status = match (answer.outcome, failure) {
                 (Outcome::StoredNow, None) => AckStatus::STORED,
                 (Outcome::DuplicateOfPending, None) => AckStatus::DUPLICATE,
@@ -344,13 +343,17 @@ impl Committer {
                 3
             };
             counts[class] += 1;
-            // The stream may be gone (provider disconnected): the message is
-            // stored anyway and a retransmission will be acked as duplicate.
-            let _ = answer.reply.try_send(AckEntry {
+            let reply = &verified.pending().reply;
+            if !run_reply.is_some_and(|current| current.same_channel(reply)) {
+                send_run(run_reply, &mut run);
+                run_reply = Some(reply);
+            }
+            run.push(AckEntry {
                 message_id: answer.message_id,
                 status,
             });
         }
+        send_run(run_reply, &mut run);
         for (class, outcome) in ["stored", "duplicate", "retry", "rejected"].into_iter().enumerate() {
             if counts[class] > 0 {
                 metrics::counter!("acct_messages_total", "outcome" => outcome).increment(counts[class]);
@@ -433,6 +436,21 @@ impl Committer {
     }
 }
 
+/// Send a stream's run of answers, leaving `run` empty. The stream may be
+/// gone (provider disconnected): its messages are stored anyway and a
+/// retransmission is acked as duplicate.
+fn send_run(reply: Option<&AckSender>, run: &mut Vec<AckEntry>) {
+    let Some(reply) = reply else { return };
+    let answers = match run.len() {
+        0 => return,
+        1 => run.pop().map(Answers::One),
+        _ => Some(Answers::Many(std::mem::take(run))),
+    };
+    if let Some(answers) = answers {
+        let _ = reply.try_send(answers);
+    }
+}
+
 enum Decision {
     New(SessionProgress),
     DuplicateOfPending,
@@ -493,7 +511,7 @@ mod tests {
         session: Arc<SessionInfo>,
         connection: Arc<ProviderConnection>,
         provider_key: SigningKey,
-        acks: tokio::sync::mpsc::Receiver<AckEntry>,
+        acks: tokio::sync::mpsc::Receiver<Answers>,
         reply: AckSender,
     }
 
@@ -573,9 +591,12 @@ mod tests {
                 })
                 .collect();
             self.committer.commit_records(records, now_ms());
-            (0..messages.len())
-                .map(|_| self.acks.try_recv().unwrap().status)
-                .collect()
+            let mut answers = Vec::new();
+            while let Ok(sent) = self.acks.try_recv() {
+                sent.append_to(&mut answers);
+            }
+            assert_eq!(answers.len(), messages.len(), "one answer per message");
+            answers.into_iter().map(|answer| answer.status).collect()
         }
     }
 

@@ -73,7 +73,7 @@ struct World {
     connection: Arc<ProviderConnection>,
     provider_key: SigningKey,
     reply: AckSender,
-    acks: tokio::sync::mpsc::Receiver<wire::AckEntry>,
+    acks: tokio::sync::mpsc::Receiver<crate::am::pipeline::Answers>,
     model: Vec<ModelSession>,
     /// The storage service: the message ids of every batch it holds.
     cold: HashMap<BatchId, Vec<MessageId>>,
@@ -252,11 +252,14 @@ impl World {
         let now = self.now_ms;
         self.committer().commit_records(records, now);
         // Answers come in group order.
-        for (session, message, expect) in group {
-            let answer = self
-                .acks
-                .try_recv()
-                .unwrap_or_else(|_| self.fail(step, "an answer is missing"));
+        let mut answers = Vec::new();
+        while let Ok(sent) = self.acks.try_recv() {
+            sent.append_to(&mut answers);
+        }
+        if answers.len() != group.len() {
+            self.fail(step, &format!("{} answers for {} messages", answers.len(), group.len()));
+        }
+        for ((session, message, expect), answer) in group.into_iter().zip(answers) {
             let sequence = message.value().sequence;
             let ok = match expect {
                 Expect::Stored => answer.status == AckStatus::STORED,

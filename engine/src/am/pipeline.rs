@@ -14,9 +14,53 @@ use wire::{Accounting, AckEntry, Name, PublicKey, SessionId, Signed};
 use super::session::SessionInfo;
 
 /// Where a stream's acks go. Bounded: a stream admits at most
-/// `stream_inflight_max` unanswered messages, and the channel holds as many,
-/// so the committer's `try_send` never finds it full while the stream lives.
-pub type AckSender = mpsc::Sender<AckEntry>;
+/// `stream_inflight_max` unanswered messages, and the channel holds as many
+/// sends (each carries at least one answer), so the committer's `try_send`
+/// never finds it full while the stream lives.
+pub type AckSender = mpsc::Sender<Answers>;
+
+/// Answers for one stream: one, or a run of them decided together (the
+/// committer sends a stream's consecutive answers in a group as one, so a
+/// busy stream costs one channel send and one wakeup per group, not one per
+/// message).
+#[derive(Debug)]
+pub enum Answers {
+    /// A single answer (no allocation).
+    One(AckEntry),
+    /// Several, in the order decided.
+    Many(Vec<AckEntry>),
+}
+
+impl Answers {
+    /// How many answers.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(entries) => entries.len(),
+        }
+    }
+
+    /// Never true for what the pipeline sends; for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Move the answers to the end of `out`.
+    pub fn append_to(self, out: &mut Vec<AckEntry>) {
+        match self {
+            Self::One(entry) => out.push(entry),
+            Self::Many(mut entries) => out.append(&mut entries),
+        }
+    }
+
+    /// The answers as a vector.
+    pub fn into_vec(self) -> Vec<AckEntry> {
+        match self {
+            Self::One(entry) => vec![entry],
+            Self::Many(entries) => entries,
+        }
+    }
+}
 
 /// A provider connection as the pipeline sees it.
 #[derive(Debug)]

@@ -29,7 +29,7 @@ use super::credentials::{Issuer, ProviderRegistry, ReplayCache, ServiceDirectory
 use super::deny::DenyList;
 use super::export::{ExportSettings, Exporter};
 use super::ingest::{Ingest, SUBMIT_BATCH_MESSAGES_MAX};
-use super::pipeline::{AckSender, Pending, ProviderConnection};
+use super::pipeline::{AckSender, Answers, Pending, ProviderConnection};
 use super::session::{self, SessionInfo};
 use super::store::Store;
 use crate::clock::{now_ms, now_s};
@@ -788,7 +788,7 @@ async fn provider_stream(
 ) -> tokio::task::JoinHandle<Option<Delivered>> {
     let inflight_max = context.ingest.stream_inflight_messages_max.max(1);
     let inflight = Arc::new(Semaphore::new(inflight_max));
-    let (ack_sender, mut ack_input) = mpsc::channel::<AckEntry>(inflight_max);
+    let (ack_sender, mut ack_input) = mpsc::channel::<Answers>(inflight_max);
     let (error_sender, error_input) = tokio::sync::oneshot::channel::<ErrorMessage>();
     let writer_inflight = inflight.clone();
     let writer = tokio::spawn(async move {
@@ -798,10 +798,11 @@ async fn provider_stream(
         let mut entries = Vec::new();
         loop {
             let Some(first) = ack_input.recv().await else { break };
-            entries.push(first);
+            first.append_to(&mut entries);
+            // Bounded by the stream's in-flight bound: every answer holds a permit.
             while entries.len() < wire::limits::ACK_ENTRIES_MAX {
                 match ack_input.try_recv() {
-                    Ok(entry) => entries.push(entry),
+                    Ok(answers) => answers.append_to(&mut entries),
                     Err(_) => break,
                 }
             }
@@ -815,8 +816,8 @@ async fn provider_stream(
                 // The provider is gone; what was stored stays stored and is
                 // acked as duplicate when it is sent again.
                 writer_inflight.add_permits(count);
-                while let Some(_entry) = ack_input.recv().await {
-                    writer_inflight.add_permits(1);
+                while let Some(answers) = ack_input.recv().await {
+                    writer_inflight.add_permits(answers.len());
                 }
                 return None;
             }
@@ -901,7 +902,7 @@ async fn provider_stream(
             let session = context.ingest_pipeline.table.get(&message.value().session_id);
             if let Err(status) = session::admit(session.as_deref(), &provider.name) {
                 metrics::counter!("acct_messages_total", "outcome" => "rejected").increment(1);
-                let _ = ack_sender.try_send(AckEntry { message_id, status });
+                let _ = ack_sender.try_send(Answers::One(AckEntry { message_id, status }));
                 provider.foreign_sessions.fetch_add(1, Ordering::Relaxed);
                 if provider.bills_foreign_sessions() {
                     break 'stream;
@@ -990,10 +991,10 @@ async fn submit(context: &Context, batch: &mut Vec<Pending>, ack_sender: &AckSen
             let outcome = if status == AckStatus::BUSY { "busy" } else { "retry" };
             metrics::counter!("acct_messages_total", "outcome" => outcome).increment(refused.len() as u64);
             for pending in refused {
-                let _ = ack_sender.try_send(AckEntry {
+                let _ = ack_sender.try_send(Answers::One(AckEntry {
                     message_id: pending.message.value().message_id(),
                     status,
-                });
+                }));
             }
             status != AckStatus::SHUTTING_DOWN
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::Sender;
 use wire::{AckEntry, AckStatus};
 
-use super::pipeline::{CommitCommand, Pending, Verified};
+use super::pipeline::{Answers, CommitCommand, Pending, Verified};
 
 /// Run one verifier until its input closes and is drained. `permits` bound
 /// the verify queue in messages: a batch's permits go back when it is taken.
@@ -61,10 +61,10 @@ pub fn run(
                 if pending.connection.is_abusive() {
                     pending.connection.abuse.notify_waiters();
                 }
-                let _ = pending.reply.try_send(AckEntry {
+                let _ = pending.reply.try_send(Answers::One(AckEntry {
                     message_id: pending.message.value().message_id(),
                     status: AckStatus::BAD_SIGNATURE,
-                });
+                }));
             }
         }
         if bad > 0 {
