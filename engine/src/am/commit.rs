@@ -146,6 +146,12 @@ impl Committer {
         })
     }
 
+    /// A session's progress as the committer holds it (for tests).
+    #[cfg(test)]
+    pub(crate) fn progress_of(&self, session_id: SessionId) -> Option<SessionProgress> {
+        self.sessions.get(&session_id).map(|entry| entry.1)
+    }
+
     /// Run until every sender of `input` is gone and the queue is drained.
     pub fn run(mut self, input: Receiver<CommitCommand>) {
         let mut next_tick = Instant::now() + self.settings.tick;
@@ -223,7 +229,10 @@ impl Committer {
         let started = Instant::now();
         let first_commit_sequence = self.next_commit_sequence;
         let mut write = GroupWrite::with_capacity(records.len());
-        let mut staged: Map<SessionId, SessionProgress> =
+        // Each touched session's progress after the group, and whether its
+        // `progress` entry must be written (its progress did not all ride
+        // in markers: a message out of sequence order, or a Final).
+        let mut staged: Map<SessionId, (SessionProgress, bool)> =
             Map::with_capacity_and_hasher(records.len(), Default::default());
         let mut pending: Map<MessageId, [u8; 8]> = Map::with_capacity_and_hasher(records.len(), Default::default());
         let mut answers: Vec<Answer> = Vec::with_capacity(records.len());
@@ -237,7 +246,11 @@ impl Committer {
             let outcome = match self.decide(&staged, &pending, item, fingerprint, now) {
                 Ok(Decision::New(mut progress)) => {
                     let flags = progress.flags;
+                    let in_order = message.sequence > progress.sequence_max;
                     progress.record(message, now);
+                    let write_progress = !in_order
+                        || message.kind == wire::AccountingKind::FINAL
+                        || staged.get(&message.session_id).is_some_and(|staged| staged.1);
                     let key = *item.connection.key.as_bytes();
                     let provider_key_id = match self.key_ids.get(&key) {
                         Some(id) => *id,
@@ -264,9 +277,10 @@ impl Committer {
                         message.session_id,
                         message.sequence,
                         fingerprint,
+                        (!write_progress).then_some(&progress),
                     );
                     self.next_commit_sequence += 1;
-                    staged.insert(message.session_id, progress);
+                    staged.insert(message.session_id, (progress, write_progress));
                     pending.insert(message_id, fingerprint);
                     Outcome::StoredNow
                 }
@@ -284,8 +298,10 @@ impl Committer {
             };
             answers.push(Answer { message_id, outcome });
         }
-        for (session_id, progress) in &staged {
-            self.store.add_progress(&mut write, *session_id, progress);
+        for (session_id, (progress, write_progress)) in &staged {
+            if *write_progress {
+                self.store.add_progress(&mut write, *session_id, progress);
+            }
         }
         let stored_count = write.record_count();
         let result = if stored_count > 0 {
@@ -298,7 +314,7 @@ impl Committer {
                 if stored_count > 0 {
                     self.failures.succeeded();
                 }
-                for (session_id, progress) in staged {
+                for (session_id, (progress, _)) in staged {
                     if let Some(entry) = self.sessions.get_mut(&session_id) {
                         entry.1 = progress;
                     }
@@ -363,7 +379,7 @@ impl Committer {
 
     fn decide(
         &self,
-        staged: &Map<SessionId, SessionProgress>,
+        staged: &Map<SessionId, (SessionProgress, bool)>,
         pending: &Map<MessageId, [u8; 8]>,
         item: &super::pipeline::Pending,
         fingerprint: [u8; 8],
@@ -377,7 +393,7 @@ impl Committer {
         if let Some(stored) = pending.get(&message.message_id()) {
             return Ok(Decision::from_match(*stored == fingerprint, true));
         }
-        let progress = staged.get(&session_id).copied().unwrap_or(*committed);
+        let progress = staged.get(&session_id).map_or(*committed, |staged| staged.0);
         let stored = match progress.sequence_state(message.sequence) {
             SequenceState::New => None,
             SequenceState::Stored | SequenceState::Unknown => self.store.fingerprint(session_id, message.sequence)?,
@@ -638,6 +654,72 @@ mod tests {
         assert!(table.get(&SessionId([3; 16])).is_some());
         assert_eq!(harness.commit(&[message]), vec![AckStatus::DUPLICATE]);
         assert_eq!(harness.commit(&[harness.message(2, 1)]), vec![AckStatus::STORED]);
+    }
+
+    impl Harness {
+        /// The committer's progress of the test session.
+        fn progress(&self) -> SessionProgress {
+            self.committer.sessions[&SessionId([3; 16])].1
+        }
+
+        /// A crash and a start: a new committer over the same store.
+        fn restart(&mut self) {
+            let store = self.committer.store.clone();
+            self.committer = Committer::new(store, Arc::new(SessionTable::default()), TEST_SETTINGS).unwrap();
+        }
+    }
+
+    /// Progress rides in markers for in-order messages and in `progress`
+    /// otherwise: whichever way it was written, a restart recovers exactly
+    /// the progress the committer had.
+    #[test]
+    fn progress_survives_restarts_in_and_out_of_order() {
+        let mut harness = harness(0);
+        let steps: Vec<Vec<u64>> = vec![
+            vec![1, 2, 3], // in order: progress rides in the markers
+            vec![10],      // a gap
+            vec![5],       // out of order: `progress` is written
+            vec![11, 12],  // in order again: markers newer than `progress`
+            vec![7, 13],   // out of order then in order, one group
+            vec![14, 9],   // in order then out of order, one group
+            vec![200],     // beyond the in-memory window
+            vec![100],     // far below it
+            vec![201, 202, 203],
+        ];
+        for step in steps {
+            let messages: Vec<_> = step
+                .iter()
+                .map(|sequence| harness.message(*sequence, *sequence))
+                .collect();
+            assert!(
+                harness
+                    .commit(&messages)
+                    .iter()
+                    .all(|status| *status == AckStatus::STORED)
+            );
+            let before = harness.progress();
+            harness.restart();
+            assert_eq!(harness.progress(), before, "after storing {step:?}");
+            // Every stored sequence is still a duplicate, every gap still new.
+            assert_eq!(harness.commit(&messages[..1]), vec![AckStatus::DUPLICATE]);
+        }
+        let mut last = harness.message(204, 1).value().clone();
+        last.kind = AccountingKind::FINAL;
+        let last = Signed::sign(last, &harness.provider_key).unwrap();
+        assert_eq!(harness.commit(std::slice::from_ref(&last)), vec![AckStatus::STORED]);
+        let before = harness.progress();
+        harness.restart();
+        assert_eq!(harness.progress(), before);
+        assert_eq!(before.final_sequence, Some(204));
+        assert_eq!(
+            harness.commit(&[harness.message(205, 1)]),
+            vec![AckStatus::SESSION_CLOSED]
+        );
+        assert_eq!(harness.commit(&[harness.message(8, 1)]), vec![AckStatus::STORED]);
+        let before = harness.progress();
+        harness.restart();
+        assert_eq!(harness.progress(), before);
+        assert_eq!(before.message_count, 18);
     }
 
     #[test]

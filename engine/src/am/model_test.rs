@@ -62,6 +62,8 @@ struct ModelSession {
     unacked: Vec<u64>,
     /// The sequence of the stored Final Accounting.
     final_sequence: Option<u64>,
+    /// Sequences skipped so far, sent later (out of order).
+    gaps: Vec<u64>,
 }
 
 /// The simulated world: the real engine core and the model.
@@ -217,7 +219,34 @@ impl World {
                 // A copy of a message new in this very group.
                 let (&(copy_session, _), message) = new_in_group.iter().next().unwrap();
                 group.push((copy_session, message.clone(), Expect::Duplicate));
+            } else if choice < 35 && !self.model[session].gaps.is_empty() {
+                // A message that arrives after later ones (a gap below the
+                // highest stored sequence, maybe far below).
+                let gaps = &mut self.model[session].gaps;
+                let sequence = gaps.swap_remove(random.below(gaps.len() as u64) as usize);
+                let final_sequence = self.model[session].final_sequence.or_else(|| {
+                    new_in_group
+                        .iter()
+                        .find(|((s, _), m)| *s == session && m.value().kind == AccountingKind::FINAL)
+                        .map(|((_, sequence), _)| *sequence)
+                });
+                let message = self.sign(session, sequence, AccountingKind::INTERIM, 1 + random.below(1000));
+                let expect = if final_sequence.is_some_and(|last| sequence > last) {
+                    Expect::Closed
+                } else {
+                    new_in_group.insert((session, sequence), message.clone());
+                    Expect::Stored
+                };
+                group.push((session, message, expect));
             } else {
+                if random.chance(10) {
+                    // Skip a few sequences (sent later, out of order); some
+                    // far beyond the in-memory window of 64.
+                    let skip = if random.chance(20) { 70 } else { 1 + random.below(3) };
+                    let model = &mut self.model[session];
+                    model.gaps.extend(model.next_sequence..model.next_sequence + skip);
+                    model.next_sequence += skip;
+                }
                 let sequence = self.model[session].next_sequence;
                 self.model[session].next_sequence += 1;
                 let closed = self.model[session].final_sequence.is_some()
@@ -335,7 +364,9 @@ impl World {
     }
 
     /// Crash: every in-memory structure is gone; reopen from the folder.
-    fn crash(&mut self) {
+    fn crash(&mut self, step: usize) {
+        let ids: Vec<SessionId> = self.infos.iter().map(|info| info.session_id()).collect();
+        let before: Vec<_> = ids.iter().map(|id| self.committer().progress_of(*id)).collect();
         self.committer = None;
         // Acks in flight die with the process.
         while self.acks.try_recv().is_ok() {}
@@ -343,6 +374,29 @@ impl World {
         let table = Arc::new(SessionTable::default());
         self.committer = Some(Committer::new(store, table, TEST_SETTINGS).unwrap());
         self.crashes += 1;
+        // Every session's dedup state and counters come back exactly, whether
+        // they were written to `progress` or rode in markers.
+        for (index, (id, before)) in ids.into_iter().zip(before).enumerate() {
+            let after = self.committer().progress_of(id);
+            if after != before {
+                self.fail(
+                    step,
+                    &format!("session {index}: progress {before:?} before the crash, {after:?} after"),
+                );
+            }
+            if let Some(after) = after
+                && after.message_count != self.model[index].stored.len() as u64
+            {
+                self.fail(
+                    step,
+                    &format!(
+                        "session {index}: {} messages counted, {} stored",
+                        after.message_count,
+                        self.model[index].stored.len()
+                    ),
+                );
+            }
+        }
     }
 
     /// The invariants, against the real store and the storage's files.
@@ -455,7 +509,7 @@ fn run(seed: u64) -> (u64, u64, usize) {
                 let now = world.now_ms;
                 world.committer().tick(now);
             }
-            _ => world.crash(),
+            _ => world.crash(step),
         }
         world.check(step);
     }

@@ -5,16 +5,21 @@
 //! | family | key | value |
 //! |---|---|---|
 //! | `sessions` | session id (16) | [`StoredSession`]: provider, creation time, the signed User Credential; written once |
-//! | `progress` | session id (16) | [`SessionProgress`], 65 bytes; rewritten with every commit group that touches the session |
+//! | `progress` | session id (16) | [`SessionProgress`], 58 bytes; written when the session opens, when a message is stored out of sequence order, when its Final Accounting is stored, and when the watchdog flags it |
 //! | `records` | commit sequence (u64) | [`StoredRecord`]: one accounting message as received, with what the AM knew |
-//! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of the message's signature |
+//! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of the message's signature; for a message stored in sequence order, followed by the session's progress after it ([`MarkerProgress`], 4 varints, about 12-20 bytes) |
 //! | `keys` | key id (u32) | a provider's Ed25519 key (32 bytes); records name it by id; written once, with the first record that uses it |
 //! | `exports` | first commit sequence (u64) | [`Manifest`]: a batch cut for export and not yet acked by the AS |
 //! | `meta` | name | counters (`next_commit_sequence`, `export_cursor`) |
 //!
 //! A record, its fingerprint (the dedup marker) and its session's progress
 //! are written in one WriteBatch with a synced WAL: none exists without the
-//! others. Records leave with export (a manifest names a range of commit
+//! others. The progress of a message stored in sequence order (the common
+//! case) rides in its marker instead of a `progress` rewrite: one write per
+//! message, not two. On start, a session's progress is the newer (by
+//! message count, which every stored message raises) of its `progress`
+//! entry and the progress in its highest-sequence marker; the final
+//! sequence, close time and flags always come from `progress`. Records leave with export (a manifest names a range of commit
 //! sequences; the range and its manifest are deleted in one batch after the
 //! AS's ack); fingerprints and progress stay until the session is pruned
 //! after the dedup window, so a duplicate of an exported message is still
@@ -173,7 +178,7 @@ pub struct GroupWrite {
     /// Reused buffer for encoding records.
     scratch: Vec<u8>,
     /// The group's dedup markers, added to the batch in key order at commit.
-    fingerprints: Vec<([u8; 24], [u8; 8])>,
+    fingerprints: Vec<([u8; 24], Marker)>,
 }
 
 impl GroupWrite {
@@ -280,16 +285,38 @@ impl Store {
             .unwrap_or_else(|| panic!("column family {name} missing after open"))
     }
 
-    /// Every stored session, for recovery.
+    /// Every stored session, for recovery: one point read of `progress` and
+    /// one seek to the highest-sequence marker per session.
     pub fn load_sessions(&self) -> Result<Vec<StoredSession>, StoreError> {
         let mut out = Vec::new();
+        let mut markers = self.db.raw_iterator_cf(self.family(FINGERPRINTS));
         for item in self.db.iterator_cf(self.family(SESSIONS), IteratorMode::Start) {
             let (key, value) = item?;
             let (provider, created_ms, credential) = decode_session(&value)?;
-            let progress = match self.db.get_cf(self.family(PROGRESS), &key)? {
+            let mut progress = match self.db.get_cf(self.family(PROGRESS), &key)? {
                 Some(bytes) => decode_progress(&bytes)?,
                 None => SessionProgress::new(created_ms),
             };
+            let session_id = SessionId(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt_text("session id", "not 16 bytes"))?,
+            );
+            markers.seek_for_prev(fingerprint_key(session_id, u64::MAX));
+            if markers.valid()
+                && let (Some(marker_key), Some(marker)) = (markers.key(), markers.value())
+                && marker_key.len() == 24
+                && marker_key[..16] == session_id.0
+            {
+                let mut sequence = [0u8; 8];
+                sequence.copy_from_slice(&marker_key[16..]);
+                if let Some(carried) = MarkerProgress::decode(marker)?
+                    && carried.message_count > progress.message_count
+                {
+                    carried.apply(u64::from_be_bytes(sequence), &mut progress);
+                }
+            }
+            markers.status()?;
             out.push(StoredSession {
                 info: SessionInfo::new(provider, credential, created_ms),
                 progress,
@@ -325,10 +352,14 @@ impl Store {
         let value = self
             .db
             .get_pinned_cf(self.family(FINGERPRINTS), fingerprint_key(session_id, sequence))?;
-        Ok(value.and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok()))
+        Ok(value.and_then(|bytes| bytes.get(..8).and_then(|head| <[u8; 8]>::try_from(head).ok())))
     }
 
-    /// Add a record, its fingerprint and the commit sequence to `group`.
+    /// Add a record, its fingerprint and the commit sequence to `group`;
+    /// `progress` is the session's progress after the record when it is
+    /// stored in sequence order (it then rides in the marker), else `None`
+    /// (and the caller writes the session's `progress` entry).
+    #[allow(clippy::too_many_arguments)]
     pub fn add_record(
         &self,
         group: &mut GroupWrite,
@@ -337,15 +368,17 @@ impl Store {
         session_id: SessionId,
         sequence: u64,
         fingerprint: [u8; 8],
+        progress: Option<&SessionProgress>,
     ) {
         group.scratch.clear();
         record.encode_into(&mut group.scratch);
         group
             .batch
             .put_cf(self.family(RECORDS), commit_sequence.to_be_bytes(), &group.scratch);
-        group
-            .fingerprints
-            .push((fingerprint_key(session_id, sequence), fingerprint));
+        group.fingerprints.push((
+            fingerprint_key(session_id, sequence),
+            Marker::new(fingerprint, progress),
+        ));
         group.next_commit_sequence = Some(commit_sequence + 1);
         group.records += 1;
     }
@@ -402,8 +435,8 @@ impl Store {
         // writer): a session's consecutive messages cost no search.
         group.fingerprints.sort_unstable_by_key(|entry| entry.0);
         let family = self.family(FINGERPRINTS);
-        for (key, fingerprint) in &group.fingerprints {
-            group.batch.put_cf(family, key, fingerprint);
+        for (key, marker) in &group.fingerprints {
+            group.batch.put_cf(family, key, marker.bytes());
         }
         if let Some(next) = group.next_commit_sequence {
             group
@@ -693,6 +726,116 @@ impl Manifest {
     }
 }
 
+/// A dedup marker's value: the fingerprint, then the session's progress
+/// when the message was stored in sequence order.
+struct Marker {
+    bytes: [u8; MARKER_BYTES_MAX],
+    len: u8,
+}
+
+/// Fingerprint, then four varints of at most 10 bytes.
+const MARKER_BYTES_MAX: usize = 8 + 4 * 10;
+
+impl Marker {
+    fn new(fingerprint: [u8; 8], progress: Option<&SessionProgress>) -> Self {
+        let mut bytes = [0u8; MARKER_BYTES_MAX];
+        bytes[..8].copy_from_slice(&fingerprint);
+        let mut len = 8;
+        if let Some(progress) = progress {
+            // The window is mostly ones: inverted, it is mostly one byte.
+            for value in [
+                !progress.window,
+                progress.message_count,
+                progress.requests_total,
+                progress.last_message_ms,
+            ] {
+                len += put_varint(&mut bytes[len..], value);
+            }
+        }
+        Self { bytes, len: len as u8 }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// The progress a marker carries (all but the sequence, which is its key's,
+/// and what only the `progress` family holds: final sequence, close, flags).
+#[derive(Debug, PartialEq, Eq)]
+struct MarkerProgress {
+    window: u64,
+    message_count: u64,
+    requests_total: u64,
+    last_message_ms: u64,
+}
+
+impl MarkerProgress {
+    /// `None` for a marker without progress (stored out of order).
+    fn decode(value: &[u8]) -> Result<Option<Self>, StoreError> {
+        let Some(mut rest) = value.get(8..) else {
+            return Err(corrupt_text("marker", "shorter than its fingerprint"));
+        };
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let mut next = || take_varint(&mut rest).ok_or_else(|| corrupt_text("marker", "bad varint"));
+        let carried = Self {
+            window: !next()?,
+            message_count: next()?,
+            requests_total: next()?,
+            last_message_ms: next()?,
+        };
+        if !rest.is_empty() {
+            return Err(corrupt_text("marker", "trailing bytes"));
+        }
+        Ok(Some(carried))
+    }
+
+    /// Replace `progress`'s dedup state and counters with these, for the
+    /// marker at `sequence`.
+    fn apply(&self, sequence: u64, progress: &mut SessionProgress) {
+        progress.sequence_max = sequence;
+        progress.window = self.window;
+        progress.message_count = self.message_count;
+        progress.requests_total = self.requests_total;
+        progress.last_message_ms = self.last_message_ms;
+    }
+}
+
+/// LEB128: write `value` at the start of `out`, return the bytes written.
+fn put_varint(out: &mut [u8], mut value: u64) -> usize {
+    let mut len = 0;
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out[len] = byte;
+            return len + 1;
+        }
+        out[len] = byte | 0x80;
+        len += 1;
+    }
+}
+
+/// LEB128: read one value from the start of `input` and advance it.
+fn take_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (index, byte) in input.iter().enumerate().take(10) {
+        let bits = u64::from(byte & 0x7f);
+        let shift = 7 * index as u32;
+        if index == 9 && bits > 1 {
+            return None;
+        }
+        value |= bits << shift;
+        if byte & 0x80 == 0 {
+            *input = &input[index + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
 fn fingerprint_key(session_id: SessionId, sequence: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..16].copy_from_slice(&session_id.0);
@@ -740,7 +883,8 @@ fn decode_session(bytes: &[u8]) -> Result<(Name, u64, Signed<UserCredential>), S
 const PROGRESS_BYTES: usize = 1 + 8 * 7 + 1;
 
 fn encode_progress(progress: &SessionProgress) -> [u8; PROGRESS_BYTES] {
-    let mut out = BytesMut::with_capacity(PROGRESS_BYTES);
+    let mut array = [0u8; PROGRESS_BYTES];
+    let mut out = &mut array[..];
     out.put_u8(STORED_VERSION);
     out.put_u64(progress.sequence_max);
     out.put_u64(progress.window);
@@ -751,8 +895,7 @@ fn encode_progress(progress: &SessionProgress) -> [u8; PROGRESS_BYTES] {
     out.put_u64(progress.final_sequence.unwrap_or(0));
     out.put_u64(progress.closed_ms.unwrap_or(0));
     out.put_u8(progress.flags.0);
-    let mut array = [0u8; PROGRESS_BYTES];
-    array.copy_from_slice(&out);
+    debug_assert!(out.is_empty(), "the progress encoding fills its array");
     array
 }
 
@@ -801,5 +944,60 @@ fn corrupt_text(what: &'static str, detail: &str) -> StoreError {
     StoreError::Corrupt {
         what,
         detail: detail.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_every_length() {
+        let mut buffer = [0u8; 10];
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX >> 1,
+            u64::MAX,
+        ] {
+            let len = put_varint(&mut buffer, value);
+            let mut input = &buffer[..len];
+            assert_eq!(take_varint(&mut input), Some(value));
+            assert!(input.is_empty());
+        }
+        // Truncated, and an 11th byte's worth of bits: refused, not wrapped.
+        assert_eq!(take_varint(&mut &[0x80u8][..]), None);
+        assert_eq!(
+            take_varint(&mut &[0xffu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..]),
+            None
+        );
+    }
+
+    #[test]
+    fn markers_carry_progress_or_only_their_fingerprint() {
+        let progress = SessionProgress {
+            sequence_max: 9,
+            window: u64::MAX - 4,
+            message_count: 70_000,
+            requests_total: 3,
+            last_message_ms: 1_790_000_000_000,
+            ..SessionProgress::default()
+        };
+        let marker = Marker::new([7; 8], Some(&progress));
+        assert!(marker.bytes().len() < 24, "{} bytes", marker.bytes().len());
+        let carried = MarkerProgress::decode(marker.bytes()).unwrap().unwrap();
+        let mut recovered = SessionProgress::default();
+        carried.apply(9, &mut recovered);
+        assert_eq!(recovered, progress);
+        assert_eq!(MarkerProgress::decode(Marker::new([7; 8], None).bytes()).unwrap(), None);
+        assert!(MarkerProgress::decode(&[7; 5]).is_err());
+        let mut trailing = marker.bytes().to_vec();
+        trailing.push(0);
+        assert!(MarkerProgress::decode(&trailing).is_err());
     }
 }
