@@ -8,6 +8,7 @@
 //! - [`cli`]: the command line; `main.rs` only dispatches.
 
 pub mod am;
+pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use wire::{BatchId, Message, Name, RecordAccounting, RecordStatus, Signed, TrustedCa};
 
 use super::store::{Manifest, Store, StoreError};
+use crate::background::Background;
 use crate::clock::{now_ms, now_s};
 use crate::storage::failpoint;
 
@@ -110,6 +111,8 @@ enum ShipError {
 
 async fn run(store: Arc<Store>, settings: ExportSettings, mut finishing: watch::Receiver<bool>) {
     let mut link = Link::new(&settings);
+    // Reading, encoding and signing batches run below the ingest's priority.
+    let background = Background::start("acct-export", 1);
     let mut last_cut = Instant::now();
     let mut backoff = BACKOFF_MIN;
     let mut last_complaint: Option<Instant> = None;
@@ -120,7 +123,7 @@ async fn run(store: Arc<Store>, settings: ExportSettings, mut finishing: watch::
             let settings = settings.clone();
             let records_max = settings.records_max.clamp(1, BATCH_RECORDS_MAX);
             let due = finish || last_cut.elapsed() >= settings.interval;
-            tokio::task::spawn_blocking(move || next_step(&store, records_max, due)).await
+            background.run(move || next_step(&store, records_max, due)).await
         };
         let step = match step {
             Ok(Ok(step)) => step,
@@ -135,7 +138,7 @@ async fn run(store: Arc<Store>, settings: ExportSettings, mut finishing: watch::
                 if cut_now {
                     last_cut = Instant::now();
                 }
-                match ship(&store, &settings, &mut link, manifest).await {
+                match ship(&store, &settings, &background, &mut link, manifest).await {
                     Ok(()) => {
                         backoff = BACKOFF_MIN;
                         last_complaint = None;
@@ -253,6 +256,7 @@ fn encode(store: &Store, node: &Name, manifest: &Manifest) -> Result<(Vec<u8>, u
 async fn ship(
     store: &Arc<Store>,
     settings: &ExportSettings,
+    background: &Background,
     link: &mut Link,
     manifest: Manifest,
 ) -> Result<(), ShipError> {
@@ -261,7 +265,7 @@ async fn ship(
         let store = store.clone();
         let node = settings.node.clone();
         let key = settings.identity.signing_key.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, ShipError> {
+        background.run(move || -> Result<_, ShipError> {
             let (payload, rows) = encode(&store, &node, &manifest)?;
             let digest = RecordAccounting::digest_of(&payload);
             let mut manifest = manifest;
@@ -307,12 +311,13 @@ async fn ship(
     {
         let store = store.clone();
         let manifest = manifest.clone();
-        tokio::task::spawn_blocking(move || {
-            failpoint("export-after-ack");
-            store.delete_batch(&manifest)
-        })
-        .await
-        .map_err(|error| ShipError::Encode(error.to_string()))??;
+        background
+            .run(move || {
+                failpoint("export-after-ack");
+                store.delete_batch(&manifest)
+            })
+            .await
+            .map_err(|error| ShipError::Encode(error.to_string()))??;
     }
     metrics::counter!("acct_exported_records_total").increment(u64::from(rows));
     metrics::counter!("acct_exported_batches_total").increment(1);

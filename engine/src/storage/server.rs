@@ -21,6 +21,7 @@ use wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 use wire::{ErrorCode, ErrorMessage, Message, Role, SigningKey, TrustedCa};
 
 use super::files::ColdFiles;
+use crate::background::Background;
 use crate::clock::now_s;
 use crate::tls;
 
@@ -80,6 +81,9 @@ pub async fn run(
     )?;
     let ca = TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?;
     let receiving = Arc::new(Semaphore::new(settings.receiving_max.max(1)));
+    // Checking and writing batches runs below any ingest sharing the machine
+    // (the embedded storage), one thread per batch being received.
+    let background = Background::start("acct-storage", settings.receiving_max.max(1));
     let mut connections = JoinSet::new();
     ready(endpoint.local_addr().context("reading the bound address")?);
     tokio::pin!(shutdown);
@@ -92,8 +96,9 @@ pub async fn run(
                     incoming.refuse();
                     continue;
                 }
-                let (files, ca, receiving) = (files.clone(), ca.clone(), receiving.clone());
-                connections.spawn(async move { serve_connection(incoming, files, ca, receiving).await });
+                let (files, ca, receiving, background) =
+                    (files.clone(), ca.clone(), receiving.clone(), background.clone());
+                connections.spawn(async move { serve_connection(incoming, files, ca, receiving, background).await });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -109,7 +114,13 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve_connection(incoming: quinn::Incoming, files: Arc<ColdFiles>, ca: TrustedCa, receiving: Arc<Semaphore>) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    files: Arc<ColdFiles>,
+    ca: TrustedCa,
+    receiving: Arc<Semaphore>,
+    background: Background,
+) {
     let Ok(connection) = incoming.await else {
         return;
     };
@@ -127,7 +138,14 @@ async fn serve_connection(incoming: quinn::Incoming, files: Arc<ColdFiles>, ca: 
         tokio::select! {
             accepted = connection.accept_bi() => {
                 let Ok((send, receive)) = accepted else { break };
-                streams.spawn(serve_stream(send, receive, files.clone(), am.clone(), receiving.clone()));
+                streams.spawn(serve_stream(
+                    send,
+                    receive,
+                    files.clone(),
+                    am.clone(),
+                    receiving.clone(),
+                    background.clone(),
+                ));
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
@@ -142,6 +160,7 @@ async fn serve_stream(
     files: Arc<ColdFiles>,
     am: Arc<wire::CertifiedIdentity>,
     receiving: Arc<Semaphore>,
+    background: Background,
 ) {
     let Ok(_permit) = receiving.acquire_owned().await else {
         return;
@@ -153,7 +172,7 @@ async fn serve_stream(
             Ok(Message::RecordAccounting(record)) => {
                 let batch = record.value().batch_id;
                 let files = files.clone();
-                match tokio::task::spawn_blocking(move || files.deliver(&am, &record)).await {
+                match background.run(move || files.deliver(&am, &record)).await {
                     Ok(ack) => Ok(ack),
                     Err(_) => Err(ErrorMessage::new(
                         ErrorCode::INTERNAL,
