@@ -186,18 +186,19 @@ impl Committer {
 
     fn process(&mut self, group: &mut Vec<CommitCommand>) {
         let now = now_ms();
-        let mut records: Vec<Verified> = Vec::with_capacity(group.iter().map(CommitCommand::messages).sum());
+        // The verifiers' batches as they came: not copied into one vector.
+        let mut records: Vec<Vec<Verified>> = Vec::with_capacity(group.len());
         let mut opens = Vec::new();
         for command in group.drain(..) {
             match command {
-                CommitCommand::Records(verified) => records.extend(verified),
+                CommitCommand::Records(verified) => records.push(verified),
                 CommitCommand::OpenSession { session, reply } => opens.push((session, reply)),
             }
         }
         if !opens.is_empty() {
             self.open_sessions(opens, now);
         }
-        if !records.is_empty() {
+        if records.iter().any(|batch| !batch.is_empty()) {
             self.commit_records(records, now);
         }
     }
@@ -225,20 +226,21 @@ impl Committer {
         metrics::gauge!("acct_sessions").set(self.sessions.len() as f64);
     }
 
-    fn commit_records(&mut self, records: Vec<Verified>, now: u64) {
+    fn commit_records(&mut self, batches: Vec<Vec<Verified>>, now: u64) {
+        let count = batches.iter().map(Vec::len).sum();
         let started = Instant::now();
         let first_commit_sequence = self.next_commit_sequence;
-        let mut write = GroupWrite::with_capacity(records.len());
+        let mut write = GroupWrite::with_capacity(count);
         // Each touched session's progress after the group, and whether its
         // `progress` entry must be written (its progress did not all ride
         // in markers: a message out of sequence order, or a Final).
         let mut staged: Map<SessionId, (SessionProgress, bool)> =
-            Map::with_capacity_and_hasher(records.len(), Default::default());
-        let mut pending: Map<MessageId, [u8; 8]> = Map::with_capacity_and_hasher(records.len(), Default::default());
-        let mut answers: Vec<Answer> = Vec::with_capacity(records.len());
+            Map::with_capacity_and_hasher(count, Default::default());
+        let mut pending: Map<MessageId, [u8; 8]> = Map::with_capacity_and_hasher(count, Default::default());
+        let mut answers: Vec<Answer> = Vec::with_capacity(count);
         // Keys first seen in this group: forgotten again if the write fails.
         let mut new_keys: Vec<[u8; 32]> = Vec::new();
-        for verified in &records {
+        for verified in batches.iter().flatten() {
             let item = verified.pending();
             let message = item.message.value();
             let message_id = message.message_id();
@@ -342,7 +344,7 @@ impl Committer {
         // together, in one read and one verify batch).
         let mut run: Vec<AckEntry> = Vec::new();
         let mut run_reply: Option<&AckSender> = None;
-        for (answer, verified) in answers.into_iter().zip(&records) {
+        for (answer, verified) in answers.into_iter().zip(batches.iter().flatten()) {
             let status = match (answer.outcome, failure) {
                 (Outcome::StoredNow, None) => AckStatus::STORED,
                 (Outcome::DuplicateOfPending, None) => AckStatus::DUPLICATE,
@@ -606,7 +608,7 @@ mod tests {
                     })
                 })
                 .collect();
-            self.committer.commit_records(records, now_ms());
+            self.committer.commit_records(vec![records], now_ms());
             let mut answers = Vec::new();
             while let Ok(sent) = self.acks.try_recv() {
                 sent.append_to(&mut answers);

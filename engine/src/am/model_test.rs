@@ -279,7 +279,7 @@ impl World {
             })
             .collect();
         let now = self.now_ms;
-        self.committer().commit_records(records, now);
+        self.committer().commit_records(vec![records], now);
         // Answers come in group order.
         let mut answers = Vec::new();
         while let Ok(sent) = self.acks.try_recv() {

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::Sender;
 use wire::{AckEntry, AckStatus};
 
-use super::pipeline::{Answers, CommitCommand, Pending, Verified};
+use super::pipeline::{Answers, CommitCommand, Pending, ProviderConnection, Verified};
 
 /// Run one verifier until its input closes and is drained. `permits` bound
 /// the verify queue in messages: a batch's permits go back when it is taken.
@@ -49,11 +49,30 @@ pub fn run(
                 .collect();
             wire::verify_batch(&items, &seed)
         };
+        // Good signatures counted per run of one connection's messages (a
+        // stream hands over a read's messages together): one atomic add per
+        // run on the connection's shared counter, not one per message.
+        let mut run: Option<(&ProviderConnection, u64)> = None;
+        for (pending, valid) in batch.iter().zip(&verdicts) {
+            if !*valid {
+                continue;
+            }
+            match &mut run {
+                Some((connection, count)) if std::ptr::eq(*connection, pending.connection.as_ref()) => *count += 1,
+                _ => {
+                    if let Some((connection, count)) = run.replace((pending.connection.as_ref(), 1)) {
+                        connection.good_signatures.fetch_add(count, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if let Some((connection, count)) = run {
+            connection.good_signatures.fetch_add(count, Ordering::Relaxed);
+        }
         let mut bad = 0u64;
         let mut verified = Vec::with_capacity(batch.len());
         for (pending, valid) in batch.drain(..).zip(verdicts) {
             if valid {
-                pending.connection.good_signatures.fetch_add(1, Ordering::Relaxed);
                 verified.push(Verified::new(pending));
             } else {
                 bad += 1;
