@@ -44,6 +44,14 @@ const KEYS: &str = "keys";
 const META: &str = "meta";
 const NEXT_COMMIT_SEQUENCE: &[u8] = b"next_commit_sequence";
 const EXPORT_CURSOR: &[u8] = b"export_cursor";
+const STORE_FORMAT: &[u8] = b"store_format";
+
+/// The layout this build writes. 2: dedup markers may carry their session's
+/// progress, and `progress` is no longer rewritten with every group. A
+/// build that only knows 8-byte markers would miss those markers' dedup
+/// state, so a store is refused by builds older than its format (from
+/// format 2 on; builds before 2 did not check).
+const STORE_FORMAT_CURRENT: u64 = 2;
 
 /// Version byte of every stored value this build writes.
 const STORED_VERSION: u8 = 1;
@@ -275,7 +283,22 @@ impl Store {
             ColumnFamilyDescriptor::new(name, family)
         });
         let db = DB::open_cf_descriptors(&options, path, families)?;
-        Ok(Self { db })
+        let store = Self { db };
+        let format = store.meta_u64(STORE_FORMAT, 1)?;
+        if format > STORE_FORMAT_CURRENT {
+            return Err(StoreError::Corrupt {
+                what: "store format",
+                detail: format!(
+                    "the store has format {format}, written by a newer acct; this build reads up to {STORE_FORMAT_CURRENT}"
+                ),
+            });
+        }
+        if format < STORE_FORMAT_CURRENT {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(store.family(META), STORE_FORMAT, STORE_FORMAT_CURRENT.to_be_bytes());
+            store.write_synced(batch)?;
+        }
+        Ok(store)
     }
 
     fn family(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -950,6 +973,23 @@ fn corrupt_text(what: &'static str, detail: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_from_a_newer_format_is_refused() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Store::open(folder.path()).unwrap();
+        assert_eq!(store.meta_u64(STORE_FORMAT, 0).unwrap(), STORE_FORMAT_CURRENT);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            store.family(META),
+            STORE_FORMAT,
+            (STORE_FORMAT_CURRENT + 1).to_be_bytes(),
+        );
+        store.write_synced(batch).unwrap();
+        drop(store);
+        let error = Store::open(folder.path()).err().expect("a newer format is refused");
+        assert!(error.to_string().contains("newer acct"), "{error}");
+    }
 
     #[test]
     fn varints_round_trip_at_every_length() {
