@@ -54,7 +54,12 @@ impl Background {
                         Err(_) => None,
                     };
                     let Some(job) = job else { return };
-                    job();
+                    // A panicking job must not take the thread with it: its
+                    // caller gets `Gone` (the result sender is dropped), and
+                    // the next job runs as usual.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a background job panicked; its caller gets an error");
+                    }
                 }
             });
             match spawned {
@@ -116,5 +121,10 @@ mod tests {
             total
         });
         assert_eq!(sum, 9900);
+        // A panic is the caller's error, and the pool goes on.
+        let single = Background::start("acct-test-bg1", 1);
+        let panicked = runtime.block_on(single.run(|| -> u8 { panic!("a job that fails") }));
+        assert!(panicked.is_err());
+        assert_eq!(runtime.block_on(single.run(|| 7)).unwrap(), 7);
     }
 }

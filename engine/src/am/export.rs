@@ -111,7 +111,9 @@ enum ShipError {
 
 async fn run(store: Arc<Store>, settings: ExportSettings, mut finishing: watch::Receiver<bool>) {
     let mut link = Link::new(&settings);
-    // Reading, encoding and signing batches run below the ingest's priority.
+    // Encoding and signing batches run below the ingest's priority; the
+    // store's synced writes (cut, digest, delete) do not, since RocksDB may
+    // make the writer that leads a write group sync for the committer too.
     let background = Background::start("acct-export", 1);
     let mut last_cut = Instant::now();
     let mut backoff = BACKOFF_MIN;
@@ -123,7 +125,7 @@ async fn run(store: Arc<Store>, settings: ExportSettings, mut finishing: watch::
             let settings = settings.clone();
             let records_max = settings.records_max.clamp(1, BATCH_RECORDS_MAX);
             let due = finish || last_cut.elapsed() >= settings.interval;
-            background.run(move || next_step(&store, records_max, due)).await
+            tokio::task::spawn_blocking(move || next_step(&store, records_max, due)).await
         };
         let step = match step {
             Ok(Ok(step)) => step,
@@ -131,7 +133,10 @@ async fn run(store: Arc<Store>, settings: ExportSettings, mut finishing: watch::
                 tracing::error!(%error, "export: reading the store failed; retrying");
                 Step::Wait
             }
-            Err(_) => Step::Wait,
+            Err(error) => {
+                tracing::error!(%error, "export: the cut failed; retrying");
+                Step::Wait
+            }
         };
         match step {
             Step::Ship(manifest, cut_now) => {
@@ -261,14 +266,37 @@ async fn ship(
     manifest: Manifest,
 ) -> Result<(), ShipError> {
     let started = Instant::now();
-    let (message, digest, rows, manifest) = {
+    let (message, digest, rows) = {
         let store = store.clone();
         let node = settings.node.clone();
         let key = settings.identity.signing_key.clone();
-        background.run(move || -> Result<_, ShipError> {
-            let (payload, rows) = encode(&store, &node, &manifest)?;
-            let digest = RecordAccounting::digest_of(&payload);
-            let mut manifest = manifest;
+        let manifest = manifest.clone();
+        background
+            .run(move || -> Result<_, ShipError> {
+                let (payload, rows) = encode(&store, &node, &manifest)?;
+                let digest = RecordAccounting::digest_of(&payload);
+                let message = Signed::sign(
+                    RecordAccounting {
+                        batch_id: manifest.batch_id,
+                        node,
+                        created_ms: manifest.created_ms,
+                        record_count: rows,
+                        digest,
+                        payload: Bytes::from(payload),
+                    },
+                    &key,
+                )
+                .map_err(|error| ShipError::Encode(error.to_string()))?;
+                Ok((message, digest, rows))
+            })
+            .await
+            .map_err(|error| ShipError::Encode(error.to_string()))??
+    };
+    // The digest is durable in the manifest before the first send.
+    let manifest = {
+        let store = store.clone();
+        let mut manifest = manifest;
+        tokio::task::spawn_blocking(move || -> Result<_, ShipError> {
             if manifest.sent_digest.is_none() {
                 manifest.sent_digest = Some(digest);
                 store.record_sent_digest(&manifest)?;
@@ -276,19 +304,7 @@ async fn ship(
                 tracing::warn!(batch = %manifest.batch_id, "this build encodes the batch differently from the one that sent it first");
             }
             failpoint("export-after-manifest");
-            let message = Signed::sign(
-                RecordAccounting {
-                    batch_id: manifest.batch_id,
-                    node,
-                    created_ms: manifest.created_ms,
-                    record_count: rows,
-                    digest,
-                    payload: Bytes::from(payload),
-                },
-                &key,
-            )
-            .map_err(|error| ShipError::Encode(error.to_string()))?;
-            Ok((message, digest, rows, manifest))
+            Ok(manifest)
         })
         .await
         .map_err(|error| ShipError::Encode(error.to_string()))??
@@ -311,13 +327,12 @@ async fn ship(
     {
         let store = store.clone();
         let manifest = manifest.clone();
-        background
-            .run(move || {
-                failpoint("export-after-ack");
-                store.delete_batch(&manifest)
-            })
-            .await
-            .map_err(|error| ShipError::Encode(error.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            failpoint("export-after-ack");
+            store.delete_batch(&manifest)
+        })
+        .await
+        .map_err(|error| ShipError::Encode(error.to_string()))??;
     }
     metrics::counter!("acct_exported_records_total").increment(u64::from(rows));
     metrics::counter!("acct_exported_batches_total").increment(1);

@@ -251,8 +251,9 @@ impl Store {
             }
             if name == PROGRESS {
                 // An append-only vector memtable inserts in O(1) and is
-                // sorted once, at flush: progress is rewritten by every
-                // commit group and read only at start.
+                // sorted once, at flush: progress is written on session
+                // opens, out-of-order stores, Finals and watchdog flags (the
+                // rest rides in markers), and read only at start.
                 family.set_memtable_factory(rocksdb::MemtableFactory::Vector);
             }
             if name == FINGERPRINTS {
@@ -765,9 +766,10 @@ impl Marker {
         bytes[..8].copy_from_slice(&fingerprint);
         let mut len = 8;
         if let Some(progress) = progress {
-            // The window is mostly ones: inverted, it is mostly one byte.
+            // The window is mostly ones where sequences can be: inverted
+            // within those positions, it is mostly one byte.
             for value in [
-                !progress.window,
+                !progress.window & window_mask(progress.sequence_max),
                 progress.message_count,
                 progress.requests_total,
                 progress.last_message_ms,
@@ -783,11 +785,22 @@ impl Marker {
     }
 }
 
+/// The positions of a window that can hold a sequence when the highest is
+/// `sequence_max` (sequences start at 1).
+fn window_mask(sequence_max: u64) -> u64 {
+    if sequence_max >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << sequence_max) - 1
+    }
+}
+
 /// The progress a marker carries (all but the sequence, which is its key's,
 /// and what only the `progress` family holds: final sequence, close, flags).
 #[derive(Debug, PartialEq, Eq)]
 struct MarkerProgress {
-    window: u64,
+    /// The window inverted within [`window_mask`] of the marker's sequence.
+    window_gaps: u64,
     message_count: u64,
     requests_total: u64,
     last_message_ms: u64,
@@ -804,7 +817,7 @@ impl MarkerProgress {
         }
         let mut next = || take_varint(&mut rest).ok_or_else(|| corrupt_text("marker", "bad varint"));
         let carried = Self {
-            window: !next()?,
+            window_gaps: next()?,
             message_count: next()?,
             requests_total: next()?,
             last_message_ms: next()?,
@@ -819,7 +832,7 @@ impl MarkerProgress {
     /// marker at `sequence`.
     fn apply(&self, sequence: u64, progress: &mut SessionProgress) {
         progress.sequence_max = sequence;
-        progress.window = self.window;
+        progress.window = !self.window_gaps & window_mask(sequence);
         progress.message_count = self.message_count;
         progress.requests_total = self.requests_total;
         progress.last_message_ms = self.last_message_ms;
@@ -1021,7 +1034,7 @@ mod tests {
     #[test]
     fn markers_carry_progress_or_only_their_fingerprint() {
         let progress = SessionProgress {
-            sequence_max: 9,
+            sequence_max: 90,
             window: u64::MAX - 4,
             message_count: 70_000,
             requests_total: 3,
@@ -1032,9 +1045,36 @@ mod tests {
         assert!(marker.bytes().len() < 24, "{} bytes", marker.bytes().len());
         let carried = MarkerProgress::decode(marker.bytes()).unwrap().unwrap();
         let mut recovered = SessionProgress::default();
-        carried.apply(9, &mut recovered);
+        carried.apply(90, &mut recovered);
         assert_eq!(recovered, progress);
         assert_eq!(MarkerProgress::decode(Marker::new([7; 8], None).bytes()).unwrap(), None);
+        // A young session (fewer than 64 sequences) also stays short.
+        for (sequence_max, window) in [
+            (1, 1),
+            (5, 0b10111),
+            (63, u64::MAX >> 1),
+            (64, u64::MAX),
+            (70, u64::MAX - 2),
+        ] {
+            let young = SessionProgress {
+                sequence_max,
+                window,
+                message_count: 5,
+                ..SessionProgress::default()
+            };
+            let marker = Marker::new([1; 8], Some(&young));
+            assert!(
+                marker.bytes().len() <= 8 + 4 + 1 + 1,
+                "{sequence_max}: {} bytes",
+                marker.bytes().len()
+            );
+            let mut recovered = SessionProgress::default();
+            MarkerProgress::decode(marker.bytes())
+                .unwrap()
+                .unwrap()
+                .apply(sequence_max, &mut recovered);
+            assert_eq!(recovered, young, "sequence_max {sequence_max}");
+        }
         assert!(MarkerProgress::decode(&[7; 5]).is_err());
         let mut trailing = marker.bytes().to_vec();
         trailing.push(0);
