@@ -181,10 +181,11 @@ impl Replies {
             .map(|mut receiver| {
                 tokio::spawn(async move {
                     let mut stored = 0usize;
+                    let mut entries = Vec::new();
                     while let Some(answers) = receiver.recv().await {
-                        let mut entries = Vec::with_capacity(answers.len());
+                        entries.clear();
                         answers.append_to(&mut entries);
-                        for entry in entries {
+                        for entry in &entries {
                             anyhow::ensure!(
                                 entry.status == wire::AckStatus::STORED,
                                 "unexpected answer {:?}",

@@ -52,14 +52,6 @@ impl Answers {
             Self::Many(mut entries) => out.append(&mut entries),
         }
     }
-
-    /// The answers as a vector.
-    pub fn into_vec(self) -> Vec<AckEntry> {
-        match self {
-            Self::One(entry) => vec![entry],
-            Self::Many(entries) => entries,
-        }
-    }
 }
 
 /// A provider connection as the pipeline sees it.
