@@ -185,6 +185,12 @@ pub struct IngestConfig {
     pub connection_receive_window_bytes: u32,
     /// QUIC receive window per stream, bytes.
     pub stream_receive_window_bytes: u32,
+    /// Kernel send and receive buffer of the AM's UDP socket, bytes each
+    /// (64 KiB..=1 GiB). Every connection's datagrams wait here while the
+    /// I/O threads are busy; an overflow drops datagrams and stalls their
+    /// connections in loss recovery. Beyond `net.core.rmem_max` only with
+    /// CAP_NET_ADMIN (docs/operating.md).
+    pub udp_buffer_bytes: usize,
     /// How far in the future an accounted interval may end, seconds.
     pub future_skew_s: u64,
     /// How late accounting may arrive after its interval ends, seconds.
@@ -212,6 +218,7 @@ impl Default for IngestConfig {
             streams_per_connection_max: 8,
             connection_receive_window_bytes: 64 * 1024,
             stream_receive_window_bytes: 64 * 1024,
+            udp_buffer_bytes: 16 * 1024 * 1024,
             future_skew_s: 300,
             lateness_s: 48 * 3600,
             dedup_window_s: 24 * 3600,
@@ -340,6 +347,7 @@ data = "data"
 # streams_per_connection_max = 8
 # connection_receive_window_bytes = 65536
 # stream_receive_window_bytes = 65536
+# udp_buffer_bytes = 16777216             # kernel buffers of the QUIC socket; see docs/operating.md
 # future_skew_s = 300
 # lateness_s = 172800                     # 48 h
 # dedup_window_s = 86400                  # 24 h after a session closes or expires

@@ -87,29 +87,28 @@ pub fn peer_identity(
         .and_then(|chain| chain.first().map(|certificate| ca.identify(certificate, now_s)))
 }
 
-/// A QUIC server endpoint on `listen` (8 MiB UDP buffers requested, see
-/// `peer::quic::quic_socket`) serving `certificate_der` / `key` with
+/// A QUIC server endpoint on `socket` (made with `peer::quic::quic_socket`
+/// or `quic_socket_sized`, for their kernel buffers) serving `certificate_der` / `key` with
 /// `transport`, client certificates from the CA required. With `gate`, the
 /// AM's [`InitialGate`](crate::am::gate::InitialGate) (made here: it learns
 /// each connection ID the endpoint issues) stands between the socket and
 /// QUIC.
-/// Returns the endpoint, the UDP receive buffer size the kernel granted,
-/// and the gate.
+/// Returns the endpoint and the gate.
 pub fn server_endpoint(
-    listen: std::net::SocketAddr,
+    socket: std::net::UdpSocket,
     ca_der: &[u8],
     certificate_der: Vec<u8>,
     key: &wire::SigningKey,
     transport: quinn::TransportConfig,
     client_auth: ClientAuth,
     gate: bool,
-) -> anyhow::Result<(quinn::Endpoint, usize, Option<Arc<crate::am::gate::InitialGate>>)> {
+) -> anyhow::Result<(quinn::Endpoint, Option<Arc<crate::am::gate::InitialGate>>)> {
     use anyhow::Context as _;
     use quinn::Runtime as _;
     let key_der = key.to_pkcs8_der().context("encoding the key")?;
     let server_config = server_config(ca_der, certificate_der, key_der, Arc::new(transport), client_auth)
         .context("building the TLS configuration")?;
-    let (socket, buffer) = peer::quic::quic_socket(listen).with_context(|| format!("listening on {listen}"))?;
+    let listen = socket.local_addr().context("reading the socket's address")?;
     let (reset_key, cid_key) = restart_stable_keys(key)?;
     let gate = gate.then(|| Arc::new(crate::am::gate::InitialGate::new()));
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
@@ -136,7 +135,7 @@ pub fn server_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
     .with_context(|| format!("listening on {listen}"))?;
-    Ok((endpoint, buffer, gate))
+    Ok((endpoint, gate))
 }
 
 /// The server's QUIC stateless-reset key and connection-id key, derived

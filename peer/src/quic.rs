@@ -460,22 +460,91 @@ pub fn client_config_for(
     Ok(client)
 }
 
-/// Bytes asked for each QUIC socket's kernel send and receive buffers. The
-/// kernel's defaults (about 200 KiB) overflow on loopback at tens of
-/// thousands of messages per second, and every dropped datagram costs a
-/// loss-recovery round; Linux caps the request at `net.core.rmem_max` /
-/// `net.core.wmem_max`.
+/// Bytes asked for each client QUIC socket's kernel send and receive
+/// buffers. The kernel's defaults (about 200 KiB) overflow on loopback at
+/// tens of thousands of messages per second, and every dropped datagram
+/// costs a loss-recovery round. See [`quic_socket_sized`] for how the
+/// request meets the kernel's caps.
 pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
-/// A UDP socket bound to `address` with buffers of [`UDP_BUFFER_BYTES`]
-/// (as much as the kernel allows), for a QUIC endpoint. Returns the socket
-/// and the receive buffer size obtained.
+/// A UDP socket bound to `address` with buffers of [`UDP_BUFFER_BYTES`],
+/// for a QUIC endpoint. Returns the socket and the receive buffer obtained.
 pub fn quic_socket(address: std::net::SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    quic_socket_sized(address, UDP_BUFFER_BYTES)
+}
+
+/// A UDP socket bound to `address` whose kernel send and receive buffers
+/// may each hold `buffer_bytes` of datagrams, for a QUIC endpoint.
+///
+/// Linux caps a plain request at `net.core.rmem_max` / `net.core.wmem_max`
+/// (4 MiB on many machines), silently. A process allowed to exceed the caps
+/// (`CAP_NET_ADMIN`, root) gets the full size through `SO_RCVBUFFORCE` /
+/// `SO_SNDBUFFORCE`, as quic-go does; any other gets what the caps allow.
+/// The buffers are kernel memory used only while datagrams wait.
+///
+/// Returns the socket and the receive buffer size as the kernel reports it:
+/// on Linux twice the size granted (half of it is the kernel's bookkeeping),
+/// so a full grant reports at least `buffer_bytes`.
+pub fn quic_socket_sized(
+    address: std::net::SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
     let socket = std::net::UdpSocket::bind(address)?;
     let state = quinn::udp::UdpSocketState::new((&socket).into())?;
     // Best effort: a smaller buffer still works, only with more losses.
-    let _ = state.set_recv_buffer_size((&socket).into(), UDP_BUFFER_BYTES);
-    let _ = state.set_send_buffer_size((&socket).into(), UDP_BUFFER_BYTES);
+    #[cfg(target_os = "linux")]
+    let forced = (
+        rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, buffer_bytes).is_ok(),
+        rustix::net::sockopt::set_socket_send_buffer_size_force(&socket, buffer_bytes).is_ok(),
+    );
+    #[cfg(not(target_os = "linux"))]
+    let forced = (false, false);
+    if !forced.0 {
+        let _ = state.set_recv_buffer_size((&socket).into(), buffer_bytes);
+    }
+    if !forced.1 {
+        let _ = state.set_send_buffer_size((&socket).into(), buffer_bytes);
+    }
     let obtained = state.recv_buffer_size((&socket).into()).unwrap_or(0);
     Ok((socket, obtained))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::quic_socket_sized;
+
+    /// Whether this process holds CAP_NET_ADMIN (bit 12 of CapEff).
+    fn net_admin() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapEff:"))
+            .and_then(|bits| u64::from_str_radix(bits.trim(), 16).ok())
+            .is_some_and(|bits| bits & (1 << 12) != 0)
+    }
+
+    /// A request above `net.core.rmem_max`: a process allowed to exceed the
+    /// cap gets all of it, any other at least the cap.
+    #[test]
+    fn socket_buffers_exceed_the_kernel_cap_when_allowed() {
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .expect("reading net.core.rmem_max")
+            .trim()
+            .parse()
+            .expect("a number");
+        let request = (cap + 1024 * 1024).min(1 << 30);
+        let (_socket, obtained) =
+            quic_socket_sized("127.0.0.1:0".parse().expect("an address"), request).expect("a socket");
+        if net_admin() {
+            assert!(
+                obtained >= request,
+                "asked {request}, got {obtained} with CAP_NET_ADMIN"
+            );
+        } else {
+            assert!(
+                obtained >= cap.min(request),
+                "asked {request}, got {obtained}, cap {cap}"
+            );
+        }
+    }
 }

@@ -243,6 +243,11 @@ impl Handshakes {
     }
 }
 
+/// Bounds of `ingest.udp_buffer_bytes` (a value outside is clamped).
+pub const UDP_BUFFER_BYTES_MIN: usize = 64 * 1024;
+/// See [`UDP_BUFFER_BYTES_MIN`].
+pub const UDP_BUFFER_BYTES_MAX: usize = 1 << 30;
+
 /// Connections without a client certificate (users) at once; they do not
 /// count against `connections_max`, which stays for providers.
 pub const USER_CONNECTIONS_MAX: usize = 4_096;
@@ -303,6 +308,9 @@ pub async fn run(
     let ingest_pipeline = Ingest::start(store.clone(), &ingest)?;
     tracing::info!(sessions = ingest_pipeline.table.len(), "recovered");
 
+    let udp_buffer_bytes = ingest
+        .udp_buffer_bytes
+        .clamp(UDP_BUFFER_BYTES_MIN, UDP_BUFFER_BYTES_MAX);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(ingest.streams_per_connection_max.into())
@@ -313,8 +321,10 @@ pub async fn run(
             quinn::IdleTimeout::try_from(Duration::from_secs(60)).context("idle timeout")?,
         ))
         .keep_alive_interval(Some(Duration::from_secs(15)));
-    let (endpoint, buffer, gate) = tls::server_endpoint(
-        settings.listen,
+    let (socket, buffer) = peer::quic::quic_socket_sized(settings.listen, udp_buffer_bytes)
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let (endpoint, gate) = tls::server_endpoint(
+        socket,
         &settings.ca_der,
         settings.certificate_der.clone(),
         &settings.signing_key,
@@ -323,7 +333,18 @@ pub async fn run(
         true,
     )?;
     let gate = gate.context("the AM's endpoint has an Initial gate")?;
-    tracing::info!(receive_buffer_bytes = buffer, "UDP socket");
+    if buffer < udp_buffer_bytes {
+        // Linux reports twice what it granted: below the request means the
+        // kernel's cap (net.core.rmem_max) cut it and we may not exceed it.
+        tracing::warn!(
+            receive_buffer_bytes = buffer,
+            requested = udp_buffer_bytes,
+            "UDP receive buffer below ingest.udp_buffer_bytes: bursts may drop datagrams; raise \
+             net.core.rmem_max / wmem_max or grant CAP_NET_ADMIN (docs/operating.md)"
+        );
+    } else {
+        tracing::info!(receive_buffer_bytes = buffer, "UDP socket");
+    }
     let local_addr = endpoint.local_addr().context("reading the bound address")?;
 
     let context = Arc::new(Context {

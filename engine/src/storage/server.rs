@@ -70,8 +70,10 @@ pub async fn run(
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(60)).context("idle timeout")?,
         ));
-    let (endpoint, _, _) = tls::server_endpoint(
-        settings.listen,
+    let (socket, _) =
+        peer::quic::quic_socket(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
+    let (endpoint, _) = tls::server_endpoint(
+        socket,
         &settings.ca_der,
         settings.certificate_der.clone(),
         &settings.signing_key,
