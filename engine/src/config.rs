@@ -158,6 +158,11 @@ impl Default for StorageConfig {
 pub struct IngestConfig {
     /// Verifier threads; 0 means one per CPU.
     pub verify_threads: usize,
+    /// QUIC I/O threads (the async runtime's workers: sockets, QUIC,
+    /// decoding, acks); 0 means one per four CPUs, at least one. Each
+    /// connection's work crosses threads less with fewer of them; see
+    /// docs/performance.md for the measurements behind the default.
+    pub io_threads: usize,
     /// Most signatures in one verification batch.
     pub verify_batch_messages_max: usize,
     /// Messages waiting for verification, all connections together (at
@@ -203,10 +208,22 @@ pub struct IngestConfig {
     pub drain_deadline_s: u64,
 }
 
+impl IngestConfig {
+    /// The QUIC I/O threads to run: `io_threads` (at most 256), or for 0
+    /// one per four CPUs, at least one.
+    pub fn io_thread_count(&self) -> usize {
+        match self.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, |cpus| cpus.get().div_ceil(4)),
+            threads => threads.min(256),
+        }
+    }
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             verify_threads: 0,
+            io_threads: 0,
             verify_batch_messages_max: 1_024,
             verify_queue_messages_max: 16_384,
             commit_queue_messages_max: 16_384,
@@ -336,6 +353,7 @@ data = "data"
 [ingest]
 # Every bound of the ingest path; the values shown are the defaults.
 # verify_threads = 0                      # 0: one per CPU
+# io_threads = 0                          # 0: one per four CPUs, at least one
 # verify_batch_messages_max = 1024
 # verify_queue_messages_max = 16384
 # commit_queue_messages_max = 16384
@@ -414,6 +432,43 @@ mod tests {
         assert_eq!(config.am.data, folder.path().join("data"));
         assert_eq!(config.export, ExportConfig::default());
         assert_eq!(config.storage.folder, folder.path().join("cold"));
+    }
+
+    /// The commented [ingest] values in the sample config are the defaults.
+    #[test]
+    fn commented_ingest_values_are_the_defaults() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("acct.toml");
+        let mut section = "";
+        let text: Vec<String> = commented_default()
+            .lines()
+            .map(|line| {
+                if line.starts_with('[') {
+                    section = line;
+                }
+                match line.strip_prefix("# ") {
+                    Some(setting) if section == "[ingest]" && setting.contains(" = ") => setting.to_string(),
+                    _ => line.to_string(),
+                }
+            })
+            .collect();
+        std::fs::write(&path, text.join("\n")).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.ingest, IngestConfig::default());
+        assert!(text.iter().any(|line| line.starts_with("io_threads = ")));
+        assert!(text.iter().any(|line| line.starts_with("udp_buffer_bytes = ")));
+    }
+
+    #[test]
+    fn io_threads_default_to_a_quarter_of_the_cpus() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(IngestConfig::default().io_thread_count(), cpus.div_ceil(4));
+        let set = |io_threads| IngestConfig {
+            io_threads,
+            ..IngestConfig::default()
+        };
+        assert_eq!(set(3).io_thread_count(), 3);
+        assert_eq!(set(100_000).io_thread_count(), 256);
     }
 
     #[test]

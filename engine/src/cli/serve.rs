@@ -64,6 +64,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let settings = settings(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(settings.ingest.io_thread_count())
         .thread_name("acct-io")
         .build()
         .context("starting the runtime")?;
