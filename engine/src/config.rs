@@ -235,7 +235,7 @@ impl Default for IngestConfig {
             streams_per_connection_max: 8,
             connection_receive_window_bytes: 64 * 1024,
             stream_receive_window_bytes: 64 * 1024,
-            udp_buffer_bytes: 16 * 1024 * 1024,
+            udp_buffer_bytes: 64 * 1024 * 1024,
             future_skew_s: 300,
             lateness_s: 48 * 3600,
             dedup_window_s: 24 * 3600,
@@ -365,7 +365,7 @@ data = "data"
 # streams_per_connection_max = 8
 # connection_receive_window_bytes = 65536
 # stream_receive_window_bytes = 65536
-# udp_buffer_bytes = 16777216             # kernel buffers of the QUIC socket; see docs/operating.md
+# udp_buffer_bytes = 67108864             # kernel buffers of the QUIC socket; see docs/operating.md
 # future_skew_s = 300
 # lateness_s = 172800                     # 48 h
 # dedup_window_s = 86400                  # 24 h after a session closes or expires
