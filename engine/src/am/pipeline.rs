@@ -306,10 +306,12 @@ impl CommitCommand {
 }
 
 /// The sessions the AM knows, shared for admission (reads on every message,
-/// writes when a session is opened or pruned).
+/// writes when a session is opened or pruned). Hashed with foldhash, seeded
+/// per process, like the committer's maps: SipHash made this lookup the
+/// I/O thread's largest single cost.
 #[derive(Debug, Default)]
 pub struct SessionTable {
-    sessions: RwLock<HashMap<SessionId, Arc<SessionInfo>>>,
+    sessions: RwLock<HashMap<SessionId, Arc<SessionInfo>, foldhash::fast::RandomState>>,
 }
 
 impl SessionTable {
