@@ -7,8 +7,10 @@
 # Each argument is one run on a fresh AM: a rate (open loop, messages/s) or
 # `max` (closed loop, WINDOW in flight per provider). Environment: PROVIDERS
 # (1000), SESSIONS (5000), WINDOW (64), DURATION (16 s of sending), WARM
-# (seconds after loadgen starts before the window opens; loadgen signs its
-# messages ahead first, about 1 s per 60,000 on 2 cores), SPAN (5 s window).
+# (seconds after loadgen starts before the window opens: loadgen first signs
+# its messages ahead, about 125,000 a second on 2 cores, 3,000,000 in the
+# closed loop, and connects; the defaults leave room for both, for 16 s of
+# sending), SPAN (5 s window).
 # Prints, per run: both processes' CPU over the window as % of one core, per
 # thread name, µs per stored message, the UDP datagrams the kernel dropped
 # for a full receive buffer (RcvbufErrors) and loadgen's throughput and
@@ -48,7 +50,7 @@ for run in "$@"; do
   address="$(sed -n 's/^acct serve: listening on //p' "$work/am.stdout")"
   if [ "$run" = max ]; then
     mode=(--max --window "$WINDOW" --messages-max 3000000)
-    warm="${WARM:-$((22 + PROVIDERS / 1000))}"
+    warm="${WARM:-$((30 + PROVIDERS / 1000))}"
   else
     mode=(--rate "$run")
     warm="${WARM:-$((5 + PROVIDERS / 1000 + run * (DURATION + 2) / 60000))}"

@@ -55,6 +55,11 @@ pub struct Shared {
     stats: Mutex<Stats>,
 }
 
+/// loadgen's maps, hashed with foldhash (seeded per process): several
+/// lookups per answer, where SipHash was a visible part of loadgen's CPU,
+/// which shares the machine with the AM under test.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Everything recorded, under one lock (taken once per ack frame).
 pub struct Stats {
     /// Latency (µs) of interims and finals from their intended send time to
@@ -78,7 +83,7 @@ pub struct Stats {
     /// Unanswered at the end, by class.
     pub unanswered: BTreeMap<Class, u64>,
     /// Per session: sequences answered as stored (for the audit).
-    pub stored_sequences: HashMap<wire::SessionId, Vec<u64>>,
+    pub stored_sequences: Map<wire::SessionId, Vec<u64>>,
     /// When the last interim or final was answered.
     pub last_answer: Option<Instant>,
 }
@@ -95,7 +100,7 @@ impl Stats {
             connect_failures: 0,
             exhausted_providers: 0,
             unanswered: BTreeMap::new(),
-            stored_sequences: HashMap::new(),
+            stored_sequences: Map::default(),
             last_answer: None,
         }
     }
@@ -202,11 +207,11 @@ struct State {
     /// Finals sent (after the sending phase).
     finals_sent: usize,
     /// Main stream: message id → (intended send time, message index).
-    inflight: HashMap<MessageId, (Instant, usize)>,
+    inflight: Map<MessageId, (Instant, usize)>,
     /// Duplicate stream: message ids sent.
-    duplicates: HashMap<MessageId, Instant>,
+    duplicates: Map<MessageId, Instant>,
     /// Fault stream: message id → class.
-    faults: HashMap<MessageId, Class>,
+    faults: Map<MessageId, Class>,
     /// Indices to send again (retryable answer, lost connection), with
     /// their original intended time.
     retry: VecDeque<(usize, Instant)>,
@@ -774,12 +779,24 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
         let second = now.saturating_duration_since(shared.start).as_secs() as usize;
         let mut stored = 0u64;
         let mut errors = 0u64;
+        // Answers by (class, status), counted here and added under the
+        // lock once per distinct pair: a frame's answers are nearly all
+        // alike, and each map entry costs a status name.
+        let mut counts: Vec<(Class, AckStatus, u64)> = Vec::new();
+        for (class, status, _) in &settled {
+            match counts.iter_mut().find(|(c, s, _)| c == class && s == status) {
+                Some((_, _, count)) => *count += 1,
+                None => counts.push((*class, *status, 1)),
+            }
+            if !expected(*class, *status) && !status.is_retryable() {
+                errors += 1;
+            }
+        }
         shared.with(|stats| {
-            for (class, status, storage) in &settled {
-                *stats.answers.entry((*class, status_name(*status))).or_default() += 1;
-                if !expected(*class, *status) && !status.is_retryable() {
-                    errors += 1;
-                }
+            for (class, status, count) in &counts {
+                *stats.answers.entry((*class, status_name(*status))).or_default() += count;
+            }
+            for (_, _, storage) in &settled {
                 if let Some((intended, session_id, sequence)) = storage {
                     stored += 1;
                     let micros = now.saturating_duration_since(*intended).as_micros().max(1);
