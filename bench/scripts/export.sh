@@ -15,17 +15,20 @@ cd "$(dirname "$0")/../.."
 fill_seconds="${1:-8}"
 rate="${2:-20000}"
 rate_seconds="${3:-30}"
-target="${CARGO_TARGET_DIR:-target}"
-# The same package selection as every release build here, so that cargo
-# reuses the compiled RocksDB.
-cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+# BIN: prebuilt release binaries (as for harness.sh); without it, build them
+# with the same package selection as every release build here, so that
+# cargo reuses the compiled RocksDB.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+  BIN="${CARGO_TARGET_DIR:-target}/release"
+fi
 work="$(mktemp -d)"
 am_pid=""
 trap '[ -n "$am_pid" ] && kill "$am_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 start_am() { # data_dir extra_args...
   local data="$1"; shift
-  "$target/release/acct" serve --data "$data" --listen 127.0.0.1:0 "$@" >"$data.stdout" 2>"$data.stderr" &
+  "$BIN/acct" serve --data "$data" --listen 127.0.0.1:0 "$@" >"$data.stdout" 2>"$data.stderr" &
   am_pid=$!
   for _ in $(seq 1 600); do
     grep -q "listening on" "$data.stdout" 2>/dev/null && break
@@ -49,7 +52,7 @@ stop_am() { # SIGTERM, wait for the exit; sets shutdown_s
 data="$work/fill"
 mkdir -p "$data"
 start_am "$data" --export-interval-ms 3600000 --export-records-max 1000000
-"$target/release/loadgen" --am "$address" --pki "$data/pki" --providers 200 --sessions 2000 \
+"$BIN/loadgen" --am "$address" --pki "$data/pki" --providers 200 --sessions 2000 \
   --max --window 64 --duration "$fill_seconds" --quiet --json "$work/fill.json" >/dev/null
 stored="$(python3 -c "import json; print(json.load(open('$work/fill.json'))['acked_stored'])")"
 stop_am
@@ -86,7 +89,7 @@ for mode in no-export export; do
   else
     start_am "$data" --export-interval-ms 1000
   fi
-  "$target/release/loadgen" --am "$address" --pki "$data/pki" --providers 1000 --sessions 5000 \
+  "$BIN/loadgen" --am "$address" --pki "$data/pki" --providers 1000 --sessions 5000 \
     --rate "$rate" --duration "$rate_seconds" --quiet --json "$work/$mode.json" >/dev/null
   stop_am
   python3 - "$work/$mode.json" "$mode" "$data" <<'PY'
