@@ -482,9 +482,9 @@ pub fn quic_socket(address: std::net::SocketAddr) -> std::io::Result<(std::net::
 /// `SO_SNDBUFFORCE`, as quic-go does; any other gets what the caps allow.
 /// The buffers are kernel memory used only while datagrams wait.
 ///
-/// Returns the socket and the receive buffer size as the kernel reports it:
-/// on Linux twice the size granted (half of it is the kernel's bookkeeping),
-/// so a full grant reports at least `buffer_bytes`.
+/// Returns the socket and the receive buffer granted: `buffer_bytes` on a
+/// full grant. (Linux reports twice the size set, half of it for its own
+/// bookkeeping; the size returned here is the one set.)
 pub fn quic_socket_sized(
     address: std::net::SocketAddr,
     buffer_bytes: usize,
@@ -505,7 +505,12 @@ pub fn quic_socket_sized(
     if !forced.1 {
         let _ = state.set_send_buffer_size((&socket).into(), buffer_bytes);
     }
-    let obtained = state.recv_buffer_size((&socket).into()).unwrap_or(0);
+    let reported = state.recv_buffer_size((&socket).into()).unwrap_or(0);
+    let obtained = if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    };
     Ok((socket, obtained))
 }
 

@@ -334,8 +334,8 @@ pub async fn run(
     )?;
     let gate = gate.context("the AM's endpoint has an Initial gate")?;
     if buffer < udp_buffer_bytes {
-        // Linux reports twice what it granted: below the request means the
-        // kernel's cap (net.core.rmem_max) cut it and we may not exceed it.
+        // The kernel's cap (net.core.rmem_max) cut the request, and this
+        // process may not exceed it.
         tracing::warn!(
             receive_buffer_bytes = buffer,
             requested = udp_buffer_bytes,
