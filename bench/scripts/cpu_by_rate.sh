@@ -14,7 +14,8 @@
 # Prints, per run: both processes' CPU over the window as % of one core, per
 # thread name, µs per stored message, the UDP datagrams the kernel dropped
 # for a full receive buffer (RcvbufErrors) and loadgen's throughput and
-# latency. Not a test; needs python3.
+# latency, and the QUIC datagrams per message each way. Not a test; needs
+# python3.
 set -euo pipefail
 BIN="${BIN:-target/release}"
 PROVIDERS="${PROVIDERS:-1000}"
@@ -88,5 +89,14 @@ print(f"{run}: {rate:,.0f} stored/s, p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} m
       f"p99.9 {l['p99_9']:.1f} ms, max {l['max']:.1f} ms; datagrams dropped in the window: {drops}")
 side("acct", "am0", "am1")
 side("loadgen", "lg0", "lg1")
+q, n = report.get("quic"), max(1, report["acked_stored"] + report["acked_duplicate"])
+if q:
+    print(f"  QUIC per stored message: {q['datagrams_sent'] / n:.2f} datagrams to the AM "
+          f"({q['send_calls'] / n:.2f} calls), {q['datagrams_received'] / n:.2f} from it "
+          f"({q['receive_calls'] / n:.2f} calls); ACK frames {q['ack_frames_sent'] / n:.2f} sent, "
+          f"{q['ack_frames_received'] / n:.2f} received; STREAM frames {q['stream_frames_sent'] / n:.2f} sent, "
+          f"{q['stream_frames_received'] / n:.2f} received; flow control {q['flow_control_frames_sent'] / n:.2f} sent, "
+          f"{q['flow_control_frames_received'] / n:.2f} received; PING {q['ping_frames_sent'] / n:.2f} sent, "
+          f"{q['ping_frames_received'] / n:.2f} received; {q['packets_lost']} packets lost")
 EOF
 done

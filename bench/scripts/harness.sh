@@ -175,7 +175,10 @@ def acct_row(name, label):
             "am_peak_rss_mib": rss(name) / 1024,
             # CPU per stored message over the whole run (the AM's includes its start and opening the
             # sessions; loadgen's excludes the signing ahead, approximately).
-            "am_cpu_us_per_msg": am_cpu / stored * 1e6, "loadgen_cpu_us_per_msg": loadgen_cpu / stored * 1e6}
+            "am_cpu_us_per_msg": am_cpu / stored * 1e6, "loadgen_cpu_us_per_msg": loadgen_cpu / stored * 1e6,
+            # QUIC datagrams per stored message each way (loadgen's connection statistics).
+            "datagrams_to_am_per_msg": r["quic"]["datagrams_sent"] / stored,
+            "datagrams_from_am_per_msg": r["quic"]["datagrams_received"] / stored}
 
 def other_row(label, r):
     return {"system": label, "msgs_per_s": r["msgs_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],

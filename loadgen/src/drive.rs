@@ -86,6 +86,59 @@ pub struct Stats {
     pub stored_sequences: Map<wire::SessionId, Vec<u64>>,
     /// When the last interim or final was answered.
     pub last_answer: Option<Instant>,
+    /// QUIC traffic of every connection, summed when each one ends.
+    pub quic: QuicTraffic,
+}
+
+/// What the providers' QUIC connections put on the wire and took off it
+/// (quinn's connection statistics, summed over connections).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QuicTraffic {
+    /// UDP datagrams sent to the AM.
+    pub datagrams_sent: u64,
+    /// Send system calls (several datagrams per call with GSO).
+    pub send_calls: u64,
+    /// UDP datagrams received from the AM.
+    pub datagrams_received: u64,
+    /// Receive system calls (several datagrams per call with GRO).
+    pub receive_calls: u64,
+    /// ACK frames sent to the AM.
+    pub ack_frames_sent: u64,
+    /// ACK frames received from the AM.
+    pub ack_frames_received: u64,
+    /// STREAM frames sent to the AM.
+    pub stream_frames_sent: u64,
+    /// STREAM frames received from the AM.
+    pub stream_frames_received: u64,
+    /// Flow-control frames (MAX_DATA, MAX_STREAM_DATA) sent.
+    pub flow_control_frames_sent: u64,
+    /// Flow-control frames (MAX_DATA, MAX_STREAM_DATA) received.
+    pub flow_control_frames_received: u64,
+    /// PING frames sent (keep-alives and loss probes).
+    pub ping_frames_sent: u64,
+    /// PING frames received.
+    pub ping_frames_received: u64,
+    /// Packets the providers declared lost.
+    pub packets_lost: u64,
+}
+
+impl QuicTraffic {
+    /// Add one connection's statistics.
+    pub fn add(&mut self, stats: &quinn::ConnectionStats) {
+        self.datagrams_sent += stats.udp_tx.datagrams;
+        self.send_calls += stats.udp_tx.ios;
+        self.datagrams_received += stats.udp_rx.datagrams;
+        self.receive_calls += stats.udp_rx.ios;
+        self.ack_frames_sent += stats.frame_tx.acks;
+        self.ack_frames_received += stats.frame_rx.acks;
+        self.stream_frames_sent += stats.frame_tx.stream;
+        self.stream_frames_received += stats.frame_rx.stream;
+        self.flow_control_frames_sent += stats.frame_tx.max_data + stats.frame_tx.max_stream_data;
+        self.flow_control_frames_received += stats.frame_rx.max_data + stats.frame_rx.max_stream_data;
+        self.ping_frames_sent += stats.frame_tx.ping;
+        self.ping_frames_received += stats.frame_rx.ping;
+        self.packets_lost += stats.path.lost_packets;
+    }
 }
 
 impl Stats {
@@ -102,6 +155,7 @@ impl Stats {
             unanswered: BTreeMap::new(),
             stored_sequences: Map::default(),
             last_answer: None,
+            quic: QuicTraffic::default(),
         }
     }
 }
@@ -383,7 +437,10 @@ async fn run_provider(
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        if run_connection(provider, &client, context).await {
+        let done = run_connection(provider, &client, context).await;
+        let traffic = client.connection_handle().stats();
+        shared.with(|stats| stats.quic.add(&traffic));
+        if done {
             client.close().await;
             break;
         }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::drive::{Class, Stats};
+use crate::drive::{Class, QuicTraffic, Stats};
 use crate::settings::Settings;
 
 /// Version of the JSON report's layout.
@@ -132,6 +132,8 @@ pub struct Report {
     pub connect_failures: u64,
     /// Closed loop: providers that sent every signed interim before the end.
     pub exhausted_providers: u64,
+    /// QUIC traffic of all connections (summed when each ended).
+    pub quic: QuicTraffic,
     /// Injected faults and their answers.
     pub faults: BTreeMap<String, FaultReport>,
     /// Lost messages (from the audit; null without `--audit`).
@@ -268,6 +270,7 @@ impl Report {
             connections_lost: stats.connections_lost,
             connect_failures: stats.connect_failures,
             exhausted_providers: stats.exhausted_providers,
+            quic: stats.quic,
             faults,
             lost: None,
             double_stored: None,
@@ -318,6 +321,19 @@ impl Report {
             out,
             "  ack latency (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
             l.p50, l.p90, l.p99, l.p99_9, l.max
+        );
+        let q = &self.quic;
+        let stored = (self.acked_stored + self.acked_duplicate).max(1) as f64;
+        let _ = writeln!(
+            out,
+            "  QUIC per stored message: {:.2} datagrams sent ({:.2} send calls), {:.2} received ({:.2} receive calls); ACK frames {:.2} sent, {:.2} received; {} packets lost",
+            q.datagrams_sent as f64 / stored,
+            q.send_calls as f64 / stored,
+            q.datagrams_received as f64 / stored,
+            q.receive_calls as f64 / stored,
+            q.ack_frames_sent as f64 / stored,
+            q.ack_frames_received as f64 / stored,
+            q.packets_lost
         );
         if !self.rejected.is_empty() {
             let list: Vec<String> = self
