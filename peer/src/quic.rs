@@ -5,6 +5,7 @@
 //! back on the same stream, many messages in flight. [`AccountingStream`]
 //! splits into a sender and an ack receiver so both can run at once.
 
+use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -314,16 +315,23 @@ pub struct AccountingSender {
 }
 
 impl AccountingSender {
-    /// Send messages as frames in one write.
-    pub async fn send(&mut self, messages: &[Signed<Accounting>]) -> Result<(), ClientError> {
-        self.frame.clear();
+    /// Send messages as frames in one write. Takes the messages or
+    /// references to them, so a sender that keeps its messages need not
+    /// clone them.
+    pub async fn send<M: Borrow<Signed<Accounting>>>(
+        &mut self,
+        messages: impl IntoIterator<Item = M>,
+    ) -> Result<(), ClientError> {
         for message in messages {
-            message.encode_frame(&mut self.frame);
+            message.borrow().encode_frame(&mut self.frame);
         }
-        let frame = std::mem::take(&mut self.frame);
-        let result = self.send_raw(&frame).await;
-        self.frame = frame;
-        result
+        // The frames move into the stream's send buffer without a copy; the
+        // buffer's spare capacity stays here for the next write.
+        let frames = self.frame.split().freeze();
+        self.send
+            .write_chunk(frames)
+            .await
+            .map_err(|error| ClientError::Connection(error.to_string()))
     }
 
     /// Send raw bytes (tests use this for malformed frames).
