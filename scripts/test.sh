@@ -15,6 +15,8 @@ cargo test --workspace --locked
 # acct, the ceiling, PostgreSQL and JetStream, so that it cannot rot. Its
 # figures mean nothing; the real run is `bash bench/scripts/harness.sh`.
 smoke_out="$(mktemp)"
-SMOKE=1 BIN="${CARGO_TARGET_DIR:-target}/debug" OUT="$smoke_out" bash bench/scripts/harness.sh 1
+# Where cargo put the binaries (CARGO_TARGET_DIR, a config's target-dir, or target/).
+target_dir="$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+SMOKE=1 BIN="$target_dir/debug" OUT="$smoke_out" bash bench/scripts/harness.sh 1
 python3 -c "import json, sys; r = json.load(open(sys.argv[1])); assert len(r['systems']) >= 10 and len(r['targets']) == 10" "$smoke_out"
 rm -f "$smoke_out"
