@@ -93,7 +93,7 @@ q, n = report.get("quic"), max(1, report["acked_stored"] + report["acked_duplica
 if q:
     print(f"  QUIC per stored message: {q['datagrams_sent'] / n:.2f} datagrams to the AM "
           f"({q['send_calls'] / n:.2f} calls), {q['datagrams_received'] / n:.2f} from it "
-          f"({q['receive_calls'] / n:.2f} calls); ACK frames {q['ack_frames_sent'] / n:.2f} sent, "
+          f"({q['receive_calls'] / n:.2f} batches); ACK frames {q['ack_frames_sent'] / n:.2f} sent, "
           f"{q['ack_frames_received'] / n:.2f} received; STREAM frames {q['stream_frames_sent'] / n:.2f} sent, "
           f"{q['stream_frames_received'] / n:.2f} received; flow control {q['flow_control_frames_sent'] / n:.2f} sent, "
           f"{q['flow_control_frames_received'] / n:.2f} received; PING {q['ping_frames_sent'] / n:.2f} sent, "

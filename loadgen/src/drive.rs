@@ -98,9 +98,11 @@ pub struct QuicTraffic {
     pub datagrams_sent: u64,
     /// Send system calls (several datagrams per call with GSO).
     pub send_calls: u64,
-    /// UDP datagrams received from the AM.
+    /// UDP datagrams received from the AM (quinn counts a GRO batch as its
+    /// length over the segment size, so a short last segment is not counted).
     pub datagrams_received: u64,
-    /// Receive system calls (several datagrams per call with GRO).
+    /// Batches of received datagrams handed to the connections (a GRO batch
+    /// is one; the endpoint's receive system calls are not per connection).
     pub receive_calls: u64,
     /// ACK frames sent to the AM.
     pub ack_frames_sent: u64,

@@ -326,7 +326,7 @@ impl Report {
         let stored = (self.acked_stored + self.acked_duplicate).max(1) as f64;
         let _ = writeln!(
             out,
-            "  QUIC per stored message: {:.2} datagrams sent ({:.2} send calls), {:.2} received ({:.2} receive calls); ACK frames {:.2} sent, {:.2} received; {} packets lost",
+            "  QUIC per stored message: {:.2} datagrams sent ({:.2} send calls), {:.2} received ({:.2} batches); ACK frames {:.2} sent, {:.2} received; {} packets lost",
             q.datagrams_sent as f64 / stored,
             q.send_calls as f64 / stored,
             q.datagrams_received as f64 / stored,

@@ -76,6 +76,27 @@ fn loadgen_run_is_acked_exactly_once_and_audited() {
             "latency {field} missing"
         );
     }
+    // The connections' QUIC traffic: something went each way, and a send
+    // system call never moved less than one datagram.
+    let quic = |field: &str| {
+        report["quic"][field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("quic.{field} missing:\n{report:#}"))
+    };
+    assert!(
+        quic("stream_frames_sent") > 0 && quic("stream_frames_received") > 0,
+        "{report:#}"
+    );
+    assert!(quic("ack_frames_received") > 0, "{report:#}");
+    assert!(
+        quic("send_calls") > 0 && quic("send_calls") <= quic("datagrams_sent"),
+        "{report:#}"
+    );
+    assert!(
+        quic("receive_calls") > 0 && quic("datagrams_received") > 0,
+        "{report:#}"
+    );
+    assert!(stdout.contains("QUIC per stored message:"), "{stdout}");
     let html = std::fs::read_to_string(&html_path).unwrap_or_else(|error| panic!("reading the HTML: {error}"));
     assert!(html.matches("<svg").count() >= 3, "the HTML report has no plots");
     assert!(am.terminate(Duration::from_secs(30)), "acct serve did not stop cleanly");
