@@ -7,10 +7,10 @@
 # Each argument is one run on a fresh AM: a rate (open loop, messages/s) or
 # `max` (closed loop, WINDOW in flight per provider). Environment: PROVIDERS
 # (1000), SESSIONS (5000), WINDOW (64), DURATION (16 s of sending), WARM
-# (seconds after loadgen starts before the window opens: loadgen first signs
-# its messages ahead, about 125,000 a second on 2 cores, 3,000,000 in the
-# closed loop, and connects; the defaults leave room for both, for 16 s of
-# sending), SPAN (5 s window).
+# (seconds after loadgen starts sending before the window opens: the window
+# waits for loadgen's own "sending for" line, after it connected and signed
+# its messages ahead, then WARM more; default 4 + 1 per 1,000 providers, the
+# closed loop's ramp), SPAN (5 s window).
 # Prints, per run: both processes' CPU over the window as % of one core, per
 # thread name, µs per stored message, the UDP datagrams the kernel dropped
 # for a full receive buffer (RcvbufErrors) and loadgen's throughput and
@@ -51,14 +51,22 @@ for run in "$@"; do
   address="$(sed -n 's/^acct serve: listening on //p' "$work/am.stdout")"
   if [ "$run" = max ]; then
     mode=(--max --window "$WINDOW" --messages-max 3000000)
-    warm="${WARM:-$((30 + PROVIDERS / 1000))}"
   else
     mode=(--rate "$run")
-    warm="${WARM:-$((5 + PROVIDERS / 1000 + run * (DURATION + 2) / 60000))}"
   fi
-  "$BIN/loadgen" --am "$address" --pki "$data/pki" --duration "$DURATION" --duplicates 0.01 --quiet \
-    --json "$work/loadgen.json" --providers "$PROVIDERS" --sessions "$SESSIONS" "${mode[@]}" >/dev/null &
+  warm="${WARM:-$((4 + PROVIDERS / 1000))}"
+  "$BIN/loadgen" --am "$address" --pki "$data/pki" --duration "$DURATION" --duplicates 0.01 \
+    --json "$work/loadgen.json" --providers "$PROVIDERS" --sessions "$SESSIONS" "${mode[@]}" \
+    >/dev/null 2>"$work/loadgen.stderr" &
   loadgen_pid=$!
+  # Setup (connecting, opening sessions, signing ahead) takes from seconds
+  # to a minute with the machine and the count: wait for the line that
+  # starts the timed phase (at most 10 minutes).
+  for _ in $(seq 1 6000); do
+    grep -q "sending for" "$work/loadgen.stderr" 2>/dev/null && break
+    kill -0 "$loadgen_pid" 2>/dev/null || break
+    sleep 0.1
+  done
   sleep "$warm"
   threads "$am_pid" >"$work/am0"
   threads "$loadgen_pid" >"$work/lg0"
