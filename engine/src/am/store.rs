@@ -207,8 +207,11 @@ impl GroupWrite {
 }
 
 /// Memory for the memtables of all column families together (RocksDB's
-/// write buffer manager): the store's share of the AM's memory bound.
-pub const MEMTABLES_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// write buffer manager): the store's share of the AM's memory bound. 128
+/// MiB since the AM allocates with mimalloc (docs/performance.md): at
+/// 10,000 provider connections the AM's peak RSS with 256 MiB was 996 MiB,
+/// with 128 MiB 898 MiB; the bound is 1 GiB.
+pub const MEMTABLES_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 /// The RocksDB store.
 pub struct Store {
