@@ -8,7 +8,12 @@
 #     providers (8 each): durable acked msgs/s, ack p50/p99/p99.9, the AM's
 #     peak RSS (VmHWM). Then loadgen open loop over 1,000 providers at 50% and
 #     90% of the 1,000-provider rate, and at 50% again with an export every
-#     second (`--export-interval-ms 1000`, the embedded storage).
+#     second (`--export-interval-ms 1000`, the embedded storage). The export's
+#     effect on the ingest p99 is also measured at 15% of that rate, without
+#     and with the export: on 2 cores shared with loadgen the open loop fills
+#     the machine well below 50% (docs/performance.md), and there both p99s
+#     are queues that grow for as long as the run lasts, so their ratio says
+#     little about the export. Both ratios are reported.
 #  2. the ceiling: Ed25519 batch verification alone of the same records, the
 #     AM's function and batch size, on all cores (`ceiling`).
 #  3. PostgreSQL (Debian's; installed if missing), a fresh cluster in a temp
@@ -22,7 +27,7 @@
 # PostgreSQL and JetStream verify no signature; acct verifies every one.
 # Prints one table and writes it as JSON ($OUT, default ./harness.json).
 #
-#   bash bench/scripts/harness.sh [seconds]       # default 20 s per system: about 9 minutes
+#   bash bench/scripts/harness.sh [seconds]       # default 20 s per system: about 10 minutes
 #   SMOKE=1 bash bench/scripts/harness.sh 1       # tiny sizes, for CI
 #
 # Settings (environment): BIN (prebuilt binaries; default: build release),
@@ -106,6 +111,7 @@ run_acct max_1k --no-export --providers "$providers_1k" --sessions "$sessions_1k
 max_rate="$(rate_of max_1k)"
 half="$(python3 -c "print(max(1, int($max_rate * 0.5)))")"
 ninety="$(python3 -c "print(max(1, int($max_rate * 0.9)))")"
+light="$(python3 -c "print(max(1, int($max_rate * 0.15)))")"
 
 # 2. The ceiling, on the same records.
 say "ceiling: batch verification of the records on all cores"
@@ -115,6 +121,8 @@ say "ceiling: batch verification of the records on all cores"
 run_acct open_50 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate "$half"
 run_acct open_90 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate "$ninety"
 run_acct open_50_export "--export-interval-ms 1000" --providers "$providers_1k" --sessions "$sessions_1k" --rate "$half"
+run_acct open_15 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate "$light"
+run_acct open_15_export "--export-interval-ms 1000" --providers "$providers_1k" --sessions "$sessions_1k" --rate "$light"
 run_acct max_10k --no-export --providers "$providers_10k" --sessions "$sessions_10k" --max --window "$window_10k" \
   --messages-max "$messages_max"
 
@@ -157,7 +165,7 @@ import datetime, json, os, platform, subprocess, sys
 work, out, batches = sys.argv[1], sys.argv[2], [int(b) for b in sys.argv[3].split()]
 load = lambda name: json.load(open(f"{work}/{name}.json"))
 rss = lambda name: int(open(f"{work}/{name}.rss_kib").read().strip() or 0)
-acct = {name: load(name) for name in ["max_1k", "max_10k", "open_50", "open_90", "open_50_export"]}
+acct = {name: load(name) for name in ["max_1k", "max_10k", "open_50", "open_90", "open_50_export", "open_15", "open_15_export"]}
 ceiling = load("ceiling")
 pg = {batch: load(f"pg_{batch}") for batch in [1] + batches}
 js = {mode: load(f"js_{mode}") for mode in ["default", "always"]}
@@ -194,6 +202,8 @@ systems = [
     acct_row("open_50", f"acct, open loop at 50% ({acct['open_50']['settings']['rate']}/s)"),
     acct_row("open_90", f"acct, open loop at 90% ({acct['open_90']['settings']['rate']}/s)"),
     acct_row("open_50_export", "acct, open loop at 50%, export every second"),
+    acct_row("open_15", f"acct, open loop at 15% ({acct['open_15']['settings']['rate']}/s)"),
+    acct_row("open_15_export", "acct, open loop at 15%, export every second"),
 ] + [other_row(f"PostgreSQL, {b} row{'s' if b > 1 else ''} per commit", pg[b]) for b in [1] + batches] + [
     other_row("JetStream, default sync", js["default"]),
     other_row("JetStream, sync_interval: always", js["always"]),
@@ -214,7 +224,8 @@ targets = [
     target("ack p99 at 90% of max, ms", lat(acct["open_90"])["p99"], 50, 20, higher=False),
     target(f"throughput {providers(acct['max_10k'])} / {providers(acct['max_1k'])} providers", acct["max_10k"]["throughput_per_s"] / rate, 0.8, 0.95),
     target(f"AM peak RSS with {providers(acct['max_10k'])} providers, MiB", rss("max_10k") / 1024, 1024, 512, higher=False),
-    target("ingest p99 with export / without", lat(acct["open_50_export"])["p99"] / max(lat(acct["open_50"])["p99"], 1e-9), 2, 1.3, higher=False),
+    target("ingest p99 with export / without, at 15% of max", lat(acct["open_15_export"])["p99"] / max(lat(acct["open_15"])["p99"], 1e-9), 2, 1.3, higher=False),
+    target("ingest p99 with export / without, at 50% of max", lat(acct["open_50_export"])["p99"] / max(lat(acct["open_50"])["p99"], 1e-9), 2, 1.3, higher=False),
 ]
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 result = {
