@@ -51,7 +51,9 @@ pub struct Settings {
     #[arg(long, default_value_t = 256)]
     pub window: usize,
     /// Seconds of sending; then every session sends its Final Accounting
-    /// and loadgen waits (at most `--drain`) for the last answers.
+    /// (open loop: at the same pace, in its provider's next slots, at most
+    /// half the drain later; closed loop: as the window allows) and loadgen
+    /// waits (at most `--drain`) for the last answers.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
     /// Seconds to wait for answers after the sending phase.
