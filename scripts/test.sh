@@ -14,9 +14,20 @@ cargo test --workspace --locked
 # A smoke run of the benchmark harness (seconds, tiny sizes, debug builds):
 # acct, the ceiling, PostgreSQL and JetStream, so that it cannot rot. Its
 # figures mean nothing; the real run is `bash bench/scripts/harness.sh`.
-smoke_out="$(mktemp)"
+smoke_dir="$(mktemp -d)"
 # Where cargo put the binaries (CARGO_TARGET_DIR, a config's target-dir, or target/).
 target_dir="$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-SMOKE=1 BIN="$target_dir/debug" OUT="$smoke_out" bash bench/scripts/harness.sh 1
-python3 -c "import json, sys; r = json.load(open(sys.argv[1])); assert len(r['systems']) >= 12 and len(r['targets']) == 11" "$smoke_out"
-rm -f "$smoke_out"
+# Two runs and their median (RUNS=2), so that the median's path is run too.
+smoke_out="$smoke_dir/harness.json"
+SMOKE=1 RUNS=2 BIN="$target_dir/debug" OUT="$smoke_out" bash bench/scripts/harness.sh 1
+python3 - "$smoke_out" <<'PY'
+import json, sys
+median = json.load(open(sys.argv[1]))
+assert len(median["runs"]) == 2 and len(median["targets"]) == 11 and len(median["systems"]) >= 12, median
+for path in median["runs"]:
+    run = json.load(open(path))
+    assert len(run["systems"]) >= 12 and len(run["targets"]) == 11, path
+for t in median["targets"]:
+    assert len(t["values"]) == 2 and min(t["values"]) <= t["value"] <= max(t["values"]), t
+PY
+rm -rf "$smoke_dir"
