@@ -68,6 +68,14 @@ pub struct Stats {
     /// Per second of the run: answers that stored an interim or final, and
     /// their latency.
     pub timeline: Vec<(u64, Histogram<u64>)>,
+    /// Open loop: how late (µs) loadgen's own scheduler picked each interim
+    /// and final up after its scheduled send time. When this is large,
+    /// loadgen, not the AM, delayed the messages (loadgen shares the
+    /// machine with the AM in the harness).
+    pub send_lateness: Histogram<u64>,
+    /// Open loop, per second of the scheduled send times: the largest of
+    /// those latenesses (µs).
+    pub send_lateness_max: Vec<u64>,
     /// Answers by class and status name.
     pub answers: BTreeMap<(Class, String), u64>,
     /// Messages sent by class (first sends, not retries).
@@ -148,6 +156,8 @@ impl Stats {
         Self {
             latency: latency_histogram(3),
             timeline: Vec::new(),
+            send_lateness: latency_histogram(2),
+            send_lateness_max: Vec::new(),
             answers: BTreeMap::new(),
             sent_by_class: BTreeMap::new(),
             retried: 0,
@@ -196,6 +206,23 @@ impl Shared {
                 std::mem::replace(&mut *stats, Stats::new())
             }
         }
+    }
+}
+
+/// Record how late, at `now`, loadgen picked up messages scheduled at `due`.
+fn record_lateness(stats: &mut Stats, start: Instant, now: Instant, due: &[Instant]) {
+    for &scheduled in due {
+        let late_us = now
+            .saturating_duration_since(scheduled)
+            .as_micros()
+            .min(LATENCY_US_MAX as u128) as u64;
+        stats.send_lateness.saturating_record(late_us.max(1));
+        // Bounded: one entry per second of the run.
+        let second = scheduled.saturating_duration_since(start).as_secs() as usize;
+        if stats.send_lateness_max.len() <= second {
+            stats.send_lateness_max.resize(second + 1, 0);
+        }
+        stats.send_lateness_max[second] = stats.send_lateness_max[second].max(late_us);
     }
 }
 
@@ -599,6 +626,9 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
     // reference count on a cold cache line) was loadgen's largest single
     // cost per message.
     let mut batch: Vec<&Signed<wire::Accounting>> = Vec::with_capacity(WRITE_MESSAGES_MAX);
+    // Open loop: the scheduled send times of the interims and finals in
+    // `batch` (not retries), for loadgen's own lateness.
+    let mut due: Vec<Instant> = Vec::with_capacity(WRITE_MESSAGES_MAX);
     loop {
         let now = Instant::now();
         batch.clear();
@@ -607,6 +637,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
         let mut retried = 0u64;
         let mut faults: Vec<Fault> = Vec::new();
         let mut duplicates: Vec<&Signed<wire::Accounting>> = Vec::new();
+        due.clear();
         let (idle, pending, next_due) = {
             let mut state = provider.lock();
             // Open loop: every interim scheduled before the end is sent,
@@ -644,6 +675,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                     let message = provider.message(index);
                     state.inflight.insert(message.value().message_id(), (intended, index));
                     batch.push(message);
+                    due.push(intended);
                     state.cursor += 1;
                     interims_sent += 1;
                 }
@@ -663,6 +695,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                     let message = provider.message(index);
                     state.inflight.insert(message.value().message_id(), (intended, index));
                     batch.push(message);
+                    due.push(intended);
                     state.finals_sent += 1;
                     finals_queued += 1;
                 }
@@ -718,6 +751,9 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                     *stats.sent_by_class.entry(class).or_default() += 1;
                 }
                 stats.retried += retried;
+                if !settings.max {
+                    record_lateness(stats, clock.start, now, &due);
+                }
             });
         }
         if !batch.is_empty() {

@@ -56,6 +56,11 @@ pub struct Second {
     pub acked: u64,
     /// Their latency.
     pub latency_ms: Latency,
+    /// Open loop: the largest delay (ms) between a message's scheduled send
+    /// time in this second and loadgen picking it up (loadgen's own
+    /// lateness); none in the closed loop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lateness_max_ms: Option<f64>,
 }
 
 /// One fault class: how many were injected and how each was answered.
@@ -126,6 +131,12 @@ pub struct Report {
     /// answer that stored it (open loop: the schedule, so no coordinated
     /// omission; closed loop: when the window let it go).
     pub latency_ms: Latency,
+    /// Open loop: from each interim's or final's scheduled send time to
+    /// loadgen picking it up to write it. This is loadgen's own lateness,
+    /// part of `latency_ms`: where it is large, loadgen (which shares the
+    /// machine with the AM in the harness), not the AM, delayed the
+    /// messages. None in the closed loop.
+    pub send_lateness_ms: Option<Latency>,
     /// Acks lost and regained by reconnecting.
     pub connections_lost: u64,
     /// Failed connection attempts.
@@ -244,6 +255,8 @@ impl Report {
                 second: second as u64,
                 acked: *acked,
                 latency_ms: Latency::of(histogram),
+                send_lateness_max_ms: (!settings.max)
+                    .then(|| stats.send_lateness_max.get(second).copied().unwrap_or(0) as f64 / 1000.0),
             })
             .collect();
         Self {
@@ -267,6 +280,7 @@ impl Report {
             },
             elapsed_s,
             latency_ms: Latency::of(&stats.latency),
+            send_lateness_ms: (!settings.max).then(|| Latency::of(&stats.send_lateness)),
             connections_lost: stats.connections_lost,
             connect_failures: stats.connect_failures,
             exhausted_providers: stats.exhausted_providers,
@@ -322,6 +336,13 @@ impl Report {
             "  ack latency (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
             l.p50, l.p90, l.p99, l.p99_9, l.max
         );
+        if let Some(l) = &self.send_lateness_ms {
+            let _ = writeln!(
+                out,
+                "  loadgen's own lateness (ms, scheduled send to write, part of the ack latency): p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50, l.p99, l.p99_9, l.max
+            );
+        }
         let q = &self.quic;
         let stored = (self.acked_stored + self.acked_duplicate).max(1) as f64;
         let _ = writeln!(
