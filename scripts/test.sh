@@ -8,8 +8,12 @@ bash scripts/install-deps.sh
 # The Python with pyarrow and DuckDB that install-deps.sh prepared.
 export ACCT_PYTHON="${ACCT_PYTHON:-${ACCT_VENV:-/var/tmp/acct-venv}/bin/python}"
 # Integration tests run the real binaries: build them first (cargo does not
-# build another package's binaries for a test crate).
-cargo build --workspace --bins --locked
+# build another package's binaries for a test crate). With the tests too:
+# `--bins` alone resolves the host dependencies' features without the
+# dev-dependencies, a different set from `cargo test`'s, and cargo then
+# builds bindgen and RocksDB's C++ a second time (~20 minutes on 2 cores on a
+# cold machine); with `--tests` both commands share one build.
+cargo build --workspace --bins --tests --locked
 cargo test --workspace --locked
 # A smoke run of the benchmark harness (seconds, tiny sizes, debug builds):
 # acct, the ceiling, PostgreSQL and JetStream, so that it cannot rot. Its
