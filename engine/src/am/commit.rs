@@ -240,8 +240,11 @@ impl Committer {
         let mut answers: Vec<Answer> = Vec::with_capacity(count);
         // Keys first seen in this group: forgotten again if the write fails.
         let mut new_keys: Vec<[u8; 32]> = Vec::new();
+        // When the group's oldest message was read from its stream.
+        let mut oldest_received_ms = u64::MAX;
         for verified in batches.iter().flatten() {
             let item = verified.pending();
+            oldest_received_ms = oldest_received_ms.min(item.received_ms);
             let message = item.message.value();
             let message_id = message.message_id();
             let fingerprint = fingerprint(item.message.signature());
@@ -339,6 +342,14 @@ impl Committer {
         };
         metrics::histogram!("acct_commit_group_messages").record(stored_count as f64);
         metrics::histogram!("acct_commit_seconds").record(started.elapsed().as_secs_f64());
+        if stored_count > 0 && failure.is_none() {
+            // The whole wait of the group's oldest stored-or-answered message:
+            // read from its stream, admitted, verified, queued, committed.
+            // Wall clock in ms (the stream stamps messages with it), so a
+            // clock step can make one figure wrong, never negative.
+            let waited_ms = now_ms().saturating_sub(oldest_received_ms);
+            metrics::histogram!("acct_ingest_wait_seconds").record(waited_ms as f64 / 1000.0);
+        }
         let mut counts = [0u64; 4];
         // A stream's consecutive answers go as one send (they arrived
         // together, in one read and one verify batch).
