@@ -344,7 +344,7 @@ struct Clock {
 /// sent, so that the rate stays the rate to the end. All 5,000 finals of a
 /// run at once were a burst of a fraction of a second's load that the open
 /// loop never asked for, and they made the whole p99: at 8,000/s, p99 95 ms
-/// over the run against 3.5-9.6 ms in every second of the sending phase. A
+/// over the run against 3.5-9.6 ms in each of its seconds 1 to 12. A
 /// final whose slot falls past half the drain goes at half the drain, so
 /// that a slow rate still leaves time for the answers.
 #[derive(Clone, Copy)]
