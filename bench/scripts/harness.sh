@@ -98,14 +98,17 @@ for i, first in enumerate(runs[0]["systems"]):
     for key in ["msgs_per_s", "p50_ms", "p99_ms", "p99_9_ms"]:
         if all(isinstance(x.get(key), (int, float)) for x in rows):
             row[key] = statistics.median(x[key] for x in rows)
+    am_p99 = [(x.get("am_ingest_wait_ms") or {}).get("p99") for x in rows]
+    if all(isinstance(v, (int, float)) for v in am_p99):
+        row["am_p99_ms"] = statistics.median(am_p99)
     systems.append(row)
 result = {"runs": files, "dates": [r["date"] for r in runs], "commits": [r["commit"] for r in runs],
           "machine": runs[0]["machine"], "records": runs[0]["records"], "systems": systems, "targets": targets}
 json.dump(result, open(out, "w"), indent=2)
 print(f"\nmedian of {len(runs)} runs ({', '.join(files)})")
-print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'AM p99 ms':>9}")
 for row in systems:
-    cells = [f"{row[k]:>{w}.2f}" if k in row else " " * w for k, w in [("p50_ms", 8), ("p99_ms", 8)]]
+    cells = [f"{row[k]:>{w}.2f}" if k in row else " " * w for k, w in [("p50_ms", 8), ("p99_ms", 8), ("am_p99_ms", 9)]]
     print(f"{row['system'][:52]:<52} {row['msgs_per_s']:>10.0f} {' '.join(cells)}")
 print()
 print(f"{'figure':<58} {'median':>9} {'runs':>24} {'required':>9} {'goal':>7}  result")
@@ -144,14 +147,18 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# One acct run: a fresh AM, one loadgen run, the AM's peak RSS.
+# One acct run: a fresh AM, one loadgen run, the AM's peak RSS and its
+# metrics at the end (acct_ingest_wait_seconds: the AM's own share of the
+# latency; its quantiles cover about the last minute).
 #   run_acct NAME "AM flags" loadgen flags...
 run_acct() {
   local name="$1" am_flags="$2"; shift 2
-  local data="$work/$name"
+  local data="$work/$name" metrics_port
+  metrics_port="$(free_port)"
   mkdir -p "$data"
   # shellcheck disable=SC2086 # the AM's flags are words
-  "$BIN/acct" serve --data "$data" --listen 127.0.0.1:0 $am_flags >"$data.stdout" 2>"$data.stderr" &
+  "$BIN/acct" serve --data "$data" --listen 127.0.0.1:0 --metrics "127.0.0.1:$metrics_port" $am_flags \
+    >"$data.stdout" 2>"$data.stderr" &
   am_pid=$!
   for _ in $(seq 1 600); do grep -q "listening on" "$data.stdout" 2>/dev/null && break; sleep 0.1; done
   local address
@@ -162,6 +169,8 @@ run_acct() {
     "$BIN/loadgen" --am "$address" --pki "$data/pki" --duration "$seconds" --duplicates "$duplicates" \
     --quiet --json "$work/$name.json" "$@" >/dev/null
   awk '/VmHWM/ {print $2}' "/proc/$am_pid/status" >"$work/$name.rss_kib"
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "http://127.0.0.1:$metrics_port/metrics" >"$work/$name.metrics"
   # The AM's CPU seconds (user + system) since it started.
   awk -v hz="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); print ($12 + $13) / hz}' "/proc/$am_pid/stat" >"$work/$name.am_cpu"
   kill -TERM "$am_pid"
@@ -240,6 +249,14 @@ lat = lambda report: report["latency_ms"]
 providers = lambda report: f"{report['settings']['providers']:,}"
 rate = acct["max_1k"]["throughput_per_s"]
 
+def am_wait(name):
+    quantiles = {}
+    for line in open(f"{work}/{name}.metrics"):
+        if line.startswith("acct_ingest_wait_seconds{quantile="):
+            quantile = line.split('"')[1]
+            quantiles[quantile] = float(line.split()[-1]) * 1000
+    return {"p50": quantiles.get("0.5"), "p99": quantiles.get("0.99"), "max": quantiles.get("1")}
+
 def acct_row(name, label):
     r = acct[name]
     am_cpu = float(open(f"{work}/{name}.am_cpu").read())
@@ -250,6 +267,9 @@ def acct_row(name, label):
     return {"system": label, "msgs_per_s": r["throughput_per_s"], "p50_ms": lat(r)["p50"], "p99_ms": lat(r)["p99"],
             "p99_9_ms": lat(r)["p99_9"], "duplicates": r["acked_duplicate"], "stored": r["acked_stored"],
             "am_peak_rss_mib": rss(name) / 1024,
+            # The AM's own share: per commit group, its oldest message's wait from the stream read
+            # to durable (acct_ingest_wait_seconds, over about the run's last minute).
+            "am_ingest_wait_ms": am_wait(name),
             # CPU per stored message over the whole run (the AM's includes its start and opening the
             # sessions; loadgen's excludes the signing ahead, approximately).
             "am_cpu_us_per_msg": am_cpu / stored * 1e6, "loadgen_cpu_us_per_msg": loadgen_cpu / stored * 1e6,
@@ -301,11 +321,13 @@ result = {
     "systems": systems, "targets": targets,
 }
 json.dump(result, open(out, "w"), indent=2)
-print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
+print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'AM p99 ms':>9}")
 for row in systems:
-    cells = [f"{row.get(k):>{w}.2f}" if isinstance(row.get(k), (int, float)) else " " * w for k, w in
-             [("p50_ms", 8), ("p99_ms", 8), ("p99_9_ms", 9)]]
+    values = dict(row, am_p99_ms=(row.get("am_ingest_wait_ms") or {}).get("p99"))
+    cells = [f"{values.get(k):>{w}.2f}" if isinstance(values.get(k), (int, float)) else " " * w for k, w in
+             [("p50_ms", 8), ("p99_ms", 8), ("p99_9_ms", 9), ("am_p99_ms", 9)]]
     print(f"{row['system']:<52} {row['msgs_per_s']:>10.0f} {' '.join(cells)}")
+print("(AM p99: acct_ingest_wait_seconds, per commit group the oldest message's wait from its stream read to durable)")
 print()
 print(f"{'figure':<58} {'value':>9} {'required':>9} {'goal':>7}  result")
 for t in targets:
