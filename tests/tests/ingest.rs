@@ -72,6 +72,7 @@ fn ten_thousand_messages_stored_once_and_duplicates_acked() {
         "acct_verify_batch_messages",
         "acct_commit_seconds",
         "acct_ingest_wait_seconds",
+        "acct_udp_receive_queue_bytes",
         "acct_sessions 20",
     ] {
         assert!(metrics.contains(expected), "metrics lack {expected}:\n{metrics}");
