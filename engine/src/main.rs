@@ -5,10 +5,9 @@ use clap::Parser;
 // mimalloc, not glibc's malloc: 3-4% more messages per second at 1,000
 // providers in two paired runs, and 11% at 10,000 in one paired 40 s run
 // (docs/performance.md). glibc spent about 4% of all profile samples in
-// malloc and free. The price
-// is memory that mimalloc keeps after a free; the memtable budget
-// (MEMTABLES_BYTES_MAX) was halved to keep the AM's peak RSS at 10,000
-// providers under 1 GiB.
+// malloc and free. The price is memory that mimalloc keeps after a free;
+// the memtable budget (MEMTABLES_BYTES_MAX) was halved to keep the AM's
+// peak RSS at 10,000 providers under 1 GiB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -263,9 +263,12 @@ pub const ABUSE_CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// Every second, the kernel's view of the AM's UDP socket, from
 /// `/proc/self/net/udp` (and `udp6`): the bytes of datagrams waiting for the
-/// I/O thread to read them (`acct_udp_receive_queue_bytes`, kernel buffer
-/// accounting, about 2 KB per datagram) and the datagrams dropped because the
-/// buffer was full (`acct_udp_receive_drops_total`). That queue sits in front
+/// I/O thread to read them (`acct_udp_receive_queue_bytes`; the kernel
+/// counts each datagram's whole buffer, not only its payload) and the
+/// datagrams dropped because the buffer was full
+/// (`acct_udp_receive_drops_total`). The socket is found by its port alone:
+/// the tables list the whole network namespace, so another process bound to
+/// the same port on another address could be read instead. That queue sits in front
 /// of everything the AM measures itself: in an open loop past what the
 /// machine carries it held 10-52 MB (docs/performance.md). Where the files
 /// do not exist (not Linux) the metrics are simply absent.
