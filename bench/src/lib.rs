@@ -238,10 +238,9 @@ pub fn pending(
     item: FixtureMessage,
     replies: &[acct::am::pipeline::AckSender],
 ) -> acct::am::pipeline::Pending {
-    let (provider, session, message) = item;
+    let (provider, _session, message) = item;
     acct::am::pipeline::Pending {
         message,
-        session,
         connection: connections[provider % connections.len().max(1)].clone(),
         received_ms: acct::clock::now_ms(),
         reply: replies[provider % replies.len().max(1)].clone(),

@@ -12,7 +12,7 @@ use wire::{AckEntry, AckStatus, MessageId, SessionId};
 
 use super::pipeline::{AckSender, Answers, CommitCommand, SessionTable, Verified};
 use super::session::{self, SequenceState, SessionFlags, SessionInfo, SessionProgress, TimeBounds};
-use super::store::{GroupWrite, Store, StoreError, StoredRecord};
+use super::store::{GroupWrite, RecordRef, Store, StoreError};
 use crate::clock::now_ms;
 
 /// The committer's maps, hashed with foldhash (seeded per process): their
@@ -249,46 +249,53 @@ impl Committer {
             let message_id = message.message_id();
             let fingerprint = fingerprint(item.message.signature());
             let outcome = match self.decide(&staged, &pending, item, fingerprint, now) {
-                Ok(Decision::New(mut progress)) => {
-                    let flags = progress.flags;
-                    let in_order = message.sequence > progress.sequence_max;
-                    progress.record(message, now);
-                    let write_progress = !in_order
-                        || message.kind == wire::AccountingKind::FINAL
-                        || staged.get(&message.session_id).is_some_and(|staged| staged.1);
-                    let key = *item.connection.key.as_bytes();
-                    let provider_key_id = match self.key_ids.get(&key) {
-                        Some(id) => *id,
-                        None => {
-                            let id = self.key_ids.len() as u32;
-                            self.key_ids.insert(key, id);
-                            self.store.add_key(&mut write, id, &key);
-                            new_keys.push(key);
-                            id
-                        }
-                    };
-                    let record = StoredRecord {
-                        received_ms: item.received_ms,
-                        flags,
-                        provider: item.connection.name.clone(),
-                        provider_key_id,
-                        user_id: item.session.credential.value().user_id.clone(),
-                        body: item.message.body().clone(),
-                    };
-                    self.store.add_record(
-                        &mut write,
-                        self.next_commit_sequence,
-                        &record,
-                        message.session_id,
-                        message.sequence,
-                        fingerprint,
-                        (!write_progress).then_some(&progress),
-                    );
-                    self.next_commit_sequence += 1;
-                    staged.insert(message.session_id, (progress, write_progress));
-                    pending.insert(message_id, fingerprint);
-                    Outcome::StoredNow
-                }
+                // decide() has just found the session in this map; the
+                // record takes its user id from here (no reference to the
+                // session travels with the message).
+                Ok(Decision::New(mut progress)) => match self.sessions.get(&message.session_id) {
+                    None => Outcome::Final(AckStatus::UNKNOWN_SESSION),
+                    Some((info, _)) => {
+                        let flags = progress.flags;
+                        let in_order = message.sequence > progress.sequence_max;
+                        progress.record(message, now);
+                        let write_progress = !in_order
+                            || message.kind == wire::AccountingKind::FINAL
+                            || staged.get(&message.session_id).is_some_and(|staged| staged.1);
+                        let key = *item.connection.key.as_bytes();
+                        let provider_key_id = match self.key_ids.get(&key) {
+                            Some(id) => *id,
+                            None => {
+                                let id = self.key_ids.len() as u32;
+                                self.key_ids.insert(key, id);
+                                self.store.add_key(&mut write, id, &key);
+                                new_keys.push(key);
+                                id
+                            }
+                        };
+                        // Borrowed: no copy of the names or the body per record.
+                        let record = RecordRef {
+                            received_ms: item.received_ms,
+                            flags,
+                            provider: item.connection.name.as_str(),
+                            provider_key_id,
+                            user_id: info.credential.value().user_id.as_str(),
+                            body: item.message.body(),
+                        };
+                        self.store.add_record(
+                            &mut write,
+                            self.next_commit_sequence,
+                            record,
+                            message.session_id,
+                            message.sequence,
+                            fingerprint,
+                            (!write_progress).then_some(&progress),
+                        );
+                        self.next_commit_sequence += 1;
+                        staged.insert(message.session_id, (progress, write_progress));
+                        pending.insert(message_id, fingerprint);
+                        Outcome::StoredNow
+                    }
+                },
                 Ok(Decision::DuplicateOfPending) => Outcome::DuplicateOfPending,
                 Ok(Decision::Answered(status)) => {
                     if status == AckStatus::CONFLICTING_DUPLICATE {
@@ -612,7 +619,6 @@ mod tests {
                 .map(|message| {
                     Verified::new(Pending {
                         message: message.clone(),
-                        session: self.session.clone(),
                         connection: self.connection.clone(),
                         received_ms: now_ms(),
                         reply: self.reply.clone(),

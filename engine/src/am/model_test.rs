@@ -268,10 +268,9 @@ impl World {
         }
         let records = group
             .iter()
-            .map(|(session, message, _)| {
+            .map(|(_, message, _)| {
                 Verified::new(Pending {
                     message: message.clone(),
-                    session: self.infos[*session].clone(),
                     connection: self.connection.clone(),
                     received_ms: self.now_ms,
                     reply: self.reply.clone(),

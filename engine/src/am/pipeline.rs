@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use wire::{Accounting, AckEntry, Name, PublicKey, SessionId, Signed};
+use wire::{Accounting, AckEntry, AckStatus, Name, PublicKey, SessionId, Signed};
 
 use super::session::SessionInfo;
 
@@ -253,10 +253,12 @@ pub const MALFORMED_STREAMS_MAX: u64 = 16;
 /// An accounting message admitted for verification.
 #[derive(Debug)]
 pub struct Pending {
-    /// The message as received.
+    /// The message as received. Its session was admitted when it was read
+    /// (`SessionTable::admit`); the committer checks it again in its own
+    /// map, so no reference to the session travels with the message (one
+    /// reference count per message, taken by the I/O thread and released
+    /// by the committer, was the I/O thread's largest single cost).
     pub message: Signed<Accounting>,
-    /// The session it accounts for.
-    pub session: Arc<SessionInfo>,
     /// The provider connection it came on.
     pub connection: Arc<ProviderConnection>,
     /// When the AM received it, Unix ms.
@@ -322,6 +324,14 @@ impl SessionTable {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(session_id)
             .cloned()
+    }
+
+    /// Admission of a message for `session_id` on `provider`'s connection
+    /// ([`super::session::admit`]), under the read lock, without taking a
+    /// reference to the session.
+    pub fn admit(&self, session_id: &SessionId, provider: &Name) -> Result<(), AckStatus> {
+        let sessions = self.sessions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        super::session::admit(sessions.get(session_id).map(Arc::as_ref), provider)
     }
 
     /// Add a session.

@@ -30,7 +30,7 @@ use super::deny::DenyList;
 use super::export::{ExportSettings, Exporter};
 use super::ingest::{Ingest, SUBMIT_BATCH_MESSAGES_MAX};
 use super::pipeline::{AckSender, Answers, Pending, ProviderConnection};
-use super::session::{self, SessionInfo};
+use super::session::SessionInfo;
 use super::store::Store;
 use crate::clock::{now_ms, now_s};
 use crate::config::IngestConfig;
@@ -972,8 +972,11 @@ async fn provider_stream(
             let Ok(permit) = permit else { break 'stream };
             permit.forget();
             let message_id = message.value().message_id();
-            let session = context.ingest_pipeline.table.get(&message.value().session_id);
-            if let Err(status) = session::admit(session.as_deref(), &provider.name) {
+            let admitted = context
+                .ingest_pipeline
+                .table
+                .admit(&message.value().session_id, &provider.name);
+            if let Err(status) = admitted {
                 metrics::counter!("acct_messages_total", "outcome" => "rejected").increment(1);
                 let _ = ack_sender.try_send(Answers::One(AckEntry { message_id, status }));
                 provider.foreign_sessions.fetch_add(1, Ordering::Relaxed);
@@ -982,10 +985,8 @@ async fn provider_stream(
                 }
                 continue;
             }
-            let Some(session) = session else { continue };
             batch.push(Pending {
                 message,
-                session,
                 connection: provider.clone(),
                 received_ms,
                 reply: ack_sender.clone(),

@@ -96,6 +96,39 @@ pub struct StoredSession {
     pub progress: SessionProgress,
 }
 
+/// A [`StoredRecord`]'s fields borrowed from where the committer has them
+/// (the connection, the session, the received body), so that storing a
+/// record copies nothing but its encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// When the AM received it, Unix ms.
+    pub received_ms: u64,
+    /// The session's flags when it was stored.
+    pub flags: SessionFlags,
+    /// The provider (from its certificate).
+    pub provider: &'a str,
+    /// Id of the provider's Ed25519 key in the `keys` family.
+    pub provider_key_id: u32,
+    /// The user the session bills.
+    pub user_id: &'a str,
+    /// The Accounting body exactly as received: fields, then signature.
+    pub body: &'a [u8],
+}
+
+impl RecordRef<'_> {
+    /// Append the encoding for the `records` family to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.put_u8(RECORD_VERSION);
+        out.put_u64(self.received_ms);
+        out.put_u8(self.flags.0);
+        put_text(out, self.provider);
+        out.put_u32(self.provider_key_id);
+        put_text(out, self.user_id);
+        out.put_u16(u16::try_from(self.body.len()).unwrap_or(u16::MAX));
+        out.put_slice(self.body);
+    }
+}
+
 /// One stored accounting message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
@@ -124,14 +157,19 @@ impl StoredRecord {
 
     /// Append the encoding for the `records` family to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.put_u8(RECORD_VERSION);
-        out.put_u64(self.received_ms);
-        out.put_u8(self.flags.0);
-        put_text(out, self.provider.as_str());
-        out.put_u32(self.provider_key_id);
-        put_text(out, self.user_id.as_str());
-        out.put_u16(u16::try_from(self.body.len()).unwrap_or(u16::MAX));
-        out.put_slice(&self.body);
+        self.as_ref().encode_into(out);
+    }
+
+    /// The record's fields, borrowed.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            received_ms: self.received_ms,
+            flags: self.flags,
+            provider: self.provider.as_str(),
+            provider_key_id: self.provider_key_id,
+            user_id: self.user_id.as_str(),
+            body: &self.body,
+        }
     }
 
     /// Decode from the `records` family.
@@ -391,7 +429,7 @@ impl Store {
         &self,
         group: &mut GroupWrite,
         commit_sequence: u64,
-        record: &StoredRecord,
+        record: RecordRef<'_>,
         session_id: SessionId,
         sequence: u64,
         fingerprint: [u8; 8],
