@@ -13,6 +13,12 @@ use loadgen::plan;
 use loadgen::report::{self, Report, Setup};
 use loadgen::settings::Settings;
 
+// mimalloc, as the AM uses: loadgen shares the machine with the AM under
+// test, and glibc's malloc and free were about 7% of loadgen's CPU at 1,000
+// providers (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let settings = Settings::parse();
     if let Err(problem) = settings.check() {
