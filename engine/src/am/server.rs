@@ -948,7 +948,7 @@ async fn provider_stream(
             // written: at the bound we stop reading and QUIC holds the provider.
             // Before waiting, hand over what this stream holds, so that the
             // acks that free permits can come.
-            let permit = match inflight.clone().try_acquire_owned() {
+            let permit = match inflight.try_acquire() {
                 Ok(permit) => Ok(permit),
                 Err(_) => {
                     if !submit(context, &mut batch, &ack_sender).await {
@@ -963,7 +963,7 @@ async fn provider_stream(
                         break 'stream;
                     }
                     tokio::select! {
-                        permit = inflight.clone().acquire_owned() => permit,
+                        permit = inflight.acquire() => permit,
                         _ = stop.changed() => break 'stream,
                         () = &mut abuse => break 'stream,
                     }
