@@ -81,7 +81,7 @@ fn pipeline(c: &mut Criterion) {
                         for chunk in part.chunks(VERIFY_BATCH) {
                             let items: Vec<_> = chunk
                                 .iter()
-                                .map(|(provider, _, message)| message.batch_item(&keys[*provider]))
+                                .map(|(provider, message)| message.batch_item(&keys[*provider]))
                                 .collect();
                             assert!(wire::verify_batch(&items, &[5; 32]).iter().all(|valid| *valid));
                         }

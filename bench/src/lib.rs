@@ -38,12 +38,8 @@ pub struct IngestFixture {
     _folder: tempfile::TempDir,
 }
 
-/// One message ready for the pipeline: provider index, session, message.
-pub type FixtureMessage = (
-    usize,
-    std::sync::Arc<acct::am::session::SessionInfo>,
-    wire::Signed<wire::Accounting>,
-);
+/// One message ready for the pipeline: provider index, message.
+pub type FixtureMessage = (usize, wire::Signed<wire::Accounting>);
 
 /// Sessions per provider in an [`IngestFixture`].
 pub const FIXTURE_SESSIONS_PER_PROVIDER: usize = 16;
@@ -125,7 +121,7 @@ impl IngestFixture {
         let sessions = self.sessions.len().max(1);
         let mut out = Vec::with_capacity(count);
         for index in 0..count {
-            let Some((provider, info, session)) = self.sessions.get_mut(index % sessions) else {
+            let Some((provider, _, session)) = self.sessions.get_mut(index % sessions) else {
                 anyhow::bail!("the fixture has no sessions");
             };
             let usage = wire::Usage {
@@ -143,7 +139,7 @@ impl IngestFixture {
                 message_id: message.value().message_id(),
                 status: wire::AckStatus::STORED,
             });
-            out.push((*provider, info.clone(), message));
+            out.push((*provider, message));
         }
         Ok(out)
     }
@@ -238,7 +234,7 @@ pub fn pending(
     item: FixtureMessage,
     replies: &[acct::am::pipeline::AckSender],
 ) -> acct::am::pipeline::Pending {
-    let (provider, _session, message) = item;
+    let (provider, message) = item;
     acct::am::pipeline::Pending {
         message,
         connection: connections[provider % connections.len().max(1)].clone(),

@@ -317,7 +317,8 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// Look a session up.
+    /// Look a session up (tests; the ingest path uses [`Self::admit`]).
+    #[cfg(test)]
     pub fn get(&self, session_id: &SessionId) -> Option<Arc<SessionInfo>> {
         self.sessions
             .read()
