@@ -211,20 +211,20 @@ pub fn verify_batch_all(items: &[BatchItem<'_>], seed: &[u8; 32]) -> bool {
 }
 
 /// The per-signature work for every item that decodes, with its index.
-fn prepare(items: &[BatchItem<'_>]) -> Vec<(usize, Prepared)> {
-    items
-        .iter()
-        .enumerate()
-        .filter_map(|(index, item)| {
-            Prepared::new(item.key, item.domain, item.message, item.signature)
-                .ok()
-                .map(|entry| (index, entry))
-        })
-        .collect()
+fn prepare<'a>(items: &[BatchItem<'a>]) -> Vec<(usize, Prepared<'a>)> {
+    // Sized up front: `filter_map` gives no lower bound, and growing by
+    // doubling would copy the entries (R alone is 160 bytes) again and again.
+    let mut prepared = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        if let Ok(entry) = Prepared::new(item.key, item.domain, item.message, item.signature) {
+            prepared.push((index, entry));
+        }
+    }
+    prepared
 }
 
 /// The batch terms: each prepared signature with its random coefficient.
-fn terms<'a>(seed: &[u8; 32], prepared: &'a [(usize, Prepared)]) -> Vec<Term<'a>> {
+fn terms<'a, 'k>(seed: &[u8; 32], prepared: &'a [(usize, Prepared<'k>)]) -> Vec<Term<'a, 'k>> {
     prepared
         .iter()
         .zip(coefficients(seed, prepared))
@@ -237,21 +237,22 @@ fn terms<'a>(seed: &[u8; 32], prepared: &'a [(usize, Prepared)]) -> Vec<Term<'a>
 }
 
 /// Per-signature work done once: decoded R, canonical S, the hash scalar k.
-struct Prepared {
-    key_bytes: [u8; PUBLIC_KEY_BYTES],
-    key_point: EdwardsPoint,
+/// The key and the signature are borrowed, not copied: a batch moves these
+/// entries around, and a copied key point alone would be 160 bytes each.
+struct Prepared<'k> {
+    key: &'k PublicKey,
     r: EdwardsPoint,
     s: Scalar,
     k: Scalar,
-    signature: [u8; SIGNATURE_BYTES],
+    signature: &'k [u8; SIGNATURE_BYTES],
 }
 
-impl Prepared {
+impl<'k> Prepared<'k> {
     fn new(
-        key: &PublicKey,
+        key: &'k PublicKey,
         domain: &[u8],
         message: &[u8],
-        signature: &[u8; SIGNATURE_BYTES],
+        signature: &'k [u8; SIGNATURE_BYTES],
     ) -> Result<Self, SignatureError> {
         let (r_bytes, s_bytes) = signature.split_at(32);
         let mut s_array = [0u8; 32];
@@ -273,25 +274,24 @@ impl Prepared {
         wide.copy_from_slice(&digest);
         let k = Scalar::from_bytes_mod_order_wide(&wide);
         Ok(Self {
-            key_bytes: key.bytes,
-            key_point: key.point,
+            key,
             r,
             s,
             k,
-            signature: *signature,
+            signature,
         })
     }
 
     /// The single cofactored equation: [8]([S]B - [k]A - R) = identity.
     fn holds(&self) -> bool {
-        let sb_minus_ka = EdwardsPoint::vartime_double_scalar_mul_basepoint(&self.k, &(-self.key_point), &self.s);
+        let sb_minus_ka = EdwardsPoint::vartime_double_scalar_mul_basepoint(&self.k, &(-self.key.point), &self.s);
         (sb_minus_ka - self.r).mul_by_cofactor().is_identity()
     }
 }
 
-struct Term<'a> {
+struct Term<'a, 'k> {
     index: usize,
-    entry: &'a Prepared,
+    entry: &'a Prepared<'k>,
     z: Scalar,
 }
 
@@ -302,7 +302,7 @@ const SPLIT_TO_SINGLE_ITEMS_MAX: usize = 2;
 /// Decide every term of `batch`. `known_to_fail` says the batch equation is
 /// already known not to hold (its sibling passed while their parent failed),
 /// which saves one multiscalar multiplication per level of the search.
-fn check_or_split(batch: &mut [Term<'_>], valid: &mut [bool], known_to_fail: bool) {
+fn check_or_split(batch: &mut [Term<'_, '_>], valid: &mut [bool], known_to_fail: bool) {
     if batch.is_empty() {
         return;
     }
@@ -342,7 +342,7 @@ fn check_or_split(batch: &mut [Term<'_>], valid: &mut [bool], known_to_fail: boo
 
 /// [8]( [-Σ zS]B + Σ z R + Σ_A (Σ z k) A ) = identity, keys merged: the sum
 /// of z·(R + kA - SB), which is the identity when every single equation holds.
-fn batch_equation_holds(batch: &[Term<'_>]) -> bool {
+fn batch_equation_holds(batch: &[Term<'_, '_>]) -> bool {
     let mut scalars: Vec<Scalar> = Vec::with_capacity(2 * batch.len() + 1);
     let mut points: Vec<EdwardsPoint> = Vec::with_capacity(2 * batch.len() + 1);
     let mut b_coefficient = Scalar::ZERO;
@@ -355,21 +355,26 @@ fn batch_equation_holds(batch: &[Term<'_>]) -> bool {
     points.push(ED25519_BASEPOINT_POINT);
     // Merge the A terms of signatures by the same key: a batch from a few
     // hundred providers needs a few hundred A terms, not one per signature.
+    // A stream's messages sit together in a batch and share one parsed key,
+    // so a run of the same key is merged without hashing; the map catches
+    // the rest (the same key from another stream or connection).
     let mut key_slots: HashMap<[u8; PUBLIC_KEY_BYTES], usize> = HashMap::with_capacity(batch.len());
+    let mut last: Option<(&PublicKey, usize)> = None;
     for term in batch {
         let zk = term.z * term.entry.k;
-        match key_slots.get(&term.entry.key_bytes) {
-            Some(&slot) => {
-                if let Some(scalar) = scalars.get_mut(slot) {
-                    *scalar += zk;
-                }
-            }
-            None => {
-                key_slots.insert(term.entry.key_bytes, scalars.len());
-                scalars.push(zk);
-                points.push(term.entry.key_point);
-            }
+        let key = term.entry.key;
+        let slot = match last {
+            Some((last_key, slot)) if std::ptr::eq(last_key, key) => slot,
+            _ => *key_slots.entry(key.bytes).or_insert_with(|| {
+                scalars.push(Scalar::ZERO);
+                points.push(key.point);
+                scalars.len() - 1
+            }),
+        };
+        if let Some(scalar) = scalars.get_mut(slot) {
+            *scalar += zk;
         }
+        last = Some((key, slot));
     }
     EdwardsPoint::vartime_multiscalar_mul(scalars.iter(), points.iter())
         .mul_by_cofactor()
@@ -378,12 +383,12 @@ fn batch_equation_holds(batch: &[Term<'_>]) -> bool {
 
 /// 128-bit coefficients from the secret seed and a hash of the whole batch,
 /// so they are unpredictable to a sender even if the seed were weak.
-fn coefficients(seed: &[u8; 32], prepared: &[(usize, Prepared)]) -> Vec<Scalar> {
+fn coefficients(seed: &[u8; 32], prepared: &[(usize, Prepared<'_>)]) -> Vec<Scalar> {
     let mut transcript = Sha512::new();
     transcript.update(b"acct/1 ed25519 batch coefficients\0");
     transcript.update(seed);
     for (_, entry) in prepared {
-        transcript.update(entry.key_bytes);
+        transcript.update(entry.key.bytes);
         transcript.update(entry.signature);
         transcript.update(entry.k.as_bytes());
     }

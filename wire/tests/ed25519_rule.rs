@@ -422,3 +422,69 @@ fn batch_equation_accepts_valid_batches() {
     assert_eq!(verdicts.iter().filter(|valid| !**valid).count(), 1);
     assert!(!verdicts[57]);
 }
+
+/// The batch merges the A terms of one key: by reference for a run of items
+/// that share one parsed key (a stream's messages), by bytes otherwise. A
+/// wrong merge would only show as `verify_batch_all` rejecting valid batches,
+/// so this checks that it accepts runs, interleavings and two separately
+/// parsed copies of the same key, and still rejects one bad signature.
+#[test]
+fn batch_equation_merges_keys_in_runs_and_copies() {
+    let keys: Vec<SigningKey> = (0..3u8).map(|index| SigningKey::from_seed(&[index + 80; 32])).collect();
+    let parsed: Vec<PublicKey> = keys.iter().map(SigningKey::public_key).collect();
+    // A second parse of key 0: equal bytes, another object.
+    let copy = PublicKey::from_bytes(*parsed[0].as_bytes()).unwrap();
+    // Runs: 0 0 0 1 1 0' 0' 2 0 1 1 1 0' 2 2 (0' is the copy).
+    let pattern: [(usize, bool); 15] = [
+        (0, false),
+        (0, false),
+        (0, false),
+        (1, false),
+        (1, false),
+        (0, true),
+        (0, true),
+        (2, false),
+        (0, false),
+        (1, false),
+        (1, false),
+        (1, false),
+        (0, true),
+        (2, false),
+        (2, false),
+    ];
+    let messages: Vec<Vec<u8>> = (0..pattern.len())
+        .map(|index| format!("run {index}").into_bytes())
+        .collect();
+    let mut signatures: Vec<[u8; 64]> = pattern
+        .iter()
+        .zip(&messages)
+        .map(|((key, _), message)| keys[*key].sign(DOMAIN, message))
+        .collect();
+    for bad in [None, Some(1usize), Some(6), Some(14)] {
+        if let Some(index) = bad {
+            signatures[index][50] ^= 4;
+        }
+        let batch: Vec<BatchItem<'_>> = pattern
+            .iter()
+            .enumerate()
+            .map(|(index, (key, use_copy))| BatchItem {
+                key: if *use_copy { &copy } else { &parsed[*key] },
+                domain: DOMAIN,
+                message: &messages[index],
+                signature: &signatures[index],
+            })
+            .collect();
+        assert_eq!(
+            ed25519::verify_batch_all(&batch, &[3; 32]),
+            bad.is_none(),
+            "bad {bad:?}"
+        );
+        let verdicts = ed25519::verify_batch(&batch, &[3; 32]);
+        for (index, verdict) in verdicts.iter().enumerate() {
+            assert_eq!(*verdict, Some(index) != bad, "item {index}, bad {bad:?}");
+        }
+        if let Some(index) = bad {
+            signatures[index][50] ^= 4;
+        }
+    }
+}
