@@ -16,6 +16,10 @@
 #     little about the export. Both ratios are reported.
 #  2. the ceiling: Ed25519 batch verification alone of the same records, the
 #     AM's function and batch size, on all cores (`ceiling`).
+#     And the floor under any UDP transport here: the kernel's CPU per
+#     datagram over 127.0.0.1 (`udp_floor`), and from it and the ceiling the
+#     fewest cores the open loop at 50% and 90% of max could need (two
+#     datagrams per message and verification, nothing else).
 #  3. PostgreSQL (Debian's; installed if missing), a fresh cluster in a temp
 #     folder on 127.0.0.1, fsync and synchronous_commit on:
 #     INSERT ... ON CONFLICT DO NOTHING keyed by message id, 64 connections,
@@ -102,8 +106,11 @@ for i, first in enumerate(runs[0]["systems"]):
     if all(isinstance(v, (int, float)) for v in am_p99):
         row["am_p99_ms"] = statistics.median(am_p99)
     systems.append(row)
+floors = [r.get("floor") for r in runs]
+floor = ({key: statistics.median(f[key] for f in floors) for key in floors[0]}
+         if all(floors) else None)
 result = {"runs": files, "dates": [r["date"] for r in runs], "commits": [r["commit"] for r in runs],
-          "machine": runs[0]["machine"], "records": runs[0]["records"], "systems": systems, "targets": targets}
+          "machine": runs[0]["machine"], "records": runs[0]["records"], "systems": systems, "targets": targets, "floor": floor}
 json.dump(result, open(out, "w"), indent=2)
 print(f"\nmedian of {len(runs)} runs ({', '.join(files)})")
 print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'AM p99 ms':>9}")
@@ -117,6 +124,10 @@ for t in targets:
     values = " ".join(f"{v:.2f}" for v in t["values"])
     print(f"{t['figure'][:58]:<58} {t['value']:>9.2f} {values:>24} {t['required']:>9} {t['goal']:>7}  {verdict}"
           f" ({t['runs_meeting_required']} of {len(runs)} runs meet the required)")
+if floor:
+    print(f"\nfloor, medians (udp_floor): {floor['datagram_send_us']:.2f} us to send a datagram, {floor['datagram_receive_us']:.2f} us to receive it,"
+          f" {floor['datagram_waking_a_sleeper_us']:.1f} us when it wakes a sleeper; the open loop's floor {floor['open_loop_floor_us_per_msg']:.1f} us"
+          f" per message: {floor['open_loop_floor_cores_at_50']:.2f} of {floor['cores']:.0f} cores at 50% of max, {floor['open_loop_floor_cores_at_90']:.2f} at 90%")
 print(f"\nwritten to {out}")
 PY
   exit 0
@@ -192,6 +203,15 @@ light="$(python3 -c "print(max(1, int($max_rate * 0.15)))")"
 say "ceiling: batch verification of the records on all cores"
 "$BIN/ceiling" --records "$work/records.bin" >"$work/ceiling.json"
 
+# 2b. The floor under any UDP transport here: the kernel's CPU per datagram
+# over 127.0.0.1 with no QUIC, no encryption, no runtime (`udp_floor`).
+say "udp_floor: the kernel's cost per datagram on this machine"
+if [ -n "${SMOKE:-}" ]; then
+  "$BIN/udp_floor" --datagrams 2000 --round-trips 1000 >"$work/udp_floor.json"
+else
+  "$BIN/udp_floor" >"$work/udp_floor.json"
+fi
+
 # 3. acct, open loop at 50% and 90%, with and without an export; 10,000 providers.
 run_acct open_50 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate "$half"
 run_acct open_90 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate "$ninety"
@@ -242,6 +262,7 @@ load = lambda name: json.load(open(f"{work}/{name}.json"))
 rss = lambda name: int(open(f"{work}/{name}.rss_kib").read().strip() or 0)
 acct = {name: load(name) for name in ["max_1k", "max_10k", "open_50", "open_90", "open_50_export", "open_15", "open_15_export"]}
 ceiling = load("ceiling")
+udp = load("udp_floor")
 pg = {batch: load(f"pg_{batch}") for batch in [1] + batches}
 js = {mode: load(f"js_{mode}") for mode in ["default", "always"]}
 best_batch = max(batches, key=lambda batch: pg[batch]["msgs_per_s"])
@@ -313,12 +334,27 @@ targets = [
     target("ingest p99 with export / without, at 15% of max", lat(acct["open_15_export"])["p99"] / max(lat(acct["open_15"])["p99"], 1e-9), 2, 1.3, higher=False),
     target("ingest p99 with export / without, at 50% of max", lat(acct["open_50_export"])["p99"] / max(lat(acct["open_50"])["p99"], 1e-9), 2, 1.3, higher=False),
 ]
+# The floor of the open loop, where every message travels alone in its own
+# datagram and so does its answer: two datagrams per message, each sent and
+# received at the kernel's streaming cost (udp_floor, the cheapest case: no
+# wake-up), plus the message's share of batch verification at the ceiling.
+# No QUIC, no encryption, no runtime, no commit, no loadgen logic: a lower
+# bound on the CPU the open loop needs, in cores, at 50% and 90% of max.
+cores = os.cpu_count() or 1
+datagram_us = udp["one_way"]["send_cpu_us_per_datagram"] + udp["one_way"]["receive_cpu_us_per_datagram"]
+floor_us = 2 * datagram_us + cores * 1e6 / ceiling["msgs_per_s"]
+floor = {"datagram_send_us": udp["one_way"]["send_cpu_us_per_datagram"],
+         "datagram_receive_us": udp["one_way"]["receive_cpu_us_per_datagram"],
+         "datagram_waking_a_sleeper_us": udp["ping_pong"]["cpu_us_per_datagram"],
+         "open_loop_floor_us_per_msg": floor_us, "cores": cores,
+         "open_loop_floor_cores_at_50": 0.5 * rate * floor_us / 1e6,
+         "open_loop_floor_cores_at_90": 0.9 * rate * floor_us / 1e6}
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 result = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
     "records": ceiling["records"], "signed_bytes_mean": ceiling["signed_bytes_mean"], "duplicate_ratio": 0.01,
-    "systems": systems, "targets": targets,
+    "systems": systems, "targets": targets, "floor": floor,
 }
 json.dump(result, open(out, "w"), indent=2)
 print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'AM p99 ms':>9}")
@@ -333,5 +369,9 @@ print(f"{'figure':<58} {'value':>9} {'required':>9} {'goal':>7}  result")
 for t in targets:
     verdict = "goal met" if t["goal_met"] else "required met" if t["required_met"] else "NOT MET"
     print(f"{t['figure']:<58} {t['value']:>9.2f} {t['required']:>9} {t['goal']:>7}  {verdict}")
+print(f"\nfloor (udp_floor): a datagram over 127.0.0.1 costs the kernel {floor['datagram_send_us']:.2f} us to send and "
+      f"{floor['datagram_receive_us']:.2f} us to receive back to back, {floor['datagram_waking_a_sleeper_us']:.1f} us when it wakes a sleeping receiver;")
+print(f"  the open loop (one message and one answer per datagram) needs at least {floor_us:.1f} us per message for those two datagrams"
+      f" and verification alone: {floor['open_loop_floor_cores_at_50']:.2f} of {cores} cores at 50% of max, {floor['open_loop_floor_cores_at_90']:.2f} at 90%")
 print(f"\n{ceiling['records']} records of {ceiling['signed_bytes_mean']:.0f} signed bytes on average, 1% retransmitted; written to {out}")
 PY
