@@ -629,6 +629,9 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
     // Open loop: the scheduled send times of the interims and finals in
     // `batch` (not retries), for loadgen's own lateness.
     let mut due: Vec<Instant> = Vec::with_capacity(WRITE_MESSAGES_MAX);
+    // Open loop with a linger: nothing is picked up until the oldest due
+    // message has waited this long; then everything due goes together.
+    let linger = Duration::from_millis(settings.linger_ms);
     loop {
         let now = Instant::now();
         batch.clear();
@@ -665,8 +668,12 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                 retried += 1;
                 batch.push(message);
             }
+            // Whether the oldest due message has lingered its time (always
+            // without a linger, and in the closed loop).
+            let ripe = |intended: Instant| settings.max || intended + linger <= now;
             if sending_phase {
-                while batch.len() < limit && state.cursor < interims {
+                let lingered = state.cursor < interims && ripe(schedule.interim(state.cursor));
+                while lingered && batch.len() < limit && state.cursor < interims {
                     let index = state.cursor;
                     let intended = if settings.max { now } else { schedule.interim(index) };
                     if intended > now {
@@ -682,7 +689,8 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             } else {
                 // The end of the sending phase: each session's Final Accounting.
                 let finals = provider.plan.finals.len();
-                while batch.len() < limit && state.finals_sent < finals {
+                let lingered = state.finals_sent < finals && ripe(schedule.final_(state.cursor, state.finals_sent));
+                while lingered && batch.len() < limit && state.finals_sent < finals {
                     let intended = if settings.max {
                         now
                     } else {
@@ -722,13 +730,15 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                 state.duplicates.insert(message.value().message_id(), now);
                 duplicates.push(message);
             }
+            // When to pick up next: the next due message's time plus the
+            // linger.
             let next_due = if settings.max {
                 None
             } else if sending_phase {
-                (state.cursor < interims).then(|| schedule.interim(state.cursor).min(clock.send_until))
+                (state.cursor < interims).then(|| schedule.interim(state.cursor).min(clock.send_until) + linger)
             } else {
                 (state.finals_sent < provider.plan.finals.len())
-                    .then(|| schedule.final_(state.cursor, state.finals_sent))
+                    .then(|| schedule.final_(state.cursor, state.finals_sent) + linger)
             };
             let window_full = settings.max && state.inflight.len() >= settings.window;
             (

@@ -12,6 +12,8 @@ pub const PROVIDERS_MAX: usize = 100_000;
 pub const SESSIONS_MAX: usize = 1_000_000;
 /// Longest run.
 pub const DURATION_S_MAX: u64 = 3_600;
+/// Longest open-loop linger.
+pub const LINGER_MS_MAX: u64 = 1_000;
 /// In-flight messages per provider in closed-loop mode, at most.
 pub const WINDOW_MAX: usize = 16_384;
 
@@ -43,6 +45,13 @@ pub struct Settings {
     /// sessions / rate seconds.
     #[arg(long, default_value_t = 1000, conflicts_with = "max")]
     pub rate: u64,
+    /// Open loop: a provider holds a due message up to this many
+    /// milliseconds so that the messages due meanwhile travel with it, in
+    /// one write and fewer datagrams, as a producer's linger does. 0 (the
+    /// default) sends each message when it is due. The ack latency still
+    /// counts from each message's scheduled time, linger included.
+    #[arg(long, default_value_t = 0, conflicts_with = "max")]
+    pub linger_ms: u64,
     /// Closed loop: as fast as acks allow, `--window` messages in flight
     /// per provider.
     #[arg(long)]
@@ -152,6 +161,9 @@ impl Settings {
         }
         if !self.max && self.rate == 0 {
             return Err("--rate must be at least 1 (or use --max)".into());
+        }
+        if self.linger_ms > LINGER_MS_MAX {
+            return Err(format!("--linger-ms must be at most {LINGER_MS_MAX}"));
         }
         if self.window == 0 || self.window > WINDOW_MAX {
             return Err(format!("--window must be 1..={WINDOW_MAX}"));

@@ -101,3 +101,50 @@ fn loadgen_run_is_acked_exactly_once_and_audited() {
     assert!(html.matches("<svg").count() >= 3, "the HTML report has no plots");
     assert!(am.terminate(Duration::from_secs(30)), "acct serve did not stop cleanly");
 }
+
+#[test]
+fn loadgen_linger_holds_each_message_and_loses_none() {
+    // 20 providers at 5 messages a second each (200 ms apart), each
+    // message held 80 ms before it is written: every message travels after
+    // its linger, and the latency, counted from its scheduled time, shows it.
+    let pki = TestPki::new(0, 0);
+    let am = AmProcess::start(pki.data(), &["--no-export"]);
+    let report_path = pki.data().join("report.json");
+    let output = Command::new(binary("loadgen"))
+        .args(["--am", &am.address.to_string()])
+        .arg("--pki")
+        .arg(pki.pki())
+        .args(["--providers", "20", "--sessions", "20", "--users", "5"])
+        .args(["--rate", "100", "--duration", "3", "--drain", "30", "--linger-ms", "80"])
+        .args(["--seed", "3", "--quiet", "--json"])
+        .arg(&report_path)
+        .output()
+        .unwrap_or_else(|error| panic!("running loadgen: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&report_path).unwrap_or_else(|error| panic!("reading the report: {error}")),
+    )
+    .unwrap_or_else(|error| panic!("the report is not JSON: {error}"));
+    // 100/s for 3 s and one Final Accounting per session, all stored once.
+    assert_eq!(report["acked_stored"].as_u64(), Some(300 + 20), "{stdout}");
+    assert_eq!(report["unanswered"].as_u64(), Some(0), "{stdout}");
+    assert_eq!(report["settings"]["linger_ms"].as_u64(), Some(80), "{stdout}");
+    // Nothing was written before its linger: the smallest lateness is at
+    // least the linger, and so is the ack latency of most messages.
+    let lateness = &report["send_lateness_ms"];
+    assert!(
+        lateness["p50"].as_f64().is_some_and(|ms| ms >= 80.0),
+        "a message went out before its linger:\n{report:#}"
+    );
+    assert!(
+        report["latency_ms"]["p50"].as_f64().is_some_and(|ms| ms >= 80.0),
+        "the ack latency does not count the linger:\n{report:#}"
+    );
+    assert!(am.terminate(Duration::from_secs(30)), "acct serve did not stop cleanly");
+}
