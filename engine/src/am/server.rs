@@ -985,6 +985,13 @@ async fn provider_stream(
                 }
                 continue;
             }
+            if batch.capacity() == 0 {
+                // Room for the rest of this read at once, sized by this
+                // message (a stream's messages are alike): one allocation
+                // per read instead of a Vec that doubles its way up.
+                let frame_bytes = message.signed_bytes().len() + wire::limits::FRAME_HEADER_BYTES;
+                batch.reserve((1 + buffer.len() / frame_bytes).min(SUBMIT_BATCH_MESSAGES_MAX));
+            }
             batch.push(Pending {
                 message,
                 connection: provider.clone(),
