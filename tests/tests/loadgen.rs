@@ -8,6 +8,26 @@ use std::time::Duration;
 
 use acct_tests::{AmProcess, TestPki, binary};
 
+/// Run loadgen to its end, insist that it succeeded, and return its JSON
+/// report (written to `report_path`) and its standard output.
+fn run_loadgen(loadgen: &mut Command, report_path: &std::path::Path) -> (serde_json::Value, String) {
+    let output = loadgen
+        .output()
+        .unwrap_or_else(|error| panic!("running loadgen: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "loadgen failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = serde_json::from_str(
+        &std::fs::read_to_string(report_path).unwrap_or_else(|error| panic!("reading the report: {error}")),
+    )
+    .unwrap_or_else(|error| panic!("the report is not JSON: {error}"));
+    (report, stdout)
+}
+
 #[test]
 fn loadgen_run_is_acked_exactly_once_and_audited() {
     // Only the AM's identity comes from the PKI folder: loadgen mints the
@@ -18,7 +38,8 @@ fn loadgen_run_is_acked_exactly_once_and_audited() {
     let am = AmProcess::start(pki.data(), &["--export-interval-ms", "500"]);
     let report_path = pki.data().join("report.json");
     let html_path = pki.data().join("report.html");
-    let output = Command::new(binary("loadgen"))
+    let mut loadgen = Command::new(binary("loadgen"));
+    loadgen
         .args(["--am", &am.address.to_string()])
         .arg("--pki")
         .arg(pki.pki())
@@ -30,20 +51,8 @@ fn loadgen_run_is_acked_exactly_once_and_audited() {
         .arg("--json")
         .arg(&report_path)
         .arg("--html")
-        .arg(&html_path)
-        .output()
-        .unwrap_or_else(|error| panic!("running loadgen: {error}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadgen failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&report_path).unwrap_or_else(|error| panic!("reading the report: {error}")),
-    )
-    .unwrap_or_else(|error| panic!("the report is not JSON: {error}"));
+        .arg(&html_path);
+    let (report, stdout) = run_loadgen(&mut loadgen, &report_path);
     let number = |field: &str| {
         report[field]
             .as_u64()
@@ -110,27 +119,16 @@ fn loadgen_linger_holds_each_message_and_loses_none() {
     let pki = TestPki::new(0, 0);
     let am = AmProcess::start(pki.data(), &["--no-export"]);
     let report_path = pki.data().join("report.json");
-    let output = Command::new(binary("loadgen"))
+    let mut loadgen = Command::new(binary("loadgen"));
+    loadgen
         .args(["--am", &am.address.to_string()])
         .arg("--pki")
         .arg(pki.pki())
         .args(["--providers", "20", "--sessions", "20", "--users", "5"])
         .args(["--rate", "100", "--duration", "3", "--drain", "30", "--linger-ms", "80"])
         .args(["--seed", "3", "--quiet", "--json"])
-        .arg(&report_path)
-        .output()
-        .unwrap_or_else(|error| panic!("running loadgen: {error}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadgen failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&report_path).unwrap_or_else(|error| panic!("reading the report: {error}")),
-    )
-    .unwrap_or_else(|error| panic!("the report is not JSON: {error}"));
+        .arg(&report_path);
+    let (report, stdout) = run_loadgen(&mut loadgen, &report_path);
     // 100/s for 3 s and one Final Accounting per session, all stored once.
     assert_eq!(report["acked_stored"].as_u64(), Some(300 + 20), "{stdout}");
     assert_eq!(report["unanswered"].as_u64(), Some(0), "{stdout}");
