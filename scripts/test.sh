@@ -31,10 +31,13 @@ assert len(median["runs"]) == 2 and len(median["targets"]) == 11 and len(median[
 for path in median["runs"]:
     run = json.load(open(path))
     assert len(run["systems"]) >= 12 and len(run["targets"]) == 11, path
+    # The floor under the open loop (udp_floor and the ceiling).
+    assert run["floor"]["open_loop_floor_us_per_msg"] > 0 and run["floor"]["cores"] >= 1, run["floor"]
     for row in run["systems"]:
         if row["system"].startswith("acct"):
             # The AM's own wait, scraped from its metrics at the end of the run.
             assert isinstance(row["am_ingest_wait_ms"]["p99"], float), row
+assert median["floor"]["open_loop_floor_us_per_msg"] > 0, median["floor"]
 for t in median["targets"]:
     assert len(t["values"]) == 2 and min(t["values"]) <= t["value"] <= max(t["values"]), t
 PY

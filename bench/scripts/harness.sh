@@ -148,6 +148,18 @@ fi
 
 work="$(mktemp -d)"
 chmod 755 "$work"
+# PostgreSQL's WAL alone may reach its max_wal_size (8 GB) before a
+# checkpoint; with the records, the AM's stores and JetStream's files a run
+# needs about 12 GiB free. Without them PostgreSQL stops mid-run and the
+# only sign is a closed connection: refuse up front instead.
+if [ -z "${SMOKE:-}" ]; then
+  free_gib="$(df -Pk "$work" | awk 'NR == 2 {print int($4 / 1048576)}')"
+  if [ "$free_gib" -lt 12 ]; then
+    say "needs about 12 GiB free where mktemp puts its folder ($work); $free_gib GiB free. Set TMPDIR to a roomier filesystem."
+    rm -rf "$work"
+    exit 2
+  fi
+fi
 am_pid="" nats_pid=""
 cleanup() {
   [ -n "$am_pid" ] && kill -9 "$am_pid" 2>/dev/null || true
