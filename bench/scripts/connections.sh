@@ -8,9 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 connections="${1:-10000}"
 target="${CARGO_TARGET_DIR:-target}"
-# The same package selection as every release build here, so that cargo
-# reuses the compiled RocksDB (another selection changes host features).
-cargo build --release -p acct -p bench --bins --benches >/dev/null
+bash bench/scripts/build.sh >/dev/null
 data="$(mktemp -d)"
 # One provider may hold at most 64 connections (connections_per_provider_max):
 # spread them over as many identities as that needs.

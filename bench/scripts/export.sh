@@ -16,10 +16,9 @@ fill_seconds="${1:-8}"
 rate="${2:-20000}"
 rate_seconds="${3:-30}"
 # BIN: prebuilt release binaries (as for harness.sh); without it, build them
-# with the same package selection as every release build here, so that
-# cargo reuses the compiled RocksDB.
+# (bench/scripts/build.sh).
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+  bash bench/scripts/build.sh >/dev/null
   BIN="${CARGO_TARGET_DIR:-target}/release"
 fi
 work="$(mktemp -d)"

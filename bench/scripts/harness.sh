@@ -61,7 +61,7 @@ else
 fi
 duplicates=0.01
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+  bash bench/scripts/build.sh >/dev/null
   BIN="${CARGO_TARGET_DIR:-target}/release"
 fi
 say() { echo "harness: $*" >&2; }

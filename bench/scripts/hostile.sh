@@ -27,7 +27,7 @@ if [ "${#attacks[@]}" -eq 0 ]; then
   attacks=(bad-signatures split-frames random-bytes oversized idle-streams half-open other-sessions replay-changed revoked)
 fi
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+  bash bench/scripts/build.sh >/dev/null
   BIN="${CARGO_TARGET_DIR:-target}/release"
 fi
 work="$(mktemp -d)"

@@ -25,9 +25,7 @@ storage_kills="${STORAGE_KILLS:-20}"
 seed="${SEED:-$(date +%s)}"
 rate="${RATE:-3000}"
 if [ -z "${BIN:-}" ]; then
-  # The same package selection as every release build here, so that cargo
-  # reuses the compiled RocksDB.
-  cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+  bash bench/scripts/build.sh >/dev/null
   BIN="${CARGO_TARGET_DIR:-target}/release"
 fi
 acct="$BIN/acct"

@@ -15,7 +15,7 @@ outage="${1:-180}"
 rate="${2:-5000}"
 warmup=10
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -p acct -p bench -p loadgen --bins --benches >/dev/null
+  bash bench/scripts/build.sh >/dev/null
   BIN="${CARGO_TARGET_DIR:-target}/release"
 fi
 work="$(mktemp -d)"
