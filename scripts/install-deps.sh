@@ -12,6 +12,8 @@ set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# openssl: the suite checks that OpenSSL reads the key files `acct init` writes.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # libclang proper (libclang.so / libclang-N.so), not libclang-cpp.
 if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; then
   need+=(libclang-dev clang)

@@ -181,7 +181,8 @@ impl Row {
         body.extend_from_slice(&self.signature);
         let message = Signed::<Accounting>::decode_body(Bytes::from(body))
             .map_err(|error| format!("signed_fields do not decode: {error}"))?;
-        let key = PublicKey::from_bytes(self.provider_key).map_err(|error| format!("provider_key: {error}"))?;
+        let key =
+            PublicKey::from_identity_bytes(self.provider_key).map_err(|error| format!("provider_key: {error}"))?;
         message
             .verify(&key)
             .map_err(|error| format!("signature does not verify: {error}"))?;

@@ -204,6 +204,10 @@ pub struct IngestConfig {
     pub dedup_window_s: u64,
     /// Sessions the AM holds (open, or closed within the dedup window).
     pub sessions_max: usize,
+    /// Live sessions (no Final stored, still within their validity) one
+    /// user may hold; a credential request beyond is answered BUSY. The
+    /// admin path is not bound by it.
+    pub sessions_per_user_max: usize,
     /// How long a graceful shutdown waits for in-flight messages, seconds.
     pub drain_deadline_s: u64,
 }
@@ -240,6 +244,7 @@ impl Default for IngestConfig {
             lateness_s: 48 * 3600,
             dedup_window_s: 24 * 3600,
             sessions_max: 1_000_000,
+            sessions_per_user_max: 1_000,
             drain_deadline_s: 10,
         }
     }
@@ -370,6 +375,7 @@ data = "data"
 # lateness_s = 172800                     # 48 h
 # dedup_window_s = 86400                  # 24 h after a session closes or expires
 # sessions_max = 1000000
+# sessions_per_user_max = 1000            # live sessions one user may hold (credential requests)
 # drain_deadline_s = 10
 
 [export]

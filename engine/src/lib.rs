@@ -12,6 +12,7 @@ pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod deny;
 pub mod pki;
 pub mod storage;
 pub mod tls;

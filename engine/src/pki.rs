@@ -62,6 +62,8 @@ pub enum PkiError {
 /// The operator CA, able to issue certificates.
 pub struct CertificateAuthority {
     key: KeyPair,
+    /// The key as written to [`CA_KEY_FILE`]: PKCS#8 version 1.
+    key_pem: String,
     params: CertificateParams,
     certificate_pem: String,
 }
@@ -109,6 +111,7 @@ impl CertificateAuthority {
         let certificate_pem = params.self_signed(&key)?.pem();
         Ok(Self {
             key,
+            key_pem: key_pem(&signing_key)?,
             params,
             certificate_pem,
         })
@@ -117,11 +120,12 @@ impl CertificateAuthority {
     /// Load a CA written by [`CertificateAuthority::write`].
     pub fn load(folder: &Path) -> Result<Self, PkiError> {
         let key_path = folder.join(CA_KEY_FILE);
-        let key_pem = read(&key_path)?;
+        let pem = read(&key_path)?;
         let signing_key =
-            SigningKey::from_pkcs8_pem(&key_pem).map_err(|source| PkiError::Key { path: key_path, source })?;
+            SigningKey::from_pkcs8_pem(&pem).map_err(|source| PkiError::Key { path: key_path, source })?;
         Ok(Self {
             key: rcgen_key(&signing_key)?,
+            key_pem: key_pem(&signing_key)?,
             params: ca_params(),
             certificate_pem: read(&folder.join(CA_CERTIFICATE_FILE))?,
         })
@@ -180,10 +184,7 @@ impl CertificateAuthority {
             name,
             certificate_pem: certificate.pem(),
             certificate_der: certificate.der().to_vec(),
-            key_pem: signing_key.to_pkcs8_pem().map_err(|source| PkiError::Key {
-                path: PathBuf::new(),
-                source,
-            })?,
+            key_pem: key_pem(&signing_key)?,
             signing_key,
         })
     }
@@ -192,8 +193,7 @@ impl CertificateAuthority {
     pub fn write(&self, folder: &Path) -> Result<(), PkiError> {
         fs::create_dir_all(folder).map_err(|source| io(folder, source))?;
         write_file(&folder.join(CA_CERTIFICATE_FILE), &self.certificate_pem, false)?;
-        let key_pem = self.key.serialize_pem();
-        write_file(&folder.join(CA_KEY_FILE), &key_pem, true)
+        write_file(&folder.join(CA_KEY_FILE), &self.key_pem, true)
     }
 }
 
@@ -293,6 +293,15 @@ fn fresh_signing_key() -> Result<SigningKey, PkiError> {
     seed = [0; 32];
     std::hint::black_box(&mut seed);
     Ok(key)
+}
+
+/// A key file's contents: PKCS#8 version 1, which OpenSSL and Python's
+/// `cryptography` read.
+fn key_pem(signing_key: &SigningKey) -> Result<String, PkiError> {
+    signing_key.to_pkcs8_pem().map_err(|source| PkiError::Key {
+        path: PathBuf::new(),
+        source,
+    })
 }
 
 fn rcgen_key(signing_key: &SigningKey) -> Result<KeyPair, PkiError> {

@@ -83,6 +83,10 @@ pub struct AuditReport {
     pub acked_as_stored: u64,
     /// Of those, how many the store holds exactly once.
     pub stored_once: u64,
+    /// Of those, how many the AM reports as exported to the Accounting
+    /// Storage (only its dedup marker is hot; without `--cold` the audit
+    /// takes the AM's word that they are stored once).
+    pub exported: u64,
     /// Acked as stored but not in the store.
     pub lost: u64,
     /// (session, sequence) pairs of this run stored more than once.
@@ -404,10 +408,11 @@ impl Report {
             Some(audit) => {
                 let _ = writeln!(
                     out,
-                    "  audit ({}): {} acked as stored, {} stored once, {} lost, {} doubled, {} stored but unacked",
+                    "  audit ({}): {} acked as stored, {} stored once ({} of them exported), {} lost, {} doubled, {} stored but unacked",
                     audit.scope,
                     audit.acked_as_stored,
                     audit.stored_once,
+                    audit.exported,
                     audit.lost,
                     audit.double_stored,
                     audit.stored_unacked
@@ -602,7 +607,7 @@ pub fn audit(stats: &Stats, sessions: &[wire::SessionId], records: u64, runs: &[
     }
     let mut report = AuditReport {
         records_in_store: records,
-        scope: "the AM's hot store (records not yet exported)".into(),
+        scope: "the AM's hot store, and its dedup markers of exported records".into(),
         ..AuditReport::default()
     };
     let no_runs = Vec::new();
@@ -615,7 +620,10 @@ pub fn audit(stats: &Stats, sessions: &[wire::SessionId], records: u64, runs: &[
             report.acked_as_stored += 1;
             let index = list.partition_point(|run| run.last < *sequence);
             match list.get(index) {
-                Some(run) if run.first <= *sequence && run.copies == 1 => report.stored_once += 1,
+                Some(run) if run.first <= *sequence && run.copies == 1 => {
+                    report.stored_once += 1;
+                    report.exported += u64::from(run.exported);
+                }
                 Some(run) if run.first <= *sequence => {}
                 _ => report.lost += 1,
             }

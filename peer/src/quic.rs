@@ -418,30 +418,45 @@ pub fn shared_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError>
     .map_err(connect)
 }
 
-/// The QUIC client configuration that connects as `identity`: for many
-/// parties sharing one endpoint with [`AmClient::connect_with`].
+/// The QUIC client configuration that connects to the AM as `identity`:
+/// for many parties sharing one endpoint with [`AmClient::connect_with`].
+/// The server must present an `am` certificate from the CA.
 pub fn client_config(identity: &ClientIdentity) -> Result<quinn::ClientConfig, ClientError> {
     client_config_for(
         &identity.ca_der,
         Some((&identity.certificate_der, &identity.signing_key)),
+        wire::Role::AccountingManager,
     )
 }
 
-/// A QUIC client configuration that trusts servers certified by the CA
-/// `ca_der` and, with `certificate`, authenticates with that certificate
-/// and key (without: no client certificate, as users connect).
+/// A QUIC client configuration that trusts only servers certified by the
+/// CA `ca_der` for `server_role` (checked during the handshake: a chain to
+/// the CA alone would let any certified party, a provider say, pose as the
+/// AM) and, with `certificate`, authenticates with that certificate and key
+/// (without: no client certificate, as users connect).
 pub fn client_config_for(
     ca_der: &[u8],
     certificate: Option<(&[u8], &SigningKey)>,
+    server_role: wire::Role,
 ) -> Result<quinn::ClientConfig, ClientError> {
     let tls = |error: rustls::Error| ClientError::Tls(error.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(ca_der.to_vec())).map_err(tls)?;
+    let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|error| ClientError::Tls(error.to_string()))?;
+    let ca = wire::TrustedCa::from_der(ca_der.to_vec()).map_err(|error| ClientError::Tls(error.to_string()))?;
+    let verifier = Arc::new(RoleVerifier {
+        chain,
+        ca,
+        role: server_role,
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut config = match certificate {
         Some((certificate_der, signing_key)) => {
             let key = signing_key
@@ -466,6 +481,76 @@ pub fn client_config_for(
         .max_concurrent_uni_streams(0u32.into());
     client.transport_config(Arc::new(transport));
     Ok(client)
+}
+
+/// The server certificate check of every connection the library makes:
+/// rustls's WebPKI check (chain to the CA, validity, server name), then the
+/// `urn:acct:<role>:` identity of the role the client expects.
+#[derive(Debug)]
+struct RoleVerifier {
+    chain: Arc<rustls::client::WebPkiServerVerifier>,
+    ca: wire::TrustedCa,
+    role: wire::Role,
+}
+
+impl rustls::client::danger::ServerCertVerifier for RoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self
+            .chain
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        match self.ca.verify(end_entity, self.role, now.as_secs()) {
+            Ok(_) => Ok(verified),
+            Err(error) => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(Arc::new(WrongServer { role: self.role, error })),
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, certificate, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, certificate, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// A server whose certificate chains to the CA but is not of the role
+/// expected.
+#[derive(thiserror::Error)]
+#[error("the server is not a certified {}: {error}", .role.as_str())]
+struct WrongServer {
+    role: wire::Role,
+    error: wire::CertificateError,
+}
+
+/// As the Display: rustls prints an `OtherError` certificate error with
+/// `Debug`, and this text is what the connecting party reads.
+impl std::fmt::Debug for WrongServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Bytes asked for each client QUIC socket's kernel send and receive

@@ -197,11 +197,15 @@ impl AmProcess {
     }
 
     /// SIGTERM, then wait (bounded) for exit; returns whether it exited with 0.
+    /// The signal is sent at once (a system call, no `kill` process in
+    /// between), so a test can send it right after the ready line.
     pub fn terminate(mut self, timeout: Duration) -> bool {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         // The process's stdout closes when it exits: wait for that, bounded.
         let deadline = Instant::now() + timeout;
         loop {

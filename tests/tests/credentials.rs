@@ -38,6 +38,11 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(|config| config)
+}
+
+/// [`world`] with the config file's text passed through `edit` first.
+fn world_with(edit: impl FnOnce(String) -> String) -> World {
     let pki = TestPki::new(2, 2);
     let provider_port = free_udp_port();
     let minute = ((now_ms() / 60_000) % 1440) as u16;
@@ -82,7 +87,7 @@ provider_address = "127.0.0.1:9"
 "#
     );
     let config: PathBuf = pki.pki().join("acct.toml");
-    let text = std::fs::read_to_string(&config).unwrap() + &services;
+    let text = edit(std::fs::read_to_string(&config).unwrap()) + &services;
     std::fs::write(&config, text).unwrap();
     // Records stay in RocksDB (no export), where the tests count them.
     let am = AmProcess::start(pki.data(), &["--config", config.to_str().unwrap(), "--no-export"]);
@@ -468,6 +473,21 @@ fn users_check_who_they_talk_to_and_idle_providers_come_back() {
             Err(other) => panic!("unexpected error {other:?}"),
             Ok(_) => panic!("a user took a provider for the AM"),
         }
+        // Nor do providers and the operator's admin clients: a server with
+        // a provider's certificate cannot answer STORED in the AM's place.
+        let identity = world.pki.identity(Role::Provider, "provider-0001");
+        match AmClient::connect(service, &identity).await {
+            Err(ClientError::Connect(detail)) => assert!(detail.contains("not a certified am"), "{detail}"),
+            Err(other) => panic!("unexpected error {other:?}"),
+            Ok(_) => panic!("a provider took another provider for the AM"),
+        }
+        let endpoint = peer::quic::shared_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = peer::quic::client_config(&identity).unwrap();
+        match AmClient::connect_with(&endpoint, config, service).await {
+            Err(ClientError::Connect(detail)) => assert!(detail.contains("not a certified am"), "{detail}"),
+            Err(other) => panic!("unexpected error {other:?}"),
+            Ok(_) => panic!("a provider took another provider for the AM"),
+        }
         // An idle provider whose connection drops reconnects by itself:
         // users get credentials for its services again without it sending.
         provider.disconnect().await;
@@ -480,6 +500,189 @@ fn users_check_who_they_talk_to_and_idle_providers_come_back() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(issued, "the idle provider did not come back");
+        provider.stop().await;
+    });
+    assert!(world.am.terminate(Duration::from_secs(60)));
+}
+
+/// A request refused as "retry later" may be sent again with the same
+/// bytes; a request that was issued a session is refused as a replay, and
+/// still after the AM restarted (the request id is stored with the session).
+#[test]
+fn a_refused_request_can_be_retried_and_an_issued_one_cannot_be_replayed_even_after_a_restart() {
+    let World { pki, am, provider_port } = world();
+    let config = pki.pki().join("acct.toml");
+    let identity = pki.identity(Role::User, "user-0001");
+    let request = user::credential_request(
+        ServiceId(1),
+        RequestId(random16()),
+        Nonce(random16()),
+        now_ms(),
+        Address::new(USER_ADDRESS).unwrap(),
+        Bytes::from(identity.certificate_der.clone()),
+        &identity.signing_key,
+    )
+    .unwrap();
+    let runtime = runtime();
+    let provider = runtime.block_on(async {
+        let client = UserClient::connect(am.address, &pki.ca_der()).await.unwrap();
+        // No provider yet: "retry later", and nothing is remembered.
+        let (code, _) = refused(client.request_credential(&request).await);
+        assert_eq!(code, ErrorCode::PROVIDER_UNAVAILABLE);
+        let provider = ProviderNode::start(
+            am.address,
+            pki.identity(Role::Provider, "provider-0001"),
+            pki.am_key(),
+            ([127, 0, 0, 1], provider_port).into(),
+        )
+        .await
+        .unwrap();
+        // The same bytes again (bounded, while the provider's connection
+        // registers): issued.
+        let mut issued = None;
+        for _ in 0..100 {
+            match client.request_credential(&request).await {
+                Ok(credential) => {
+                    issued = Some(credential);
+                    break;
+                }
+                Err(ClientError::Refused(error)) if error.code == ErrorCode::PROVIDER_UNAVAILABLE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(other) => panic!("the retried request: {other:?}"),
+            }
+        }
+        let credential = issued.unwrap_or_else(|| panic!("the retried request was never issued"));
+        assert_eq!(credential.value().request_id, request.value().request_id);
+        // And now a replay.
+        let (code, detail) = refused(client.request_credential(&request).await);
+        assert_eq!(code, ErrorCode::REPLAYED_REQUEST, "{detail}");
+        client.close().await;
+        provider
+    });
+    runtime.block_on(provider.stop());
+    assert!(am.terminate(Duration::from_secs(60)));
+    // After a restart, within the replay window: still a replay, before any
+    // provider check.
+    let am = AmProcess::start(pki.data(), &["--config", config.to_str().unwrap(), "--no-export"]);
+    runtime.block_on(async {
+        let client = UserClient::connect(am.address, &pki.ca_der()).await.unwrap();
+        let (code, detail) = refused(client.request_credential(&request).await);
+        assert_eq!(code, ErrorCode::REPLAYED_REQUEST, "{detail}");
+        client.close().await;
+    });
+    assert!(am.terminate(Duration::from_secs(60)));
+}
+
+/// `sessions_max` holds however many requests race for the last places.
+#[test]
+fn the_session_bound_is_exact_under_concurrent_requests() {
+    const SESSIONS_MAX: usize = 5;
+    const REQUESTS: usize = 24;
+    let world = world_with(|config| {
+        let edited = config.replace("# sessions_max = 1000000", &format!("sessions_max = {SESSIONS_MAX}"));
+        assert_ne!(edited, config, "the sample config names sessions_max");
+        edited
+    });
+    runtime().block_on(async {
+        let provider = world.provider().await;
+        // Wait (bounded) until the provider's pushes are served.
+        let mut ready = false;
+        for _ in 0..100 {
+            match world.credential(1).await {
+                Ok(_) => {
+                    ready = true;
+                    break;
+                }
+                Err(ClientError::Refused(error)) if error.code == ErrorCode::PROVIDER_UNAVAILABLE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(ready, "the provider never served a push");
+        // Every client connected and its request signed first; then all
+        // requests go at once.
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS + 1));
+        let mut racing = tokio::task::JoinSet::new();
+        for _ in 0..REQUESTS {
+            let client = UserClient::connect(world.am.address, &world.pki.ca_der())
+                .await
+                .unwrap();
+            let request = world.request(&world.user(), 1);
+            let start = start.clone();
+            racing.spawn(async move {
+                start.wait().await;
+                let answer = client.request_credential(&request).await;
+                client.close().await;
+                answer
+            });
+        }
+        start.wait().await;
+        let (mut issued, mut busy) = (1, 0);
+        while let Some(answer) = racing.join_next().await {
+            match answer.unwrap() {
+                Ok(_) => issued += 1,
+                Err(ClientError::Refused(error)) if error.code == ErrorCode::BUSY => busy += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(issued, SESSIONS_MAX, "sessions issued ({busy} refused BUSY)");
+        assert_eq!(provider.session_count(), SESSIONS_MAX);
+        provider.stop().await;
+    });
+    assert!(world.am.terminate(Duration::from_secs(60)));
+}
+
+/// One user holds at most `sessions_per_user_max` live sessions: one more
+/// request is BUSY, other users are not affected, and a Final frees a place.
+#[test]
+fn one_user_holds_a_bounded_number_of_live_sessions() {
+    const PER_USER: usize = 3;
+    let world = world_with(|config| {
+        let edited = config.replace(
+            "# sessions_per_user_max = 1000",
+            &format!("sessions_per_user_max = {PER_USER}"),
+        );
+        assert_ne!(edited, config, "the sample config names sessions_per_user_max");
+        edited
+    });
+    runtime().block_on(async {
+        let provider = world.provider().await;
+        let mut credentials = Vec::new();
+        // The first one waits (bounded) until the provider's pushes are served.
+        for _ in 0..100 {
+            match world.credential(1).await {
+                Ok(credential) => {
+                    credentials.push(credential);
+                    break;
+                }
+                Err(ClientError::Refused(error)) if error.code == ErrorCode::PROVIDER_UNAVAILABLE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(credentials.len(), 1, "the provider never served a push");
+        while credentials.len() < PER_USER {
+            credentials.push(world.credential(1).await.unwrap());
+        }
+        let (code, detail) = refused(world.credential(1).await);
+        assert_eq!(code, ErrorCode::BUSY, "{detail}");
+        assert!(detail.contains("sessions_per_user_max"), "{detail}");
+        // Another user is served.
+        let other = world.pki.identity(Role::User, "user-0002");
+        let client = UserClient::connect(world.am.address, &world.pki.ca_der())
+            .await
+            .unwrap();
+        client.request_credential(&world.request(&other, 1)).await.unwrap();
+        client.close().await;
+        // A Final closes one of the first user's sessions: a place is free.
+        let session_id = credentials[0].value().session_id;
+        provider.account(session_id, AccountingKind::FINAL, usage(1)).unwrap();
+        let delivery = provider.deliver(Duration::from_secs(30)).await.unwrap();
+        assert_eq!((delivery.stored, delivery.pending), (1, 0), "{delivery:?}");
+        world.credential(1).await.unwrap();
         provider.stop().await;
     });
     assert!(world.am.terminate(Duration::from_secs(60)));

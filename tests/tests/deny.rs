@@ -109,3 +109,61 @@ fn a_denied_certificate_is_cut_off_without_a_restart() {
     });
     assert!(am.terminate(Duration::from_secs(30)));
 }
+
+/// The storage applies `[security] denied` too: an AM whose certificate is
+/// revoked is cut off within about a second and cannot deliver again.
+#[test]
+fn the_storage_cuts_off_a_denied_am() {
+    let pki = TestPki::new(1, 1);
+    let config = pki.pki().join("acct.toml");
+    let cold = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", acct_tests::free_udp_port());
+    let storage = AmProcess::spawn(
+        &[
+            "storage".into(),
+            "--config".into(),
+            config.clone().into(),
+            "--folder".into(),
+            cold.path().into(),
+            "--listen".into(),
+            listen.clone().into(),
+        ],
+        &[],
+        "acct storage: listening on ",
+    );
+    let am = pki.identity(Role::AccountingManager, "am-1");
+    runtime().block_on(async {
+        let connect = || async {
+            let endpoint = peer::quic::shared_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+            let config = peer::quic::client_config_for(
+                &am.ca_der,
+                Some((&am.certificate_der, &am.signing_key)),
+                Role::AccountingStorage,
+            )
+            .unwrap();
+            AmClient::connect_with(&endpoint, config, storage.address)
+                .await
+                .unwrap()
+        };
+        let connection = connect().await;
+        // Not denied: the connection stays.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), connection.closed())
+                .await
+                .is_err()
+        );
+        deny(&config, &["am-1".into()]);
+        let reason = tokio::time::timeout(Duration::from_secs(15), connection.closed())
+            .await
+            .unwrap_or_else(|_| panic!("the revoked AM is still connected to the storage"));
+        assert!(reason.contains("certificate revoked"), "{reason}");
+        // And it cannot come back.
+        let again = connect().await;
+        let reason = tokio::time::timeout(Duration::from_secs(15), again.closed())
+            .await
+            .unwrap_or_else(|_| panic!("the storage took a revoked AM back"));
+        assert!(reason.contains("certificate revoked"), "{reason}");
+    });
+    assert!(storage.terminate(Duration::from_secs(30)));
+    assert!(archive::parquet_files(cold.path()).unwrap().is_empty());
+}

@@ -465,7 +465,17 @@ fn only_an_am_certificate_may_deliver_to_the_storage() {
     let cold = pki.data().join("external-cold");
     let storage = AmProcess::start_storage(&pki.pki(), &cold, "127.0.0.1:0".parse().unwrap(), &[]);
     let reason = runtime().block_on(async {
-        let client = AmClient::connect(storage.address, &pki.identity(Role::Provider, "provider-0001"))
+        // A client that expects the storage's role, with a provider's
+        // certificate.
+        let provider = pki.identity(Role::Provider, "provider-0001");
+        let endpoint = peer::quic::shared_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = peer::quic::client_config_for(
+            &provider.ca_der,
+            Some((&provider.certificate_der, &provider.signing_key)),
+            Role::AccountingStorage,
+        )
+        .unwrap();
+        let client = AmClient::connect_with(&endpoint, config, storage.address)
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(30), client.closed())

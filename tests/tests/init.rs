@@ -75,3 +75,43 @@ fn init_rejects_bad_arguments() {
     let output = run_acct(&["init", "/tmp/x", "--providers", "many"]);
     assert!(!output.status.success());
 }
+
+/// Operators inspect and rotate keys with OpenSSL: every key file `acct
+/// init` writes, the CA's included, is one `openssl pkey` reads, and it names
+/// the same public key as the certificate.
+#[test]
+fn openssl_reads_every_key_file_init_writes() {
+    let folder = tempfile::tempdir().unwrap();
+    let pki_folder = folder.path().join("pki");
+    let output = run_acct(&["init", pki_folder.to_str().unwrap(), "--providers", "1", "--users", "1"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut keys = Vec::new();
+    let mut folders = vec![pki_folder.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.to_string_lossy().ends_with(".key.pem") {
+                keys.push(path);
+            }
+        }
+    }
+    assert!(keys.len() >= 5, "{keys:?}");
+    for key in keys {
+        let output = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&key)
+            .output()
+            .expect("openssl (scripts/install-deps.sh installs it)");
+        assert!(
+            output.status.success(),
+            "openssl pkey refused {}: {}",
+            key.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The SubjectPublicKeyInfo's last 32 bytes are the Ed25519 key.
+        let public = pki::read_signing_key(&key).unwrap().public_key();
+        assert!(output.stdout.ends_with(public.as_bytes()), "{}", key.display());
+    }
+}

@@ -74,7 +74,10 @@ impl AdminAuditRequest {
 }
 
 /// Consecutive sequences `first..=last` of one session, each stored
-/// `copies` times in the AM's hot store (`copies` > 1 means doubled).
+/// `copies` times in the AM's hot store (`copies` > 1 means doubled); or,
+/// with `exported`, messages whose records left the hot store for the
+/// Accounting Storage and whose dedup markers the AM still holds (stored
+/// once, as far as the AM can tell; the cold files say the rest).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct AuditRun {
     /// The accounting session.
@@ -83,20 +86,32 @@ pub struct AuditRun {
     pub first: u64,
     /// Last sequence of the run (>= `first`).
     pub last: u64,
-    /// How many records each sequence of the run has.
+    /// How many records each sequence of the run has (1 when `exported`).
     pub copies: u32,
+    /// The records were exported: only their dedup markers are hot.
+    pub exported: bool,
 }
 
 impl AuditRun {
-    /// Add `sequence` of `session_id`, held `copies` times, to `runs` built
-    /// in (session, sequence) order: it extends the last run when it
-    /// continues it, else starts a new one.
+    /// Add `sequence` of `session_id`, held `copies` times in the hot store,
+    /// to `runs` built in (session, sequence) order: it extends the last run
+    /// when it continues it, else starts a new one.
     pub fn append(runs: &mut Vec<Self>, session_id: SessionId, sequence: u64, copies: u32) {
+        Self::append_as(runs, session_id, sequence, copies, false);
+    }
+
+    /// As [`Self::append`], for a message whose record was exported.
+    pub fn append_exported(runs: &mut Vec<Self>, session_id: SessionId, sequence: u64) {
+        Self::append_as(runs, session_id, sequence, 1, true);
+    }
+
+    fn append_as(runs: &mut Vec<Self>, session_id: SessionId, sequence: u64, copies: u32, exported: bool) {
         match runs.last_mut() {
             Some(run)
                 if run.session_id == session_id
                     && run.last.checked_add(1) == Some(sequence)
-                    && run.copies == copies =>
+                    && run.copies == copies
+                    && run.exported == exported =>
             {
                 run.last = sequence;
             }
@@ -105,13 +120,14 @@ impl AuditRun {
                 first: sequence,
                 last: sequence,
                 copies,
+                exported,
             }),
         }
     }
 }
 
 /// Bytes of one [`AuditRun`] on the wire.
-pub const AUDIT_RUN_BYTES: usize = 16 + 8 + 8 + 4;
+pub const AUDIT_RUN_BYTES: usize = 16 + 8 + 8 + 4 + 1;
 
 /// One part of the AM's answer to [`AdminAuditRequest`]. A session's runs
 /// may be spread over several parts; the last part has `done` set and the
@@ -140,6 +156,7 @@ impl AdminAuditReport {
             body.put_u64(run.first);
             body.put_u64(run.last);
             body.put_u32(run.copies);
+            body.put_u8(u8::from(run.exported));
         }
         put_frame(out, MessageType::ADMIN_AUDIT_REPORT, &body);
     }
@@ -161,6 +178,7 @@ impl AdminAuditReport {
             let first = reader.u64("first")?;
             let last = reader.u64("last")?;
             let copies = reader.u32("copies")?;
+            let exported = reader.bool("exported")?;
             if last < first || copies == 0 {
                 return Err(DecodeError::InvalidValue {
                     field: "audit run",
@@ -172,6 +190,7 @@ impl AdminAuditReport {
                 first,
                 last,
                 copies,
+                exported,
             });
         }
         Ok(Self { done, records, runs })

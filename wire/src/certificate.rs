@@ -78,6 +78,10 @@ pub enum CertificateError {
     /// The certificate's key is not Ed25519.
     #[error("certificate key is not Ed25519")]
     NotEd25519,
+    /// The certificate's Ed25519 key is of small order or not canonically
+    /// encoded ([`PublicKey::from_identity_bytes`]).
+    #[error("certificate key refused: {0}")]
+    WeakKey(SignatureError),
     /// The certificate has no `urn:acct:<role>:<name>` URI, or more than one.
     #[error("certificate carries no single urn:acct identity")]
     NoIdentity,
@@ -102,9 +106,21 @@ pub struct TrustedCa {
 
 impl TrustedCa {
     /// Trust the CA certificate `der`.
+    /// An Ed25519 CA key must pass [`PublicKey::from_identity_bytes`].
     pub fn from_der(der: Vec<u8>) -> Result<Self, CertificateError> {
         let der = CertificateDer::from(der);
-        webpki::anchor_from_trusted_cert(&der).map_err(|error| CertificateError::BadAnchor(error.to_string()))?;
+        let anchor =
+            webpki::anchor_from_trusted_cert(&der).map_err(|error| CertificateError::BadAnchor(error.to_string()))?;
+        // The anchor's SubjectPublicKeyInfo comes without its outer SEQUENCE
+        // header (the first two bytes of the prefix).
+        let ed25519_key = ED25519_SPKI_PREFIX
+            .get(2..)
+            .and_then(|prefix| anchor.subject_public_key_info.as_ref().strip_prefix(prefix))
+            .and_then(|key| <[u8; 32]>::try_from(key).ok());
+        if let Some(key) = ed25519_key {
+            PublicKey::from_identity_bytes(key)
+                .map_err(|error| CertificateError::BadAnchor(format!("the CA's key: {error}")))?;
+        }
         Ok(Self { der })
     }
 
@@ -148,7 +164,10 @@ impl TrustedCa {
             .strip_prefix(ED25519_SPKI_PREFIX.as_slice())
             .and_then(|key| <[u8; 32]>::try_from(key).ok())
             .ok_or(CertificateError::NotEd25519)?;
-        let public_key = PublicKey::from_bytes(key_bytes).map_err(|_| CertificateError::NotEd25519)?;
+        let public_key = PublicKey::from_identity_bytes(key_bytes).map_err(|error| match error {
+            SignatureError::InvalidPublicKey => CertificateError::NotEd25519,
+            weak => CertificateError::WeakKey(weak),
+        })?;
         let mut identities = certificate
             .valid_uri_names()
             .filter_map(|uri| uri.strip_prefix("urn:acct:"));

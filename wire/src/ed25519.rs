@@ -61,6 +61,24 @@ impl PublicKey {
         Ok(Self { bytes, point })
     }
 
+    /// Parse the key of a party (a certificate's key, as it enters at
+    /// connect, in a credential request's a5, or when a CA is loaded): a
+    /// point as [`Self::from_bytes`] accepts, but neither of small order nor
+    /// encoded non-canonically. Under ZIP-215 a small-order key verifies
+    /// forged signatures on any message, so its holder could deny its own
+    /// records; an honest key generator never makes one. A non-canonical
+    /// encoding would give one key two byte strings.
+    pub fn from_identity_bytes(bytes: [u8; PUBLIC_KEY_BYTES]) -> Result<Self, SignatureError> {
+        let key = Self::from_bytes(bytes)?;
+        if key.point.is_small_order() {
+            return Err(SignatureError::SmallOrderPublicKey);
+        }
+        if key.point.compress().0 != bytes {
+            return Err(SignatureError::NonCanonicalPublicKey);
+        }
+        Ok(key)
+    }
+
     /// The key's bytes as encoded.
     pub fn as_bytes(&self) -> &[u8; PUBLIC_KEY_BYTES] {
         &self.bytes
@@ -94,7 +112,9 @@ impl SigningKey {
         Self(ed25519_dalek::SigningKey::from_bytes(seed))
     }
 
-    /// A signing key from a PKCS#8 PEM document (as written by `acct init`).
+    /// A signing key from a PKCS#8 PEM document: version 1 (RFC 8410, as
+    /// `acct init` and OpenSSL write it) or version 2 (with the public key,
+    /// as earlier `acct init`s wrote it).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
         use ed25519_dalek::pkcs8::DecodePrivateKey;
         ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
@@ -102,10 +122,16 @@ impl SigningKey {
             .map_err(|_| KeyError::Pkcs8)
     }
 
-    /// This key as a PKCS#8 PEM document.
+    /// This key as a PKCS#8 version 1 PEM document (RFC 8410: the seed
+    /// only), the form OpenSSL (`openssl pkey`) and Python's `cryptography`
+    /// read; they refuse version 2, which adds the public key.
     pub fn to_pkcs8_pem(&self) -> Result<String, KeyError> {
-        use ed25519_dalek::pkcs8::EncodePrivateKey;
-        self.0
+        use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+        let seed_only = KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        };
+        seed_only
             .to_pkcs8_pem(Default::default())
             .map(|pem| pem.to_string())
             .map_err(|_| KeyError::Pkcs8)
@@ -411,4 +437,88 @@ fn coefficients(seed: &[u8; 32], prepared: &[(usize, Prepared<'_>)]) -> Vec<Scal
         counter += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_are_pkcs8_version_1_and_both_versions_are_read() {
+        let key = SigningKey::from_seed(&[7; 32]);
+        let pem = key.to_pkcs8_pem().unwrap();
+        // RFC 8410's OneAsymmetricKey, version 1: SEQUENCE { INTEGER 0,
+        // AlgorithmIdentifier { 1.3.101.112 }, OCTET STRING { OCTET STRING
+        // seed } }: 48 bytes, no public key.
+        let der = {
+            use ed25519_dalek::pkcs8::{DecodePrivateKey, Document};
+            let (_, document) = Document::from_pem(&pem).unwrap();
+            assert!(ed25519_dalek::pkcs8::KeypairBytes::from_pkcs8_der(document.as_bytes()).is_ok());
+            document.as_bytes().to_vec()
+        };
+        assert_eq!(der.len(), 48, "{der:02x?}");
+        assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00], "version 1 (INTEGER 0)");
+        assert_eq!(SigningKey::from_pkcs8_pem(&pem).unwrap().public_key(), key.public_key());
+        // Version 2 (with the public key), as earlier releases wrote it.
+        let version_2 = {
+            use ed25519_dalek::pkcs8::EncodePrivateKey;
+            key.0.to_pkcs8_pem(Default::default()).unwrap().to_string()
+        };
+        assert_ne!(version_2, pem);
+        assert_eq!(
+            SigningKey::from_pkcs8_pem(&version_2).unwrap().public_key(),
+            key.public_key()
+        );
+        assert!(SigningKey::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+    }
+
+    /// y as 32 little-endian bytes, the sign bit clear.
+    fn y_bytes(y_low: u8, rest: u8, top: u8) -> [u8; 32] {
+        let mut bytes = [rest; 32];
+        bytes[0] = y_low;
+        bytes[31] = top;
+        bytes
+    }
+
+    #[test]
+    fn identity_keys_refuse_small_order_and_non_canonical_encodings() {
+        // The eight small-order points, from their canonical encodings: the
+        // identity (y = 1), y = -1, the two of order 4 (y = 0, x = ±sqrt(-1))
+        // and the four of order 8 (via the point of order 8 and its multiples).
+        let order_8 = curve25519_dalek::constants::EIGHT_TORSION;
+        let mut small = 0;
+        for point in order_8 {
+            let bytes = point.compress().0;
+            assert_eq!(
+                PublicKey::from_identity_bytes(bytes).err(),
+                Some(SignatureError::SmallOrderPublicKey)
+            );
+            // Still a point to the ZIP-215 equation (section 5.4 of the
+            // protocol); it is refused where a party's key enters.
+            assert!(PublicKey::from_bytes(bytes).is_ok());
+            small += 1;
+        }
+        assert_eq!(small, 8);
+        // Non-canonical: y = p + k for small k (p = 2^255 - 19) decodes to
+        // the point with y = k. Those of large order are refused as
+        // non-canonical; at least one such k exists below 19.
+        let mut non_canonical = 0;
+        for k in 0..19u8 {
+            let bytes = y_bytes(0xed + k, 0xff, 0x7f);
+            let Ok(parsed) = PublicKey::from_bytes(bytes) else {
+                continue;
+            };
+            let refused = PublicKey::from_identity_bytes(bytes).err();
+            if parsed.point.is_small_order() {
+                assert_eq!(refused, Some(SignatureError::SmallOrderPublicKey), "k = {k}");
+            } else {
+                assert_eq!(refused, Some(SignatureError::NonCanonicalPublicKey), "k = {k}");
+                non_canonical += 1;
+            }
+        }
+        assert!(non_canonical > 0);
+        // A real key passes.
+        let key = SigningKey::from_seed(&[3; 32]).public_key();
+        assert_eq!(PublicKey::from_identity_bytes(*key.as_bytes()).unwrap(), key);
+    }
 }

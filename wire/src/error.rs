@@ -86,6 +86,13 @@ pub enum SignatureError {
     /// The public key is not the encoding of a curve point.
     #[error("public key is not a valid point encoding")]
     InvalidPublicKey,
+    /// The public key is a point of small order (refused wherever a party's
+    /// key enters: it would verify forged signatures).
+    #[error("public key is a point of small order")]
+    SmallOrderPublicKey,
+    /// The public key's encoding is not the canonical one of its point.
+    #[error("public key is not canonically encoded")]
+    NonCanonicalPublicKey,
     /// The verification equation does not hold.
     #[error("signature does not verify")]
     Mismatch,

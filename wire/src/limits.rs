@@ -84,7 +84,7 @@ pub const MINUTES_PER_DAY: u16 = 1440;
 const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(SMALL_FRAME_BODY_BYTES_MAX < FRAME_BODY_BYTES_MAX);
 const _: () = assert!(2 + ACK_ENTRIES_MAX * ACK_ENTRY_BYTES <= SMALL_FRAME_BODY_BYTES_MAX);
-const _: () = assert!(1 + 8 + 2 + AUDIT_RUNS_PER_FRAME_MAX * (ID_BYTES + 8 + 8 + 4) <= SMALL_FRAME_BODY_BYTES_MAX);
+const _: () = assert!(1 + 8 + 2 + AUDIT_RUNS_PER_FRAME_MAX * (ID_BYTES + 8 + 8 + 4 + 1) <= SMALL_FRAME_BODY_BYTES_MAX);
 const _: () = assert!(AUDIT_RUNS_PER_FRAME_MAX <= u16::MAX as usize);
 const _: () = assert!(
     3 + SERVICE_LIST_ENTRIES_PER_FRAME_MAX * (4 + 3 * (1 + NAME_BYTES_MAX) + 1 + ADDRESS_BYTES_MAX + 30)

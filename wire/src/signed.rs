@@ -8,6 +8,8 @@
 //! re-encoding is never needed; encoding a decoded message writes them back
 //! unchanged.
 
+use std::fmt;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -44,7 +46,7 @@ pub trait MacedFields: Sized {
 }
 
 /// A message with its Ed25519 signature and the exact bytes it was made of.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Signed<T> {
     value: T,
     body: Bytes,
@@ -128,7 +130,7 @@ impl<T: SignedFields> Signed<T> {
 }
 
 /// A message with its HMAC-SHA256 tag and the exact bytes it was made of.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Maced<T> {
     value: T,
     body: Bytes,
@@ -196,6 +198,28 @@ pub fn compute_mac(key: &SessionKey, domain: &[u8], message: &[u8]) -> [u8; MAC_
     let mut out = [0u8; MAC_BYTES];
     out.copy_from_slice(&tag);
     out
+}
+
+/// The decoded fields (whose own `Debug` redacts keys) and the length of
+/// the body, never its bytes: a credential's body carries the session key
+/// (b3, c3) in the clear, and a log line must not.
+impl<T: fmt::Debug> fmt::Debug for Signed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signed")
+            .field("value", &self.value)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// As for [`Signed`]: the fields and the body's length only.
+impl<T: fmt::Debug> fmt::Debug for Maced<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Maced")
+            .field("value", &self.value)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn new_mac(key: &SessionKey) -> Hmac<Sha256> {

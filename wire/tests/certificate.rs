@@ -48,7 +48,7 @@ struct Leaf<'a> {
     not_after_year: i32,
 }
 
-fn leaf(ca: &Ca, key: &KeyPair, leaf: Leaf<'_>) -> Vec<u8> {
+fn leaf(ca: &Ca, key: &impl rcgen::PublicKeyData, leaf: Leaf<'_>) -> Vec<u8> {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, "leaf");
     params.subject_alt_names = leaf
@@ -231,5 +231,114 @@ fn credential_request_signature_is_bound_to_the_certificate_key() {
     assert!(matches!(
         trusted.verify_credential_request(&forged, NOW_S),
         Err(CertificateError::BadSignature(_))
+    ));
+}
+
+/// An Ed25519 public key given as raw bytes: lets the CA certify a key that
+/// no honest generator makes.
+struct RawKey([u8; 32]);
+
+impl rcgen::PublicKeyData for RawKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ED25519
+    }
+}
+
+/// A small-order key verifies forged signatures under ZIP-215: a provider
+/// or user certified with one could deny its own records. Certificates with
+/// such keys (or non-canonically encoded ones) are refused for every role,
+/// and so are credential requests that carry them (a5).
+#[test]
+fn certificates_with_small_order_or_non_canonical_keys_are_refused() {
+    let ca = ca(1);
+    let trusted = TrustedCa::from_der(ca.der.clone()).unwrap();
+    // The identity point (y = 1), and y = 1 written as p + 1.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut identity_non_canonical = [0xff; 32];
+    identity_non_canonical[0] = 0xee;
+    identity_non_canonical[31] = 0x7f;
+    // A point of large order written non-canonically (y = p + k).
+    let large_non_canonical = (2..19u8)
+        .map(|k| {
+            let mut bytes = [0xff; 32];
+            bytes[0] = 0xed + k;
+            bytes[31] = 0x7f;
+            bytes
+        })
+        .find(|bytes| wire::PublicKey::from_identity_bytes(*bytes) == Err(wire::SignatureError::NonCanonicalPublicKey))
+        .expect("some y = p + k below p + 19 is a point of large order");
+    for (key, uri, role, refusal) in [
+        (
+            identity,
+            "urn:acct:user:mallory",
+            Role::User,
+            wire::SignatureError::SmallOrderPublicKey,
+        ),
+        (
+            identity,
+            "urn:acct:provider:mallory",
+            Role::Provider,
+            wire::SignatureError::SmallOrderPublicKey,
+        ),
+        (
+            identity_non_canonical,
+            "urn:acct:provider:mallory",
+            Role::Provider,
+            wire::SignatureError::SmallOrderPublicKey,
+        ),
+        (
+            large_non_canonical,
+            "urn:acct:provider:mallory",
+            Role::Provider,
+            wire::SignatureError::NonCanonicalPublicKey,
+        ),
+    ] {
+        let certificate = leaf(
+            &ca,
+            &RawKey(key),
+            Leaf {
+                uris: vec![uri],
+                usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
+                not_after_year: 2027,
+            },
+        );
+        assert_eq!(
+            trusted.verify(&certificate, role, NOW_S),
+            Err(CertificateError::WeakKey(refusal))
+        );
+        assert!(matches!(
+            trusted.identify(&certificate, NOW_S),
+            Err(CertificateError::WeakKey(_))
+        ));
+    }
+    // A credential request whose a5 carries such a certificate is refused
+    // at the certificate, before any signature is looked at (with that key,
+    // a signature forged without any secret would verify under ZIP-215).
+    let certificate = leaf(
+        &ca,
+        &RawKey(identity),
+        Leaf {
+            uris: vec!["urn:acct:user:mallory"],
+            usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            not_after_year: 2027,
+        },
+    );
+    let honest = SigningKey::from_seed(&[9; 32]);
+    let request = Signed::<ServiceCredentialRequest>::sign(
+        ServiceCredentialRequest {
+            certificate: Bytes::from(certificate),
+            ..support::service_credential_request().value().clone()
+        },
+        &honest,
+    )
+    .unwrap();
+    assert!(matches!(
+        trusted.verify_credential_request(&request, NOW_S),
+        Err(CertificateError::WeakKey(_))
     ));
 }

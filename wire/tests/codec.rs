@@ -810,3 +810,25 @@ fn large_acks_split_into_frames() {
     Message::AccountingAck(AccountingAck { entries: Vec::new() }).encode(&mut out);
     assert!(out.is_empty());
 }
+
+/// A credential's body carries the session key in the clear (b3, c3): no
+/// `Debug` of a signed or MACed message may print it, in any form.
+#[test]
+fn debug_output_never_prints_a_session_key() {
+    let key_hex = hex::encode(support::SESSION_KEY_BYTES);
+    let key_decimal = format!("{:?}", support::SESSION_KEY_BYTES);
+    let key_escaped = "\\x44\\x44\\x44\\x44";
+    let key_ascii = "DDDDDDDD";
+    let printed = [
+        format!("{:?}", support::service_credential()),
+        format!("{:#?}", support::user_credential()),
+        format!("{:?}", support::service_request()),
+        format!("{:?}", support::service_proof()),
+    ];
+    for text in printed {
+        for form in [key_hex.as_str(), key_decimal.as_str(), key_escaped, key_ascii] {
+            assert!(!text.contains(form), "{form} in {text}");
+        }
+        assert!(text.contains("body_bytes"), "{text}");
+    }
+}

@@ -609,7 +609,7 @@ const HALF_OPEN_INITIALS: usize = 16_384;
 /// `count` real client Initials (valid QUIC and TLS ClientHellos, made by
 /// quinn-proto), each from a fresh connection attempt.
 fn initials(args: &Args, me: &ClientIdentity, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
-    let config = peer::quic::client_config_for(&me.ca_der, None)?;
+    let config = peer::quic::client_config_for(&me.ca_der, None, wire::Role::AccountingManager)?;
     let mut packets = Vec::with_capacity(count);
     while packets.len() < count {
         // A fresh state machine per batch keeps the attacker's memory flat.

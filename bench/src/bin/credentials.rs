@@ -33,11 +33,15 @@ struct Args {
     /// Credentials to request.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     requests: u64,
-    /// Users requesting at once, each on its own connection.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    /// Users requesting at once, each on its own connection (the AM takes
+    /// at most 64 user connections from one address).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=64))]
     concurrency: u64,
-    /// User identities to sign with (user-0001 …), from the PKI folder.
-    #[arg(long, default_value_t = 4)]
+    /// User identities to sign with (user-0001 …), from the PKI folder;
+    /// those it lacks are minted in memory with its CA key. Each holds at
+    /// most the AM's `sessions_per_user_max` (1,000) live sessions: keep
+    /// requests / users below it.
+    #[arg(long, default_value_t = 64)]
     users: usize,
     /// Where provider-0001 serves users: the AM's service 1 must say so
     /// (the embedded default's service 1 is at 127.0.0.1:7001).
@@ -72,9 +76,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("starting provider-0001")?;
-    let users: Vec<ClientIdentity> = (1..=args.users.max(1))
-        .map(|index| identity(&args.pki, Role::User, &acct::pki::user_name(index)))
-        .collect::<anyhow::Result<_>>()?;
+    let mut authority = None;
+    let mut users: Vec<ClientIdentity> = Vec::with_capacity(args.users.max(1));
+    for index in 1..=args.users.max(1) {
+        let name = acct::pki::user_name(index);
+        let user = match identity(&args.pki, Role::User, &name) {
+            Ok(user) => user,
+            Err(_) => {
+                if authority.is_none() {
+                    authority =
+                        Some(acct::pki::CertificateAuthority::load(&args.pki).with_context(|| {
+                            format!("{name} is not in the PKI folder, and its CA key is not either")
+                        })?);
+                }
+                let Some(ca) = authority.as_ref() else {
+                    anyhow::bail!("no CA to mint {name}");
+                };
+                let issued = ca.issue(Role::User, &name)?;
+                ClientIdentity {
+                    ca_der: acct::pki::read_certificate_der(&args.pki.join(acct::pki::CA_CERTIFICATE_FILE))?,
+                    certificate_der: issued.certificate_der,
+                    signing_key: issued.signing_key,
+                }
+            }
+        };
+        users.push(user);
+    }
     let now = acct::clock::now_ms();
     let mut requests = Vec::with_capacity(args.requests as usize);
     for index in 0..args.requests {

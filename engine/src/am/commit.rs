@@ -45,6 +45,10 @@ pub struct Committer {
     /// Failed commit groups since the last success, logged at most every
     /// [`FAILURE_LOG_INTERVAL`] (a full disk fails every group).
     failures: FailureLog,
+    /// The sessions counted in the table's live sessions per user
+    /// ([`SessionTable::count_live`]): open, no Final stored, and within
+    /// their validity when last looked at.
+    live: std::collections::HashSet<SessionId, foldhash::fast::RandomState>,
 }
 
 /// How often a run of failing commit groups is logged.
@@ -123,8 +127,14 @@ impl Committer {
     /// A committer over a recovered store.
     pub fn new(store: Arc<Store>, table: Arc<SessionTable>, settings: CommitSettings) -> Result<Self, StoreError> {
         let mut sessions = Map::default();
+        let mut live = std::collections::HashSet::default();
+        let now = now_ms();
         for stored in store.load_sessions()? {
             table.insert(stored.info.clone());
+            if is_live(&stored.info, &stored.progress, now) {
+                table.count_live(&stored.info.credential.value().user_id);
+                live.insert(stored.info.session_id());
+            }
             sessions.insert(stored.info.session_id(), (stored.info, stored.progress));
         }
         let next_commit_sequence = store.next_commit_sequence()?;
@@ -143,7 +153,18 @@ impl Committer {
             settings,
             key_ids,
             failures: FailureLog::default(),
+            live,
         })
+    }
+
+    /// Stop counting `session_id` as live (its Final is stored, its
+    /// validity ended, or it is pruned); nothing if it was not counted.
+    fn uncount_live(&mut self, session_id: SessionId) {
+        if self.live.remove(&session_id)
+            && let Some((info, _)) = self.sessions.get(&session_id)
+        {
+            self.table.uncount_live(&info.credential.value().user_id);
+        }
     }
 
     /// A session's progress as the committer holds it (for tests).
@@ -212,6 +233,10 @@ impl Committer {
             Ok(()) => {
                 for (session, reply) in opens {
                     self.table.insert(session.clone());
+                    if is_live(&session, &progress, now) {
+                        self.table.count_live(&session.credential.value().user_id);
+                        self.live.insert(session.session_id());
+                    }
                     self.sessions.insert(session.session_id(), (session, progress));
                     let _ = reply.send(Ok(()));
                 }
@@ -330,6 +355,9 @@ impl Committer {
                     if let Some(entry) = self.sessions.get_mut(&session_id) {
                         entry.1 = progress;
                     }
+                    if progress.is_closed() {
+                        self.uncount_live(session_id);
+                    }
                 }
                 None
             }
@@ -432,7 +460,12 @@ impl Committer {
         let mut write = GroupWrite::default();
         let mut flagged: Vec<(SessionId, SessionProgress)> = Vec::new();
         let mut pruned: Vec<SessionId> = Vec::new();
+        // Sessions whose validity ended stop counting against their user.
+        let mut ended: Vec<SessionId> = Vec::new();
         for (session_id, (info, progress)) in &self.sessions {
+            if self.live.contains(session_id) && !is_live(info, progress, now) {
+                ended.push(*session_id);
+            }
             if !progress.flags.missed_interim() && session::missed_interim(info, progress, now) {
                 let mut next = *progress;
                 next.flags = SessionFlags(next.flags.0 | SessionFlags::MISSED_INTERIM);
@@ -449,6 +482,9 @@ impl Committer {
                 pruned.push(*session_id);
             }
         }
+        for session_id in ended {
+            self.uncount_live(session_id);
+        }
         if flagged.is_empty() && pruned.is_empty() {
             return;
         }
@@ -462,6 +498,7 @@ impl Committer {
                     }
                 }
                 for session_id in &pruned {
+                    self.uncount_live(*session_id);
                     self.sessions.remove(session_id);
                     self.table.remove(session_id);
                 }
@@ -470,6 +507,12 @@ impl Committer {
             Err(error) => tracing::error!(%error, "watchdog write failed; will retry next tick"),
         }
     }
+}
+
+/// Whether a session counts against its user's live sessions: no Final
+/// stored, and within its validity.
+fn is_live(info: &SessionInfo, progress: &SessionProgress, now: u64) -> bool {
+    !progress.is_closed() && now < info.policy().valid_until_ms
 }
 
 /// Send a stream's run of answers, leaving `run` empty. The stream may be

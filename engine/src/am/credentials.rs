@@ -6,7 +6,7 @@
 //! → store the session durably → answer the user. A session the provider
 //! did not confirm is never stored, so no half-made session is usable.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -149,15 +149,28 @@ fn relative_policy(
     }
 }
 
-/// Request ids and nonces seen within the replay window. Bounded by
+/// Request ids and nonces of requests that were issued a session within
+/// the replay window, and of requests being decided now. Bounded by
 /// [`REPLAY_ENTRIES_MAX`] in all and [`REPLAY_ENTRIES_PER_USER_MAX`] per
 /// user, so that one user cannot fill it for everyone.
+///
+/// A request is *reserved* when its checks begin (so two copies racing
+/// each other cannot both be issued) and *released* if it is refused: only
+/// a request that was issued a session is remembered, and one refused as
+/// "retry later" (PROVIDER_UNAVAILABLE, BUSY, OUT_OF_SPACE) can be sent
+/// again with the same bytes. What is remembered also survives a restart:
+/// the request id and nonce are stored with the session
+/// ([`ReplayCache::remember`] at start).
 #[derive(Default)]
 pub struct ReplayCache {
+    /// The live entries' request ids and nonces.
     ids: HashSet<RequestId>,
     nonces: HashSet<Nonce>,
     per_user: HashMap<Name, usize>,
-    order: VecDeque<(u64, RequestId, Nonce, Name)>,
+    /// The live entries by (expires, serial): expiry order, and a released
+    /// entry leaves at once.
+    order: BTreeMap<(u64, u64), (RequestId, Nonce, Name)>,
+    next_serial: u64,
 }
 
 /// Requests one user may have in the replay window.
@@ -174,31 +187,25 @@ pub enum Replay {
     Full,
 }
 
+/// A request reserved in the cache while it is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    expires: u64,
+    serial: u64,
+}
+
 impl ReplayCache {
-    /// Remember (id, nonce) of `user` at `now_ms`, unless either was seen
-    /// within the window.
-    pub fn check_and_insert(&mut self, user: &Name, id: RequestId, nonce: Nonce, now_ms: u64) -> Result<(), Replay> {
-        while let Some((expires, old_id, old_nonce, old_user)) = self.order.front() {
-            if *expires > now_ms {
-                break;
-            }
-            self.ids.remove(old_id);
-            self.nonces.remove(old_nonce);
-            if let Some(count) = self.per_user.get_mut(old_user) {
-                *count -= 1;
-                if *count == 0 {
-                    self.per_user.remove(old_user);
-                }
-            }
-            self.order.pop_front();
-        }
+    /// Reserve (id, nonce) of `user` at `now_ms`, unless either was
+    /// issued, or is being decided, within the window.
+    pub fn reserve(&mut self, user: &Name, id: RequestId, nonce: Nonce, now_ms: u64) -> Result<Reservation, Replay> {
+        self.expire(now_ms);
         if self.ids.contains(&id) {
             return Err(Replay::RequestId);
         }
         if self.nonces.contains(&nonce) {
             return Err(Replay::Nonce);
         }
-        if self.order.len() >= REPLAY_ENTRIES_MAX
+        if self.ids.len() >= REPLAY_ENTRIES_MAX
             || self
                 .per_user
                 .get(user)
@@ -206,14 +213,73 @@ impl ReplayCache {
         {
             return Err(Replay::Full);
         }
+        // Kept one millisecond beyond the window: a request stamped at the
+        // edge of the skew is refused for its whole lifetime.
+        Ok(self.insert(user, id, nonce, now_ms + REPLAY_WINDOW_MS + 1))
+    }
+
+    /// Forget a reserved request that was refused: the same bytes may come
+    /// again.
+    pub fn release(&mut self, user: &Name, reservation: Reservation) {
+        let Some((id, nonce, _)) = self.order.remove(&(reservation.expires, reservation.serial)) else {
+            return;
+        };
+        self.ids.remove(&id);
+        self.nonces.remove(&nonce);
+        self.uncount(user);
+    }
+
+    /// Remember requests (user, a2, a3, issuance time) of sessions found in
+    /// the store at start, those whose window has not passed at `now_ms`.
+    pub fn remember(&mut self, requests: impl IntoIterator<Item = (Name, RequestId, Nonce, u64)>, now_ms: u64) {
+        for (user, id, nonce, issued_ms) in requests {
+            let expires = issued_ms.saturating_add(REPLAY_WINDOW_MS + 1);
+            if expires <= now_ms || self.ids.contains(&id) || self.nonces.contains(&nonce) {
+                continue;
+            }
+            self.insert(&user, id, nonce, expires);
+        }
+    }
+
+    /// Entries live (reserved or issued, unexpired).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no entry is live.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn insert(&mut self, user: &Name, id: RequestId, nonce: Nonce, expires: u64) -> Reservation {
+        let serial = self.next_serial;
+        self.next_serial += 1;
         self.ids.insert(id);
         self.nonces.insert(nonce);
         *self.per_user.entry(user.clone()).or_default() += 1;
-        // Kept one millisecond beyond the window: a request stamped at the
-        // edge of the skew is refused for its whole lifetime.
-        self.order
-            .push_back((now_ms + REPLAY_WINDOW_MS + 1, id, nonce, user.clone()));
-        Ok(())
+        self.order.insert((expires, serial), (id, nonce, user.clone()));
+        Reservation { expires, serial }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(entry) = self.order.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let (id, nonce, user) = entry.remove();
+            self.ids.remove(&id);
+            self.nonces.remove(&nonce);
+            self.uncount(&user);
+        }
+    }
+
+    fn uncount(&mut self, user: &Name) {
+        if let Some(count) = self.per_user.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_user.remove(user);
+            }
+        }
     }
 }
 
@@ -279,7 +345,7 @@ pub struct Issuer<'a> {
     /// The AM's key (signs both credentials).
     pub signing_key: &'a SigningKey,
     /// Revoked certificates.
-    pub deny: &'a super::deny::DenyList,
+    pub deny: &'a crate::deny::DenyList,
 }
 
 /// A session minted and confirmed by its provider, ready to be stored.
@@ -297,10 +363,46 @@ fn refuse(code: ErrorCode, detail: &str) -> ErrorMessage {
     ErrorMessage::new(code, detail)
 }
 
-impl Issuer<'_> {
-    /// Check a request, mint its session and push the User Credential to
-    /// the provider; the caller stores the session, then answers.
-    pub async fn mint(&self, request: &Signed<ServiceCredentialRequest>, now_ms: u64) -> Result<Minted, ErrorMessage> {
+/// A request that passed the checks and holds its place in the replay
+/// cache. Dropped while armed (a refusal, or an issuance cancelled before
+/// its session went to the store), it gives the place back: the same bytes
+/// may come again. [`Reserved::hold`] once the session may be stored.
+pub struct Reserved<'a> {
+    cache: &'a Mutex<ReplayCache>,
+    /// The user (a5's name).
+    pub user: Name,
+    reservation: Reservation,
+    armed: bool,
+}
+
+impl Reserved<'_> {
+    /// Keep the place whatever happens to this value from now on: the
+    /// session is on its way to the store.
+    pub fn hold(&mut self) {
+        self.armed = false;
+    }
+
+    /// Give the place back now (the session could not be stored).
+    pub fn release(mut self) {
+        self.armed = true;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .release(&self.user, self.reservation);
+        }
+    }
+}
+
+impl<'a> Issuer<'a> {
+    /// The checks before anything is minted (a4/a5, revocation, freshness)
+    /// and the request's reservation in the replay cache.
+    pub fn check(&self, request: &Signed<ServiceCredentialRequest>, now_ms: u64) -> Result<Reserved<'a>, ErrorMessage> {
         let identity = self
             .ca
             .verify_credential_request(request, now_ms / 1000)
@@ -315,13 +417,13 @@ impl Issuer<'_> {
                 "the request's timestamp is more than 5 minutes from the AM's clock",
             ));
         }
-        let replay = self
+        let reservation = self
             .replay
             .lock()
             .map_err(|_| refuse(ErrorCode::INTERNAL, "replay cache poisoned"))?
-            .check_and_insert(&identity.name, value.request_id, value.nonce, now_ms);
-        match replay {
-            Ok(()) => {}
+            .reserve(&identity.name, value.request_id, value.nonce, now_ms);
+        let reservation = match reservation {
+            Ok(reservation) => reservation,
             Err(Replay::RequestId) => return Err(refuse(ErrorCode::REPLAYED_REQUEST, "request id seen before")),
             Err(Replay::Nonce) => return Err(refuse(ErrorCode::REPLAYED_REQUEST, "nonce seen before")),
             Err(Replay::Full) => {
@@ -330,7 +432,26 @@ impl Issuer<'_> {
                     "too many requests in the replay window (from this user, or in all)",
                 ));
             }
-        }
+        };
+        Ok(Reserved {
+            cache: self.replay,
+            user: identity.name,
+            reservation,
+            armed: true,
+        })
+    }
+
+    /// Mint the session of a checked request ([`Self::check`]) and push
+    /// its User Credential to the provider; the caller stores the session,
+    /// then answers.
+    pub async fn mint(
+        &self,
+        request: &Signed<ServiceCredentialRequest>,
+        reserved: &Reserved<'_>,
+        now_ms: u64,
+    ) -> Result<Minted, ErrorMessage> {
+        let value = request.value();
+        let identity_name = &reserved.user;
         let Some(service) = self.directory.get(value.service_id) else {
             return Err(refuse(
                 ErrorCode::UNKNOWN_SERVICE,
@@ -358,7 +479,7 @@ impl Issuer<'_> {
             UserCredential {
                 session_id: SessionId(session_id),
                 service_id: service.service_id,
-                user_id: identity.name.clone(),
+                user_id: identity_name.clone(),
                 user_address: value.user_address.clone(),
                 session_key: SessionKey(session_key),
                 policy,
@@ -428,14 +549,66 @@ mod tests {
         let user = Name::new("user-0001").unwrap();
         let (a, b) = (RequestId([1; 16]), RequestId([2; 16]));
         let (x, y) = (Nonce([1; 16]), Nonce([2; 16]));
-        assert_eq!(cache.check_and_insert(&user, a, x, 1_000), Ok(()));
-        assert_eq!(cache.check_and_insert(&user, a, y, 2_000), Err(Replay::RequestId));
-        assert_eq!(cache.check_and_insert(&user, b, x, 2_000), Err(Replay::Nonce));
+        assert!(cache.reserve(&user, a, x, 1_000).is_ok());
+        assert_eq!(cache.reserve(&user, a, y, 2_000), Err(Replay::RequestId));
+        assert_eq!(cache.reserve(&user, b, x, 2_000), Err(Replay::Nonce));
         assert_eq!(
-            cache.check_and_insert(&user, a, x, 1_000 + REPLAY_WINDOW_MS),
+            cache.reserve(&user, a, x, 1_000 + REPLAY_WINDOW_MS),
             Err(Replay::RequestId)
         );
-        assert_eq!(cache.check_and_insert(&user, a, x, 1_001 + REPLAY_WINDOW_MS), Ok(()));
+        assert!(cache.reserve(&user, a, x, 1_001 + REPLAY_WINDOW_MS).is_ok());
+    }
+
+    #[test]
+    fn a_released_request_can_be_sent_again_and_expires_once() {
+        let mut cache = ReplayCache::default();
+        let user = Name::new("user-0001").unwrap();
+        let (id, nonce) = (RequestId([1; 16]), Nonce([1; 16]));
+        // Refused as "retry later": released, the same bytes pass again.
+        let first = cache.reserve(&user, id, nonce, 1_000).unwrap();
+        assert_eq!(
+            cache.reserve(&user, id, nonce, 1_500),
+            Err(Replay::RequestId),
+            "racing copy"
+        );
+        cache.release(&user, first);
+        assert!(cache.is_empty());
+        let second = cache.reserve(&user, id, nonce, 2_000).unwrap();
+        // The released entry's expiry does not forget the second one.
+        assert_eq!(
+            cache.reserve(&user, id, nonce, 1_001 + REPLAY_WINDOW_MS),
+            Err(Replay::RequestId)
+        );
+        assert_eq!(cache.len(), 1);
+        // Releasing twice, or a stale reservation, changes nothing.
+        cache.release(&user, first);
+        assert_eq!(cache.len(), 1);
+        cache.release(&user, second);
+        cache.release(&user, second);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn remembered_requests_are_refused_until_their_window_passes() {
+        let mut cache = ReplayCache::default();
+        let user = Name::new("user-0001").unwrap();
+        let now = 10 * REPLAY_WINDOW_MS;
+        let recent = (RequestId([1; 16]), Nonce([1; 16]));
+        let old = (RequestId([2; 16]), Nonce([2; 16]));
+        cache.remember(
+            [
+                (user.clone(), recent.0, recent.1, now - 1_000),
+                (user.clone(), old.0, old.1, now - REPLAY_WINDOW_MS - 1),
+            ],
+            now,
+        );
+        assert_eq!(cache.reserve(&user, recent.0, recent.1, now), Err(Replay::RequestId));
+        assert!(cache.reserve(&user, old.0, old.1, now).is_ok());
+        assert!(
+            cache
+                .reserve(&user, recent.0, recent.1, now - 1_000 + REPLAY_WINDOW_MS + 1)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -446,15 +619,16 @@ mod tests {
         for index in 0..REPLAY_ENTRIES_PER_USER_MAX as u64 {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&index.to_be_bytes());
-            assert_eq!(cache.check_and_insert(&greedy, RequestId(id), Nonce(id), 1), Ok(()));
+            assert!(cache.reserve(&greedy, RequestId(id), Nonce(id), 1).is_ok());
         }
         assert_eq!(
-            cache.check_and_insert(&greedy, RequestId([0xff; 16]), Nonce([0xff; 16]), 1),
+            cache.reserve(&greedy, RequestId([0xff; 16]), Nonce([0xff; 16]), 1),
             Err(Replay::Full)
         );
-        assert_eq!(
-            cache.check_and_insert(&other, RequestId([0xfe; 16]), Nonce([0xfe; 16]), 1),
-            Ok(())
+        assert!(
+            cache
+                .reserve(&other, RequestId([0xfe; 16]), Nonce([0xfe; 16]), 1)
+                .is_ok()
         );
     }
 

@@ -377,8 +377,15 @@ impl Link {
                 (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
             };
             let mut endpoint = peer::quic::shared_endpoint(bind).map_err(|error| unreachable(error.to_string()))?;
-            let mut config =
-                peer::quic::client_config(&self.settings.identity).map_err(|error| unreachable(error.to_string()))?;
+            let mut config = peer::quic::client_config_for(
+                &self.settings.identity.ca_der,
+                Some((
+                    &self.settings.identity.certificate_der,
+                    &self.settings.identity.signing_key,
+                )),
+                wire::Role::AccountingStorage,
+            )
+            .map_err(|error| unreachable(error.to_string()))?;
             // A storage that dies silently (SIGKILL, power) is noticed
             // after the idle timeout; keep-alives keep a healthy but quiet
             // link open between batches.

@@ -8,7 +8,6 @@
 
 pub mod commit;
 pub mod credentials;
-pub mod deny;
 pub mod export;
 pub mod gate;
 pub mod ingest;

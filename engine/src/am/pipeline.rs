@@ -315,6 +315,10 @@ impl CommitCommand {
 #[derive(Debug, Default)]
 pub struct SessionTable {
     sessions: RwLock<HashMap<SessionId, Arc<SessionInfo>, foldhash::fast::RandomState>>,
+    /// Live sessions per user (no Final stored, within their validity):
+    /// kept by the committer, read by credential issuance. Users with none
+    /// have no entry.
+    live_per_user: Mutex<HashMap<Name, usize>>,
 }
 
 impl SessionTable {
@@ -350,6 +354,43 @@ impl SessionTable {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(session_id);
+    }
+
+    /// Live sessions of `user`.
+    pub fn live_sessions(&self, user: &Name) -> usize {
+        self.live_per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(user)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// One more live session of `user` (the committer, when it opens or
+    /// recovers one).
+    pub fn count_live(&self, user: &Name) {
+        *self
+            .live_per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(user.clone())
+            .or_default() += 1;
+    }
+
+    /// One live session of `user` fewer (the committer, when its Final is
+    /// stored or its validity ends).
+    pub fn uncount_live(&self, user: &Name) {
+        let mut live = self
+            .live_per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match live.get_mut(user) {
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                live.remove(user);
+            }
+            None => debug_assert!(false, "a live session uncounted twice"),
+        }
     }
 
     /// Sessions known.

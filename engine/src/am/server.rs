@@ -25,8 +25,7 @@ use wire::{
     SessionId, SessionKey, Signed, SigningKey, TrustedCa, UserCredential,
 };
 
-use super::credentials::{Issuer, ProviderRegistry, ReplayCache, ServiceDirectory};
-use super::deny::DenyList;
+use super::credentials::{Issuer, ProviderRegistry, REPLAY_WINDOW_MS, ReplayCache, ServiceDirectory};
 use super::export::{ExportSettings, Exporter};
 use super::ingest::{Ingest, SUBMIT_BATCH_MESSAGES_MAX};
 use super::pipeline::{AckSender, Answers, Pending, ProviderConnection};
@@ -34,6 +33,7 @@ use super::session::SessionInfo;
 use super::store::Store;
 use crate::clock::{now_ms, now_s};
 use crate::config::IngestConfig;
+use crate::deny::DenyList;
 use crate::storage::server::StorageSettings;
 use crate::tls;
 
@@ -145,6 +145,11 @@ struct Context {
     service_list: bytes::Bytes,
     /// User connections open now (bounded by [`USER_CONNECTIONS_MAX`]).
     user_connections: AtomicUsize,
+    /// User connections open now per address (IPv4, or IPv6 /64), bounded
+    /// by [`USER_CONNECTIONS_PER_ADDRESS_MAX`]; entries leave at zero.
+    user_addresses: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Sessions being opened now (see [`SessionSlot`]).
+    sessions_opening: std::sync::Mutex<Opening>,
 }
 
 impl Context {
@@ -251,8 +256,21 @@ pub const UDP_BUFFER_BYTES_MAX: usize = 1 << 30;
 /// Connections without a client certificate (users) at once; they do not
 /// count against `connections_max`, which stays for providers.
 pub const USER_CONNECTIONS_MAX: usize = 4_096;
-/// A user connection with no open stream for this long is closed.
+/// User connections from one IPv4 address or one IPv6 /64 at once: one
+/// address cannot hold every user slot (a portal relaying many users'
+/// requests needs only a few connections; requests are per stream).
+pub const USER_CONNECTIONS_PER_ADDRESS_MAX: usize = 64;
+/// A user connection is closed when this long passes without a complete
+/// request (counted from the handshake and from each request answered),
+/// whatever its streams hold: a stream sitting on part of a frame, or the
+/// AM's own keep-alives, do not keep it open.
 pub const USER_IDLE: Duration = Duration::from_secs(30);
+/// Service Lists one user connection may ask for: the list is the AM's
+/// largest answer (about 800 KB for the development default) to a 6-byte
+/// request, so a connection gets it this often at most; more are answered
+/// Error 7 BUSY. With [`USER_CONNECTIONS_PER_ADDRESS_MAX`] and a handshake
+/// per connection, that bounds what one address can make the AM send.
+pub const SERVICE_LISTS_PER_CONNECTION_MAX: u32 = 2;
 /// Before a connection is closed for abuse, the stream that noticed waits
 /// this long at most for the answers to what it admitted (BAD_SIGNATURE and
 /// the like) to be verified, written and acknowledged by the provider:
@@ -396,6 +414,19 @@ pub async fn run(
         tracing::info!(receive_buffer_bytes = buffer, "UDP socket");
     }
     let local_addr = endpoint.local_addr().context("reading the bound address")?;
+    // The replay cache as it was: the requests of the sessions issued within
+    // the replay window, stored with them.
+    let mut replay = ReplayCache::default();
+    let now = now_ms();
+    let recent = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.requests_since(now.saturating_sub(REPLAY_WINDOW_MS)))
+            .await
+            .context("reading the recent requests")?
+            .context("reading the recent requests")?
+    };
+    replay.remember(recent, now);
+    tracing::info!(requests = replay.len(), "replay cache recovered");
 
     let context = Arc::new(Context {
         ca: TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?,
@@ -405,7 +436,7 @@ pub async fn run(
         ingest: ingest.clone(),
         connections: AtomicUsize::new(0),
         directory: settings.services.clone(),
-        replay: std::sync::Mutex::new(ReplayCache::default()),
+        replay: std::sync::Mutex::new(replay),
         providers: ProviderRegistry::default(),
         deny: settings.deny.clone(),
         penalties: super::penalty::Penalties::default(),
@@ -414,12 +445,14 @@ pub async fn run(
         gate,
         service_list: encode_service_list(&settings.services),
         user_connections: AtomicUsize::new(0),
+        user_addresses: std::sync::Mutex::new(HashMap::new()),
+        sessions_opening: std::sync::Mutex::new(Opening::default()),
     });
     let socket_watcher = tokio::spawn(watch_udp_socket(local_addr.port()));
     let deny_watcher = settings
         .config_path
         .clone()
-        .map(|path| super::deny::watch_config(path, settings.deny.clone()));
+        .map(|path| crate::deny::watch_config(path, settings.deny.clone()));
     let (storage, storage_address) = match &settings.export.storage {
         StorageTarget::Embedded(storage_settings) => {
             let (address_sender, address) = tokio::sync::oneshot::channel();
@@ -528,12 +561,25 @@ pub async fn run(
         while connections.join_next().await.is_some() {}
     }
     endpoint.close(close_code::SHUTTING_DOWN.into(), b"shutting down");
-    let Ok(context) = Arc::try_unwrap(context) else {
-        anyhow::bail!("a connection task outlived the drain");
+    // The stream tasks of aborted connections (and the aborted watchers)
+    // still hold the context until the runtime drops them, at its next poll
+    // of each. Wait for that, bounded; whatever happens, the export below
+    // still runs: what is committed is durable and exportable.
+    let leaked = match release(context, CONTEXT_RELEASE_TIMEOUT).await {
+        Ok(context) => {
+            tokio::task::spawn_blocking(move || context.ingest_pipeline.shutdown())
+                .await
+                .context("joining the pipeline threads")?;
+            None
+        }
+        Err(references) => {
+            tracing::error!(
+                references,
+                "tasks still hold the AM's state after the drain; exporting what is committed anyway"
+            );
+            Some(references)
+        }
     };
-    tokio::task::spawn_blocking(move || context.ingest_pipeline.shutdown())
-        .await
-        .context("joining the pipeline threads")?;
     if let Some(exporter) = exporter {
         tracing::info!("exporting what is committed before stopping");
         if exporter.finish().await {
@@ -552,8 +598,34 @@ pub async fn run(
     }
     drop(store);
     endpoint.wait_idle().await;
+    if let Some(references) = leaked {
+        anyhow::bail!("{references} references to the AM's state outlived the drain");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long aborted tasks get to drop the context they hold. The runtime
+/// drops an aborted task at its next poll: milliseconds unless a worker
+/// thread is stuck, which this bound then reports instead of hanging.
+const CONTEXT_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The context, once every other reference is gone; or, after `timeout`,
+/// the number of references left.
+async fn release(mut context: Arc<Context>, timeout: Duration) -> Result<Context, usize> {
+    /// Time between checks.
+    const POLL: Duration = Duration::from_millis(5);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match Arc::try_unwrap(context) {
+            Ok(context) => return Ok(context),
+            Err(shared) if Instant::now() >= deadline => return Err(Arc::strong_count(&shared) - 1),
+            Err(shared) => {
+                context = shared;
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
 }
 
 async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, stop: watch::Receiver<bool>) {
@@ -588,14 +660,17 @@ async fn handle_connection(incoming: quinn::Incoming, context: &Arc<Context>, st
             // Users have their own bound, so that anonymous connections
             // cannot take the providers' slots.
             context.connections.fetch_sub(1, Ordering::Relaxed);
-            if context.user_connections.fetch_add(1, Ordering::Relaxed) >= USER_CONNECTIONS_MAX {
-                metrics::counter!("acct_connections_refused_total").increment(1);
-                connection.close(close_code::SHUTTING_DOWN.into(), b"too many user connections");
-            } else {
-                let span = tracing::info_span!("user connection", remote = %connection.remote_address());
-                serve_user_connection(connection, context, stop).instrument(span).await;
+            let slot = UserSlot::take(context, connection.remote_address().ip());
+            match slot {
+                Ok(_slot) => {
+                    let span = tracing::info_span!("user connection", remote = %connection.remote_address());
+                    serve_user_connection(connection, context, stop).instrument(span).await;
+                }
+                Err(reason) => {
+                    metrics::counter!("acct_user_connections_refused_total", "reason" => reason).increment(1);
+                    connection.close(close_code::SHUTTING_DOWN.into(), b"too many user connections");
+                }
             }
-            context.user_connections.fetch_sub(1, Ordering::Relaxed);
             context.connections.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -731,34 +806,150 @@ async fn serve_connection(
     connection.close(close_code::DONE.into(), b"");
 }
 
+/// One user connection's place in the bounds: in all
+/// ([`USER_CONNECTIONS_MAX`]) and per address
+/// ([`USER_CONNECTIONS_PER_ADDRESS_MAX`]); given back on drop.
+struct UserSlot<'a> {
+    context: &'a Context,
+    address: std::net::IpAddr,
+}
+
+impl<'a> UserSlot<'a> {
+    /// A slot for a connection from `remote`, or the bound that is full.
+    fn take(context: &'a Context, remote: std::net::IpAddr) -> Result<Self, &'static str> {
+        let address = user_address_key(remote);
+        let mut addresses = context
+            .user_addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = addresses.get(&address).copied().unwrap_or(0);
+        if count >= USER_CONNECTIONS_PER_ADDRESS_MAX {
+            return Err("user_address");
+        }
+        if context.user_connections.load(Ordering::Relaxed) >= USER_CONNECTIONS_MAX {
+            return Err("user_connections");
+        }
+        // Both counts change under the lock: the bounds are exact.
+        context.user_connections.fetch_add(1, Ordering::Relaxed);
+        addresses.insert(address, count + 1);
+        Ok(Self { context, address })
+    }
+}
+
+impl Drop for UserSlot<'_> {
+    fn drop(&mut self) {
+        let mut addresses = self
+            .context
+            .user_addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match addresses.get_mut(&self.address) {
+            Some(count) if *count > 1 => *count -= 1,
+            _ => {
+                addresses.remove(&self.address);
+            }
+        }
+        self.context.user_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The address a user connection counts against: the IPv4 address, or the
+/// IPv6 /64 (one host usually holds a whole /64).
+fn user_address_key(remote: std::net::IpAddr) -> std::net::IpAddr {
+    match remote {
+        std::net::IpAddr::V4(_) => remote,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(segments))
+            }
+        },
+    }
+}
+
 /// A user's connection: streams carrying Service List Requests and
-/// Service Credential Requests, one answer each.
+/// Service Credential Requests, one answer each. It closes [`USER_IDLE`]
+/// after its handshake or its last answered request, whatever its streams
+/// hold.
 async fn serve_user_connection(connection: quinn::Connection, context: &Arc<Context>, stop: watch::Receiver<bool>) {
     metrics::gauge!("acct_user_connections").increment(1.0);
+    let activity = Arc::new(UserActivity::new());
     let mut streams = JoinSet::new();
     let mut stop_watch = stop.clone();
     loop {
+        let idle_until = activity.last_request() + USER_IDLE;
         tokio::select! {
             changed = stop_watch.changed() => {
                 if changed.is_err() || *stop_watch.borrow() { break; }
             }
-            () = tokio::time::sleep(USER_IDLE), if streams.is_empty() => break,
+            () = tokio::time::sleep_until(idle_until.into()) => {
+                if activity.last_request() + USER_IDLE <= Instant::now() {
+                    metrics::counter!("acct_user_connections_idle_total").increment(1);
+                    break;
+                }
+            }
             accepted = connection.accept_bi() => {
                 let Ok((send, receive)) = accepted else { break };
-                streams.spawn(user_stream(send, receive, context.clone(), stop.clone()));
+                streams.spawn(user_stream(send, receive, context.clone(), activity.clone(), stop.clone()));
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     }
+    // Streams waiting for bytes end with the connection (their reads fail);
+    // one inside an issuance finishes it (bounded by the push's 5 s and the
+    // store) and its answer is lost with the connection.
+    connection.close(close_code::DONE.into(), b"");
     while streams.join_next().await.is_some() {}
     metrics::gauge!("acct_user_connections").decrement(1.0);
-    connection.close(close_code::DONE.into(), b"");
+}
+
+/// What a user connection's streams report to it: when a complete request
+/// last arrived or was answered, and how many Service Lists it was sent.
+struct UserActivity {
+    last_request: std::sync::Mutex<Instant>,
+    service_lists: std::sync::atomic::AtomicU32,
+}
+
+impl UserActivity {
+    fn new() -> Self {
+        Self {
+            last_request: std::sync::Mutex::new(Instant::now()),
+            service_lists: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    fn last_request(&self) -> Instant {
+        *self
+            .last_request
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A complete request arrived or was answered.
+    fn touch(&self) {
+        *self
+            .last_request
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+
+    /// Whether this connection may be sent one more Service List.
+    fn take_service_list(&self) -> bool {
+        self.service_lists
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |sent| {
+                (sent < SERVICE_LISTS_PER_CONNECTION_MAX).then_some(sent + 1)
+            })
+            .is_ok()
+    }
 }
 
 async fn user_stream(
     mut send: quinn::SendStream,
     mut receive: quinn::RecvStream,
     context: Arc<Context>,
+    activity: Arc<UserActivity>,
     mut stop: watch::Receiver<bool>,
 ) {
     let decoder = FrameDecoder::new(SMALL_FRAME_BODY_BYTES_MAX);
@@ -777,15 +968,26 @@ async fn user_stream(
                     return;
                 }
             };
+            // A complete request: the idle clock starts again now (an
+            // issuance in progress is not idle) and again once answered.
+            activity.touch();
             out.clear();
             match frame.decode() {
-                Ok(Message::ServiceListRequest(_)) => {
+                Ok(Message::ServiceListRequest(_)) if activity.take_service_list() => {
                     // Shared bytes, encoded once: a request costs no copy.
                     if send.write_chunk(context.service_list.clone()).await.is_err() {
                         return;
                     }
+                    activity.touch();
                     continue;
                 }
+                Ok(Message::ServiceListRequest(_)) => ErrorMessage::new(
+                    ErrorCode::BUSY,
+                    &format!(
+                        "a connection is sent the service list {SERVICE_LISTS_PER_CONNECTION_MAX} times at most; reconnect"
+                    ),
+                )
+                .encode_frame(&mut out),
                 Ok(Message::ServiceCredentialRequest(request)) => match issue(&context, &request).await {
                     Ok(credential) => credential.encode_frame(&mut out),
                     Err(error) => error.encode_frame(&mut out),
@@ -803,6 +1005,7 @@ async fn user_stream(
             if send.write_all(&out).await.is_err() {
                 return;
             }
+            activity.touch();
         }
         tokio::select! {
             chunk = receive.read_chunk(16 * 1024, true) => match chunk {
@@ -815,18 +1018,83 @@ async fn user_stream(
     let _ = send.finish();
 }
 
+/// A place under `sessions_max` (and, for a user's request, under
+/// `sessions_per_user_max`) held while a session is being opened: the
+/// sessions held plus those being opened never exceed either bound, however
+/// many requests race (a session counts twice between its store and the
+/// slot's drop, which only errs on the safe side).
+struct SessionSlot<'a> {
+    context: &'a Context,
+    user: Option<Name>,
+}
+
+/// Sessions being opened now, in all and per user (users with none have no
+/// entry).
+#[derive(Default)]
+struct Opening {
+    all: usize,
+    per_user: HashMap<Name, usize>,
+}
+
+impl<'a> SessionSlot<'a> {
+    /// A place for a session of `user`'s request (`None`: the admin path,
+    /// bound by `sessions_max` only).
+    fn take(context: &'a Context, user: Option<&Name>) -> Result<Self, ErrorMessage> {
+        let mut opening = context
+            .sessions_opening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let table = &context.ingest_pipeline.table;
+        if table.len() + opening.all >= context.ingest.sessions_max {
+            return Err(ErrorMessage::new(
+                ErrorCode::BUSY,
+                "the AM holds its maximum number of sessions",
+            ));
+        }
+        if let Some(user) = user {
+            let pending = opening.per_user.get(user).copied().unwrap_or(0);
+            if table.live_sessions(user) + pending >= context.ingest.sessions_per_user_max {
+                metrics::counter!("acct_credentials_refused_total", "code" => "per_user").increment(1);
+                return Err(ErrorMessage::new(
+                    ErrorCode::BUSY,
+                    "this user holds its maximum number of live sessions (sessions_per_user_max)",
+                ));
+            }
+            *opening.per_user.entry(user.clone()).or_default() += 1;
+        }
+        opening.all += 1;
+        Ok(Self {
+            context,
+            user: user.cloned(),
+        })
+    }
+}
+
+impl Drop for SessionSlot<'_> {
+    fn drop(&mut self) {
+        let mut opening = self
+            .context
+            .sessions_opening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        opening.all -= 1;
+        if let Some(user) = &self.user {
+            match opening.per_user.get_mut(user) {
+                Some(count) if *count > 1 => *count -= 1,
+                _ => {
+                    opening.per_user.remove(user);
+                }
+            }
+        }
+    }
+}
+
 /// 202 → 206: validate, mint, push to the provider, store, answer.
 async fn issue(
     context: &Arc<Context>,
     request: &Signed<wire::ServiceCredentialRequest>,
 ) -> Result<Signed<wire::ServiceCredential>, ErrorMessage> {
     let started = std::time::Instant::now();
-    if context.ingest_pipeline.table.len() >= context.ingest.sessions_max {
-        return Err(ErrorMessage::new(
-            ErrorCode::BUSY,
-            "the AM holds its maximum number of sessions",
-        ));
-    }
     let issuer = Issuer {
         ca: &context.ca,
         directory: &context.directory,
@@ -835,13 +1103,28 @@ async fn issue(
         signing_key: &context.signing_key,
         deny: &context.deny,
     };
-    let minted = issuer.mint(request, now_ms()).await?;
-    let session = SessionInfo::new(minted.provider, minted.user_credential, now_ms());
-    context
-        .ingest_pipeline
-        .open_session(session)
-        .await
-        .map_err(|detail| ErrorMessage::new(store_failure_code(&detail), &detail))?;
+    // Refused from here on (or this task dropped), the request gives its
+    // place in the replay cache back: the same bytes may come again.
+    let mut reserved = issuer.check(request, now_ms())?;
+    // Held until the session is stored (or refused).
+    let _slot = SessionSlot::take(context, Some(&reserved.user))?;
+    let minted = issuer.mint(request, &reserved, now_ms()).await?;
+    let value = request.value();
+    // The request id and nonce go in the session's own write: a replay
+    // after a restart finds them.
+    let session = SessionInfo::for_request(
+        minted.provider,
+        minted.user_credential,
+        now_ms(),
+        Some((value.request_id, value.nonce)),
+    );
+    // The committer may store the session even if this task is dropped
+    // while it waits: the request keeps its place unless the store refuses.
+    reserved.hold();
+    if let Err(detail) = context.ingest_pipeline.open_session(session).await {
+        reserved.release();
+        return Err(ErrorMessage::new(store_failure_code(&detail), &detail));
+    }
     metrics::counter!("acct_credentials_issued_total").increment(1);
     metrics::histogram!("acct_credential_issue_seconds").record(started.elapsed().as_secs_f64());
     Ok(minted.service_credential)
@@ -1194,12 +1477,7 @@ async fn open_session(
     context: &Arc<Context>,
     request: AdminOpenSession,
 ) -> Result<Signed<UserCredential>, ErrorMessage> {
-    if context.ingest_pipeline.table.len() >= context.ingest.sessions_max {
-        return Err(ErrorMessage::new(
-            ErrorCode::BUSY,
-            "the AM holds its maximum number of sessions",
-        ));
-    }
+    let _slot = SessionSlot::take(context, None)?;
     let mut session_id = [0u8; 16];
     let mut session_key = [0u8; 32];
     getrandom::fill(&mut session_id)

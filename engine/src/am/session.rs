@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use wire::{Accounting, AccountingKind, AckStatus, Name, Policy, SessionId, Signed, UserCredential, credential_digest};
+use wire::{
+    Accounting, AccountingKind, AckStatus, Name, Nonce, Policy, RequestId, SessionId, Signed, UserCredential,
+    credential_digest,
+};
 
 /// The name of the custom counter (e5) in which a provider reports how many
 /// Service Requests it served in the interval. The AM sums it per session
@@ -26,17 +29,33 @@ pub struct SessionInfo {
     pub credential_digest: [u8; 16],
     /// When the AM minted the session, Unix ms.
     pub created_ms: u64,
+    /// The user's request (a2, a3) the session was issued for; none for
+    /// sessions opened on the admin path. Stored with the session, so that
+    /// the replay cache survives a restart.
+    pub request: Option<(RequestId, Nonce)>,
 }
 
 impl SessionInfo {
     /// Info for a freshly minted or recovered credential.
     pub fn new(provider: Name, credential: Signed<UserCredential>, created_ms: u64) -> Arc<Self> {
+        Self::for_request(provider, credential, created_ms, None)
+    }
+
+    /// Info for a session issued for a user's request (`request`: its a2
+    /// and a3), or recovered with it.
+    pub fn for_request(
+        provider: Name,
+        credential: Signed<UserCredential>,
+        created_ms: u64,
+        request: Option<(RequestId, Nonce)>,
+    ) -> Arc<Self> {
         let credential_digest = credential_digest(&credential);
         Arc::new(Self {
             provider,
             credential,
             credential_digest,
             created_ms,
+            request,
         })
     }
 

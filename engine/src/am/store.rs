@@ -31,7 +31,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use wire::codec::Reader;
-use wire::{BatchId, DecodeError, Name, SessionId, Signed, UserCredential};
+use wire::{BatchId, DecodeError, Name, Nonce, RequestId, SessionId, Signed, UserCredential};
 
 use super::session::{SessionFlags, SessionInfo, SessionProgress};
 
@@ -50,8 +50,9 @@ const STORE_FORMAT: &[u8] = b"store_format";
 /// progress, and `progress` is no longer rewritten with every group. A
 /// build that only knows 8-byte markers would miss those markers' dedup
 /// state, so a store is refused by builds older than its format (from
-/// format 2 on; builds before 2 did not check).
-const STORE_FORMAT_CURRENT: u64 = 2;
+/// format 2 on; builds before 2 did not check). 3: a `sessions` value may
+/// end with the request id and nonce of the user's request.
+const STORE_FORMAT_CURRENT: u64 = 3;
 
 /// Version byte of every stored value this build writes.
 const STORED_VERSION: u8 = 1;
@@ -357,7 +358,7 @@ impl Store {
         let mut markers = self.db.raw_iterator_cf(self.family(FINGERPRINTS));
         for item in self.db.iterator_cf(self.family(SESSIONS), IteratorMode::Start) {
             let (key, value) = item?;
-            let (provider, created_ms, credential) = decode_session(&value)?;
+            let (provider, created_ms, credential, request) = decode_session(&value)?;
             let mut progress = match self.db.get_cf(self.family(PROGRESS), &key)? {
                 Some(bytes) => decode_progress(&bytes)?,
                 None => SessionProgress::new(created_ms),
@@ -383,9 +384,26 @@ impl Store {
             }
             markers.status()?;
             out.push(StoredSession {
-                info: SessionInfo::new(provider, credential, created_ms),
+                info: SessionInfo::for_request(provider, credential, created_ms, request),
                 progress,
             });
+        }
+        Ok(out)
+    }
+
+    /// The users' requests (user, a2, a3, issuance time) of the sessions
+    /// issued at or after `since_ms`: the replay cache's memory across a
+    /// restart. One pass over `sessions`.
+    pub fn requests_since(&self, since_ms: u64) -> Result<Vec<(Name, RequestId, Nonce, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.family(SESSIONS), IteratorMode::Start) {
+            let (_, value) = item?;
+            let (_, created_ms, credential, request) = decode_session(&value)?;
+            if let Some((request_id, nonce)) = request
+                && created_ms >= since_ms
+            {
+                out.push((credential.value().user_id.clone(), request_id, nonce, created_ms));
+            }
         }
         Ok(out)
     }
@@ -519,14 +537,19 @@ impl Store {
     }
 
     /// Which (session, sequence) pairs the `records` family holds and how
-    /// many times each: every record is read once from one snapshot, and
-    /// the answer is runs of consecutive sequences per session. Memory:
-    /// 8 bytes per record held (the hot store is bounded by export), plus
-    /// the runs. For the admin audit (`loadgen --audit`).
+    /// many times each, and which were exported (their dedup markers stay
+    /// for the dedup window): every record and marker is read once from one
+    /// snapshot, and the answer is runs of consecutive sequences per
+    /// session, hot and exported runs never overlapping. Memory: 8 bytes per
+    /// record held (the hot store is bounded by export), plus the runs. For
+    /// the admin audit (`loadgen --audit`).
     pub fn audit_runs(&self) -> Result<(u64, Vec<wire::AuditRun>), StoreError> {
         let mut sequences: std::collections::HashMap<SessionId, Vec<u64>> = std::collections::HashMap::new();
         let mut records = 0u64;
-        for item in self.db.iterator_cf(self.family(RECORDS), IteratorMode::Start) {
+        // One snapshot for both families: an export deleting records while
+        // the audit reads cannot make a message look missing.
+        let snapshot = self.db.snapshot();
+        for item in snapshot.iterator_cf(self.family(RECORDS), IteratorMode::Start) {
             let (_, value) = item?;
             let record = StoredRecord::decode(&value)?;
             let message = record.accounting()?;
@@ -535,10 +558,12 @@ impl Store {
             records += 1;
         }
         let mut runs = Vec::new();
-        let mut sessions: Vec<_> = sequences.into_iter().collect();
-        sessions.sort_unstable_by_key(|(session_id, _)| *session_id);
-        for (session_id, mut list) in sessions {
+        for list in sequences.values_mut() {
             list.sort_unstable();
+        }
+        let mut sessions: Vec<_> = sequences.iter().collect();
+        sessions.sort_unstable_by_key(|(session_id, _)| **session_id);
+        for (session_id, list) in sessions {
             let mut index = 0;
             while index < list.len() {
                 let sequence = list[index];
@@ -547,9 +572,25 @@ impl Store {
                     copies += 1;
                 }
                 index += copies as usize;
-                wire::AuditRun::append(&mut runs, session_id, sequence, copies);
+                wire::AuditRun::append(&mut runs, *session_id, sequence, copies);
             }
         }
+        // Every stored message has a dedup marker, written with its record
+        // and kept after the record is exported: a marker without a hot
+        // record is an exported message.
+        let mut exported = Vec::new();
+        for item in snapshot.iterator_cf(self.family(FINGERPRINTS), IteratorMode::Start) {
+            let (key, _) = item?;
+            let (session_id, sequence) = parse_fingerprint_key(&key)?;
+            let hot = sequences
+                .get(&session_id)
+                .is_some_and(|list| list.binary_search(&sequence).is_ok());
+            if !hot {
+                wire::AuditRun::append_exported(&mut exported, session_id, sequence);
+            }
+        }
+        runs.extend(exported);
+        runs.sort_unstable_by_key(|run| (run.session_id, run.first));
         Ok((records, runs))
     }
 
@@ -913,6 +954,19 @@ fn take_varint(input: &mut &[u8]) -> Option<u64> {
     None
 }
 
+/// The (session, sequence) of a `fingerprints` key.
+fn parse_fingerprint_key(key: &[u8]) -> Result<(SessionId, u64), StoreError> {
+    let session: Option<[u8; 16]> = key.get(..16).and_then(|bytes| bytes.try_into().ok());
+    let sequence: Option<[u8; 8]> = key.get(16..).and_then(|bytes| bytes.try_into().ok());
+    match (session, sequence) {
+        (Some(session), Some(sequence)) => Ok((SessionId(session), u64::from_be_bytes(sequence))),
+        _ => Err(StoreError::Corrupt {
+            what: "fingerprint key",
+            detail: format!("{} bytes, not 24", key.len()),
+        }),
+    }
+}
+
 fn fingerprint_key(session_id: SessionId, sequence: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..16].copy_from_slice(&session_id.0);
@@ -925,21 +979,32 @@ fn put_text(out: &mut impl BufMut, text: &str) {
     out.put_slice(text.as_bytes());
 }
 
+/// A `sessions` value: version, creation time, provider, the signed User
+/// Credential, then (sessions issued for a user's request) the request id
+/// and nonce, 32 bytes. Values without the tail (the admin path, and stores
+/// written before it existed) decode with no request.
 fn encode_session(info: &SessionInfo) -> Vec<u8> {
     let body = info.credential.body();
-    let mut out = BytesMut::with_capacity(16 + body.len());
+    let mut out = BytesMut::with_capacity(16 + body.len() + 32);
     out.put_u8(STORED_VERSION);
     out.put_u64(info.created_ms);
     put_text(&mut out, info.provider.as_str());
     out.put_u16(u16::try_from(body.len()).unwrap_or(u16::MAX));
     out.put_slice(body);
+    if let Some((request_id, nonce)) = &info.request {
+        out.put_slice(&request_id.0);
+        out.put_slice(&nonce.0);
+    }
     out.to_vec()
 }
 
-fn decode_session(bytes: &[u8]) -> Result<(Name, u64, Signed<UserCredential>), StoreError> {
+/// A decoded `sessions` value.
+type SessionValue = (Name, u64, Signed<UserCredential>, Option<(RequestId, Nonce)>);
+
+fn decode_session(bytes: &[u8]) -> Result<SessionValue, StoreError> {
     let input = Bytes::copy_from_slice(bytes);
     let mut reader = Reader::new(&input);
-    let parse = |reader: &mut Reader<'_>| -> Result<(Name, u64, Signed<UserCredential>), DecodeError> {
+    let parse = |reader: &mut Reader<'_>| -> Result<SessionValue, DecodeError> {
         let version = reader.u8("session version")?;
         if version != STORED_VERSION {
             return Err(DecodeError::InvalidValue {
@@ -950,7 +1015,12 @@ fn decode_session(bytes: &[u8]) -> Result<(Name, u64, Signed<UserCredential>), S
         let created_ms = reader.u64("created_ms")?;
         let provider = Name::new(reader.text_u8(64, "provider")?)?;
         let body = reader.bytes_u16(wire::limits::SMALL_FRAME_BODY_BYTES_MAX, "credential")?;
-        Ok((provider, created_ms, Signed::decode_body(body)?))
+        let request = if reader.remaining() == 0 {
+            None
+        } else {
+            Some((RequestId(reader.array("request_id")?), Nonce(reader.array("nonce")?)))
+        };
+        Ok((provider, created_ms, Signed::decode_body(body)?, request))
     };
     let session = parse(&mut reader).map_err(|error| corrupt("session", error))?;
     reader.finish().map_err(|error| corrupt("session", error))?;

@@ -69,13 +69,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
         if let Some(address) = args.metrics {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(address)
                 .install()
                 .with_context(|| format!("serving metrics on {address}"))?;
         }
-        server::run(settings, shutdown_signal(), |address| {
+        server::run(settings, shutdown, |address| {
             let mut stdout = std::io::stdout().lock();
             let _ = writeln!(stdout, "acct serve: listening on {address}");
             let _ = stdout.flush();
@@ -138,6 +139,8 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
     };
     let data = args.data.clone().unwrap_or(data);
     let ca_der = pki::read_certificate_der(&ca)?;
+    // One deny list for the AM and its embedded storage; the AM re-reads it.
+    let deny = std::sync::Arc::new(crate::deny::DenyList::new(&denied));
     let target = if args.no_export {
         StorageTarget::Disabled
     } else if let Some(address) = args.storage {
@@ -152,6 +155,8 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
             signing_key: pki::read_signing_key(&storage.key)?,
             connections_max: storage.connections_max,
             receiving_max: storage.receiving_max,
+            deny: deny.clone(),
+            config_path: None,
         }))
     } else {
         StorageTarget::Remote(export.storage.parse().with_context(|| {
@@ -180,7 +185,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         ingest,
         export,
         services: ServiceDirectory::from_config(&services)?,
-        deny: std::sync::Arc::new(crate::am::deny::DenyList::new(&denied)),
+        deny,
         config_path: args.config.clone(),
     })
 }
@@ -190,16 +195,18 @@ pub fn database_folder(data: &Path) -> PathBuf {
     data.join("db")
 }
 
-pub(crate) async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed here, before the caller
+/// announces that it is listening: a signal that arrives after the
+/// announcement drains instead of killing the process (the default action).
+/// Call inside the runtime.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL only");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM"),
-        _ = interrupt.recv() => tracing::info!("SIGINT"),
-    }
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM"),
+            _ = interrupt.recv() => tracing::info!("SIGINT"),
+        }
+    })
 }

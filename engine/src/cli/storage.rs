@@ -33,10 +33,10 @@ pub struct StorageArgs {
 /// Run until SIGTERM or SIGINT. Prints `acct storage: listening on ADDR`
 /// once ready.
 pub fn run(args: StorageArgs) -> anyhow::Result<()> {
-    let (ca, storage) = match (&args.config, &args.pki) {
+    let (ca, storage, denied) = match (&args.config, &args.pki) {
         (Some(path), _) => {
             let config = Config::load(path)?;
-            (config.pki.ca_certificate, config.storage)
+            (config.pki.ca_certificate, config.storage, config.security.denied)
         }
         (None, Some(folder)) => {
             let (certificate, key) = pki::identity_paths(Role::AccountingStorage, &Name::new("storage-1")?);
@@ -48,6 +48,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
                     folder: PathBuf::from("acct-cold"),
                     ..StorageConfig::default()
                 },
+                Vec::new(),
             )
         }
         (None, None) => anyhow::bail!("give --config FILE or --pki DIR"),
@@ -60,16 +61,23 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         signing_key: pki::read_signing_key(&storage.key)?,
         connections_max: storage.connections_max.max(1),
         receiving_max: storage.receiving_max.max(1),
+        // `[security] denied`, re-read when the config file changes.
+        deny: std::sync::Arc::new(crate::deny::DenyList::new(&denied)),
+        config_path: args.config.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("acct-storage")
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(server::run(settings, super::serve::shutdown_signal(), |address| {
-        let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "acct storage: listening on {address}");
-        let _ = stdout.flush();
-        tracing::info!(%address, "listening");
-    }))
+    runtime.block_on(async move {
+        let shutdown = super::serve::shutdown_signal()?;
+        server::run(settings, shutdown, |address| {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "acct storage: listening on {address}");
+            let _ = stdout.flush();
+            tracing::info!(%address, "listening");
+        })
+        .await
+    })
 }

@@ -40,6 +40,8 @@ pub struct ColdFiles {
     root: PathBuf,
     /// Stored batches; the lock also serializes writers.
     index: Mutex<HashMap<BatchId, PathBuf>>,
+    /// fsync of one file or folder ([`fsync`]; tests record the calls).
+    sync: fn(&Path) -> std::io::Result<()>,
 }
 
 impl ColdFiles {
@@ -67,6 +69,7 @@ impl ColdFiles {
         Ok(Self {
             root: root.to_path_buf(),
             index: Mutex::new(index),
+            sync: fsync,
         })
     }
 
@@ -118,7 +121,17 @@ impl ColdFiles {
                 Ok(bytes) => {
                     let stored: [u8; 32] = Sha256::digest(&bytes).into();
                     if stored == record.digest {
-                        answer(RecordStatus::ALREADY_STORED, stored)
+                        // The ack lets the AM delete its copy: vouch only for
+                        // what is durable. The file may be one an earlier
+                        // process renamed into place and died before its
+                        // folders' fsync, or one indexed at start.
+                        match sync_up_to_root(&self.root, existing, self.sync) {
+                            Ok(()) => answer(RecordStatus::ALREADY_STORED, stored),
+                            Err(error) => {
+                                tracing::error!(file = %existing.display(), %error, "cannot fsync a stored batch");
+                                answer(RecordStatus::UNAVAILABLE, record.digest)
+                            }
+                        }
                     } else {
                         tracing::error!(batch = %batch_hex, file = %existing.display(), "refused: batch id stored with other bytes");
                         answer(RecordStatus::CONFLICTING_BATCH, stored)
@@ -134,7 +147,7 @@ impl ColdFiles {
             .root
             .join(format!("date={}", utc_date(record.created_ms)))
             .join(format!("node={}", record.node));
-        match write_atomically(&self.root, &folder, &batch_hex, &record.payload) {
+        match write_atomically(&self.root, &folder, &batch_hex, &record.payload, self.sync) {
             Ok(path) => {
                 tracing::info!(batch = %batch_hex, rows = record.record_count, bytes = record.payload.len(), file = %path.display(), "stored");
                 metrics::counter!("acct_storage_batches_total").increment(1);
@@ -177,10 +190,18 @@ pub fn utc_date(unix_ms: u64) -> String {
     format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
 }
 
-/// Temp file, fsync, rename, fsync of the folders: after `Ok`, the file
-/// survives a crash; before, no reader ever sees it.
-fn write_atomically(root: &Path, folder: &Path, batch_hex: &str, payload: &[u8]) -> std::io::Result<PathBuf> {
-    let created = !folder.exists();
+/// Temp file, fsync, rename, then fsync of the file and of every folder up
+/// to the root: after `Ok`, the file survives a crash; before, no reader
+/// ever sees it. Every folder is synced on every attempt, not only when this
+/// attempt made it: a first attempt that made the date folder and then
+/// failed (or was killed) leaves a folder whose name is not yet durable.
+fn write_atomically(
+    root: &Path,
+    folder: &Path,
+    batch_hex: &str,
+    payload: &[u8],
+    sync: fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(folder)?;
     let temp = folder.join(format!(".batch-{batch_hex}.parquet.tmp"));
     let path = folder.join(format!("batch-{batch_hex}.parquet"));
@@ -192,15 +213,36 @@ fn write_atomically(root: &Path, folder: &Path, batch_hex: &str, payload: &[u8])
     file.sync_all()?;
     drop(file);
     std::fs::rename(&temp, &path)?;
-    File::open(folder)?.sync_all()?;
-    if created {
-        // New partition folders: their names must survive too.
-        if let Some(parent) = folder.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        File::open(root)?.sync_all()?;
-    }
+    sync_up_to_root(root, &path, sync)?;
     Ok(path)
+}
+
+/// fsync `path` and each folder above it up to and including `root` (a
+/// file's contents, its name in its folder, and each folder's name in the
+/// one above).
+fn sync_up_to_root(root: &Path, path: &Path, sync: fn(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
+    assert!(
+        path.starts_with(root),
+        "{} is outside {}",
+        path.display(),
+        root.display()
+    );
+    sync(path)?;
+    let mut folder = path.parent();
+    while let Some(current) = folder {
+        sync(current)?;
+        if current == root {
+            break;
+        }
+        folder = current.parent();
+    }
+    Ok(())
+}
+
+/// fsync of a file or folder (opened read-only: Linux syncs through any
+/// descriptor).
+fn fsync(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
 }
 
 #[cfg(test)]
@@ -338,6 +380,51 @@ mod tests {
             assert_eq!(files.deliver(&identity, &message).status, expected);
         }
         assert!(archive::parquet_files(folder.path()).unwrap().is_empty());
+    }
+
+    /// Every fsync the recording hook saw, in order.
+    static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    fn recording_fsync(path: &Path) -> std::io::Result<()> {
+        SYNCED.lock().unwrap().push(path.to_path_buf());
+        fsync(path)
+    }
+
+    /// The recorded fsyncs under `root` (tests run in parallel), drained.
+    fn synced_under(root: &Path) -> Vec<PathBuf> {
+        let mut all = SYNCED.lock().unwrap();
+        let (mine, others): (Vec<_>, Vec<_>) = all.drain(..).partition(|path| path.starts_with(root));
+        *all = others;
+        mine
+    }
+
+    #[test]
+    fn every_ack_vouches_only_for_what_is_fsynced() {
+        let folder = tempfile::tempdir().unwrap();
+        let root = folder.path().to_path_buf();
+        let key = SigningKey::from_seed(&[1; 32]);
+        let first = batch(&key, 1, 5, |_| {});
+        let node = root.join("date=2026-11-18/node=am-1");
+        let file = node.join(format!("batch-{}.parquet", BatchId([1; 16])));
+        let chain = vec![file.clone(), node.clone(), root.join("date=2026-11-18"), root.clone()];
+        // A first attempt made the folders and died mid-write: its temp file
+        // is removed at start, its folders stay, their names not yet durable.
+        std::fs::create_dir_all(&node).unwrap();
+        std::fs::write(node.join(format!(".batch-{}.parquet.tmp", BatchId([1; 16]))), b"half").unwrap();
+        let mut files = ColdFiles::open(&root).unwrap();
+        files.sync = recording_fsync;
+        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::STORED);
+        assert_eq!(synced_under(&root), chain, "the retry's STORED");
+        // Redelivered: the ack is given again only after the same fsyncs.
+        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::ALREADY_STORED);
+        assert_eq!(synced_under(&root), chain, "ALREADY_STORED");
+        // A file found at start (renamed by a process that died before its
+        // folders' fsync) is made durable before it is vouched for.
+        drop(files);
+        let mut files = ColdFiles::open(&root).unwrap();
+        files.sync = recording_fsync;
+        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::ALREADY_STORED);
+        assert_eq!(synced_under(&root), chain, "ALREADY_STORED after a restart");
     }
 
     #[test]

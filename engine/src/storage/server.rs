@@ -23,6 +23,7 @@ use wire::{ErrorCode, ErrorMessage, Message, Role, SigningKey, TrustedCa};
 use super::files::ColdFiles;
 use crate::background::Background;
 use crate::clock::now_s;
+use crate::deny::DenyList;
 use crate::tls;
 
 /// What the AS needs to run.
@@ -42,10 +43,18 @@ pub struct StorageSettings {
     pub connections_max: usize,
     /// Batches being received or stored at once (memory: each up to 64 MiB).
     pub receiving_max: usize,
+    /// Revoked certificates (`[security] denied`): a denied AM may not
+    /// deliver. The embedded AS shares the AM's list.
+    pub deny: Arc<DenyList>,
+    /// The config file to re-read the deny list from when it changes (the
+    /// standalone AS; the embedded one's list is kept by the AM).
+    pub config_path: Option<PathBuf>,
 }
 
 /// Close code: the certificate is not an AM's.
 pub const CLOSE_ROLE_REFUSED: u32 = 1;
+/// Close code: the AM's certificate is denied (`[security] denied`).
+pub const CLOSE_DENIED: u32 = 4;
 /// Concurrent streams (batches) per connection.
 const STREAMS_PER_CONNECTION: u32 = 4;
 
@@ -86,6 +95,10 @@ pub async fn run(
     // Checking and writing batches runs below any ingest sharing the machine
     // (the embedded storage), one thread per batch being received.
     let background = Background::start("acct-storage", settings.receiving_max.max(1));
+    let deny_watcher = settings
+        .config_path
+        .clone()
+        .map(|path| crate::deny::watch_config(path, settings.deny.clone()));
     let mut connections = JoinSet::new();
     ready(endpoint.local_addr().context("reading the bound address")?);
     tokio::pin!(shutdown);
@@ -98,14 +111,22 @@ pub async fn run(
                     incoming.refuse();
                     continue;
                 }
-                let (files, ca, receiving, background) =
-                    (files.clone(), ca.clone(), receiving.clone(), background.clone());
-                connections.spawn(async move { serve_connection(incoming, files, ca, receiving, background).await });
+                let shared = Shared {
+                    files: files.clone(),
+                    ca: ca.clone(),
+                    deny: settings.deny.clone(),
+                    receiving: receiving.clone(),
+                    background: background.clone(),
+                };
+                connections.spawn(serve_connection(incoming, shared));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     endpoint.set_server_config(None);
+    if let Some(watcher) = deny_watcher {
+        watcher.abort();
+    }
     // A batch being written finishes (its blocking task is not cancelled);
     // its ack may not reach the AM, which then sends it again.
     connections.abort_all();
@@ -116,17 +137,21 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve_connection(
-    incoming: quinn::Incoming,
+/// What every connection task shares.
+#[derive(Clone)]
+struct Shared {
     files: Arc<ColdFiles>,
     ca: TrustedCa,
+    deny: Arc<DenyList>,
     receiving: Arc<Semaphore>,
     background: Background,
-) {
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Shared) {
     let Ok(connection) = incoming.await else {
         return;
     };
-    let am = match tls::peer_identity(&connection, &ca, now_s()) {
+    let am = match tls::peer_identity(&connection, &shared.ca, now_s()) {
         Some(Ok(identity)) if identity.role == Role::AccountingManager => Arc::new(identity),
         other => {
             tracing::warn!(remote = %connection.remote_address(), identity = ?other, "refused: only an AM may deliver");
@@ -134,20 +159,29 @@ async fn serve_connection(
             return;
         }
     };
+    let certificate: Arc<[u8]> = tls::peer_certificate(&connection).unwrap_or_default().into();
+    let mut deny_watch = shared.deny.subscribe();
+    if shared.deny.is_denied(am.name.as_str(), &certificate) {
+        metrics::counter!("acct_storage_connections_denied_total").increment(1);
+        tracing::warn!(am = %am.name, remote = %connection.remote_address(), "refused: certificate denied");
+        connection.close(CLOSE_DENIED.into(), b"certificate revoked");
+        return;
+    }
     tracing::info!(am = %am.name, remote = %connection.remote_address(), "AM connected");
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
+            Ok(()) = deny_watch.changed() => {
+                if shared.deny.is_denied(am.name.as_str(), &certificate) {
+                    metrics::counter!("acct_storage_connections_denied_total").increment(1);
+                    tracing::warn!(am = %am.name, "disconnecting: certificate denied");
+                    connection.close(CLOSE_DENIED.into(), b"certificate revoked");
+                    break;
+                }
+            }
             accepted = connection.accept_bi() => {
                 let Ok((send, receive)) = accepted else { break };
-                streams.spawn(serve_stream(
-                    send,
-                    receive,
-                    files.clone(),
-                    am.clone(),
-                    receiving.clone(),
-                    background.clone(),
-                ));
+                streams.spawn(serve_stream(send, receive, shared.clone(), am.clone(), certificate.clone()));
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
@@ -159,22 +193,26 @@ async fn serve_connection(
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut receive: quinn::RecvStream,
-    files: Arc<ColdFiles>,
+    shared: Shared,
     am: Arc<wire::CertifiedIdentity>,
-    receiving: Arc<Semaphore>,
-    background: Background,
+    certificate: Arc<[u8]>,
 ) {
-    let Ok(_permit) = receiving.acquire_owned().await else {
+    let Ok(_permit) = shared.receiving.clone().acquire_owned().await else {
         return;
     };
     let mut out = BytesMut::new();
     let answer = match receive.read_to_end(FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX).await {
         // Exactly one frame: Message::decode refuses trailing bytes.
         Ok(bytes) => match Message::decode(bytes::Bytes::from(bytes)) {
+            // Checked again per batch: a list changed while this batch was
+            // in flight refuses it here, before anything is stored.
+            Ok(Message::RecordAccounting(_)) if shared.deny.is_denied(am.name.as_str(), &certificate) => Err(
+                ErrorMessage::new(ErrorCode::UNAUTHENTICATED, "the AM's certificate is revoked"),
+            ),
             Ok(Message::RecordAccounting(record)) => {
                 let batch = record.value().batch_id;
-                let files = files.clone();
-                match background.run(move || files.deliver(&am, &record)).await {
+                let files = shared.files.clone();
+                match shared.background.run(move || files.deliver(&am, &record)).await {
                     Ok(ack) => Ok(ack),
                     Err(_) => Err(ErrorMessage::new(
                         ErrorCode::INTERNAL,

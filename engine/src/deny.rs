@@ -1,7 +1,7 @@
-//! Revoked certificates, applied without restart: `[security] denied` in
-//! the config file, re-read when the file changes (checked every second).
-//! Connection tasks watch the list's version and close a connection whose
-//! certificate became denied.
+//! Revoked certificates, applied without restart by the AM and the AS:
+//! `[security] denied` in the config file, re-read when the file changes
+//! (checked every second). Connection tasks watch the list's version and
+//! close a connection whose certificate became denied.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
