@@ -24,9 +24,17 @@ use crate::config::ServiceConfig;
 pub const REQUEST_SKEW_MS_MAX: u64 = 5 * 60 * 1000;
 /// How long request ids and nonces are remembered (covers the skew both ways).
 pub const REPLAY_WINDOW_MS: u64 = 2 * REQUEST_SKEW_MS_MAX;
-/// Requests remembered at most (about 100 bytes each: 10 MB). When full
-/// of unexpired entries, new requests are answered BUSY.
+/// Requests remembered before the cache counts as full (about 170 bytes
+/// each with its indexes: 17 MB). When full, a user that holds
+/// [`REPLAY_ENTRIES_FAIR_SHARE`] entries or more is answered BUSY; one
+/// that holds fewer still gets in, up to [`REPLAY_ENTRIES_HARD_MAX`].
 pub const REPLAY_ENTRIES_MAX: usize = 100_000;
+/// What a user may still add when the cache is full: the heavy users who
+/// filled it wait, the others do not (ten users at their own bound cannot
+/// lock everyone out).
+pub const REPLAY_ENTRIES_FAIR_SHARE: usize = 100;
+/// The cache's hard bound, full and fair shares together (34 MB).
+pub const REPLAY_ENTRIES_HARD_MAX: usize = 2 * REPLAY_ENTRIES_MAX;
 /// Services in the development default: one per development provider, as
 /// many as loadgen can run (10,000 providers).
 pub const DEFAULT_SERVICES: u32 = 10_000;
@@ -151,8 +159,10 @@ fn relative_policy(
 
 /// Request ids and nonces of requests that were issued a session within
 /// the replay window, and of requests being decided now. Bounded by
-/// [`REPLAY_ENTRIES_MAX`] in all and [`REPLAY_ENTRIES_PER_USER_MAX`] per
-/// user, so that one user cannot fill it for everyone.
+/// [`REPLAY_ENTRIES_PER_USER_MAX`] per user and [`REPLAY_ENTRIES_MAX`] in
+/// all, past which only users holding less than
+/// [`REPLAY_ENTRIES_FAIR_SHARE`] get in (up to [`REPLAY_ENTRIES_HARD_MAX`]),
+/// so that a few users cannot fill it for everyone.
 ///
 /// A request is *reserved* when its checks begin (so two copies racing
 /// each other cannot both be issued) and *released* if it is refused: only
@@ -205,12 +215,9 @@ impl ReplayCache {
         if self.nonces.contains(&nonce) {
             return Err(Replay::Nonce);
         }
-        if self.ids.len() >= REPLAY_ENTRIES_MAX
-            || self
-                .per_user
-                .get(user)
-                .is_some_and(|count| *count >= REPLAY_ENTRIES_PER_USER_MAX)
-        {
+        let held = self.per_user.get(user).copied().unwrap_or(0);
+        let full = self.ids.len() >= REPLAY_ENTRIES_MAX && held >= REPLAY_ENTRIES_FAIR_SHARE;
+        if full || held >= REPLAY_ENTRIES_PER_USER_MAX || self.ids.len() >= REPLAY_ENTRIES_HARD_MAX {
             return Err(Replay::Full);
         }
         // Kept one millisecond beyond the window: a request stamped at the
@@ -630,6 +637,45 @@ mod tests {
                 .reserve(&other, RequestId([0xfe; 16]), Nonce([0xfe; 16]), 1)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn users_who_filled_the_cache_wait_and_the_others_get_in() {
+        let mut cache = ReplayCache::default();
+        let entry = |user: u64, index: u64| {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&user.to_be_bytes());
+            bytes[8..].copy_from_slice(&index.to_be_bytes());
+            (RequestId(bytes), Nonce(bytes))
+        };
+        // Ten users at their own bound fill the cache.
+        let heavy = REPLAY_ENTRIES_MAX / REPLAY_ENTRIES_PER_USER_MAX;
+        for user in 0..heavy as u64 {
+            let name = Name::new(format!("user-{user}")).unwrap();
+            for index in 0..REPLAY_ENTRIES_PER_USER_MAX as u64 {
+                let (id, nonce) = entry(user, index);
+                assert!(cache.reserve(&name, id, nonce, 1).is_ok());
+            }
+        }
+        assert_eq!(cache.len(), REPLAY_ENTRIES_MAX);
+        // A light user still gets its fair share, then waits too.
+        let light = Name::new("user-light").unwrap();
+        for index in 0..REPLAY_ENTRIES_FAIR_SHARE as u64 {
+            let (id, nonce) = entry(1_000, index);
+            assert!(cache.reserve(&light, id, nonce, 1).is_ok(), "fair share {index}");
+        }
+        let (id, nonce) = entry(1_000, u64::MAX);
+        assert_eq!(cache.reserve(&light, id, nonce, 1), Err(Replay::Full));
+        // A user holding 100 or more when the cache is full waits.
+        let mut medium_cache = ReplayCache::default();
+        let medium = Name::new("user-medium").unwrap();
+        for index in 0..REPLAY_ENTRIES_FAIR_SHARE as u64 {
+            let (id, nonce) = entry(2_000, index);
+            assert!(medium_cache.reserve(&medium, id, nonce, 1).is_ok());
+        }
+        assert!(medium_cache.len() < REPLAY_ENTRIES_MAX, "not full: more may come");
+        let (id, nonce) = entry(2_000, u64::MAX);
+        assert!(medium_cache.reserve(&medium, id, nonce, 1).is_ok());
     }
 
     #[test]
