@@ -718,6 +718,69 @@ mod tests {
         assert_eq!(harness.commit(&[harness.message(2, 1)]), vec![AckStatus::STORED]);
     }
 
+    /// A user's live sessions: counted when opened and at a restart, no
+    /// longer once the Final is stored or the validity ends.
+    #[test]
+    fn live_sessions_per_user_follow_finals_expiry_and_restarts() {
+        let alice = Name::new("alice").unwrap();
+        let mut harness = harness(0);
+        assert_eq!(harness.committer.table.live_sessions(&alice), 1);
+        harness.restart();
+        assert_eq!(harness.committer.table.live_sessions(&alice), 1, "recounted at start");
+        // The validity ends (an hour from now): the watchdog uncounts it.
+        harness.committer.tick(now_ms() + 2 * 3_600_000);
+        assert_eq!(harness.committer.table.live_sessions(&alice), 0, "expired");
+        // A new harness: a Final closes the session.
+        let mut harness = self::harness(0);
+        let mut last = harness.message(1, 1);
+        let mut fields = last.value().clone();
+        fields.kind = AccountingKind::FINAL;
+        last = Signed::sign(fields, &harness.provider_key).unwrap();
+        assert_eq!(harness.commit(&[last]), vec![AckStatus::STORED]);
+        assert_eq!(harness.committer.table.live_sessions(&alice), 0, "closed by its Final");
+        harness.restart();
+        assert_eq!(
+            harness.committer.table.live_sessions(&alice),
+            0,
+            "closed, not recounted"
+        );
+    }
+
+    /// A session issued for a user's request keeps its request id and nonce
+    /// in the store: the replay cache's memory after a restart.
+    #[test]
+    fn a_sessions_request_survives_in_the_store() {
+        let harness = harness(0);
+        let store = harness.committer.store.clone();
+        let request = (wire::RequestId([5; 16]), wire::Nonce([6; 16]));
+        let mut fields = harness.session.credential.value().clone();
+        fields.session_id = SessionId([4; 16]);
+        let credential = Signed::sign(fields, &SigningKey::from_seed(&[1; 32])).unwrap();
+        let created_ms = now_ms();
+        let session = SessionInfo::for_request(Name::new("p1").unwrap(), credential, created_ms, Some(request));
+        store
+            .insert_session(&session, &SessionProgress::new(created_ms))
+            .unwrap();
+        let requests = store.requests_since(created_ms - 1).unwrap();
+        assert_eq!(
+            requests,
+            vec![(Name::new("alice").unwrap(), request.0, request.1, created_ms)],
+            "only the session issued for a request, with it"
+        );
+        assert!(store.requests_since(created_ms + 1).unwrap().is_empty());
+        let loaded = store.load_sessions().unwrap();
+        let reloaded = loaded
+            .iter()
+            .find(|stored| stored.info.session_id() == SessionId([4; 16]))
+            .unwrap();
+        assert_eq!(reloaded.info.request, Some(request));
+        let plain = loaded
+            .iter()
+            .find(|stored| stored.info.session_id() == SessionId([3; 16]))
+            .unwrap();
+        assert_eq!(plain.info.request, None);
+    }
+
     impl Harness {
         /// The committer's progress of the test session.
         fn progress(&self) -> SessionProgress {
