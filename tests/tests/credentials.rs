@@ -140,6 +140,25 @@ impl World {
     }
 }
 
+/// Send `request` until it is issued, while the AM answers
+/// PROVIDER_UNAVAILABLE (the provider's connection still registering), at
+/// most 100 times 100 ms apart; the same bytes every time.
+async fn issued_once_the_provider_is_there(
+    client: &UserClient,
+    request: &Signed<wire::ServiceCredentialRequest>,
+) -> Signed<ServiceCredential> {
+    for _ in 0..100 {
+        match client.request_credential(request).await {
+            Ok(credential) => return credential,
+            Err(ClientError::Refused(error)) if error.code == ErrorCode::PROVIDER_UNAVAILABLE => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("the request: {other:?}"),
+        }
+    }
+    panic!("the provider's pushes were never served")
+}
+
 /// The Error code of a refused request.
 fn refused(answer: Result<Signed<ServiceCredential>, ClientError>) -> (ErrorCode, String) {
     match answer {
@@ -537,22 +556,8 @@ fn a_refused_request_can_be_retried_and_an_issued_one_cannot_be_replayed_even_af
         )
         .await
         .unwrap();
-        // The same bytes again (bounded, while the provider's connection
-        // registers): issued.
-        let mut issued = None;
-        for _ in 0..100 {
-            match client.request_credential(&request).await {
-                Ok(credential) => {
-                    issued = Some(credential);
-                    break;
-                }
-                Err(ClientError::Refused(error)) if error.code == ErrorCode::PROVIDER_UNAVAILABLE => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(other) => panic!("the retried request: {other:?}"),
-            }
-        }
-        let credential = issued.unwrap_or_else(|| panic!("the retried request was never issued"));
+        // The same bytes again: issued.
+        let credential = issued_once_the_provider_is_there(&client, &request).await;
         assert_eq!(credential.value().request_id, request.value().request_id);
         // And now a replay.
         let (code, detail) = refused(client.request_credential(&request).await);
@@ -586,21 +591,12 @@ fn the_session_bound_is_exact_under_concurrent_requests() {
     });
     runtime().block_on(async {
         let provider = world.provider().await;
-        // Wait (bounded) until the provider's pushes are served.
-        let mut ready = false;
-        for _ in 0..100 {
-            match world.credential(1).await {
-                Ok(_) => {
-                    ready = true;
-                    break;
-                }
-                Err(ClientError::Refused(error)) if error.code == ErrorCode::PROVIDER_UNAVAILABLE => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(other) => panic!("{other:?}"),
-            }
-        }
-        assert!(ready, "the provider never served a push");
+        // The first session, once the provider's pushes are served.
+        let client = UserClient::connect(world.am.address, &world.pki.ca_der())
+            .await
+            .unwrap();
+        issued_once_the_provider_is_there(&client, &world.request(&world.user(), 1)).await;
+        client.close().await;
         // Every client connected and its request signed first; then all
         // requests go at once.
         let start = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS + 1));
@@ -649,21 +645,13 @@ fn one_user_holds_a_bounded_number_of_live_sessions() {
     });
     runtime().block_on(async {
         let provider = world.provider().await;
-        let mut credentials = Vec::new();
-        // The first one waits (bounded) until the provider's pushes are served.
-        for _ in 0..100 {
-            match world.credential(1).await {
-                Ok(credential) => {
-                    credentials.push(credential);
-                    break;
-                }
-                Err(ClientError::Refused(error)) if error.code == ErrorCode::PROVIDER_UNAVAILABLE => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(other) => panic!("{other:?}"),
-            }
-        }
-        assert_eq!(credentials.len(), 1, "the provider never served a push");
+        // The first one once the provider's pushes are served.
+        let client = UserClient::connect(world.am.address, &world.pki.ca_der())
+            .await
+            .unwrap();
+        let first = issued_once_the_provider_is_there(&client, &world.request(&world.user(), 1)).await;
+        client.close().await;
+        let mut credentials = vec![first];
         while credentials.len() < PER_USER {
             credentials.push(world.credential(1).await.unwrap());
         }
