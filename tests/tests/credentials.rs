@@ -131,6 +131,15 @@ impl World {
         answer
     }
 
+    /// A credential for `service` once the provider's pushes are served
+    /// (see [`issued_once_the_provider_is_there`]).
+    async fn credential_once_the_provider_is_there(&self, service: u32) -> Signed<ServiceCredential> {
+        let client = UserClient::connect(self.am.address, &self.pki.ca_der()).await.unwrap();
+        let credential = issued_once_the_provider_is_there(&client, &self.request(&self.user(), service)).await;
+        client.close().await;
+        credential
+    }
+
     async fn ask_service(&self, credential: &ServiceCredential, address: &str) -> Result<(), UserError> {
         let request =
             user::service_request(credential, Address::new(address).unwrap(), Nonce(random16()), now_ms()).unwrap();
@@ -592,11 +601,7 @@ fn the_session_bound_is_exact_under_concurrent_requests() {
     runtime().block_on(async {
         let provider = world.provider().await;
         // The first session, once the provider's pushes are served.
-        let client = UserClient::connect(world.am.address, &world.pki.ca_der())
-            .await
-            .unwrap();
-        issued_once_the_provider_is_there(&client, &world.request(&world.user(), 1)).await;
-        client.close().await;
+        world.credential_once_the_provider_is_there(1).await;
         // Every client connected and its request signed first; then all
         // requests go at once.
         let start = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS + 1));
@@ -646,12 +651,7 @@ fn one_user_holds_a_bounded_number_of_live_sessions() {
     runtime().block_on(async {
         let provider = world.provider().await;
         // The first one once the provider's pushes are served.
-        let client = UserClient::connect(world.am.address, &world.pki.ca_der())
-            .await
-            .unwrap();
-        let first = issued_once_the_provider_is_there(&client, &world.request(&world.user(), 1)).await;
-        client.close().await;
-        let mut credentials = vec![first];
+        let mut credentials = vec![world.credential_once_the_provider_is_there(1).await];
         while credentials.len() < PER_USER {
             credentials.push(world.credential(1).await.unwrap());
         }
