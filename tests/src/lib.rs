@@ -190,6 +190,11 @@ impl AmProcess {
         self.child.id()
     }
 
+    /// Whether the process has exited (reaped if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -362,6 +362,12 @@ impl Committer {
                 None
             }
             Err(error) => {
+                // The refused group's sequences are given again. Its bytes
+                // may be in the WAL file (a failed sync), but RocksDB accepts
+                // no write until its recovery has flushed every family and
+                // retired that WAL in one step (atomic flush, store.rs); a
+                // crash before that replays the group whole, with its own
+                // next sequence. Either way no sequence is stored twice.
                 self.next_commit_sequence = first_commit_sequence;
                 for key in &new_keys {
                     self.key_ids.remove(key);
