@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use acct::am::server::{SERVICE_LISTS_PER_CONNECTION_MAX, USER_CONNECTIONS_PER_ADDRESS_MAX, USER_IDLE};
+use acct::am::user::{SERVICE_LISTS_PER_CONNECTION_MAX, USER_CONNECTIONS_PER_ADDRESS_MAX, USER_IDLE};
 use acct_tests::{AmProcess, TestPki, runtime};
 use peer::net::UserClient;
 use peer::quic::ClientError;

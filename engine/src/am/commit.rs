@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use wire::{AckEntry, AckStatus, MessageId, SessionId};
 
-use super::pipeline::{AckSender, Answers, CommitCommand, SessionTable, Verified};
+use super::codes::{SessionNotStored, commit_failure};
+use super::pipeline::{AckSender, Answers, CommitCommand, SessionTable, Verified, deliver};
 use super::session::{self, SequenceState, SessionFlags, SessionInfo, SessionProgress, TimeBounds};
 use super::store::{GroupWrite, RecordRef, Store, StoreError};
 use crate::clock::now_ms;
@@ -105,7 +106,7 @@ impl FailureLog {
 }
 
 /// Where the committer answers a session opening.
-type SessionReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+type SessionReply = tokio::sync::oneshot::Sender<Result<(), SessionNotStored>>;
 
 /// An ack decided in a group, sent after the group's write.
 struct Answer {
@@ -242,9 +243,10 @@ impl Committer {
                 }
             }
             Err(error) => {
-                let detail = error.to_string();
+                let refusal = SessionNotStored::from(&error);
                 for (_, reply) in opens {
-                    let _ = reply.send(Err(detail.clone()));
+                    // The requester may be gone (its task dropped): nothing to answer.
+                    let _ = reply.send(Err(refusal.clone()));
                 }
             }
         }
@@ -324,7 +326,7 @@ impl Committer {
                 Ok(Decision::DuplicateOfPending) => Outcome::DuplicateOfPending,
                 Ok(Decision::Answered(status)) => {
                     if status == AckStatus::CONFLICTING_DUPLICATE {
-                        item.connection.conflicting_duplicate();
+                        item.connection.conduct.conflicting_duplicate();
                     }
                     Outcome::Final(status)
                 }
@@ -372,10 +374,7 @@ impl Committer {
                 for key in &new_keys {
                     self.key_ids.remove(key);
                 }
-                let (status, kind) = match error {
-                    StoreError::OutOfSpace(_) => (AckStatus::OUT_OF_SPACE, "out_of_space"),
-                    _ => (AckStatus::BUSY, "other"),
-                };
+                let (status, kind) = commit_failure(&error);
                 metrics::counter!("acct_commit_failures_total", "kind" => kind).increment(1);
                 self.failures.failed(&error, stored_count);
                 Some(status)
@@ -396,6 +395,8 @@ impl Committer {
         // together, in one read and one verify batch).
         let mut run: Vec<AckEntry> = Vec::new();
         let mut run_reply: Option<&AckSender> = None;
+        // One answer per message, or a message would go unanswered.
+        assert_eq!(answers.len(), count, "one answer per message of the group");
         for (answer, verified) in answers.into_iter().zip(batches.iter().flatten()) {
             let status = match (answer.outcome, failure) {
                 (Outcome::StoredNow, None) => AckStatus::STORED,
@@ -532,7 +533,7 @@ fn send_run(reply: Option<&AckSender>, run: &mut Vec<AckEntry>) {
         _ => Some(Answers::Many(std::mem::take(run))),
     };
     if let Some(answers) = answers {
-        let _ = reply.try_send(answers);
+        deliver(reply, answers);
     }
 }
 

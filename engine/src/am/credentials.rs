@@ -339,6 +339,35 @@ impl ProviderRegistry {
     }
 }
 
+/// A new session's User Credential: a fresh random session id and session
+/// key, signed by the AM. The one way a session is minted, for a user's
+/// request (after its checks) and for the operator's admin path.
+pub fn mint_user_credential(
+    signing_key: &SigningKey,
+    service_id: ServiceId,
+    user_id: Name,
+    user_address: Address,
+    policy: Policy,
+) -> Result<Signed<UserCredential>, ErrorMessage> {
+    let mut session_id = [0u8; 16];
+    let mut session_key = [0u8; 32];
+    getrandom::fill(&mut session_id)
+        .and_then(|()| getrandom::fill(&mut session_key))
+        .map_err(|_| ErrorMessage::new(ErrorCode::INTERNAL, "no randomness"))?;
+    Signed::sign(
+        UserCredential {
+            session_id: SessionId(session_id),
+            service_id,
+            user_id,
+            user_address,
+            session_key: SessionKey(session_key),
+            policy,
+        },
+        signing_key,
+    )
+    .map_err(|error| ErrorMessage::new(ErrorCode::INTERNAL, &format!("signing the User Credential: {error}")))
+}
+
 /// What issuance needs from the AM.
 pub struct Issuer<'a> {
     /// The operator's CA.
@@ -471,41 +500,33 @@ impl<'a> Issuer<'a> {
                 &format!("provider {} is not connected", service.provider),
             ));
         };
-        let mut session_id = [0u8; 16];
-        let mut session_key = [0u8; 32];
-        getrandom::fill(&mut session_id)
-            .and_then(|()| getrandom::fill(&mut session_key))
-            .map_err(|_| refuse(ErrorCode::INTERNAL, "no randomness"))?;
         let lifetime = service.policy.valid_until_ms - service.policy.valid_from_ms;
         let policy = Policy {
             valid_from_ms: now_ms,
             valid_until_ms: now_ms.saturating_add(lifetime),
             ..service.policy
         };
-        let user_credential = Signed::sign(
-            UserCredential {
-                session_id: SessionId(session_id),
-                service_id: service.service_id,
-                user_id: identity_name.clone(),
-                user_address: value.user_address.clone(),
-                session_key: SessionKey(session_key),
-                policy,
-            },
+        let user_credential = mint_user_credential(
             self.signing_key,
+            service.service_id,
+            identity_name.clone(),
+            value.user_address.clone(),
+            policy,
         )
-        .map_err(|error| refuse(ErrorCode::INTERNAL, &error.to_string()))?;
+        .map_err(|error| refuse(error.code, &error.detail))?;
+        let minted = user_credential.value();
         let service_credential = Signed::sign(
             ServiceCredential {
                 request_id: value.request_id,
-                session_id: SessionId(session_id),
+                session_id: minted.session_id,
                 service_id: service.service_id,
                 provider_address: service.provider_address.clone(),
-                session_key: SessionKey(session_key),
+                session_key: minted.session_key.clone(),
                 policy,
             },
             self.signing_key,
         )
-        .map_err(|error| refuse(ErrorCode::INTERNAL, &error.to_string()))?;
+        .map_err(|error| refuse(ErrorCode::INTERNAL, &format!("signing the Service Credential: {error}")))?;
         push(&connection, &user_credential).await.map_err(|detail| {
             refuse(
                 ErrorCode::PROVIDER_UNAVAILABLE,

@@ -30,8 +30,7 @@
 //! handshake bound, and at most [`ALLOWED_IDS_MAX`] allowed IDs (about
 //! 80 bytes each; the oldest is forgotten first).
 //!
-//! [`HANDSHAKES_PER_ADDRESS_MAX`]: super::server::HANDSHAKES_PER_ADDRESS_MAX
-//! [`HANDSHAKE_TIMEOUT`]: super::server::HANDSHAKE_TIMEOUT
+//! [`HANDSHAKES_PER_ADDRESS_MAX`]: super::handshakes::HANDSHAKES_PER_ADDRESS_MAX
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -56,8 +55,11 @@ pub const ALLOWED_IDS_MAX: usize = 32_768;
 /// Initials one allowed ID may carry through a closed address's gate (an
 /// honest client sends a few).
 pub const ALLOWED_ID_USES: u8 = 16;
+/// A handshake not finished by then is dropped and its slot freed
+/// (`handshakes`); the gate lets its Initials through as long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ID stays allowed: a handshake not done by then is dropped.
-const ALLOWED_FOR: Duration = super::server::HANDSHAKE_TIMEOUT;
+const ALLOWED_FOR: Duration = HANDSHAKE_TIMEOUT;
 /// The longest connection ID (RFC 9000 §17.2).
 const CONNECTION_ID_BYTES_MAX: usize = 20;
 

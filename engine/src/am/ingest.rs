@@ -1,6 +1,6 @@
 //! The ingest pipeline without its network front: the verifier threads and
-//! the committer thread with their bounded queues. `server` feeds it from
-//! QUIC streams; the in-process benchmark feeds it directly.
+//! the committer thread with their bounded queues. `provider_stream` feeds
+//! it from QUIC streams; the in-process benchmark feeds it directly.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use tokio::sync::Semaphore;
 use wire::AckStatus;
 
+use super::codes::SessionNotStored;
 use super::commit::{CommitSettings, Committer};
 use super::pipeline::{CommitCommand, Pending, SessionTable};
 use super::session::{SessionInfo, TimeBounds};
@@ -142,7 +143,7 @@ impl Ingest {
 
     /// Store a new session durably (through the committer, so it is ordered
     /// with the records), then make it visible to admission.
-    pub async fn open_session(&self, session: Arc<SessionInfo>) -> Result<(), String> {
+    pub async fn open_session(&self, session: Arc<SessionInfo>) -> Result<(), SessionNotStored> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let queue = self.commit_queue.clone();
         let command = CommitCommand::OpenSession { session, reply };
@@ -150,9 +151,9 @@ impl Ingest {
             .await
             .unwrap_or(false);
         if !sent {
-            return Err("the AM is stopping".into());
+            return Err(SessionNotStored::Stopping);
         }
-        answer.await.unwrap_or_else(|_| Err("the AM is stopping".into()))
+        answer.await.unwrap_or(Err(SessionNotStored::Stopping))
     }
 
     /// Close the queues and wait until everything queued is verified,

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::Sender;
 use wire::{AckEntry, AckStatus};
 
-use super::pipeline::{Answers, CommitCommand, Pending, ProviderConnection, Verified};
+use super::pipeline::{Answers, CommitCommand, Pending, ProviderConnection, Verified, deliver};
 
 /// Run one verifier until its input closes and is drained. `permits` bound
 /// the verify queue in messages: a batch's permits go back when it is taken.
@@ -49,6 +49,8 @@ pub fn run(
                 .collect();
             wire::verify_batch(&items, &seed)
         };
+        // One verdict per message, or messages would go unanswered below.
+        assert_eq!(verdicts.len(), batch.len(), "verify_batch answers every item");
         // Good signatures counted per run of one connection's messages (a
         // stream hands over a read's messages together): one atomic add per
         // run on the connection's shared counter, not one per message.
@@ -61,13 +63,13 @@ pub fn run(
                 Some((connection, count)) if std::ptr::eq(*connection, pending.connection.as_ref()) => *count += 1,
                 _ => {
                     if let Some((connection, count)) = run.replace((pending.connection.as_ref(), 1)) {
-                        connection.good_signatures.fetch_add(count, Ordering::Relaxed);
+                        connection.conduct.good_signatures.fetch_add(count, Ordering::Relaxed);
                     }
                 }
             }
         }
         if let Some((connection, count)) = run {
-            connection.good_signatures.fetch_add(count, Ordering::Relaxed);
+            connection.conduct.good_signatures.fetch_add(count, Ordering::Relaxed);
         }
         let mut bad = 0u64;
         let mut verified = Vec::with_capacity(batch.len());
@@ -76,14 +78,21 @@ pub fn run(
                 verified.push(Verified::new(pending));
             } else {
                 bad += 1;
-                pending.connection.bad_signatures.fetch_add(1, Ordering::Relaxed);
-                if pending.connection.is_abusive() {
-                    pending.connection.abuse.notify_waiters();
+                pending
+                    .connection
+                    .conduct
+                    .bad_signatures
+                    .fetch_add(1, Ordering::Relaxed);
+                if pending.connection.conduct.is_abusive() {
+                    pending.connection.conduct.abuse_found.notify_waiters();
                 }
-                let _ = pending.reply.try_send(Answers::One(AckEntry {
-                    message_id: pending.message.value().message_id(),
-                    status: AckStatus::BAD_SIGNATURE,
-                }));
+                deliver(
+                    &pending.reply,
+                    Answers::One(AckEntry {
+                        message_id: pending.message.value().message_id(),
+                        status: AckStatus::BAD_SIGNATURE,
+                    }),
+                );
             }
         }
         if bad > 0 {
