@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The side-by-side benchmark harness (issue 7): in one run on one machine,
+# The side-by-side benchmark harness: in one run on one machine,
 # with the same records (loadgen signs them ahead and writes them to a file;
 # every system gets those bytes, with the same 1% of retransmissions):
 #

@@ -233,9 +233,9 @@ pub fn pending(
     connections: &[std::sync::Arc<acct::am::pipeline::ProviderConnection>],
     item: FixtureMessage,
     replies: &[acct::am::pipeline::AckSender],
-) -> acct::am::pipeline::Pending {
+) -> acct::am::pipeline::Admitted {
     let (provider, message) = item;
-    acct::am::pipeline::Pending {
+    acct::am::pipeline::Admitted {
         message,
         connection: connections[provider % connections.len().max(1)].clone(),
         received_ms: acct::clock::now_ms(),

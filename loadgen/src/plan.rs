@@ -1,6 +1,8 @@
 //! Before the timed phase: the providers' identities, the sessions (opened
-//! through the AM's admin path) and every message, signed ahead so that the
-//! client's CPU measures the server, not itself.
+//! by users' credential requests, 202 → 206, with the AM pushing each User
+//! Credential to its provider, 208; through the AM's admin path instead with
+//! `--admin-sessions`) and every message, signed ahead so that the client's
+//! CPU measures the server, not itself.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,14 +23,16 @@ use crate::workload::{SplitMix64, corrupt};
 /// The service every loadgen session is for.
 pub const LOADGEN_SERVICE: ServiceId = ServiceId(1);
 
-/// Admin connections used to open sessions, each with up to 8 requests in
-/// flight (the AM's default streams per connection).
+/// Admin connections used to open sessions with `--admin-sessions`, each
+/// with up to 8 requests in flight (the AM's default streams per
+/// connection).
 const ADMIN_CONNECTIONS: usize = 4;
 const ADMIN_REQUESTS_PER_CONNECTION: usize = 6;
 
 /// The operator's PKI as loadgen uses it.
 pub struct Identities {
-    /// The admin (`am-1`) identity: opens sessions and audits.
+    /// The admin (`am-1`) identity: its key is the AM's key, it runs the
+    /// audit and, with `--admin-sessions`, opens the sessions.
     pub admin: ClientIdentity,
     /// The AM's public key (checks User Credentials).
     pub am_key: PublicKey,

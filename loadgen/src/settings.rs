@@ -27,7 +27,8 @@ pub struct Settings {
     pub am: SocketAddr,
     /// The operator's PKI folder (from `acct init`; the AM's default is
     /// DATA/pki). Provider certificates missing from it are minted with its
-    /// CA key; sessions are opened with its `am-1` admin identity.
+    /// CA key. Its `am-1` admin identity gives the AM's key and runs the
+    /// audit (and opens the sessions with `--admin-sessions`).
     #[arg(long)]
     pub pki: PathBuf,
     /// Providers, each with its own certificate and QUIC connection.

@@ -1,6 +1,7 @@
-//! The two peers of acct's protocol, without transport: what a User and a
-//! Service Provider compute, check and remember. Real providers embed this;
-//! loadgen and the tests drive the AM through it.
+//! The two peers of acct's protocol, User and Service Provider: what each
+//! computes, checks and remembers ([`user`], [`provider`], no transport), and
+//! QUIC clients and endpoints that carry it ([`quic`], [`net`], [`node`]).
+//! Real providers embed this; loadgen and the tests drive the AM through it.
 //!
 //! - [`user`]: build a Service Credential Request (202), check the Service
 //!   Credential (206), make the Service Request (210) and check the
@@ -16,7 +17,8 @@
 //! - [`node`]: a whole Service Provider: pushed credentials, its endpoint
 //!   for users, accounting with retransmission after reconnects.
 //!
-//! Time is always an argument (Unix ms), so every decision is testable.
+//! In [`user`] and [`provider`] time is always an argument (Unix ms), so
+//! every decision is testable; [`node`] reads the system clock.
 
 pub mod net;
 pub mod node;

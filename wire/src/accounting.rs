@@ -262,7 +262,9 @@ impl AckStatus {
     pub const MISSING_ACCOUNTING_DATA: Self = Self(0x25);
     /// The session's lifetime is over.
     pub const SESSION_EXPIRED: Self = Self(0x26);
-    /// The session's maximum number of messages is used up.
+    /// The `requests` custom counters of the session's stored messages and
+    /// this one add up to more than the policy's `requests_max` (a message
+    /// without the counter adds 0; no check when `requests_max` is 0).
     pub const REQUESTS_EXCEEDED: Self = Self(0x27);
     /// The accounted interval ends too far in the future.
     pub const TIMESTAMP_IN_FUTURE: Self = Self(0x28);
@@ -272,8 +274,10 @@ impl AckStatus {
     pub const CREDENTIAL_MISMATCH: Self = Self(0x2a);
     /// e1 does not match the session's service.
     pub const SERVICE_MISMATCH: Self = Self(0x2b);
-    /// The sequence number is below the session's dedup window: too old to
-    /// tell a retransmission from a new message.
+    /// Reserved; the AM never sends it. It keeps a dedup marker for every
+    /// stored sequence of a session until the session is pruned, and looks
+    /// up the marker of a sequence below its in-memory window, so it can
+    /// always tell a retransmission from a new message.
     pub const SEQUENCE_OUT_OF_WINDOW: Self = Self(0x2c);
 
     /// Whether the message is stored (now or before).

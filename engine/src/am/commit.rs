@@ -119,7 +119,7 @@ enum Outcome {
     /// Stored by this group: STORED if the write succeeds.
     StoredNow,
     /// Duplicate of a message stored by this group: DUPLICATE if the write succeeds.
-    DuplicateOfPending,
+    DuplicateInGroup,
     /// Decided regardless of the write.
     Final(AckStatus),
 }
@@ -323,7 +323,7 @@ impl Committer {
                         Outcome::StoredNow
                     }
                 },
-                Ok(Decision::DuplicateOfPending) => Outcome::DuplicateOfPending,
+                Ok(Decision::DuplicateInGroup) => Outcome::DuplicateInGroup,
                 Ok(Decision::Answered(status)) => {
                     if status == AckStatus::CONFLICTING_DUPLICATE {
                         item.connection.conduct.conflicting_duplicate();
@@ -400,8 +400,8 @@ impl Committer {
         for (answer, verified) in answers.into_iter().zip(batches.iter().flatten()) {
             let status = match (answer.outcome, failure) {
                 (Outcome::StoredNow, None) => AckStatus::STORED,
-                (Outcome::DuplicateOfPending, None) => AckStatus::DUPLICATE,
-                (Outcome::StoredNow | Outcome::DuplicateOfPending, Some(status)) => status,
+                (Outcome::DuplicateInGroup, None) => AckStatus::DUPLICATE,
+                (Outcome::StoredNow | Outcome::DuplicateInGroup, Some(status)) => status,
                 (Outcome::Final(status), _) => status,
             };
             let class = if status == AckStatus::STORED {
@@ -436,7 +436,7 @@ impl Committer {
         &self,
         staged: &Map<SessionId, (SessionProgress, bool)>,
         pending: &Map<MessageId, [u8; 8]>,
-        item: &super::pipeline::Pending,
+        item: &super::pipeline::Admitted,
         fingerprint: [u8; 8],
         now: u64,
     ) -> Result<Decision, StoreError> {
@@ -539,14 +539,14 @@ fn send_run(reply: Option<&AckSender>, run: &mut Vec<AckEntry>) {
 
 enum Decision {
     New(SessionProgress),
-    DuplicateOfPending,
+    DuplicateInGroup,
     Answered(AckStatus),
 }
 
 impl Decision {
     fn from_match(same_content: bool, pending: bool) -> Self {
         match (same_content, pending) {
-            (true, true) => Self::DuplicateOfPending,
+            (true, true) => Self::DuplicateInGroup,
             (true, false) => Self::Answered(AckStatus::DUPLICATE),
             (false, _) => Self::Answered(AckStatus::CONFLICTING_DUPLICATE),
         }
@@ -585,7 +585,7 @@ mod model_test;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::am::pipeline::{Pending, ProviderConnection};
+    use crate::am::pipeline::{Admitted, ProviderConnection};
     use wire::{
         Accounting, AccountingKind, Address, DataFields, Name, Policy, ServiceId, SessionKey, Signed, SigningKey,
         TimeOfDay, Usage, UserCredential,
@@ -667,7 +667,7 @@ mod tests {
             let records = messages
                 .iter()
                 .map(|message| {
-                    Verified::new(Pending {
+                    Verified::new(Admitted {
                         message: message.clone(),
                         connection: self.connection.clone(),
                         received_ms: now_ms(),

@@ -13,30 +13,26 @@ use wire::AckStatus;
 
 use super::codes::SessionNotStored;
 use super::commit::{CommitSettings, Committer};
-use super::pipeline::{CommitCommand, Pending, SessionTable};
+use super::pipeline::{Admitted, CommitCommand, READ_BATCH_MESSAGES_MAX, SessionTable};
 use super::session::{SessionInfo, TimeBounds};
 use super::store::Store;
 use crate::config::IngestConfig;
-
-/// Most messages a stream hands to the verify queue at once (the messages
-/// decoded from one read).
-pub const SUBMIT_BATCH_MESSAGES_MAX: usize = 256;
 
 /// The verify queue: batches of admitted messages (one per stream read),
 /// bounded in messages by a semaphore with one permit per queued message.
 /// Handing over a batch costs one channel operation, not one per message.
 #[derive(Clone)]
 pub struct VerifyQueue {
-    batches: async_channel::Sender<Vec<Pending>>,
+    batches: async_channel::Sender<Vec<Admitted>>,
     permits: Arc<Semaphore>,
 }
 
 impl VerifyQueue {
-    /// Queue `batch` (at most [`SUBMIT_BATCH_MESSAGES_MAX`] messages),
+    /// Queue `batch` (at most [`READ_BATCH_MESSAGES_MAX`] messages),
     /// waiting at most `wait` for room. On failure the batch comes back
     /// with the answer its messages get: BUSY (no room in time) or
     /// SHUTTING_DOWN.
-    pub async fn submit(&self, batch: Vec<Pending>, wait: Duration) -> Result<(), (Vec<Pending>, AckStatus)> {
+    pub async fn submit(&self, batch: Vec<Admitted>, wait: Duration) -> Result<(), (Vec<Admitted>, AckStatus)> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -104,7 +100,7 @@ impl Ingest {
         ];
         let capacity = settings
             .verify_queue_messages_max
-            .clamp(SUBMIT_BATCH_MESSAGES_MAX, Semaphore::MAX_PERMITS);
+            .clamp(READ_BATCH_MESSAGES_MAX, Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(capacity));
         // Unbounded channel, bounded in messages by the permits.
         let (batches, verify_input) = async_channel::unbounded();

@@ -21,7 +21,7 @@ use wire::{
 };
 
 use super::{Committer, TEST_SETTINGS};
-use crate::am::pipeline::{AckSender, Pending, ProviderConnection, SessionTable, Verified};
+use crate::am::pipeline::{AckSender, Admitted, ProviderConnection, SessionTable, Verified};
 use crate::am::session::SessionInfo;
 use crate::am::store::{Manifest, Store};
 
@@ -269,7 +269,7 @@ impl World {
         let records = group
             .iter()
             .map(|(_, message, _)| {
-                Verified::new(Pending {
+                Verified::new(Admitted {
                     message: message.clone(),
                     connection: self.connection.clone(),
                     received_ms: self.now_ms,

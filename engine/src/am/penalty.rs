@@ -1,13 +1,19 @@
 //! Backoffs for abuse, by certificate name and by source address.
 //!
-//! - By name: a provider disconnected for abuse (mostly bad signatures, or
-//!   stream after stream of protocol errors) is in a backoff; until it ends,
-//!   a new connection with the same certificate name is closed right after
-//!   the handshake, before it can cost a single verification. The backoff
-//!   doubles with each strike (1 s, 2 s, 4 s … at most 5 minutes).
-//! - By address: each handshake that ends in a refusal of its identity (a
-//!   denied certificate, or a name in its backoff) is a strike against the
-//!   source IP address. From the [`ADDRESS_STRIKES_FREE`]-th strike on, the
+//! - By name: a provider connection closed for abuse, whatever the
+//!   [`Verdict`](super::abuse::Verdict) (bad signatures, conflicting
+//!   duplicates, messages for foreign sessions, tiny packets, or protocol
+//!   errors), is a strike against its certificate name, and the name is in
+//!   a backoff; until it ends, a new connection with the same certificate
+//!   name is closed right after the handshake (close code 6, BACKOFF),
+//!   before it can cost a single verification. The backoff doubles with
+//!   each strike (1 s, 2 s, 4 s … at most 5 minutes).
+//! - By address: each handshake that ends in a refused identity is a strike
+//!   against the source IP address: a denied certificate (close code 4,
+//!   DENIED), a name in its backoff (6, BACKOFF), or a provider that already
+//!   holds `connections_per_provider_max` connections (8,
+//!   TOO_MANY_CONNECTIONS). A certificate whose role may not connect (1) is
+//!   not a strike. From the [`ADDRESS_STRIKES_FREE`]-th strike on, the
 //!   address is in a backoff (1 s doubling to at most 1 minute) during which
 //!   its new connection attempts are dropped unanswered, before any
 //!   cryptography: a revoked provider reconnecting in a loop costs the AM a

@@ -12,6 +12,10 @@ use wire::{Accounting, AckEntry, AckStatus, Name, PublicKey, SessionId, Signed};
 use super::abuse::Conduct;
 use super::session::SessionInfo;
 
+/// Most messages a stream hands to the verify queue at once: the messages
+/// decoded from one read (a read batch).
+pub const READ_BATCH_MESSAGES_MAX: usize = 256;
+
 /// Where a stream's acks go. Bounded: a stream admits at most
 /// `stream_inflight_max` unanswered messages, and the channel holds as many
 /// sends (each carries at least one answer), so the committer's `try_send`
@@ -104,7 +108,7 @@ impl ProviderConnection {
 
 /// An accounting message admitted for verification.
 #[derive(Debug)]
-pub struct Pending {
+pub struct Admitted {
     /// The message as received. Its session was admitted when it was read
     /// (`SessionTable::admit`); the committer checks it again in its own
     /// map, so no reference to the session travels with the message (one
@@ -122,16 +126,16 @@ pub struct Pending {
 
 /// A message whose signature verified. Only the verifier makes these.
 #[derive(Debug)]
-pub struct Verified(Pending);
+pub struct Verified(Admitted);
 
 impl Verified {
     /// Only the verifier calls this, after the signature checked out.
-    pub(super) fn new(pending: Pending) -> Self {
+    pub(super) fn new(pending: Admitted) -> Self {
         Self(pending)
     }
 
     /// The verified message and its context.
-    pub fn pending(&self) -> &Pending {
+    pub fn pending(&self) -> &Admitted {
         &self.0
     }
 }

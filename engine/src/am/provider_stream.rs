@@ -18,8 +18,7 @@ use wire::{Accounting, AccountingAck, AckEntry, AckStatus, ErrorCode, ErrorMessa
 use super::codes::{body_error, frame_error, queue_refusal_outcome};
 use super::context::Context;
 use super::frames::FrameReader;
-use super::ingest::SUBMIT_BATCH_MESSAGES_MAX;
-use super::pipeline::{AckSender, Answers, Pending, ProviderConnection, deliver};
+use super::pipeline::{AckSender, Admitted, Answers, ProviderConnection, READ_BATCH_MESSAGES_MAX, deliver};
 use crate::clock::now_ms;
 
 /// Most bytes a provider stream reads at once.
@@ -159,7 +158,7 @@ struct Admission<'a> {
     inflight: Arc<Semaphore>,
     ack_sender: AckSender,
     /// Admitted, not yet handed to the verify queue.
-    batch: Vec<Pending>,
+    batch: Vec<Admitted>,
 }
 
 impl Admission<'_> {
@@ -195,15 +194,15 @@ impl Admission<'_> {
             // read instead of a Vec that doubles its way up.
             let frame_bytes = message.signed_bytes().len() + wire::limits::FRAME_HEADER_BYTES;
             self.batch
-                .reserve((1 + buffered_bytes / frame_bytes).min(SUBMIT_BATCH_MESSAGES_MAX));
+                .reserve((1 + buffered_bytes / frame_bytes).min(READ_BATCH_MESSAGES_MAX));
         }
-        self.batch.push(Pending {
+        self.batch.push(Admitted {
             message,
             connection: provider.clone(),
             received_ms,
             reply: self.ack_sender.clone(),
         });
-        if self.batch.len() >= SUBMIT_BATCH_MESSAGES_MAX && !self.submit().await {
+        if self.batch.len() >= READ_BATCH_MESSAGES_MAX && !self.submit().await {
             return false;
         }
         !provider.conduct.stops_reading()

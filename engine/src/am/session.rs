@@ -324,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn dedup_window_is_exact() {
+    fn sequence_window_is_exact() {
         let info = info(policy());
         let mut progress = SessionProgress::new(NOW_MS);
         assert_eq!(progress.sequence_state(1), SequenceState::New);

@@ -4,13 +4,13 @@
 //!
 //! | family | key | value |
 //! |---|---|---|
-//! | `sessions` | session id (16) | [`StoredSession`]: provider, creation time, the signed User Credential; written once |
+//! | `sessions` | session id (16) | [`StoredSession`]: provider, creation time, the signed User Credential, and for a session issued for a user's request its request id and nonce (32 bytes); written once |
 //! | `progress` | session id (16) | [`SessionProgress`], 58 bytes; written when the session opens, when a message is stored out of sequence order, when its Final Accounting is stored, and when the watchdog flags it |
 //! | `records` | commit sequence (u64) | [`StoredRecord`]: one accounting message as received, with what the AM knew |
-//! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of the message's signature; for a message stored in sequence order, followed by the session's progress after it ([`MarkerProgress`], 4 varints, about 12-20 bytes) |
+//! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of the message's signature; for a message stored in sequence order, followed by the session's progress after it unless the same group rewrites the session's `progress` entry (a Final Accounting, or an earlier out-of-order message of the session) ([`MarkerProgress`], 4 LEB128 varints, usually 9-13 bytes, the Unix-ms time alone 6); a marker is 8 bytes without progress, at most 48 ([`MARKER_BYTES_MAX`]) |
 //! | `keys` | key id (u32) | a provider's Ed25519 key (32 bytes); records name it by id; written once, with the first record that uses it |
 //! | `exports` | first commit sequence (u64) | [`Manifest`]: a batch cut for export and not yet acked by the AS |
-//! | `meta` | name | counters (`next_commit_sequence`, `export_cursor`) |
+//! | `meta` | name | u64, 8 bytes big-endian: the counters `next_commit_sequence` and `export_cursor` (absent: 1), and `store_format`, the layout version ([`STORE_FORMAT_CURRENT`]; absent: 1) |
 //!
 //! A record, its fingerprint (the dedup marker) and its session's progress
 //! are written in one WriteBatch with a synced WAL: none exists without the

@@ -11,18 +11,18 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::Sender;
 use wire::{AckEntry, AckStatus};
 
-use super::pipeline::{Answers, CommitCommand, Pending, ProviderConnection, Verified, deliver};
+use super::pipeline::{Admitted, Answers, CommitCommand, ProviderConnection, Verified, deliver};
 
 /// Run one verifier until its input closes and is drained. `permits` bound
 /// the verify queue in messages: a batch's permits go back when it is taken.
 pub fn run(
-    input: async_channel::Receiver<Vec<Pending>>,
+    input: async_channel::Receiver<Vec<Admitted>>,
     permits: &tokio::sync::Semaphore,
     output: Sender<CommitCommand>,
     batch_max: usize,
 ) {
     let batch_max = batch_max.max(1);
-    let mut batch: Vec<Pending> = Vec::with_capacity(batch_max + super::ingest::SUBMIT_BATCH_MESSAGES_MAX);
+    let mut batch: Vec<Admitted> = Vec::with_capacity(batch_max + super::pipeline::READ_BATCH_MESSAGES_MAX);
     while let Ok(first) = input.recv_blocking() {
         permits.add_permits(first.len());
         batch.extend(first);
