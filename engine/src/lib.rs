@@ -3,7 +3,7 @@
 //! - [`am`]: the Accounting Manager's ingest path (`acct serve`).
 //! - [`storage`]: the Accounting Storage (`acct storage`, and embedded).
 //! - [`tls`]: TLS 1.3 server configs for QUIC.
-//! - [`pki`]: the development PKI (`acct init`).
+//! - The PKI (`acct init`) is the `pki` crate.
 //! - [`config`]: the config file.
 //! - [`cli`]: the command line; `main.rs` only dispatches.
 
@@ -13,6 +13,5 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod deny;
-pub mod pki;
 pub mod storage;
 pub mod tls;

@@ -48,18 +48,18 @@ pub struct Identities {
 /// Load the PKI folder: provider `i` is `provider-000i` as `acct init`
 /// names it, read from the folder when there, minted otherwise.
 pub fn identities(folder: &Path, providers: usize, users: usize) -> anyhow::Result<Identities> {
-    let ca_der = acct::pki::read_certificate_der(&folder.join(acct::pki::CA_CERTIFICATE_FILE))
+    let ca_der = pki::read_certificate_der(&folder.join(pki::CA_CERTIFICATE_FILE))
         .with_context(|| format!("reading the CA certificate in {}", folder.display()))?;
     let read = |role: Role, name: &Name| -> anyhow::Result<Option<ClientIdentity>> {
-        let (certificate, key) = acct::pki::identity_paths(role, name);
+        let (certificate, key) = pki::identity_paths(role, name);
         let (certificate, key) = (folder.join(certificate), folder.join(key));
         if !certificate.exists() || !key.exists() {
             return Ok(None);
         }
         Ok(Some(ClientIdentity {
             ca_der: ca_der.clone(),
-            certificate_der: acct::pki::read_certificate_der(&certificate)?,
-            signing_key: acct::pki::read_signing_key(&key)?,
+            certificate_der: pki::read_certificate_der(&certificate)?,
+            signing_key: pki::read_signing_key(&key)?,
         }))
     };
     let admin_name = Name::new("am-1")?;
@@ -77,7 +77,7 @@ pub fn identities(folder: &Path, providers: usize, users: usize) -> anyhow::Resu
             return Ok(identity);
         }
         if authority.is_none() {
-            authority = Some(acct::pki::CertificateAuthority::load(folder).with_context(|| {
+            authority = Some(pki::CertificateAuthority::load(folder).with_context(|| {
                 format!(
                     "{} lacks the certificate of {name} and has no CA key to mint it",
                     folder.display()
@@ -97,12 +97,12 @@ pub fn identities(folder: &Path, providers: usize, users: usize) -> anyhow::Resu
     };
     let mut out = Vec::with_capacity(providers);
     for index in 1..=providers {
-        let name = Name::new(acct::pki::provider_name(index))?;
+        let name = Name::new(pki::provider_name(index))?;
         out.push((name.clone(), identity_of(Role::Provider, &name)?));
     }
     let mut user_identities = Vec::with_capacity(users);
     for index in 1..=users {
-        let name = Name::new(acct::pki::user_name(index))?;
+        let name = Name::new(pki::user_name(index))?;
         user_identities.push(identity_of(Role::User, &name)?);
     }
     Ok(Identities {
@@ -133,7 +133,7 @@ pub async fn issue_credentials(
     pushed: &Pushed,
 ) -> anyhow::Result<Vec<(usize, Signed<UserCredential>)>> {
     let count = settings.session_count();
-    let now = acct::clock::now_ms();
+    let now = peer::clock::now_ms();
     let mut requests = Vec::with_capacity(count);
     for index in 0..count {
         let provider = index % settings.providers;
@@ -210,7 +210,7 @@ pub async fn open_sessions(
     settings: &Settings,
     identities: &Identities,
 ) -> anyhow::Result<Vec<(usize, Signed<UserCredential>)>> {
-    let now = acct::clock::now_ms();
+    let now = peer::clock::now_ms();
     let policy = Policy {
         valid_from_ms: now.saturating_sub(3_600_000),
         valid_until_ms: now + (settings.duration + settings.drain) * 1000 + 3_600_000,
@@ -378,7 +378,7 @@ fn plan_provider(
         .collect::<Result<_, _>>()?;
     anyhow::ensure!(!sessions.is_empty(), "provider {index} has no session");
     let mut foreign = foreign.map(|credential| ProviderSession::resume(credential.clone(), key.clone(), 1 << 40));
-    let now = acct::clock::now_ms();
+    let now = peer::clock::now_ms();
     let mut plan = ProviderPlan {
         index,
         sessions: sessions.iter().map(ProviderSession::session_id).collect(),

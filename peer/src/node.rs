@@ -12,11 +12,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use wire::{AccountingKind, AckStatus, ErrorCode, ErrorMessage, MessageId, PublicKey, ReceiptStatus, SessionId, Usage};
 
+use crate::clock::now_ms;
 use crate::net::ServiceServer;
 use crate::provider::{AckOutcome, ProviderError, ProviderSession};
 use crate::quic::{AmClient, ClientError, ClientIdentity, Received};
@@ -25,12 +26,6 @@ use crate::quic::{AmClient, ClientError, ClientIdentity, Received};
 pub const ARRIVALS_MAX: usize = 1024;
 
 type Sessions = Arc<Mutex<HashMap<SessionId, ProviderSession>>>;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// What one [`ProviderNode::deliver`] achieved.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

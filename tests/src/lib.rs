@@ -12,7 +12,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use acct::pki;
 use peer::quic::ClientIdentity;
 use wire::{DataFields, Name, Policy, PublicKey, Role, TimeOfDay};
 
@@ -53,7 +52,8 @@ impl TestPki {
     /// A PKI with `providers` providers and `users` users.
     pub fn new(providers: usize, users: usize) -> Self {
         let folder = tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
-        pki::init(&folder.path().join("pki"), providers, users).unwrap_or_else(|error| panic!("pki: {error}"));
+        acct::cli::init::init_folder(&folder.path().join("pki"), providers, users)
+            .unwrap_or_else(|error| panic!("pki: {error:#}"));
         Self { folder }
     }
 

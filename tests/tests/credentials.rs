@@ -263,7 +263,7 @@ fn the_am_refuses_bad_requests_with_typed_reasons() {
         assert_eq!(code, ErrorCode::CREDENTIAL_REFUSED, "{detail}");
 
         // Expired certificate.
-        let ca = acct::pki::CertificateAuthority::load(&world.pki.pki()).unwrap();
+        let ca = pki::CertificateAuthority::load(&world.pki.pki()).unwrap();
         let now = time::OffsetDateTime::now_utc();
         let expired = ca
             .issue_valid(

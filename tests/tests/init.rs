@@ -3,7 +3,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use acct::pki;
 use acct_tests::run_acct;
 use bytes::Bytes;
 use wire::{Address, Nonce, RequestId, Role, ServiceId, TrustedCa};

@@ -96,16 +96,16 @@ const ATTACKER: &str = "provider-9999";
 
 fn identity(folder: &std::path::Path, role: Role, name: &str) -> anyhow::Result<ClientIdentity> {
     let name = Name::new(name)?;
-    let ca_der = acct::pki::read_certificate_der(&folder.join(acct::pki::CA_CERTIFICATE_FILE))?;
-    let (certificate, key) = acct::pki::identity_paths(role, &name);
+    let ca_der = pki::read_certificate_der(&folder.join(pki::CA_CERTIFICATE_FILE))?;
+    let (certificate, key) = pki::identity_paths(role, &name);
     if folder.join(&certificate).exists() {
         return Ok(ClientIdentity {
             ca_der,
-            certificate_der: acct::pki::read_certificate_der(&folder.join(certificate))?,
-            signing_key: acct::pki::read_signing_key(&folder.join(key))?,
+            certificate_der: pki::read_certificate_der(&folder.join(certificate))?,
+            signing_key: pki::read_signing_key(&folder.join(key))?,
         });
     }
-    let issued = acct::pki::CertificateAuthority::load(folder)?.issue(role, name.as_str())?;
+    let issued = pki::CertificateAuthority::load(folder)?.issue(role, name.as_str())?;
     Ok(ClientIdentity {
         ca_der,
         certificate_der: issued.certificate_der,

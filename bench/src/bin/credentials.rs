@@ -50,11 +50,11 @@ struct Args {
 }
 
 fn identity(pki: &std::path::Path, role: Role, name: &str) -> anyhow::Result<ClientIdentity> {
-    let (certificate, key) = acct::pki::identity_paths(role, &Name::new(name)?);
+    let (certificate, key) = pki::identity_paths(role, &Name::new(name)?);
     Ok(ClientIdentity {
-        ca_der: acct::pki::read_certificate_der(&pki.join(acct::pki::CA_CERTIFICATE_FILE))?,
-        certificate_der: acct::pki::read_certificate_der(&pki.join(certificate))?,
-        signing_key: acct::pki::read_signing_key(&pki.join(key))?,
+        ca_der: pki::read_certificate_der(&pki.join(pki::CA_CERTIFICATE_FILE))?,
+        certificate_der: pki::read_certificate_der(&pki.join(certificate))?,
+        signing_key: pki::read_signing_key(&pki.join(key))?,
     })
 }
 
@@ -79,13 +79,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut authority = None;
     let mut users: Vec<ClientIdentity> = Vec::with_capacity(args.users.max(1));
     for index in 1..=args.users.max(1) {
-        let name = acct::pki::user_name(index);
+        let name = pki::user_name(index);
         let user = match identity(&args.pki, Role::User, &name) {
             Ok(user) => user,
             Err(_) => {
                 if authority.is_none() {
                     authority =
-                        Some(acct::pki::CertificateAuthority::load(&args.pki).with_context(|| {
+                        Some(pki::CertificateAuthority::load(&args.pki).with_context(|| {
                             format!("{name} is not in the PKI folder, and its CA key is not either")
                         })?);
                 }
@@ -94,7 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 };
                 let issued = ca.issue(Role::User, &name)?;
                 ClientIdentity {
-                    ca_der: acct::pki::read_certificate_der(&args.pki.join(acct::pki::CA_CERTIFICATE_FILE))?,
+                    ca_der: pki::read_certificate_der(&args.pki.join(pki::CA_CERTIFICATE_FILE))?,
                     certificate_der: issued.certificate_der,
                     signing_key: issued.signing_key,
                 }

@@ -41,16 +41,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let ca_der = acct::pki::read_certificate_der(&args.pki.join(acct::pki::CA_CERTIFICATE_FILE))?;
+    let ca_der = pki::read_certificate_der(&args.pki.join(pki::CA_CERTIFICATE_FILE))?;
     let mut endpoints = Vec::new();
     let mut keys = Vec::new();
     for index in 1..=args.providers.max(1) {
-        let name = Name::new(acct::pki::provider_name(index))?;
-        let (certificate, key) = acct::pki::identity_paths(Role::Provider, &name);
+        let name = Name::new(pki::provider_name(index))?;
+        let (certificate, key) = pki::identity_paths(Role::Provider, &name);
         let identity = ClientIdentity {
             ca_der: ca_der.clone(),
-            certificate_der: acct::pki::read_certificate_der(&args.pki.join(certificate))?,
-            signing_key: acct::pki::read_signing_key(&args.pki.join(key))?,
+            certificate_der: pki::read_certificate_der(&args.pki.join(certificate))?,
+            signing_key: pki::read_signing_key(&args.pki.join(key))?,
         };
         endpoints.push(client_endpoint(&identity, args.am.is_ipv6())?);
         keys.push(identity.signing_key);

@@ -58,7 +58,7 @@ impl ServiceDirectory {
                 entries.push(ServiceEntry {
                     service_id: ServiceId(index),
                     name: Name::new(format!("service-{index}"))?,
-                    provider: Name::new(crate::pki::provider_name(index as usize))?,
+                    provider: Name::new(pki::provider_name(index as usize))?,
                     provider_address: Address::new(format!("127.0.0.1:{}", 7000 + index))?,
                     unit: Name::new("units")?,
                     policy: relative_policy(24 * 3600, 0, TimeOfDay::ANY, false, DataFields::NONE, 0),

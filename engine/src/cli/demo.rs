@@ -22,7 +22,6 @@ use wire::{
 use super::serve::{ServeArgs, settings};
 use crate::am::credentials::ServiceDirectory;
 use crate::clock::now_ms;
-use crate::pki;
 
 /// Arguments of `acct demo`.
 #[derive(Debug, Args)]

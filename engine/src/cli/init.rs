@@ -1,11 +1,10 @@
 //! `acct init DIR`: the development PKI.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-
-use crate::pki;
 
 /// Arguments of `acct init`.
 #[derive(Debug, Args)]
@@ -30,8 +29,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         args.providers <= IDENTITIES_MAX && args.users <= IDENTITIES_MAX,
         "at most {IDENTITIES_MAX} providers and {IDENTITIES_MAX} users per run"
     );
-    let summary = pki::init(&args.dir, args.providers, args.users)
-        .with_context(|| format!("creating the development PKI in {}", args.dir.display()))?;
+    let (summary, config) = init_folder(&args.dir, args.providers, args.users)?;
     println!("created a development PKI in {}", summary.folder.display());
     println!(
         "  CA:        {}",
@@ -43,7 +41,22 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         args.providers,
         args.users
     );
-    println!("  config:    {}", summary.config.display());
+    println!("  config:    {}", config.display());
     println!("keep {} secret: it can issue certificates for anyone", pki::CA_KEY_FILE);
     Ok(())
+}
+
+/// Make the development PKI in `folder` (`pki::init`) and a commented
+/// config file beside it (`acct.toml`, synced); returns both.
+pub fn init_folder(folder: &Path, providers: usize, users: usize) -> anyhow::Result<(pki::InitSummary, PathBuf)> {
+    let summary = pki::init(folder, providers, users)
+        .with_context(|| format!("creating the development PKI in {}", folder.display()))?;
+    let config = folder.join("acct.toml");
+    std::fs::File::create(&config)
+        .and_then(|mut file| {
+            file.write_all(crate::config::commented_default().as_bytes())?;
+            file.sync_all()
+        })
+        .with_context(|| format!("writing {}", config.display()))?;
+    Ok((summary, config))
 }

@@ -18,7 +18,6 @@ use wire::{Name, Role};
 use crate::am::credentials::ServiceDirectory;
 use crate::am::server::{self, AmSettings, ExportPlan, StorageTarget};
 use crate::config::{Config, ExportConfig, IngestConfig, StorageConfig};
-use crate::pki;
 use crate::storage::server::StorageSettings;
 
 /// Arguments of `acct serve`.
@@ -108,8 +107,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
             let data = args.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
             let pki_folder = data.join("pki");
             if !pki_folder.join(pki::CA_KEY_FILE).exists() {
-                let summary = pki::init(&pki_folder, 4, 4)
-                    .with_context(|| format!("creating the development PKI in {}", pki_folder.display()))?;
+                let (summary, _config) = super::init::init_folder(&pki_folder, 4, 4)?;
                 tracing::info!(folder = %summary.folder.display(), "created a development PKI");
             }
             let name = "am-1";

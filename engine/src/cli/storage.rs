@@ -9,7 +9,6 @@ use clap::Args;
 use wire::{Name, Role};
 
 use crate::config::{Config, StorageConfig};
-use crate::pki;
 use crate::storage::server::{self, StorageSettings};
 
 /// Arguments of `acct storage`.

@@ -1,5 +1,7 @@
-//! The development PKI: an operator CA and Ed25519 certificates for the AM,
-//! the AS, providers and users, as `acct init` writes them.
+//! The acct PKI: an operator CA and Ed25519 certificates for the AM, the
+//! AS, providers and users, as `acct init` writes them. A crate of its own
+//! so that the engine, loadgen and an operator's tooling share it without
+//! compiling the server.
 //!
 //! Every certificate names its holder with one URI subject alternative name,
 //! `urn:acct:<role>:<name>` (see `wire::certificate`), and its key is the
@@ -210,14 +212,12 @@ impl IssuedIdentity {
     }
 }
 
-/// What `acct init` made.
+/// What [`init`] made.
 pub struct InitSummary {
     /// The PKI folder.
     pub folder: PathBuf,
     /// Identities issued.
     pub issued: Vec<(Role, Name)>,
-    /// The config file written.
-    pub config: PathBuf,
 }
 
 /// The default names of the development identities.
@@ -231,7 +231,8 @@ pub fn user_name(index: usize) -> String {
 }
 
 /// Make a development PKI in `folder`: CA, AM (`am-1`), AS (`storage-1`),
-/// `providers` providers and `users` users, and a commented config file.
+/// `providers` providers and `users` users. (`acct init` adds its config
+/// file.)
 pub fn init(folder: &Path, providers: usize, users: usize) -> Result<InitSummary, PkiError> {
     if folder.join(CA_KEY_FILE).exists() {
         return Err(PkiError::Exists(folder.to_path_buf()));
@@ -250,12 +251,9 @@ pub fn init(folder: &Path, providers: usize, users: usize) -> Result<InitSummary
         identity.write(folder)?;
         issued.push((role, identity.name));
     }
-    let config = folder.join("acct.toml");
-    write_file(&config, crate::config::commented_default(), false)?;
     Ok(InitSummary {
         folder: folder.to_path_buf(),
         issued,
-        config,
     })
 }
 
