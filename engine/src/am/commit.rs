@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use wire::{AckEntry, AckStatus, MessageId, SessionId};
 
 use super::codes::{SessionNotStored, commit_failure};
-use super::pipeline::{AckSender, Answers, CommitCommand, SessionTable, Verified, deliver};
+use super::pipeline::{AckSender, Admitted, Answers, CommitCommand, SessionTable, Verified, deliver};
 use super::session::{self, SequenceState, SessionFlags, SessionInfo, SessionProgress, TimeBounds};
 use super::store::{GroupWrite, RecordRef, Store, StoreError};
 use crate::clock::now_ms;
@@ -122,6 +122,97 @@ enum Outcome {
     DuplicateInGroup,
     /// Decided regardless of the write.
     Final(AckStatus),
+}
+
+/// A commit group being built.
+struct Group {
+    /// The records, markers, keys and progress to write, in one synced batch.
+    write: GroupWrite,
+    /// Each touched session's progress after the group, and whether its
+    /// `progress` entry must be written (its progress did not all ride in
+    /// markers: a message out of sequence order, or a Final).
+    staged: Map<SessionId, (SessionProgress, bool)>,
+    /// The messages this group stores, with their fingerprints: a copy
+    /// later in the same group is decided against them.
+    in_group: Map<MessageId, [u8; 8]>,
+    /// One per message decided so far, in order.
+    answers: Vec<Answer>,
+    /// Keys first seen in this group: forgotten again if the write fails.
+    new_keys: Vec<[u8; 32]>,
+    /// When the group's oldest message was read from its stream.
+    oldest_received_ms: u64,
+    /// The commit sequence of the group's first record.
+    first_commit_sequence: u64,
+}
+
+impl Group {
+    fn new(messages: usize, first_commit_sequence: u64) -> Self {
+        Self {
+            write: GroupWrite::with_capacity(messages),
+            staged: Map::with_capacity_and_hasher(messages, Default::default()),
+            in_group: Map::with_capacity_and_hasher(messages, Default::default()),
+            answers: Vec::with_capacity(messages),
+            new_keys: Vec::new(),
+            oldest_received_ms: u64::MAX,
+            first_commit_sequence,
+        }
+    }
+}
+
+/// The id records name a provider's key by; a key seen for the first time
+/// gets the next id, written with the group (and forgotten if it fails).
+fn key_id(key_ids: &mut Map<[u8; 32], u32>, store: &Store, group: &mut Group, key: &[u8; 32]) -> u32 {
+    if let Some(id) = key_ids.get(key) {
+        return *id;
+    }
+    let id = key_ids.len() as u32;
+    key_ids.insert(*key, id);
+    store.add_key(&mut group.write, id, key);
+    group.new_keys.push(*key);
+    id
+}
+
+/// Answer every message of a group, once its write is done (`failure`:
+/// the status of what it would have stored, if the write failed). A
+/// stream's consecutive answers go as one send: they arrived together, in
+/// one read and one verify batch.
+fn answer_group(batches: &[Vec<Verified>], answers: Vec<Answer>, failure: Option<AckStatus>) {
+    let mut counts = [0u64; 4];
+    let mut run: Vec<AckEntry> = Vec::new();
+    let mut run_reply: Option<&AckSender> = None;
+    for (answer, verified) in answers.into_iter().zip(batches.iter().flatten()) {
+        let status = match (answer.outcome, failure) {
+            (Outcome::StoredNow, None) => AckStatus::STORED,
+            (Outcome::DuplicateInGroup, None) => AckStatus::DUPLICATE,
+            (Outcome::StoredNow | Outcome::DuplicateInGroup, Some(status)) => status,
+            (Outcome::Final(status), _) => status,
+        };
+        let class = if status == AckStatus::STORED {
+            0
+        } else if status.is_stored() {
+            1
+        } else if status.is_retryable() {
+            2
+        } else {
+            3
+        };
+        counts[class] += 1;
+        let reply = &verified.admitted().reply;
+        if !run_reply.is_some_and(|current| current.same_channel(reply)) {
+            send_run(run_reply, &mut run);
+            run_reply = Some(reply);
+        }
+        run.push(AckEntry {
+            message_id: answer.message_id,
+            status,
+        });
+    }
+    send_run(run_reply, &mut run);
+    for (class, outcome) in ["stored", "duplicate", "retry", "rejected"].into_iter().enumerate() {
+        if counts[class] > 0 {
+            metrics::counter!("acct_messages_total", "outcome" => outcome).increment(counts[class]);
+        }
+    }
 }
 
 impl Committer {
@@ -253,107 +344,126 @@ impl Committer {
         metrics::gauge!("acct_sessions").set(self.sessions.len() as f64);
     }
 
+    /// One commit group: decide every message (dedup, policy), build one
+    /// synced write of what is new, write it, then answer every message.
     fn commit_records(&mut self, batches: Vec<Vec<Verified>>, now: u64) {
         let count = batches.iter().map(Vec::len).sum();
         let started = Instant::now();
-        let first_commit_sequence = self.next_commit_sequence;
-        let mut write = GroupWrite::with_capacity(count);
-        // Each touched session's progress after the group, and whether its
-        // `progress` entry must be written (its progress did not all ride
-        // in markers: a message out of sequence order, or a Final).
-        let mut staged: Map<SessionId, (SessionProgress, bool)> =
-            Map::with_capacity_and_hasher(count, Default::default());
-        let mut pending: Map<MessageId, [u8; 8]> = Map::with_capacity_and_hasher(count, Default::default());
-        let mut answers: Vec<Answer> = Vec::with_capacity(count);
-        // Keys first seen in this group: forgotten again if the write fails.
-        let mut new_keys: Vec<[u8; 32]> = Vec::new();
-        // When the group's oldest message was read from its stream.
-        let mut oldest_received_ms = u64::MAX;
+        let mut group = Group::new(count, self.next_commit_sequence);
         for verified in batches.iter().flatten() {
-            let item = verified.pending();
-            oldest_received_ms = oldest_received_ms.min(item.received_ms);
-            let message = item.message.value();
-            let message_id = message.message_id();
-            let fingerprint = fingerprint(item.message.signature());
-            let outcome = match self.decide(&staged, &pending, item, fingerprint, now) {
-                // decide() has just found the session in this map; the
-                // record takes its user id from here (no reference to the
-                // session travels with the message).
-                Ok(Decision::New(mut progress)) => match self.sessions.get(&message.session_id) {
-                    None => Outcome::Final(AckStatus::UNKNOWN_SESSION),
-                    Some((info, _)) => {
-                        let flags = progress.flags;
-                        let in_order = message.sequence > progress.sequence_max;
-                        progress.record(message, now);
-                        let write_progress = !in_order
-                            || message.kind == wire::AccountingKind::FINAL
-                            || staged.get(&message.session_id).is_some_and(|staged| staged.1);
-                        let key = *item.connection.key.as_bytes();
-                        let provider_key_id = match self.key_ids.get(&key) {
-                            Some(id) => *id,
-                            None => {
-                                let id = self.key_ids.len() as u32;
-                                self.key_ids.insert(key, id);
-                                self.store.add_key(&mut write, id, &key);
-                                new_keys.push(key);
-                                id
-                            }
-                        };
-                        // Borrowed: no copy of the names or the body per record.
-                        let record = RecordRef {
-                            received_ms: item.received_ms,
-                            flags,
-                            provider: item.connection.name.as_str(),
-                            provider_key_id,
-                            user_id: info.credential.value().user_id.as_str(),
-                            body: item.message.body(),
-                        };
-                        self.store.add_record(
-                            &mut write,
-                            self.next_commit_sequence,
-                            record,
-                            message.session_id,
-                            message.sequence,
-                            fingerprint,
-                            (!write_progress).then_some(&progress),
-                        );
-                        self.next_commit_sequence += 1;
-                        staged.insert(message.session_id, (progress, write_progress));
-                        pending.insert(message_id, fingerprint);
-                        Outcome::StoredNow
-                    }
-                },
-                Ok(Decision::DuplicateInGroup) => Outcome::DuplicateInGroup,
-                Ok(Decision::Answered(status)) => {
-                    if status == AckStatus::CONFLICTING_DUPLICATE {
-                        item.connection.conduct.conflicting_duplicate();
-                    }
-                    Outcome::Final(status)
-                }
-                Err(error) => {
-                    tracing::error!(%error, "fingerprint lookup failed; answering busy");
-                    Outcome::Final(AckStatus::BUSY)
-                }
-            };
-            answers.push(Answer { message_id, outcome });
+            let item = verified.admitted();
+            let outcome = self.stage(&mut group, item, now);
+            group.answers.push(Answer {
+                message_id: item.message.value().message_id(),
+                outcome,
+            });
         }
-        for (session_id, (progress, write_progress)) in &staged {
-            if *write_progress {
-                self.store.add_progress(&mut write, *session_id, progress);
+        let stored_count = group.write.record_count();
+        let oldest_received_ms = group.oldest_received_ms;
+        let answers = std::mem::take(&mut group.answers);
+        let failure = self.write_group(group);
+        metrics::histogram!("acct_commit_group_messages").record(stored_count as f64);
+        metrics::histogram!("acct_commit_seconds").record(started.elapsed().as_secs_f64());
+        if stored_count > 0 && failure.is_none() {
+            // The whole wait of the group's oldest stored-or-answered message:
+            // read from its stream, admitted, verified, queued, committed.
+            // Wall clock in ms (the stream stamps messages with it), so a
+            // clock step can make one figure wrong, never negative.
+            let waited_ms = now_ms().saturating_sub(oldest_received_ms);
+            metrics::histogram!("acct_ingest_wait_seconds").record(waited_ms as f64 / 1000.0);
+        }
+        // One answer per message, or a message would go unanswered.
+        assert_eq!(answers.len(), count, "one answer per message of the group");
+        answer_group(&batches, answers, failure);
+    }
+
+    /// Decide one message of the group being built and, if it is new, add
+    /// its record to the group's write.
+    fn stage(&mut self, group: &mut Group, item: &Admitted, now: u64) -> Outcome {
+        group.oldest_received_ms = group.oldest_received_ms.min(item.received_ms);
+        let fingerprint = fingerprint(item.message.signature());
+        match self.decide(&group.staged, &group.in_group, item, fingerprint, now) {
+            Ok(Decision::New(progress)) => self.stage_new(group, item, fingerprint, progress, now),
+            Ok(Decision::DuplicateInGroup) => Outcome::DuplicateInGroup,
+            Ok(Decision::Answered(status)) => {
+                if status == AckStatus::CONFLICTING_DUPLICATE {
+                    item.connection.conduct.conflicting_duplicate();
+                }
+                Outcome::Final(status)
+            }
+            Err(error) => {
+                tracing::error!(%error, "fingerprint lookup failed; answering busy");
+                Outcome::Final(AckStatus::BUSY)
             }
         }
-        let stored_count = write.record_count();
-        let result = if stored_count > 0 {
-            self.store.commit(write)
-        } else {
-            Ok(())
+    }
+
+    /// Add a new message's record, dedup marker and its session's progress
+    /// to the group, under the next commit sequence.
+    fn stage_new(
+        &mut self,
+        group: &mut Group,
+        item: &Admitted,
+        fingerprint: [u8; 8],
+        mut progress: SessionProgress,
+        now: u64,
+    ) -> Outcome {
+        let message = item.message.value();
+        // decide() has just found the session in this map; the record takes
+        // its user id from there (no reference to the session travels with
+        // the message).
+        let Some((info, _)) = self.sessions.get(&message.session_id) else {
+            return Outcome::Final(AckStatus::UNKNOWN_SESSION);
         };
-        let failure = match result {
+        let flags = progress.flags;
+        let in_order = message.sequence > progress.sequence_max;
+        progress.record(message, now);
+        let write_progress = !in_order
+            || message.kind == wire::AccountingKind::FINAL
+            || group.staged.get(&message.session_id).is_some_and(|staged| staged.1);
+        let provider_key_id = key_id(&mut self.key_ids, &self.store, group, item.connection.key.as_bytes());
+        // Borrowed: no copy of the names or the body per record.
+        let record = RecordRef {
+            received_ms: item.received_ms,
+            flags,
+            provider: item.connection.name.as_str(),
+            provider_key_id,
+            user_id: info.credential.value().user_id.as_str(),
+            body: item.message.body(),
+        };
+        self.store.add_record(
+            &mut group.write,
+            self.next_commit_sequence,
+            record,
+            message.session_id,
+            message.sequence,
+            fingerprint,
+            (!write_progress).then_some(&progress),
+        );
+        self.next_commit_sequence += 1;
+        group.staged.insert(message.session_id, (progress, write_progress));
+        group.in_group.insert(message.message_id(), fingerprint);
+        Outcome::StoredNow
+    }
+
+    /// Write the group (one synced write, if it stores anything). On
+    /// success the sessions' progress moves on; on failure nothing of the
+    /// group is kept (its commit sequences and new key ids are given back)
+    /// and the answer is the status every message it would have stored gets.
+    fn write_group(&mut self, mut group: Group) -> Option<AckStatus> {
+        for (session_id, (progress, write_progress)) in &group.staged {
+            if *write_progress {
+                self.store.add_progress(&mut group.write, *session_id, progress);
+            }
+        }
+        let stored_count = group.write.record_count();
+        if stored_count == 0 {
+            return None;
+        }
+        match self.store.commit(group.write) {
             Ok(()) => {
-                if stored_count > 0 {
-                    self.failures.succeeded();
-                }
-                for (session_id, (progress, _)) in staged {
+                self.failures.succeeded();
+                for (session_id, (progress, _)) in group.staged {
                     if let Some(entry) = self.sessions.get_mut(&session_id) {
                         entry.1 = progress;
                     }
@@ -370,8 +480,8 @@ impl Committer {
                 // retired that WAL in one step (atomic flush, store.rs); a
                 // crash before that replays the group whole, with its own
                 // next sequence. Either way no sequence is stored twice.
-                self.next_commit_sequence = first_commit_sequence;
-                for key in &new_keys {
+                self.next_commit_sequence = group.first_commit_sequence;
+                for key in &group.new_keys {
                     self.key_ids.remove(key);
                 }
                 let (status, kind) = commit_failure(&error);
@@ -379,64 +489,14 @@ impl Committer {
                 self.failures.failed(&error, stored_count);
                 Some(status)
             }
-        };
-        metrics::histogram!("acct_commit_group_messages").record(stored_count as f64);
-        metrics::histogram!("acct_commit_seconds").record(started.elapsed().as_secs_f64());
-        if stored_count > 0 && failure.is_none() {
-            // The whole wait of the group's oldest stored-or-answered message:
-            // read from its stream, admitted, verified, queued, committed.
-            // Wall clock in ms (the stream stamps messages with it), so a
-            // clock step can make one figure wrong, never negative.
-            let waited_ms = now_ms().saturating_sub(oldest_received_ms);
-            metrics::histogram!("acct_ingest_wait_seconds").record(waited_ms as f64 / 1000.0);
-        }
-        let mut counts = [0u64; 4];
-        // A stream's consecutive answers go as one send (they arrived
-        // together, in one read and one verify batch).
-        let mut run: Vec<AckEntry> = Vec::new();
-        let mut run_reply: Option<&AckSender> = None;
-        // One answer per message, or a message would go unanswered.
-        assert_eq!(answers.len(), count, "one answer per message of the group");
-        for (answer, verified) in answers.into_iter().zip(batches.iter().flatten()) {
-            let status = match (answer.outcome, failure) {
-                (Outcome::StoredNow, None) => AckStatus::STORED,
-                (Outcome::DuplicateInGroup, None) => AckStatus::DUPLICATE,
-                (Outcome::StoredNow | Outcome::DuplicateInGroup, Some(status)) => status,
-                (Outcome::Final(status), _) => status,
-            };
-            let class = if status == AckStatus::STORED {
-                0
-            } else if status.is_stored() {
-                1
-            } else if status.is_retryable() {
-                2
-            } else {
-                3
-            };
-            counts[class] += 1;
-            let reply = &verified.pending().reply;
-            if !run_reply.is_some_and(|current| current.same_channel(reply)) {
-                send_run(run_reply, &mut run);
-                run_reply = Some(reply);
-            }
-            run.push(AckEntry {
-                message_id: answer.message_id,
-                status,
-            });
-        }
-        send_run(run_reply, &mut run);
-        for (class, outcome) in ["stored", "duplicate", "retry", "rejected"].into_iter().enumerate() {
-            if counts[class] > 0 {
-                metrics::counter!("acct_messages_total", "outcome" => outcome).increment(counts[class]);
-            }
         }
     }
 
     fn decide(
         &self,
         staged: &Map<SessionId, (SessionProgress, bool)>,
-        pending: &Map<MessageId, [u8; 8]>,
-        item: &super::pipeline::Admitted,
+        in_group: &Map<MessageId, [u8; 8]>,
+        item: &Admitted,
         fingerprint: [u8; 8],
         now: u64,
     ) -> Result<Decision, StoreError> {
@@ -445,7 +505,7 @@ impl Committer {
         let Some((info, committed)) = self.sessions.get(&session_id) else {
             return Ok(Decision::Answered(AckStatus::UNKNOWN_SESSION));
         };
-        if let Some(stored) = pending.get(&message.message_id()) {
+        if let Some(stored) = in_group.get(&message.message_id()) {
             return Ok(Decision::from_match(*stored == fingerprint, true));
         }
         let progress = staged.get(&session_id).map_or(*committed, |staged| staged.0);
@@ -544,8 +604,8 @@ enum Decision {
 }
 
 impl Decision {
-    fn from_match(same_content: bool, pending: bool) -> Self {
-        match (same_content, pending) {
+    fn from_match(same_content: bool, in_group: bool) -> Self {
+        match (same_content, in_group) {
             (true, true) => Self::DuplicateInGroup,
             (true, false) => Self::Answered(AckStatus::DUPLICATE),
             (false, _) => Self::Answered(AckStatus::CONFLICTING_DUPLICATE),

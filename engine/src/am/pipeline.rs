@@ -130,12 +130,12 @@ pub struct Verified(Admitted);
 
 impl Verified {
     /// Only the verifier calls this, after the signature checked out.
-    pub(super) fn new(pending: Admitted) -> Self {
-        Self(pending)
+    pub(super) fn new(admitted: Admitted) -> Self {
+        Self(admitted)
     }
 
     /// The verified message and its context.
-    pub fn pending(&self) -> &Admitted {
+    pub fn admitted(&self) -> &Admitted {
         &self.0
     }
 }
