@@ -11,7 +11,9 @@
  * - After that, once the process has synced MANIFEST files
  *   $ACCT_FAULT_KILL_AFTER times (the recovery's flushes record their
  *   results there), it kills itself with SIGKILL right after the sync: a
- *   crash between two steps of the recovery. 0 never kills.
+ *   crash between two steps of the recovery. With 0 it kills itself at the
+ *   failing WAL sync instead (the group's bytes written, nothing answered);
+ *   unset, it never kills.
  *
  * Nothing else is changed; without the arm file it only forwards.
  */
