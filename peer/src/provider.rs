@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use wire::{
-    Accounting, AccountingKind, AckEntry, AckStatus, DecodeError, Maced, Nonce, ProofStatus, PublicKey, ServiceProof,
+    Accounting, AccountingKind, AckEntry, AckStatus, EncodeError, Maced, Nonce, ProofStatus, PublicKey, ServiceProof,
     ServiceRequest, SessionId, Signed, SigningKey, Usage, UserCredential, credential_digest,
 };
 
@@ -43,7 +43,7 @@ pub enum ProviderError {
     Backlog,
     /// The message could not be built.
     #[error("cannot build the message: {0}")]
-    Encode(#[from] DecodeError),
+    Encode(#[from] EncodeError),
 }
 
 /// What became of an acked message.

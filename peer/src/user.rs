@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use wire::{
-    Address, DecodeError, Maced, Nonce, ProofStatus, PublicKey, RequestId, ServiceCredential, ServiceCredentialRequest,
+    Address, EncodeError, Maced, Nonce, ProofStatus, PublicKey, RequestId, ServiceCredential, ServiceCredentialRequest,
     ServiceId, ServiceProof, ServiceRequest, Signed, SigningKey,
 };
 
@@ -11,7 +11,7 @@ use wire::{
 pub enum UserError {
     /// The message could not be built (a field out of bounds).
     #[error("cannot build the message: {0}")]
-    Encode(#[from] DecodeError),
+    Encode(#[from] EncodeError),
     /// The Service Credential is not signed by the AM.
     #[error("the service credential's signature (b5) does not verify with the AM's key")]
     CredentialSignature,

@@ -1,5 +1,14 @@
 //! Errors at the wire boundary: one variant per way bytes can be wrong.
 
+/// Why a value was not signed or sealed: its encoding would be refused by
+/// the reader (a bound exceeded, a duplicate counter name), which
+/// [`Signed::sign`](crate::Signed::sign) and [`Maced::seal`](crate::Maced::seal)
+/// check by decoding it back before they sign. Nothing was signed; the
+/// cause is the error the reader would give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not signed: its reader would refuse it ({0})")]
+pub struct EncodeError(#[from] pub DecodeError);
+
 /// Why a frame or message could not be decoded. Every malformed input maps to
 /// one of these; decoding never panics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -36,7 +36,7 @@ pub use credential::{
 };
 pub use directory::{ReceiptStatus, ServiceEntry, ServiceList, ServiceListRequest, UserCredentialReceipt};
 pub use ed25519::{BatchItem, PublicKey, SigningKey, verify_batch};
-pub use error::{DecodeError, SignatureError};
+pub use error::{DecodeError, EncodeError, SignatureError};
 pub use error_message::{ErrorCode, ErrorMessage};
 pub use frame::{Frame, FrameDecoder, FrameHeader, Message, MessageType};
 pub use ids::{BatchId, MessageId, Nonce, RequestId, ServiceId, SessionId, SessionKey};

@@ -16,7 +16,7 @@ use sha2::Sha256;
 
 use crate::codec::Reader;
 use crate::ed25519::{self, BatchItem, PublicKey, SigningKey};
-use crate::error::{DecodeError, SignatureError};
+use crate::error::{DecodeError, EncodeError, SignatureError};
 use crate::frame::{MessageType, put_frame};
 use crate::ids::SessionKey;
 use crate::limits::{MAC_BYTES, SIGNATURE_BYTES};
@@ -57,7 +57,7 @@ impl<T: SignedFields> Signed<T> {
     /// Encode `value` and sign it. The encoded fields are decoded back first,
     /// so a value the peer would refuse (a bound exceeded, a duplicate
     /// counter name) is an error here instead of a signed, unusable frame.
-    pub fn sign(value: T, key: &SigningKey) -> Result<Self, DecodeError> {
+    pub fn sign(value: T, key: &SigningKey) -> Result<Self, EncodeError> {
         let body = encode_checked(
             &value,
             T::encode_fields,
@@ -140,7 +140,7 @@ pub struct Maced<T> {
 impl<T: MacedFields> Maced<T> {
     /// Encode `value` and authenticate it with the session key; like
     /// [`Signed::sign`], the fields are decoded back first.
-    pub fn seal(value: T, key: &SessionKey) -> Result<Self, DecodeError> {
+    pub fn seal(value: T, key: &SessionKey) -> Result<Self, EncodeError> {
         let body = encode_checked(&value, T::encode_fields, T::decode_fields, MAC_BYTES, T::MESSAGE_TYPE)?;
         let mac = compute_mac(key, T::DOMAIN, &body);
         Ok(Self {

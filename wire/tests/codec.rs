@@ -8,9 +8,9 @@ use proptest::prelude::*;
 use wire::limits::{ACK_ENTRIES_MAX, SMALL_FRAME_BODY_BYTES_MAX};
 use wire::{
     Accounting, AccountingAck, AccountingKind, AckEntry, AckStatus, Address, CounterName, CustomCounter, DataFields,
-    DecodeError, ErrorCode, ErrorMessage, FrameDecoder, Maced, Message, MessageId, Name, Nonce, Policy, ProofStatus,
-    RequestId, ServiceCredential, ServiceCredentialRequest, ServiceId, ServiceProof, ServiceRequest, SessionId,
-    SessionKey, Signed, TimeOfDay, Usage, UserCredential,
+    DecodeError, EncodeError, ErrorCode, ErrorMessage, FrameDecoder, Maced, Message, MessageId, Name, Nonce, Policy,
+    ProofStatus, RequestId, ServiceCredential, ServiceCredentialRequest, ServiceId, ServiceProof, ServiceRequest,
+    SessionId, SessionKey, Signed, TimeOfDay, Usage, UserCredential,
 };
 
 fn address() -> impl Strategy<Value = Address> {
@@ -769,10 +769,10 @@ fn encoders_refuse_what_decoders_refuse() {
     accounting.usage.custom.push(accounting.usage.custom[0].clone());
     assert_eq!(
         Signed::sign(accounting.clone(), &support::provider_key()),
-        Err(DecodeError::InvalidValue {
+        Err(EncodeError(DecodeError::InvalidValue {
             field: "custom counters",
             reason: "duplicate counter name"
-        })
+        }))
     );
     accounting.usage.custom = (0..17)
         .map(|index| CustomCounter {
@@ -782,7 +782,7 @@ fn encoders_refuse_what_decoders_refuse() {
         .collect();
     assert!(matches!(
         Signed::sign(accounting.clone(), &support::provider_key()),
-        Err(DecodeError::BadCount { count: 17, .. })
+        Err(EncodeError(DecodeError::BadCount { count: 17, .. }))
     ));
     accounting.usage.custom.clear();
     accounting.sequence = 0;

@@ -1,16 +1,11 @@
 //! The AM's durable state in RocksDB.
 //!
-//! Column families (keys big-endian so RocksDB's order is numeric order):
-//!
-//! | family | key | value |
-//! |---|---|---|
-//! | `sessions` | session id (16) | [`StoredSession`]: provider, creation time, the signed User Credential, and for a session issued for a user's request its request id and nonce (32 bytes); written once |
-//! | `progress` | session id (16) | [`SessionProgress`], 58 bytes; written when the session opens, when a message is stored out of sequence order, when its Final Accounting is stored, and when the watchdog flags it |
-//! | `records` | commit sequence (u64) | [`StoredRecord`]: one accounting message as received, with what the AM knew |
-//! | `fingerprints` | session id (16) ‖ sequence (u64) | the first 8 bytes of the message's signature; for a message stored in sequence order, followed by the session's progress after it unless the same group rewrites the session's `progress` entry (a Final Accounting, or an earlier out-of-order message of the session) ([`MarkerProgress`], 4 LEB128 varints, usually 9-13 bytes, the Unix-ms time alone 6); a marker is 8 bytes without progress, at most 48 ([`MARKER_BYTES_MAX`]) |
-//! | `keys` | key id (u32) | a provider's Ed25519 key (32 bytes); records name it by id; written once, with the first record that uses it |
-//! | `exports` | first commit sequence (u64) | [`Manifest`]: a batch cut for export and not yet acked by the AS |
-//! | `meta` | name | u64, 8 bytes big-endian: the counters `next_commit_sequence` and `export_cursor` (absent: 1), and `store_format`, the layout version ([`STORE_FORMAT_CURRENT`]; absent: 1) |
+//! The layout (each column family's key and value, when it is written, the
+//! store-format rule) is written once, in docs/architecture.md ("RocksDB
+//! layout"); the types here encode it: [`StoredSession`], [`SessionProgress`],
+//! [`StoredRecord`], the dedup marker with its [`MarkerProgress`] (at most
+//! [`MARKER_BYTES_MAX`] bytes), [`Manifest`], and the `meta` counters. Keys
+//! are big-endian, so RocksDB's order is numeric order.
 //!
 //! A record, its fingerprint (the dedup marker) and its session's progress
 //! are written in one WriteBatch with a synced WAL: none exists without the
