@@ -301,6 +301,19 @@ pub enum ConfigError {
     },
 }
 
+/// Where a running server re-reads `[security] denied`: the config file at
+/// `path`.
+pub fn deny_source(path: PathBuf) -> serving::deny::DenySource {
+    serving::deny::DenySource {
+        path,
+        read: |path| {
+            Config::load(path)
+                .map(|config| config.security.denied)
+                .map_err(|error| error.to_string())
+        },
+    }
+}
+
 impl Config {
     /// Read and parse `path`, resolving relative paths against its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -21,7 +21,7 @@ use super::pipeline::ProviderConnection;
 use super::provider_stream::{Delivered, provider_stream};
 use super::user::serve_user_connection;
 use crate::clock::now_s;
-use crate::tls;
+use serving::tls;
 
 /// Complete the handshake of `incoming` (its slot in `handshakes` was
 /// taken by the accept loop and is given back here), then serve the

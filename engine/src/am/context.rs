@@ -18,7 +18,7 @@ use super::penalty::Penalties;
 use super::slots::{SessionSlots, UserSlots};
 use super::store::Store;
 use crate::config::IngestConfig;
-use crate::deny::DenyList;
+use serving::deny::DenyList;
 
 /// See the module documentation.
 pub(super) struct Context {

@@ -381,7 +381,7 @@ pub struct Issuer<'a> {
     /// The AM's key (signs both credentials).
     pub signing_key: &'a SigningKey,
     /// Revoked certificates.
-    pub deny: &'a crate::deny::DenyList,
+    pub deny: &'a serving::deny::DenyList,
 }
 
 /// A session minted and confirmed by its provider, ready to be stored.

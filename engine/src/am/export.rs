@@ -25,9 +25,9 @@ use tokio::sync::watch;
 use wire::{BatchId, Message, Name, RecordAccounting, RecordStatus, Signed, TrustedCa};
 
 use super::store::{Manifest, Store, StoreError};
-use crate::background::Background;
 use crate::clock::{now_ms, now_s};
-use crate::storage::failpoint;
+use serving::background::Background;
+use storage::failpoint;
 
 /// Stored-record bytes in one batch at most: keeps the Parquet file well
 /// under the 64 MiB frame maximum (a Parquet row is smaller than its stored
@@ -410,7 +410,7 @@ impl Link {
             .map_err(|error| unreachable(error.to_string()))?;
         let ca = TrustedCa::from_der(self.settings.identity.ca_der.clone())
             .map_err(|error| unreachable(error.to_string()))?;
-        match crate::tls::peer_identity(&connection, &ca, now_s()) {
+        match serving::tls::peer_identity(&connection, &ca, now_s()) {
             Some(Ok(identity)) if identity.role == wire::Role::AccountingStorage => {
                 tracing::info!(storage = %identity.name, address = %self.settings.storage, "connected to the storage");
             }

@@ -295,6 +295,21 @@ pub struct IssuedIds {
     gate: Arc<InitialGate>,
 }
 
+/// The gate as the AM endpoint's hooks: the socket goes through the gate
+/// ([`GatedSocket`]), and every connection ID the endpoint issues is made
+/// by [`IssuedIds`], which tells the gate.
+pub struct GateHooks(pub Arc<InitialGate>);
+
+impl serving::tls::EndpointHooks for GateHooks {
+    fn cid_generator(&self, cid_key: u64) -> Box<dyn ConnectionIdGenerator> {
+        Box::new(IssuedIds::new(cid_key, self.0.clone()))
+    }
+
+    fn wrap_socket(&self, socket: Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket> {
+        Arc::new(GatedSocket::new(socket, self.0.clone()))
+    }
+}
+
 impl IssuedIds {
     /// IDs from a [`HashedConnectionIdGenerator`] with `key`.
     pub fn new(key: u64, gate: Arc<InitialGate>) -> Self {

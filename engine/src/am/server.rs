@@ -34,7 +34,7 @@ use super::connection::handle_connection;
 use super::context::Context;
 use super::credentials::{ProviderRegistry, REPLAY_WINDOW_MS, ReplayCache, ServiceDirectory};
 use super::export::{ExportSettings, Exporter};
-use super::gate::InitialGate;
+use super::gate::{GateHooks, InitialGate};
 use super::handshakes::{Handshakes, HandshakesFull};
 use super::ingest::Ingest;
 use super::penalty::Penalties;
@@ -44,9 +44,9 @@ use super::udp_watch::watch_udp_socket;
 use super::user::{USER_CONNECTIONS_MAX, USER_CONNECTIONS_PER_ADDRESS_MAX, encode_service_list};
 use crate::clock::now_ms;
 use crate::config::IngestConfig;
-use crate::deny::DenyList;
-use crate::storage::server::StorageSettings;
-use crate::tls;
+use serving::deny::{DenyList, DenySource};
+use serving::tls;
+use storage::server::StorageSettings;
 
 /// What the AM needs to run.
 #[derive(Debug, Clone)]
@@ -71,8 +71,9 @@ pub struct AmSettings {
     pub services: ServiceDirectory,
     /// Revoked certificates.
     pub deny: Arc<DenyList>,
-    /// The config file, re-read for `[security]` while the AM runs.
-    pub config_path: Option<PathBuf>,
+    /// Where the deny list is re-read from while the AM runs (the config
+    /// file's `[security] denied`).
+    pub deny_source: Option<DenySource>,
 }
 
 /// Where and when the AM exports.
@@ -140,9 +141,9 @@ pub async fn run(
     });
     let socket_watcher = tokio::spawn(watch_udp_socket(local_addr.port()));
     let deny_watcher = settings
-        .config_path
+        .deny_source
         .clone()
-        .map(|path| crate::deny::watch_config(path, settings.deny.clone()));
+        .map(|source| serving::deny::watch_config(source, settings.deny.clone()));
     let storage = start_storage(&settings.export.storage).await?;
     let exporter = storage
         .address()
@@ -229,16 +230,16 @@ fn endpoint(settings: &AmSettings) -> anyhow::Result<(quinn::Endpoint, Arc<Initi
         .keep_alive_interval(Some(Duration::from_secs(15)));
     let (socket, buffer) = peer::quic::quic_socket_sized(settings.listen, udp_buffer_bytes)
         .with_context(|| format!("listening on {}", settings.listen))?;
-    let (endpoint, gate) = tls::server_endpoint(
+    let gate = Arc::new(InitialGate::new());
+    let endpoint = tls::server_endpoint(
         socket,
         &settings.ca_der,
         settings.certificate_der.clone(),
         &settings.signing_key,
         transport,
         tls::ClientAuth::Optional,
-        true,
+        Some(Arc::new(GateHooks(gate.clone()))),
     )?;
-    let gate = gate.context("the AM's endpoint has an Initial gate")?;
     if buffer < udp_buffer_bytes {
         // The kernel's cap (net.core.rmem_max) cut the request, and this
         // process may not exceed it.
@@ -375,7 +376,7 @@ async fn start_storage(target: &StorageTarget) -> anyhow::Result<Storage> {
         StorageTarget::Embedded(storage_settings) => {
             let (address_sender, address) = oneshot::channel();
             let (stop, stopped) = oneshot::channel::<()>();
-            let mut task = tokio::spawn(crate::storage::server::run(
+            let mut task = tokio::spawn(storage::server::run(
                 (**storage_settings).clone(),
                 async move {
                     let _ = stopped.await;

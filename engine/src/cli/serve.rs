@@ -18,7 +18,7 @@ use wire::{Name, Role};
 use crate::am::credentials::ServiceDirectory;
 use crate::am::server::{self, AmSettings, ExportPlan, StorageTarget};
 use crate::config::{Config, ExportConfig, IngestConfig, StorageConfig};
-use crate::storage::server::StorageSettings;
+use storage::server::StorageSettings;
 
 /// Arguments of `acct serve`.
 #[derive(Debug, Args)]
@@ -138,7 +138,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
     let data = args.data.clone().unwrap_or(data);
     let ca_der = pki::read_certificate_der(&ca)?;
     // One deny list for the AM and its embedded storage; the AM re-reads it.
-    let deny = std::sync::Arc::new(crate::deny::DenyList::new(&denied));
+    let deny = std::sync::Arc::new(serving::deny::DenyList::new(&denied));
     let target = if args.no_export {
         StorageTarget::Disabled
     } else if let Some(address) = args.storage {
@@ -154,7 +154,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
             connections_max: storage.connections_max,
             receiving_max: storage.receiving_max,
             deny: deny.clone(),
-            config_path: None,
+            deny_source: None,
         }))
     } else {
         StorageTarget::Remote(export.storage.parse().with_context(|| {
@@ -184,7 +184,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         export,
         services: ServiceDirectory::from_config(&services)?,
         deny,
-        config_path: args.config.clone(),
+        deny_source: args.config.clone().map(crate::config::deny_source),
     })
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use wire::{Name, Role};
 
 use crate::config::{Config, StorageConfig};
-use crate::storage::server::{self, StorageSettings};
+use storage::server::{self, StorageSettings};
 
 /// Arguments of `acct storage`.
 #[derive(Debug, Args)]
@@ -61,8 +61,8 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         connections_max: storage.connections_max.max(1),
         receiving_max: storage.receiving_max.max(1),
         // `[security] denied`, re-read when the config file changes.
-        deny: std::sync::Arc::new(crate::deny::DenyList::new(&denied)),
-        config_path: args.config.clone(),
+        deny: std::sync::Arc::new(serving::deny::DenyList::new(&denied)),
+        deny_source: args.config.clone().map(crate::config::deny_source),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

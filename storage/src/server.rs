@@ -20,11 +20,12 @@ use tokio::task::JoinSet;
 use wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 use wire::{ErrorCode, ErrorMessage, Message, Role, SigningKey, TrustedCa};
 
+use peer::clock::now_s;
+use serving::background::Background;
+use serving::deny::{DenyList, DenySource};
+use serving::tls;
+
 use super::files::ColdFiles;
-use crate::background::Background;
-use crate::clock::now_s;
-use crate::deny::DenyList;
-use crate::tls;
 
 /// What the AS needs to run.
 #[derive(Debug, Clone)]
@@ -46,9 +47,9 @@ pub struct StorageSettings {
     /// Revoked certificates (`[security] denied`): a denied AM may not
     /// deliver. The embedded AS shares the AM's list.
     pub deny: Arc<DenyList>,
-    /// The config file to re-read the deny list from when it changes (the
-    /// standalone AS; the embedded one's list is kept by the AM).
-    pub config_path: Option<PathBuf>,
+    /// Where the deny list is re-read from when it changes (the standalone
+    /// AS; the embedded one's list is kept by the AM).
+    pub deny_source: Option<DenySource>,
 }
 
 /// Close code: the certificate is not an AM's.
@@ -81,14 +82,14 @@ pub async fn run(
         ));
     let (socket, _) =
         peer::quic::quic_socket(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
-    let (endpoint, _) = tls::server_endpoint(
+    let endpoint = tls::server_endpoint(
         socket,
         &settings.ca_der,
         settings.certificate_der.clone(),
         &settings.signing_key,
         transport,
         tls::ClientAuth::Required,
-        false,
+        None,
     )?;
     let ca = TrustedCa::from_der(settings.ca_der.clone()).context("loading the CA")?;
     let receiving = Arc::new(Semaphore::new(settings.receiving_max.max(1)));
@@ -96,9 +97,9 @@ pub async fn run(
     // (the embedded storage), one thread per batch being received.
     let background = Background::start("acct-storage", settings.receiving_max.max(1));
     let deny_watcher = settings
-        .config_path
+        .deny_source
         .clone()
-        .map(|path| crate::deny::watch_config(path, settings.deny.clone()));
+        .map(|source| serving::deny::watch_config(source, settings.deny.clone()));
     let mut connections = JoinSet::new();
     ready(endpoint.local_addr().context("reading the bound address")?);
     tokio::pin!(shutdown);

@@ -4,14 +4,12 @@
 //! close a connection whose certificate became denied.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-
-use crate::config::Config;
 
 /// How often the config file's modification time is checked.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -82,11 +80,22 @@ fn normalize(entries: &[String]) -> HashSet<String> {
         .collect()
 }
 
-/// Re-read `[security] denied` from `path` whenever the file changes, until
-/// the returned task is aborted. A file that does not parse keeps the list
-/// as it was (logged as an error).
-pub fn watch_config(path: PathBuf, deny: std::sync::Arc<DenyList>) -> tokio::task::JoinHandle<()> {
+/// Where a server re-reads its deny list: a file, and how to read the list
+/// from it (the engine parses its config file's `[security] denied`).
+#[derive(Debug, Clone)]
+pub struct DenySource {
+    /// The file, watched for changes.
+    pub path: PathBuf,
+    /// Its denied entries, or why the file does not parse.
+    pub read: fn(&Path) -> Result<Vec<String>, String>,
+}
+
+/// Re-read the list from `source` whenever its file changes, until the
+/// returned task is aborted. A file that does not parse keeps the list as
+/// it was (logged as an error).
+pub fn watch_config(source: DenySource, deny: std::sync::Arc<DenyList>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let path = source.path;
         let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
         let mut seen: Option<SystemTime> = modified(&path);
         loop {
@@ -96,9 +105,9 @@ pub fn watch_config(path: PathBuf, deny: std::sync::Arc<DenyList>) -> tokio::tas
                 continue;
             }
             seen = now;
-            match Config::load(&path) {
-                Ok(config) => {
-                    deny.replace(&config.security.denied);
+            match (source.read)(&path) {
+                Ok(denied) => {
+                    deny.replace(&denied);
                     tracing::warn!(denied = deny.len(), file = %path.display(), "reloaded the deny list");
                 }
                 Err(error) => {

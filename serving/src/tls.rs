@@ -87,13 +87,26 @@ pub fn peer_identity(
         .and_then(|chain| chain.first().map(|certificate| ca.identify(certificate, now_s)))
 }
 
+/// What a server may put between QUIC and its socket, and how it makes
+/// connection IDs: the AM's Initial gate does both (it drops Initials of
+/// backed-off addresses off the socket, and learns each ID the endpoint
+/// issues). Without hooks, the socket is used as it is and IDs come from
+/// quinn's keyed generator.
+pub trait EndpointHooks: Send + Sync {
+    /// The generator of the endpoint's connection IDs, keyed by `cid_key`
+    /// (stable across restarts, see [`restart_stable_keys`]).
+    fn cid_generator(&self, cid_key: u64) -> Box<dyn quinn_proto::ConnectionIdGenerator>;
+    /// The socket QUIC reads and writes.
+    fn wrap_socket(&self, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Arc<dyn quinn::AsyncUdpSocket>;
+}
+
 /// A QUIC server endpoint on `socket` (made with `peer::quic::quic_socket`
-/// or `quic_socket_sized`, for their kernel buffers) serving `certificate_der` / `key` with
-/// `transport`, client certificates from the CA required. With `gate`, the
-/// AM's [`InitialGate`](crate::am::gate::InitialGate) (made here: it learns
-/// each connection ID the endpoint issues) stands between the socket and
-/// QUIC.
-/// Returns the endpoint and the gate.
+/// or `quic_socket_sized`, for their kernel buffers) serving
+/// `certificate_der` / `key` with `transport`, client certificates checked
+/// against the CA as `client_auth` says, its connection IDs and stateless
+/// resets keyed by `key` (so a restarted server recognises its
+/// predecessor's connections), with the server's `hooks` if any.
+#[allow(clippy::too_many_arguments)]
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     ca_der: &[u8],
@@ -101,8 +114,8 @@ pub fn server_endpoint(
     key: &wire::SigningKey,
     transport: quinn::TransportConfig,
     client_auth: ClientAuth,
-    gate: bool,
-) -> anyhow::Result<(quinn::Endpoint, Option<Arc<crate::am::gate::InitialGate>>)> {
+    hooks: Option<Arc<dyn EndpointHooks>>,
+) -> anyhow::Result<quinn::Endpoint> {
     use anyhow::Context as _;
     use quinn::Runtime as _;
     let key_der = key.to_pkcs8_der().context("encoding the key")?;
@@ -110,13 +123,11 @@ pub fn server_endpoint(
         .context("building the TLS configuration")?;
     let listen = socket.local_addr().context("reading the socket's address")?;
     let (reset_key, cid_key) = restart_stable_keys(key)?;
-    let gate = gate.then(|| Arc::new(crate::am::gate::InitialGate::new()));
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    match &gate {
-        // The gate learns each ID issued: a handshake in progress passes it.
-        Some(gate) => {
-            let gate = gate.clone();
-            endpoint_config.cid_generator(move || Box::new(crate::am::gate::IssuedIds::new(cid_key, gate.clone())))
+    match &hooks {
+        Some(hooks) => {
+            let hooks = hooks.clone();
+            endpoint_config.cid_generator(move || hooks.cid_generator(cid_key))
         }
         None => {
             endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)))
@@ -125,17 +136,16 @@ pub fn server_endpoint(
     let mut socket = quinn::TokioRuntime
         .wrap_udp_socket(socket)
         .with_context(|| format!("listening on {listen}"))?;
-    if let Some(gate) = &gate {
-        socket = Arc::new(crate::am::gate::GatedSocket::new(socket, gate.clone()));
+    if let Some(hooks) = &hooks {
+        socket = hooks.wrap_socket(socket);
     }
-    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+    quinn::Endpoint::new_with_abstract_socket(
         endpoint_config,
         Some(server_config),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .with_context(|| format!("listening on {listen}"))?;
-    Ok((endpoint, gate))
+    .with_context(|| format!("listening on {listen}"))
 }
 
 /// The server's QUIC stateless-reset key and connection-id key, derived
@@ -147,7 +157,7 @@ pub fn server_endpoint(
 /// timeout. The derivation is one-way (SHA-256 over a label and the private
 /// key): the keys reveal nothing of the signing key, and without it nobody
 /// can forge a reset.
-fn restart_stable_keys(key: &wire::SigningKey) -> anyhow::Result<(ring::hmac::Key, u64)> {
+pub fn restart_stable_keys(key: &wire::SigningKey) -> anyhow::Result<(ring::hmac::Key, u64)> {
     use anyhow::Context as _;
     use sha2::Digest as _;
     let der = key.to_pkcs8_der().context("encoding the key")?;

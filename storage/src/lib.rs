@@ -1,5 +1,7 @@
-//! The Accounting Storage (AS): receives Record Accounting from the AM over
-//! QUIC ([`server`]) and keeps each batch as one Parquet file ([`files`]).
+//! The Accounting Storage (AS), a role and a deployable of its own:
+//! receives Record Accounting from the AM over QUIC ([`server`]) and keeps
+//! each batch as one Parquet file ([`files`]). `acct storage` runs it alone;
+//! `acct serve` embeds it on a loopback port by default.
 //!
 //! A batch is acked only after its file is durable: written to a hidden temp
 //! file, fsynced, renamed into place, and the folder fsynced. Readers listing
