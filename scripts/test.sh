@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+# An S3-protocol server for the tests of the archive on a bucket
+# (tests/tests/s3.rs): s3s-fs from crates.io, a real S3 implementation on a
+# folder that honours conditional creates (If-None-Match: * answered 412).
+# About 2 minutes to build on 2 cores, once; it goes to cargo's bin folder.
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$cargo_bin/s3s-fs" ]; then
+  echo "test.sh: installing s3s-fs 0.14.1 (cargo install)" >&2
+  cargo install --quiet s3s-fs --version 0.14.1 --features binary --locked
+fi
 # The Python with pyarrow and DuckDB that install-deps.sh prepared.
 export ACCT_PYTHON="${ACCT_PYTHON:-${ACCT_VENV:-/var/tmp/acct-venv}/bin/python}"
 # Integration tests run the real binaries: build them first (cargo does not

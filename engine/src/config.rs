@@ -126,8 +126,18 @@ pub struct StorageConfig {
     /// The QUIC address of `acct storage` (the embedded AS picks a free
     /// loopback port instead).
     pub listen: SocketAddr,
-    /// Where the Parquet files go.
+    /// Where the Parquet files go (when no `bucket` is set).
     pub folder: PathBuf,
+    /// An S3-compatible bucket instead of the folder: `s3://bucket` or
+    /// `s3://bucket/prefix`. Credentials come from the standard AWS
+    /// environment variables, never from this file.
+    pub bucket: Option<String>,
+    /// The bucket's endpoint, for an S3-compatible store other than AWS.
+    pub endpoint: Option<String>,
+    /// The bucket's region (default: `AWS_REGION`, else us-east-1).
+    pub region: Option<String>,
+    /// Allow an `http://` endpoint (a local test server only).
+    pub allow_http: bool,
     /// The AS's certificate (role `storage`) and key.
     pub certificate: PathBuf,
     /// The AS's Ed25519 key (PKCS#8 PEM).
@@ -143,6 +153,10 @@ impl Default for StorageConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4434)),
             folder: PathBuf::from("cold"),
+            bucket: None,
+            endpoint: None,
+            region: None,
+            allow_http: false,
             certificate: PathBuf::from("storage-1.crt.pem"),
             key: PathBuf::from("storage-1.key.pem"),
             connections_max: 16,
@@ -301,6 +315,22 @@ pub enum ConfigError {
     },
 }
 
+impl StorageConfig {
+    /// Where this AS keeps batches: the bucket if one is set, else the
+    /// folder.
+    pub fn target(&self) -> storage::server::Target {
+        match &self.bucket {
+            Some(url) => storage::server::Target::Bucket(storage::bucket::BucketSettings {
+                url: url.clone(),
+                endpoint: self.endpoint.clone(),
+                region: self.region.clone(),
+                allow_http: self.allow_http,
+            }),
+            None => storage::server::Target::Folder(self.folder.clone()),
+        }
+    }
+}
+
 /// Where a running server re-reads `[security] denied`: the config file at
 /// `path`.
 pub fn deny_source(path: PathBuf) -> serving::deny::DenySource {
@@ -405,6 +435,14 @@ data = "data"
 # The Accounting Storage: `acct storage --config THIS_FILE`, or embedded.
 # listen = "127.0.0.1:4434"
 # folder = "cold"                         # date=YYYY-MM-DD/node=<am>/batch-<id>.parquet
+# An S3-compatible bucket instead of the folder (same layout under the
+# prefix; each batch a conditional create, so several AS processes may share
+# it). Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the
+# environment, never in this file.
+# bucket = "s3://acct-archive/cold"
+# endpoint = "https://s3.example.net"     # for a store other than AWS
+# region = "eu-west-1"
+# allow_http = false                      # true only for a local test server
 # certificate = "storage-1.crt.pem"
 # key = "storage-1.key.pem"
 # connections_max = 16

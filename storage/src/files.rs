@@ -12,10 +12,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wire::{BatchId, CertifiedIdentity, RecordAccounting, RecordAck, RecordStatus, Signed};
 
+use super::checks::check;
 use super::failpoint;
 
 /// Why the folder could not be opened.
@@ -86,33 +86,21 @@ impl ColdFiles {
     /// Check and store one batch delivered by `am`; the answer to send back.
     /// Blocking (file I/O and fsync): call from a blocking thread.
     pub fn deliver(&self, am: &CertifiedIdentity, message: &Signed<RecordAccounting>) -> RecordAck {
-        let record = message.value();
+        match check(am, message) {
+            Ok(()) => self.store(message.value()),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Store a checked batch ([`check`]); the answer to send back.
+    /// Blocking (file I/O and fsync): call from a blocking thread.
+    pub fn store(&self, record: &RecordAccounting) -> RecordAck {
         let answer = |status: RecordStatus, digest: [u8; 32]| RecordAck {
             batch_id: record.batch_id,
             digest,
             status,
         };
-        if message.verify(&am.public_key).is_err() {
-            return answer(RecordStatus::BAD_SIGNATURE, record.digest);
-        }
-        if record.node != am.name {
-            return answer(RecordStatus::WRONG_NODE, record.digest);
-        }
-        if !record.digest_matches() {
-            return answer(RecordStatus::DIGEST_MISMATCH, record.digest);
-        }
         let batch_hex = record.batch_id.to_string();
-        match check_payload(&record.payload, &batch_hex) {
-            Ok(rows) if rows == u64::from(record.record_count) => {}
-            Ok(rows) => {
-                tracing::warn!(batch = %batch_hex, rows, claimed = record.record_count, "refused: row count differs");
-                return answer(RecordStatus::NOT_PARQUET, record.digest);
-            }
-            Err(error) => {
-                tracing::warn!(batch = %batch_hex, %error, "refused: not a readable acct Parquet file");
-                return answer(RecordStatus::NOT_PARQUET, record.digest);
-            }
-        }
         let Ok(mut index) = self.index.lock() else {
             return answer(RecordStatus::UNAVAILABLE, record.digest);
         };
@@ -161,16 +149,6 @@ impl ColdFiles {
             }
         }
     }
-}
-
-/// Rows in the payload, after decoding every page (the AS stores only
-/// files that analysts' readers can read to the end).
-fn check_payload(payload: &Bytes, batch_hex: &str) -> Result<u64, String> {
-    let info = archive::check(payload.clone()).map_err(|error| error.to_string())?;
-    if info.batch_id.as_deref() != Some(batch_hex) {
-        return Err(format!("file metadata names batch {:?}", info.batch_id));
-    }
-    Ok(info.rows)
 }
 
 /// The batch id of a stored file's name, `batch-<32 hex>.parquet`.
@@ -247,6 +225,8 @@ fn fsync(path: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use wire::{Name, Role, SigningKey};
 

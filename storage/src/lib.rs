@@ -7,6 +7,8 @@
 //! file, fsynced, renamed into place, and the folder fsynced. Readers listing
 //! `**/*.parquet` never see a partial file.
 
+pub mod bucket;
+pub mod checks;
 pub mod files;
 pub mod server;
 

@@ -18,13 +18,15 @@ use bytes::BytesMut;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use wire::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
-use wire::{ErrorCode, ErrorMessage, Message, Role, SigningKey, TrustedCa};
+use wire::{ErrorCode, ErrorMessage, Message, RecordAccounting, RecordAck, Role, Signed, SigningKey, TrustedCa};
 
 use peer::clock::now_s;
 use serving::background::Background;
 use serving::deny::{DenyList, DenySource};
 use serving::tls;
 
+use super::bucket::{Bucket, BucketSettings};
+use super::checks;
 use super::files::ColdFiles;
 
 /// What the AS needs to run.
@@ -32,8 +34,8 @@ use super::files::ColdFiles;
 pub struct StorageSettings {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// The folder the Parquet files go to.
-    pub folder: PathBuf,
+    /// Where the Parquet files go: a folder, or an S3-compatible bucket.
+    pub target: Target,
     /// The operator CA, DER.
     pub ca_der: Vec<u8>,
     /// The AS's certificate, DER (role `storage`).
@@ -52,6 +54,31 @@ pub struct StorageSettings {
     pub deny_source: Option<DenySource>,
 }
 
+/// Where the AS keeps batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A local folder ([`ColdFiles`]): the embedded default.
+    Folder(PathBuf),
+    /// An S3-compatible bucket ([`Bucket`]).
+    Bucket(BucketSettings),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Folder(folder) => write!(f, "{}", folder.display()),
+            Self::Bucket(bucket) => write!(f, "{}", bucket.url),
+        }
+    }
+}
+
+/// The opened target.
+#[derive(Clone)]
+enum Kept {
+    Folder(Arc<ColdFiles>),
+    Bucket(Arc<Bucket>),
+}
+
 /// Close code: the certificate is not an AM's.
 pub const CLOSE_ROLE_REFUSED: u32 = 1;
 /// Close code: the AM's certificate is denied (`[security] denied`).
@@ -65,12 +92,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let folder = settings.folder.clone();
-    let files = tokio::task::spawn_blocking(move || ColdFiles::open(&folder))
-        .await
-        .context("opening the storage folder")??;
-    tracing::info!(folder = %files.root().display(), batches = files.batch_count(), "storage ready");
-    let files = Arc::new(files);
+    let kept = match &settings.target {
+        Target::Folder(folder) => {
+            let folder = folder.clone();
+            let files = tokio::task::spawn_blocking(move || ColdFiles::open(&folder))
+                .await
+                .context("opening the storage folder")??;
+            tracing::info!(folder = %files.root().display(), batches = files.batch_count(), "storage ready");
+            Kept::Folder(Arc::new(files))
+        }
+        Target::Bucket(bucket) => {
+            let bucket = Bucket::open(bucket).context("opening the bucket")?;
+            tracing::info!(bucket = %bucket.url(), "storage ready");
+            Kept::Bucket(Arc::new(bucket))
+        }
+    };
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(STREAMS_PER_CONNECTION.into())
@@ -113,7 +149,7 @@ pub async fn run(
                     continue;
                 }
                 let shared = Shared {
-                    files: files.clone(),
+                    kept: kept.clone(),
                     ca: ca.clone(),
                     deny: settings.deny.clone(),
                     receiving: receiving.clone(),
@@ -141,7 +177,7 @@ pub async fn run(
 /// What every connection task shares.
 #[derive(Clone)]
 struct Shared {
-    files: Arc<ColdFiles>,
+    kept: Kept,
     ca: TrustedCa,
     deny: Arc<DenyList>,
     receiving: Arc<Semaphore>,
@@ -210,17 +246,7 @@ async fn serve_stream(
             Ok(Message::RecordAccounting(_)) if shared.deny.is_denied(am.name.as_str(), &certificate) => Err(
                 ErrorMessage::new(ErrorCode::UNAUTHENTICATED, "the AM's certificate is revoked"),
             ),
-            Ok(Message::RecordAccounting(record)) => {
-                let batch = record.value().batch_id;
-                let files = shared.files.clone();
-                match shared.background.run(move || files.deliver(&am, &record)).await {
-                    Ok(ack) => Ok(ack),
-                    Err(_) => Err(ErrorMessage::new(
-                        ErrorCode::INTERNAL,
-                        &format!("storing batch {batch} failed"),
-                    )),
-                }
-            }
+            Ok(Message::RecordAccounting(record)) => deliver(&shared, am, record).await,
             Ok(_) => Err(ErrorMessage::new(
                 ErrorCode::UNEXPECTED_MESSAGE,
                 "a storage stream carries exactly one Record Accounting",
@@ -244,6 +270,38 @@ async fn serve_stream(
     let _ = send.finish();
     // Let the ack reach the AM before the stream is dropped.
     let _ = send.stopped().await;
+}
+
+/// Check and store one batch: the checks (and a folder's writes, which
+/// block) on a background thread, a bucket's upload on the runtime.
+async fn deliver(
+    shared: &Shared,
+    am: Arc<wire::CertifiedIdentity>,
+    record: Signed<RecordAccounting>,
+) -> Result<RecordAck, ErrorMessage> {
+    let batch = record.value().batch_id;
+    let failed = || ErrorMessage::new(ErrorCode::INTERNAL, &format!("storing batch {batch} failed"));
+    match &shared.kept {
+        Kept::Folder(files) => {
+            let files = files.clone();
+            shared
+                .background
+                .run(move || files.deliver(&am, &record))
+                .await
+                .map_err(|_| failed())
+        }
+        Kept::Bucket(bucket) => {
+            let checked = shared
+                .background
+                .run(move || checks::check(&am, &record).map(|()| record))
+                .await
+                .map_err(|_| failed())?;
+            match checked {
+                Ok(record) => Ok(bucket.store(record.value()).await),
+                Err(refusal) => Ok(refusal),
+            }
+        }
+    }
 }
 
 /// Fault injection for tests and benchmarks: `ACCT_STORAGE_ACK_DELAY_MS`

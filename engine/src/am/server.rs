@@ -395,7 +395,7 @@ async fn start_storage(target: &StorageTarget) -> anyhow::Result<Storage> {
                     return Err(error.context("starting the embedded storage"));
                 }
             };
-            tracing::info!(%address, folder = %storage_settings.folder.display(), "embedded storage");
+            tracing::info!(%address, target = %storage_settings.target, "embedded storage");
             Ok(Storage::Embedded { address, task, stop })
         }
         StorageTarget::Remote(address) => Ok(Storage::Remote(*address)),

@@ -147,7 +147,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         StorageTarget::Embedded(Box::new(StorageSettings {
             // The embedded AS listens on a free loopback port.
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            folder: storage.folder.clone(),
+            target: storage.target(),
             ca_der: ca_der.clone(),
             certificate_der: pki::read_certificate_der(&storage.certificate)?,
             signing_key: pki::read_signing_key(&storage.key)?,

@@ -22,8 +22,22 @@ pub struct StorageArgs {
     #[arg(long, conflicts_with = "config")]
     pub pki: Option<PathBuf>,
     /// Where the Parquet files go. Overrides the config file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bucket")]
     pub folder: Option<PathBuf>,
+    /// An S3-compatible bucket instead of a folder: s3://bucket[/prefix].
+    /// Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the
+    /// other standard AWS variables). Overrides the config file.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// The bucket's endpoint (an S3-compatible store other than AWS).
+    #[arg(long, requires = "bucket")]
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    #[arg(long, requires = "bucket")]
+    pub region: Option<String>,
+    /// Allow an http:// endpoint (a local test server only).
+    #[arg(long, requires = "bucket")]
+    pub allow_http: bool,
     /// The QUIC address to listen on. Overrides the config file.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -54,7 +68,20 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     };
     let settings = StorageSettings {
         listen: args.listen.unwrap_or(storage.listen),
-        folder: args.folder.clone().unwrap_or(storage.folder),
+        target: {
+            let mut storage = storage.clone();
+            if let Some(folder) = &args.folder {
+                storage.folder = folder.clone();
+                storage.bucket = None;
+            }
+            if let Some(bucket) = &args.bucket {
+                storage.bucket = Some(bucket.clone());
+                storage.endpoint = args.endpoint.clone().or(storage.endpoint);
+                storage.region = args.region.clone().or(storage.region);
+                storage.allow_http |= args.allow_http;
+            }
+            storage.target()
+        },
         ca_der: pki::read_certificate_der(&ca)?,
         certificate_der: pki::read_certificate_der(&storage.certificate)?,
         signing_key: pki::read_signing_key(&storage.key)?,

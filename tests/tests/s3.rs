@@ -1,0 +1,358 @@
+//! The Accounting Storage on an S3-compatible bucket: a real S3-protocol
+//! server (`s3s-fs`, from crates.io, installed by scripts/install-deps.sh;
+//! it keeps each object as a file under its root folder) on 127.0.0.1, real
+//! `acct storage --bucket` processes, and a real AM exporting to them.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use acct_tests::{
+    AmProcess, TestPki, cold_rows, free_tcp_port, free_udp_port, http_get, open_sessions, runtime, send_all, wait_until,
+};
+use peer::quic::AmClient;
+use wire::{AccountingKind, AckStatus, MessageId, Role, Signed, Usage};
+
+const BUCKET: &str = "acct";
+const ACCESS_KEY: &str = "acct-test";
+const SECRET_KEY: &str = "acct-test-secret-key";
+/// Upper bound on waiting for an export to land.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An `s3s-fs` server on 127.0.0.1 serving a temp folder, killed on drop.
+struct S3Server {
+    child: Child,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+/// The `s3s-fs` binary: `ACCT_S3S_FS`, else on the PATH, else cargo's bin
+/// folder (where scripts/install-deps.sh installs it).
+fn s3s_fs() -> PathBuf {
+    if let Some(path) = std::env::var_os("ACCT_S3S_FS") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|folder| folder.join("s3s-fs"))
+        .find(|candidate| candidate.is_file());
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    on_path
+        .or_else(|| {
+            cargo_home
+                .map(|home| home.join("bin/s3s-fs"))
+                .filter(|path| path.is_file())
+        })
+        .unwrap_or_else(|| panic!("s3s-fs not found: run scripts/install-deps.sh (cargo install s3s-fs)"))
+}
+
+impl S3Server {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
+        let port = free_tcp_port();
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting s3s-fs: {error}"));
+        let server = Self { child, port, root };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "s3s-fs did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The folder that holds the objects under `prefix`.
+    fn objects(&self, prefix: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(prefix)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `acct storage` on `s3://acct/PREFIX` at the S3 server, credentials from
+/// the environment as an operator gives them.
+fn storage_on_bucket(
+    pki: &TestPki,
+    s3: &S3Server,
+    prefix: &str,
+    listen: SocketAddr,
+    env: &[(&str, &str)],
+) -> AmProcess {
+    let args: Vec<std::ffi::OsString> = vec![
+        "storage".into(),
+        "--pki".into(),
+        pki.pki().into(),
+        "--bucket".into(),
+        format!("s3://{BUCKET}/{prefix}").into(),
+        "--endpoint".into(),
+        s3.endpoint().into(),
+        "--allow-http".into(),
+        "--listen".into(),
+        listen.to_string().into(),
+    ];
+    let mut all_env = vec![
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    all_env.extend_from_slice(env);
+    AmProcess::spawn(&args, &all_env, "acct storage: listening on ")
+}
+
+/// `sessions * per_session` messages through the AM, every one STORED.
+fn ingest(pki: &TestPki, am: &AmProcess, sessions: usize, per_session: u64) -> Vec<Signed<wire::Accounting>> {
+    runtime().block_on(async {
+        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+            .await
+            .unwrap();
+        let mut sessions = open_sessions(pki, &admin, "provider-0001", sessions).await;
+        admin.close().await;
+        let now = acct_tests::now_ms();
+        let mut messages = Vec::new();
+        for session in &mut sessions {
+            for index in 0..per_session {
+                let usage = Usage {
+                    units: Some(index + 1),
+                    interval_ms: Some((now - 1000, now)),
+                    ..Usage::default()
+                };
+                messages.push(session.account(AccountingKind::INTERIM, usage).unwrap());
+            }
+        }
+        let client = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
+            .await
+            .unwrap();
+        let answers = send_all(&client, &messages).await;
+        client.close().await;
+        assert!(
+            answers.values().all(|status| *status == AckStatus::STORED),
+            "{answers:?}"
+        );
+        messages
+    })
+}
+
+/// Every row's id, asserting none is there twice.
+fn ids_once(folder: &Path) -> HashSet<MessageId> {
+    let rows = cold_rows(folder);
+    let ids: HashSet<MessageId> = rows
+        .iter()
+        .map(|row| MessageId {
+            session_id: row.session_id,
+            sequence: row.message_id,
+        })
+        .collect();
+    assert_eq!(ids.len(), rows.len(), "a message is in the bucket twice");
+    ids
+}
+
+fn sent_ids(messages: &[Signed<wire::Accounting>]) -> HashSet<MessageId> {
+    messages.iter().map(|message| message.value().message_id()).collect()
+}
+
+/// The objects under `folder`, as names relative to it.
+fn object_names(folder: &Path) -> Vec<String> {
+    archive::parquet_files(folder)
+        .map(|files| {
+            files
+                .iter()
+                .map(|path| path.strip_prefix(folder).unwrap().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn exports_land_in_the_bucket_once_in_the_folder_layout() {
+    let s3 = S3Server::start();
+    let pki = TestPki::new(1, 0);
+    let storage_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let storage = storage_on_bucket(&pki, &s3, "archive", storage_address, &[]);
+    let am = AmProcess::start(
+        pki.data(),
+        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+    );
+    let mut messages = ingest(&pki, &am, 4, 100);
+    messages.extend(ingest(&pki, &am, 2, 50));
+    let objects = s3.objects("archive");
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&objects).len() == messages.len()),
+        "the exports did not reach the bucket"
+    );
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert!(storage.terminate(Duration::from_secs(30)));
+    assert_eq!(ids_once(&objects), sent_ids(&messages));
+    let names = object_names(&objects);
+    assert!(!names.is_empty());
+    for name in &names {
+        let parts: Vec<&str> = name.split('/').collect();
+        assert!(
+            parts.len() == 3
+                && parts[0].starts_with("date=")
+                && parts[1] == "node=am-1"
+                && parts[2].starts_with("batch-")
+                && parts[2].ends_with(".parquet"),
+            "object {name} is not date=…/node=am-1/batch-….parquet"
+        );
+    }
+    // Nothing stayed in the AM's local cold folder: the bucket is the archive.
+    assert!(cold_rows(&pki.data().join("cold")).is_empty());
+}
+
+/// The AM is killed after the first AS stored a batch and acked it, before
+/// the AM deleted its copy; restarted against a second AS process on the
+/// same bucket, it sends the batch again: the second AS, with no state of
+/// its own, finds the object (a conditional create refused) and answers
+/// ALREADY_STORED; the AM deletes; every record is in the bucket once, in
+/// one object per batch.
+#[test]
+fn a_batch_is_stored_once_by_two_storages_sharing_the_bucket() {
+    let s3 = S3Server::start();
+    let pki = TestPki::new(1, 0);
+    let first_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let first = storage_on_bucket(&pki, &s3, "shared", first_address, &[]);
+    let am = AmProcess::start_with_env(
+        pki.data(),
+        &["--storage", &first_address.to_string(), "--export-interval-ms", "200"],
+        &[("ACCT_FAILPOINT", "export-after-ack")],
+    );
+    let messages = ingest(&pki, &am, 5, 100);
+    assert!(
+        am.wait_for_line("failpoint export-after-ack reached", EXPORT_TIMEOUT),
+        "the AM never reached export-after-ack"
+    );
+    am.kill();
+    assert!(first.terminate(Duration::from_secs(30)));
+    let objects = s3.objects("shared");
+    let names_at_kill = object_names(&objects);
+    assert_eq!(names_at_kill.len(), 1, "the first storage acked: its object exists");
+
+    let second_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let second = storage_on_bucket(&pki, &s3, "shared", second_address, &[]);
+    let am = AmProcess::start(
+        pki.data(),
+        &["--storage", &second_address.to_string(), "--export-interval-ms", "200"],
+    );
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&objects).len() >= messages.len()),
+        "the restarted AM did not finish the export"
+    );
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert!(second.terminate(Duration::from_secs(30)));
+    assert_eq!(ids_once(&objects), sent_ids(&messages));
+    let names = object_names(&objects);
+    assert!(
+        names.contains(&names_at_kill[0]),
+        "the first object is still there, once"
+    );
+    assert_eq!(
+        names.len(),
+        names.iter().collect::<HashSet<_>>().len(),
+        "an object name twice"
+    );
+}
+
+fn hot_records(pki: &TestPki, am: &AmProcess) -> u64 {
+    runtime().block_on(async {
+        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+            .await
+            .unwrap();
+        let (records, _) = admin.audit(1_000_000).await.unwrap();
+        admin.close().await;
+        records
+    })
+}
+
+/// A batch id already in the bucket with other bytes: the storage's
+/// conditional create is refused (the server answers 412 to a second
+/// `If-None-Match: *` PUT; a server that ignored it would overwrite the
+/// object and answer STORED), the answer is CONFLICTING_BATCH, the object
+/// keeps its bytes, and the AM keeps its records.
+#[test]
+fn a_batch_id_stored_with_other_bytes_is_refused_and_the_am_keeps_its_records() {
+    let s3 = S3Server::start();
+    let pki = TestPki::new(1, 0);
+    let first_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let first = storage_on_bucket(&pki, &s3, "conflict", first_address, &[]);
+    let am = AmProcess::start_with_env(
+        pki.data(),
+        &["--storage", &first_address.to_string(), "--export-interval-ms", "200"],
+        &[("ACCT_FAILPOINT", "export-after-ack")],
+    );
+    let messages = ingest(&pki, &am, 2, 100);
+    assert!(
+        am.wait_for_line("failpoint export-after-ack reached", EXPORT_TIMEOUT),
+        "the AM never reached export-after-ack"
+    );
+    am.kill();
+    assert!(first.terminate(Duration::from_secs(30)));
+    // Someone replaced the object's bytes (a bucket shared by mistake, a
+    // broken tool): the batch id now names other content.
+    let objects = s3.objects("conflict");
+    let files = archive::parquet_files(&objects).unwrap();
+    assert_eq!(files.len(), 1);
+    let other = b"other bytes under the same batch id".to_vec();
+    std::fs::write(&files[0], &other).unwrap();
+
+    let second_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let second = storage_on_bucket(&pki, &s3, "conflict", second_address, &[]);
+    let metrics_port = free_tcp_port();
+    let am = AmProcess::start(
+        pki.data(),
+        &[
+            "--storage",
+            &second_address.to_string(),
+            "--export-interval-ms",
+            "200",
+            "--metrics",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+    );
+    // The AM sends the batch, is refused, and tries again after a backoff.
+    let failures = || {
+        http_get(metrics_port, "/metrics")
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("acct_export_failures_total ")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || failures() >= 1.0),
+        "the AM's export was never refused"
+    );
+    assert_eq!(
+        hot_records(&pki, &am),
+        messages.len() as u64,
+        "the AM keeps its records"
+    );
+    assert_eq!(std::fs::read(&files[0]).unwrap(), other, "the object keeps its bytes");
+    // A refused batch keeps the AM's shutdown export busy until its deadline
+    // (30 s): nothing is left to check there.
+    am.kill();
+    assert!(second.terminate(Duration::from_secs(30)));
+}
