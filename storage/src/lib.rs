@@ -3,9 +3,11 @@
 //! each batch as one Parquet file ([`files`]). `acct storage` runs it alone;
 //! `acct serve` embeds it on a loopback port by default.
 //!
-//! A batch is acked only after its file is durable: written to a hidden temp
-//! file, fsynced, renamed into place, and the folder fsynced. Readers listing
-//! `**/*.parquet` never see a partial file.
+//! A batch is acked only after it is durable. In a folder: written to a
+//! hidden temp file, fsynced, renamed into place, and the folder fsynced;
+//! readers listing `**/*.parquet` never see a partial file. In a bucket
+//! ([`bucket`]): once the object store confirmed a conditional create of
+//! the object.
 
 pub mod bucket;
 pub mod checks;

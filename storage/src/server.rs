@@ -103,6 +103,10 @@ pub async fn run(
         }
         Target::Bucket(bucket) => {
             let bucket = Bucket::open(bucket).context("opening the bucket")?;
+            bucket
+                .probe()
+                .await
+                .with_context(|| format!("checking the bucket {}", bucket.url()))?;
             tracing::info!(bucket = %bucket.url(), "storage ready");
             Kept::Bucket(Arc::new(bucket))
         }
@@ -164,8 +168,10 @@ pub async fn run(
     if let Some(watcher) = deny_watcher {
         watcher.abort();
     }
-    // A batch being written finishes (its blocking task is not cancelled);
-    // its ack may not reach the AM, which then sends it again.
+    // A batch being written to a folder finishes (its blocking task is not
+    // cancelled); an upload to a bucket is cancelled. Either way its ack may
+    // not reach the AM, which then sends it again (and is answered
+    // ALREADY_STORED if it was stored).
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     endpoint.close(0u32.into(), b"shutting down");

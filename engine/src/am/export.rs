@@ -322,6 +322,7 @@ async fn ship(
             return Err(ShipError::Unreachable(format!("storage busy ({:?})", ack.status)));
         }
         tracing::error!(batch = %manifest.batch_id, status = ?ack.status, "export: the storage refused a batch; it stays in the hot store (operator action)");
+        metrics::counter!("acct_export_refused_total", "status" => ack.status.0.to_string()).increment(1);
         return Err(ShipError::Refused(ack.status));
     }
     {

@@ -29,14 +29,15 @@ pub struct StorageArgs {
     /// other standard AWS variables). Overrides the config file.
     #[arg(long)]
     pub bucket: Option<String>,
-    /// The bucket's endpoint (an S3-compatible store other than AWS).
-    #[arg(long, requires = "bucket")]
+    /// The bucket's endpoint (an S3-compatible store other than AWS), for
+    /// `--bucket` or the config file's bucket.
+    #[arg(long)]
     pub endpoint: Option<String>,
-    /// The bucket's region.
-    #[arg(long, requires = "bucket")]
+    /// The bucket's region, for `--bucket` or the config file's bucket.
+    #[arg(long)]
     pub region: Option<String>,
     /// Allow an http:// endpoint (a local test server only).
-    #[arg(long, requires = "bucket")]
+    #[arg(long)]
     pub allow_http: bool,
     /// The QUIC address to listen on. Overrides the config file.
     #[arg(long)]
@@ -68,20 +69,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
     };
     let settings = StorageSettings {
         listen: args.listen.unwrap_or(storage.listen),
-        target: {
-            let mut storage = storage.clone();
-            if let Some(folder) = &args.folder {
-                storage.folder = folder.clone();
-                storage.bucket = None;
-            }
-            if let Some(bucket) = &args.bucket {
-                storage.bucket = Some(bucket.clone());
-                storage.endpoint = args.endpoint.clone().or(storage.endpoint);
-                storage.region = args.region.clone().or(storage.region);
-                storage.allow_http |= args.allow_http;
-            }
-            storage.target()
-        },
+        target: target(&args, storage.clone())?,
         ca_der: pki::read_certificate_der(&ca)?,
         certificate_der: pki::read_certificate_der(&storage.certificate)?,
         signing_key: pki::read_signing_key(&storage.key)?,
@@ -106,4 +94,29 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         })
         .await
     })
+}
+
+/// Where the batches go: the config file's `[storage]`, with the command
+/// line's choices over it.
+fn target(args: &StorageArgs, mut storage: StorageConfig) -> anyhow::Result<storage::server::Target> {
+    if let Some(folder) = &args.folder {
+        storage.folder = folder.clone();
+        storage.bucket = None;
+    }
+    if let Some(bucket) = &args.bucket {
+        storage.bucket = Some(bucket.clone());
+    }
+    let adjusts_bucket = args.endpoint.is_some() || args.region.is_some() || args.allow_http;
+    anyhow::ensure!(
+        storage.bucket.is_some() || !adjusts_bucket,
+        "--endpoint, --region and --allow-http apply to a bucket: give --bucket s3://… or `bucket` in [storage]"
+    );
+    if let Some(endpoint) = &args.endpoint {
+        storage.endpoint = Some(endpoint.clone());
+    }
+    if let Some(region) = &args.region {
+        storage.region = Some(region.clone());
+    }
+    storage.allow_http |= args.allow_http;
+    Ok(storage.target())
 }
