@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -107,6 +108,7 @@ pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
+    bucket_name: String,
 }
 
 impl Bucket {
@@ -152,6 +154,7 @@ impl Bucket {
             store: Arc::new(builder.build()?),
             prefix: ObjectPath::from(prefix.trim_matches('/')),
             url: settings.url.clone(),
+            bucket_name: bucket.to_owned(),
         })
     }
 
@@ -194,6 +197,31 @@ impl Bucket {
             return Err(error.into());
         }
         Ok(())
+    }
+
+    /// The bucket's name.
+    pub fn bucket_name(&self) -> &str {
+        &self.bucket_name
+    }
+
+    /// Every batch object under the prefix (keys ending in `.parquet`
+    /// whose segments do not start with `.`), sorted by key.
+    pub async fn batch_objects(&self) -> Result<Vec<ObjectPath>, object_store::Error> {
+        let listed: Vec<object_store::ObjectMeta> = self.store.list(Some(&self.prefix)).try_collect().await?;
+        let mut objects: Vec<ObjectPath> = listed
+            .into_iter()
+            .map(|meta| meta.location)
+            .filter(|path| {
+                path.as_ref().ends_with(".parquet") && !path.parts().any(|part| part.as_ref().starts_with('.'))
+            })
+            .collect();
+        objects.sort();
+        Ok(objects)
+    }
+
+    /// One object's bytes, whole.
+    pub async fn read(&self, path: &ObjectPath) -> Result<Bytes, object_store::Error> {
+        self.store.get_opts(path, GetOptions::default()).await?.bytes().await
     }
 
     /// The bucket's URL, for logs.

@@ -12,6 +12,7 @@
 pub mod bucket;
 pub mod checks;
 pub mod files;
+pub mod reader;
 pub mod server;
 
 /// A named point where a test can stop the process to kill it there:

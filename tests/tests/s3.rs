@@ -366,3 +366,75 @@ fn a_batch_id_stored_with_other_bytes_is_refused_and_the_am_keeps_its_records() 
     am.kill();
     assert!(second.terminate(Duration::from_secs(30)));
 }
+
+/// `acct report` and `acct audit` read the bucket as they read a folder:
+/// the same totals from `s3://…` as from the objects' files, and the audit
+/// passes over the bucket and finds a tampered row in it.
+#[test]
+fn report_and_audit_read_the_bucket() {
+    let s3 = S3Server::start();
+    let pki = TestPki::new(1, 0);
+    let storage_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let storage = storage_on_bucket(&pki, &s3, "reports", storage_address, &[]);
+    let am = AmProcess::start(
+        pki.data(),
+        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+    );
+    let messages = ingest(&pki, &am, 3, 40);
+    let objects = s3.objects("reports");
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&objects).len() == messages.len()),
+        "the exports did not reach the bucket"
+    );
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert!(storage.terminate(Duration::from_secs(30)));
+    let acct = |args: &[&str]| {
+        let output = Command::new(acct_tests::binary("acct"))
+            .args(args)
+            .envs([
+                ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+                ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+                ("AWS_REGION", "us-east-1"),
+            ])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let url = format!("s3://{BUCKET}/reports");
+    let endpoint = s3.endpoint();
+    let over_s3 = ["--endpoint", endpoint.as_str(), "--allow-http"];
+    let folder = objects.to_str().unwrap();
+    let (ok, from_bucket, stderr) = acct(
+        &[
+            &["report", url.as_str(), "--by", "session", "--format", "csv"][..],
+            &over_s3[..],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{stderr}");
+    let (ok, from_folder, stderr) = acct(&["report", folder, "--by", "session", "--format", "csv"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(from_bucket, from_folder);
+    assert_eq!(
+        from_bucket.lines().count(),
+        1 + 3,
+        "a header and 3 sessions:\n{from_bucket}"
+    );
+    let (ok, audit, stderr) = acct(&[&["audit", url.as_str()][..], &over_s3[..]].concat());
+    assert!(ok, "{audit}{stderr}");
+    assert!(
+        audit.contains(&format!("{} rows, 0 problems", messages.len())),
+        "{audit}"
+    );
+    // A batch copied under another name: every row in it is there twice.
+    let files = archive::parquet_files(&objects).unwrap();
+    let copy = files[0].with_file_name("batch-ffffffffffffffffffffffffffffffff.parquet");
+    std::fs::copy(&files[0], &copy).unwrap();
+    let (ok, audit, _) = acct(&[&["audit", url.as_str()][..], &over_s3[..]].concat());
+    assert!(!ok, "the audit passed a bucket with doubled rows: {audit}");
+    assert!(audit.contains("stored twice"), "{audit}");
+}

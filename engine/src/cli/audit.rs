@@ -1,6 +1,8 @@
-//! `acct audit DIR`: re-verify every exported record and look for doubles.
+//! `acct audit DIR` or `acct audit s3://bucket/prefix`: re-verify every
+//! exported record and look for doubles.
 //!
-//! For every row of every `*.parquet` file under DIR: the provider's
+//! For every row of every `*.parquet` file under DIR (or object under the
+//! bucket's prefix): the provider's
 //! signature verifies over `signed_fields` with the engine's own acceptance
 //! rule (ZIP-215, the accounting domain prefix), and every column derived
 //! from the signed bytes agrees with them. Across all files, no (session,
@@ -11,7 +13,6 @@
 //! file it is reading.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use clap::Args;
@@ -20,8 +21,13 @@ use wire::SessionId;
 /// Arguments of `acct audit`.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// The cold storage folder (every `*.parquet` below it is checked).
-    pub dir: PathBuf,
+    /// The cold storage: a folder (every `*.parquet` below it is checked),
+    /// or `s3://bucket/prefix` (every `*.parquet` object under it).
+    #[arg(value_name = "DIR_OR_S3_URL")]
+    pub location: String,
+    /// How to reach a bucket.
+    #[command(flatten)]
+    pub bucket: super::BucketArgs,
     /// Print at most this many problems (all are counted).
     #[arg(long, default_value_t = 100)]
     pub show: usize,
@@ -38,14 +44,13 @@ pub struct Findings {
     pub problems: Vec<String>,
 }
 
-/// Check every file under `dir`.
-pub fn audit(dir: &std::path::Path) -> anyhow::Result<Findings> {
-    let files = archive::parquet_files(dir)?;
+/// Check every batch of `archive`.
+pub fn audit(archive: &storage::reader::Archive) -> anyhow::Result<Findings> {
     let next = Mutex::new(0usize);
     // (session, message id) → (file index, commit sequence) of the first copy.
     let seen: Mutex<HashMap<(SessionId, u64), (usize, u64)>> = Mutex::new(HashMap::new());
     let findings = Mutex::new(Findings {
-        files: files.len(),
+        files: archive.len(),
         ..Findings::default()
     });
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
@@ -59,15 +64,18 @@ pub fn audit(dir: &std::path::Path) -> anyhow::Result<Findings> {
                         *next += 1;
                         index
                     };
-                    let Some(path) = files.get(index) else { return };
+                    if index >= archive.len() {
+                        return;
+                    }
+                    let path = archive.name(index);
                     // Verify while reading; keep only ids for the double check.
                     let mut ids: Vec<(SessionId, u64, u64)> = Vec::new();
                     let mut problems = Vec::new();
-                    let read = archive::read_file(path, |row| {
+                    let read = archive.read(index, |row| {
                         if let Err(problem) = row.verify() {
                             problems.push(format!(
                                 "{}: session {} message {}: {problem}",
-                                path.display(),
+                                path,
                                 row.session_id,
                                 row.message_id
                             ));
@@ -75,7 +83,7 @@ pub fn audit(dir: &std::path::Path) -> anyhow::Result<Findings> {
                         ids.push((row.session_id, row.message_id, row.commit_sequence));
                     });
                     if let Err(error) = read {
-                        problems.push(format!("{}: unreadable: {error}", path.display()));
+                        problems.push(format!("{path}: unreadable: {error}"));
                     }
                     if let Ok(mut seen) = seen.lock() {
                         for (session_id, message_id, commit_sequence) in &ids {
@@ -84,8 +92,8 @@ pub fn audit(dir: &std::path::Path) -> anyhow::Result<Findings> {
                             {
                                 problems.push(format!(
                                     "session {session_id} message {message_id} stored twice: {} (commit {first_commit}) and {} (commit {commit_sequence})",
-                                    files[first_file].display(),
-                                    path.display(),
+                                    archive.name(first_file),
+                                    path,
                                 ));
                             }
                         }
@@ -105,7 +113,8 @@ pub fn audit(dir: &std::path::Path) -> anyhow::Result<Findings> {
 
 /// Run the audit; exit status 1 when anything is wrong.
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
-    let findings = audit(&args.dir)?;
+    let archive = storage::reader::Archive::open(&args.location, &args.bucket.settings())?;
+    let findings = audit(&archive)?;
     for problem in findings.problems.iter().take(args.show) {
         println!("{problem}");
     }
@@ -122,7 +131,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
         findings.problems.is_empty(),
         "{} problems in {}",
         findings.problems.len(),
-        args.dir.display()
+        args.location
     );
     Ok(())
 }

@@ -52,3 +52,31 @@ impl Cli {
         }
     }
 }
+
+/// How `acct report` and `acct audit` reach a bucket given as
+/// `s3://bucket/prefix` (credentials from the standard AWS credential
+/// variables, as for the storage).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BucketArgs {
+    /// The bucket's endpoint (an S3-compatible store other than AWS).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Allow an http:// endpoint (a local test server only).
+    #[arg(long)]
+    pub allow_http: bool,
+}
+
+impl BucketArgs {
+    /// The settings for the reader (the URL comes from the location).
+    pub fn settings(&self) -> ::storage::bucket::BucketSettings {
+        ::storage::bucket::BucketSettings {
+            url: String::new(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http,
+        }
+    }
+}

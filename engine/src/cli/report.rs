@@ -1,12 +1,12 @@
-//! `acct report DIR`: billing totals from the cold storage, grouped by user,
-//! provider, service or session, over a time range of `received_at`.
+//! `acct report DIR` or `acct report s3://bucket/prefix`: billing totals
+//! from the cold storage, grouped by user, provider, service or session,
+//! over a time range of `received_at`.
 //!
 //! Memory: one entry per group (and one session id per group and session,
 //! for the session count); files are read one Arrow batch at a time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -15,8 +15,13 @@ use wire::SessionId;
 /// Arguments of `acct report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The cold storage folder (every `*.parquet` below it is read).
-    pub dir: PathBuf,
+    /// The cold storage: a folder (every `*.parquet` below it is read), or
+    /// `s3://bucket/prefix` (every `*.parquet` object under it).
+    #[arg(value_name = "DIR_OR_S3_URL")]
+    pub location: String,
+    /// How to reach a bucket.
+    #[command(flatten)]
+    pub bucket: super::BucketArgs,
     /// What to group by.
     #[arg(long, value_enum, default_value_t = GroupBy::User)]
     pub by: GroupBy,
@@ -126,35 +131,41 @@ pub fn parse_time(text: &str) -> anyhow::Result<u64> {
         .map_err(|_| anyhow::anyhow!("{text:?} is before 1970"))
 }
 
-/// Totals per group over every file under `dir`, for messages received in
-/// `[from, to)`.
-pub fn totals(dir: &std::path::Path, by: GroupBy, from: u64, to: u64) -> anyhow::Result<BTreeMap<String, Totals>> {
+/// Totals per group over every batch of `archive`, for messages received
+/// in `[from, to)`.
+pub fn totals(
+    archive: &storage::reader::Archive,
+    by: GroupBy,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<BTreeMap<String, Totals>> {
     let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
     let mut seen: HashSet<(String, SessionId)> = HashSet::new();
-    for path in archive::parquet_files(dir)? {
-        archive::read_file(&path, |row| {
-            if row.received_at_ms < from || row.received_at_ms >= to {
-                return;
-            }
-            let key = match by {
-                GroupBy::User => row.user_id.clone(),
-                GroupBy::Provider => row.provider_id.clone(),
-                GroupBy::Service => row.service_id.to_string(),
-                GroupBy::Session => row.session_id.to_string(),
-            };
-            let new_session = seen.insert((key.clone(), row.session_id));
-            let entry = groups.entry(key).or_default();
-            entry.sessions += u64::from(new_session);
-            entry.messages += 1;
-            entry.units += u128::from(row.units.unwrap_or(0));
-            entry.bytes_up += u128::from(row.bytes_up.unwrap_or(0));
-            entry.bytes_down += u128::from(row.bytes_down.unwrap_or(0));
-            entry.duration_ms += u128::from(row.duration_ms.unwrap_or(0));
-            for (name, value) in &row.custom {
-                *entry.custom.entry(name.clone()).or_default() += u128::from(*value);
-            }
-        })
-        .with_context(|| format!("reading {}", path.display()))?;
+    for index in 0..archive.len() {
+        archive
+            .read(index, |row| {
+                if row.received_at_ms < from || row.received_at_ms >= to {
+                    return;
+                }
+                let key = match by {
+                    GroupBy::User => row.user_id.clone(),
+                    GroupBy::Provider => row.provider_id.clone(),
+                    GroupBy::Service => row.service_id.to_string(),
+                    GroupBy::Session => row.session_id.to_string(),
+                };
+                let new_session = seen.insert((key.clone(), row.session_id));
+                let entry = groups.entry(key).or_default();
+                entry.sessions += u64::from(new_session);
+                entry.messages += 1;
+                entry.units += u128::from(row.units.unwrap_or(0));
+                entry.bytes_up += u128::from(row.bytes_up.unwrap_or(0));
+                entry.bytes_down += u128::from(row.bytes_down.unwrap_or(0));
+                entry.duration_ms += u128::from(row.duration_ms.unwrap_or(0));
+                for (name, value) in &row.custom {
+                    *entry.custom.entry(name.clone()).or_default() += u128::from(*value);
+                }
+            })
+            .with_context(|| format!("reading {}", archive.name(index)))?;
     }
     Ok(groups)
 }
@@ -163,7 +174,8 @@ pub fn totals(dir: &std::path::Path, by: GroupBy, from: u64, to: u64) -> anyhow:
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let from = args.from.as_deref().map(parse_time).transpose()?.unwrap_or(0);
     let to = args.to.as_deref().map(parse_time).transpose()?.unwrap_or(u64::MAX);
-    let groups = totals(&args.dir, args.by, from, to)?;
+    let archive = storage::reader::Archive::open(&args.location, &args.bucket.settings())?;
+    let groups = totals(&archive, args.by, from, to)?;
     let mut all = Totals::default();
     for group in groups.values() {
         all.sessions += group.sessions;
