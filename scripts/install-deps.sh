@@ -4,9 +4,10 @@
 #
 # - a C compiler (ring; later RocksDB's C++)
 # - libclang (bindgen for RocksDB's bindings, used by the ingest path)
-# - Python 3 with pyarrow and DuckDB in a venv (ACCT_VENV, default
-#   /var/tmp/acct-venv): the export tests read the Parquet files with readers
-#   independent of acct's own
+# - Python 3 with pyarrow, DuckDB, polars and DataFusion in a venv
+#   (ACCT_VENV, default /var/tmp/acct-venv): the export tests read the
+#   Parquet files, in a folder and in a bucket, with readers independent of
+#   acct's own
 set -euo pipefail
 
 need=()
@@ -31,8 +32,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 venv="${ACCT_VENV:-/var/tmp/acct-venv}"
-if ! "$venv/bin/python" -c 'import pyarrow, duckdb' >/dev/null 2>&1; then
-  echo "install-deps: installing pyarrow and duckdb into $venv" >&2
+if ! "$venv/bin/python" -c 'import pyarrow, duckdb, polars, datafusion' >/dev/null 2>&1; then
+  echo "install-deps: installing pyarrow, duckdb, polars and datafusion into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyarrow>=15' 'duckdb>=1.0'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyarrow>=15' 'duckdb>=1.0' 'polars>=1.0' 'datafusion>=40'
 fi

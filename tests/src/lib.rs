@@ -263,10 +263,29 @@ pub fn now_ms() -> u64 {
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the AM to take).
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .unwrap_or_else(|error| panic!("no free port: {error}"))
+    unused_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A port below the kernel's ephemeral range (Linux: 32768-60999), random,
+/// that `free` finds free now. A port taken by binding port 0 would be an
+/// ephemeral one, which the kernel hands again to the next socket of any
+/// test that binds port 0 in the meantime (every client and every server
+/// on an automatic port): the port a test chose ahead of time, for a server
+/// it starts later, was then sometimes taken. Here only another test
+/// choosing the same random port in the same moment can take it.
+fn unused_port(free: impl Fn(u16) -> bool) -> u16 {
+    /// The range the ports are drawn from.
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    for _ in 0..1_000 {
+        let mut random = [0u8; 2];
+        getrandom::fill(&mut random).unwrap_or_else(|error| panic!("random: {error}"));
+        let port = FIRST + u16::from_le_bytes(random) % COUNT;
+        if free(port) {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{} after 1,000 tries", FIRST + COUNT)
 }
 
 /// GET `path` from an HTTP server on 127.0.0.1:`port` with a plain
@@ -340,10 +359,7 @@ pub fn cold_rows(folder: &Path) -> Vec<archive::Row> {
 /// A UDP port on 127.0.0.1 that was free a moment ago (for a server that
 /// must be addressed before it starts).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .map(|address| address.port())
-        .unwrap_or_else(|error| panic!("binding a UDP port: {error}"))
+    unused_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
 }
 
 /// Wait (bounded by `timeout`, polling every 100 ms) until `condition` holds.

@@ -438,3 +438,104 @@ fn report_and_audit_read_the_bucket() {
     assert!(!ok, "the audit passed a bucket with doubled rows: {audit}");
     assert!(audit.contains("stored twice"), "{audit}");
 }
+
+/// Reads the bucket with pyarrow (`S3FileSystem` with `endpoint_override`),
+/// polars and DataFusion (its own S3 client); prints, per reader, the rows
+/// and the distinct (session_id, message_id) pairs. polars tries its own S3
+/// client first and, when s3s-fs answers it 500, reads through pyarrow's
+/// (`polars_client` says which).
+const PYTHON_S3_READERS: &str = r#"
+import json, sys
+endpoint, bucket, prefix, key, secret = sys.argv[1:6]
+out = {}
+import pyarrow.dataset as ds, pyarrow.fs as pafs
+fs = pafs.S3FileSystem(access_key=key, secret_key=secret, endpoint_override=endpoint, scheme="http", region="us-east-1")
+# The objects listed first: a dataset opened on the prefix itself starts with
+# a HEAD of the prefix as a key, which s3s-fs answers 500 (AWS answers 404).
+paths = [info.path for info in fs.get_file_info(pafs.FileSelector(f"{bucket}/{prefix}", recursive=True))
+         if info.path.endswith(".parquet")]
+table = ds.dataset(paths, filesystem=fs, format="parquet", partitioning=ds.partitioning(flavor="hive"),
+                   partition_base_dir=f"{bucket}/{prefix}").to_table(columns=["session_id", "message_id", "node"])
+ids = set(zip(table.column("session_id").to_pylist(), table.column("message_id").to_pylist()))
+out["pyarrow"] = {"rows": table.num_rows, "distinct": len(ids), "nodes": sorted(set(table.column("node").to_pylist()))}
+dataset = ds.dataset(paths, filesystem=fs, format="parquet", partitioning=ds.partitioning(flavor="hive"),
+                     partition_base_dir=f"{bucket}/{prefix}")
+import polars as pl
+try:
+    options = {"aws_endpoint_url": f"http://{endpoint}", "aws_allow_http": "true", "aws_access_key_id": key,
+               "aws_secret_access_key": secret, "aws_region": "us-east-1"}
+    frame = pl.scan_parquet(f"s3://{bucket}/{prefix}/**/*.parquet", storage_options=options,
+                            hive_partitioning=True).select(["session_id", "message_id"]).collect()
+    out["polars_client"] = "native"
+except OSError:
+    # polars' own S3 client gets HTTP 500 from s3s-fs 0.14 on its GETs
+    # (AWS serves them): polars reads through pyarrow's S3 client instead.
+    frame = pl.scan_pyarrow_dataset(dataset).select(["session_id", "message_id"]).collect()
+    out["polars_client"] = "pyarrow"
+out["polars"] = {"rows": frame.height, "distinct": frame.unique().height}
+from datafusion import SessionContext
+from datafusion.object_store import AmazonS3
+ctx = SessionContext()
+store = AmazonS3(bucket_name=bucket, region="us-east-1", access_key_id=key, secret_access_key=secret,
+                 endpoint=f"http://{endpoint}", allow_http=True)
+ctx.register_object_store("s3://", store, bucket)
+ctx.register_parquet("t", f"s3://{bucket}/{prefix}/")
+rows = ctx.sql("select count(*) as n from t").to_pydict()["n"][0]
+distinct = ctx.sql("select count(*) as n from (select distinct session_id, message_id from t)").to_pydict()["n"][0]
+out["datafusion"] = {"rows": rows, "distinct": distinct}
+print(json.dumps(out))
+"#;
+
+/// Data teams read the bucket where it is: pyarrow, polars and DataFusion
+/// over S3 count the rows loadgen-style providers had acked, each once.
+#[test]
+fn python_readers_read_the_bucket() {
+    let s3 = S3Server::start();
+    let pki = TestPki::new(1, 0);
+    let storage_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let storage = storage_on_bucket(&pki, &s3, "analysis", storage_address, &[]);
+    let am = AmProcess::start(
+        pki.data(),
+        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+    );
+    let mut messages = ingest(&pki, &am, 3, 60);
+    messages.extend(ingest(&pki, &am, 2, 30));
+    let objects = s3.objects("analysis");
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&objects).len() == messages.len()),
+        "the exports did not reach the bucket"
+    );
+    assert!(am.terminate(Duration::from_secs(60)));
+    assert!(storage.terminate(Duration::from_secs(30)));
+    let output = Command::new(acct_tests::python())
+        .args(["-c", PYTHON_S3_READERS])
+        .args([
+            &format!("127.0.0.1:{}", s3.port),
+            BUCKET,
+            "analysis",
+            ACCESS_KEY,
+            SECRET_KEY,
+        ])
+        .output()
+        .unwrap_or_else(|error| panic!("running the Python readers (scripts/install-deps.sh installs them): {error}"));
+    assert!(
+        output.status.success(),
+        "the Python readers failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let readers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    println!("readers: {readers}");
+    for reader in ["pyarrow", "polars", "datafusion"] {
+        assert_eq!(
+            readers[reader]["rows"].as_u64(),
+            Some(messages.len() as u64),
+            "{reader}: {readers}"
+        );
+        assert_eq!(
+            readers[reader]["distinct"].as_u64(),
+            Some(messages.len() as u64),
+            "{reader}: {readers}"
+        );
+    }
+    assert_eq!(readers["pyarrow"]["nodes"], serde_json::json!(["am-1"]), "{readers}");
+}
