@@ -461,3 +461,38 @@ pub fn set_denied(config: &Path, entries: &[String]) {
     };
     std::fs::write(config, text).unwrap_or_else(|error| panic!("writing {}: {error}", config.display()));
 }
+
+/// The ids of every row of every Parquet file under `folder`, asserting
+/// none is there twice.
+pub fn cold_ids_once(folder: &Path) -> std::collections::HashSet<wire::MessageId> {
+    let rows = cold_rows(folder);
+    let ids: std::collections::HashSet<wire::MessageId> = rows
+        .iter()
+        .map(|row| wire::MessageId {
+            session_id: row.session_id,
+            sequence: row.message_id,
+        })
+        .collect();
+    assert_eq!(ids.len(), rows.len(), "a message is in cold storage twice");
+    ids
+}
+
+/// The ids of `messages`.
+pub fn sent_ids(messages: &[wire::Signed<wire::Accounting>]) -> std::collections::HashSet<wire::MessageId> {
+    messages.iter().map(|message| message.value().message_id()).collect()
+}
+
+/// Records the AM's hot store holds (admin audit).
+pub fn hot_records(pki: &TestPki, am: &AmProcess) -> u64 {
+    runtime().block_on(async {
+        let admin = peer::quic::AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+            .await
+            .unwrap_or_else(|error| panic!("admin connection: {error}"));
+        let (records, _) = admin
+            .audit(1_000_000)
+            .await
+            .unwrap_or_else(|error| panic!("admin audit: {error}"));
+        admin.close().await;
+        records
+    })
+}

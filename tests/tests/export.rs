@@ -2,17 +2,17 @@
 //! processes on 127.0.0.1, real Parquet read back by pyarrow and DuckDB, and
 //! SIGKILL at the export path's dangerous moments.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use acct_tests::{
-    AmProcess, TestPki, binary, cold_rows, free_udp_port, now_ms, open_sessions, python, runtime, send_all, wait_until,
+    AmProcess, TestPki, binary, cold_ids_once, cold_rows, free_udp_port, hot_records, now_ms, open_sessions, python,
+    runtime, send_all, sent_ids, wait_until,
 };
 use peer::provider::ProviderSession;
 use peer::quic::AmClient;
-use wire::{AccountingKind, AckStatus, CounterName, CustomCounter, MessageId, Role, Signed, Usage};
+use wire::{AccountingKind, AckStatus, CounterName, CustomCounter, Role, Signed, Usage};
 
 /// Upper bound on waiting for an export to land.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,18 +74,6 @@ fn ingest(pki: &TestPki, am: &AmProcess, sessions_count: usize, per_session: u64
     })
 }
 
-/// Records the AM's hot store holds (admin audit).
-fn hot_records(pki: &TestPki, am: &AmProcess) -> u64 {
-    runtime().block_on(async {
-        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
-            .await
-            .unwrap();
-        let (records, _) = admin.audit(1_000_000).await.unwrap();
-        admin.close().await;
-        records
-    })
-}
-
 /// Send `messages` again: every one must be answered DUPLICATE.
 fn resend_expect_duplicates(pki: &TestPki, am: &AmProcess, messages: &[Signed<wire::Accounting>]) {
     let answers = runtime().block_on(async {
@@ -101,24 +89,6 @@ fn resend_expect_duplicates(pki: &TestPki, am: &AmProcess, messages: &[Signed<wi
         answers.values().all(|status| *status == AckStatus::DUPLICATE),
         "{answers:?}"
     );
-}
-
-/// The cold rows as message ids, checking that none is there twice.
-fn cold_ids_once(folder: &Path) -> HashSet<MessageId> {
-    let rows = cold_rows(folder);
-    let ids: HashSet<MessageId> = rows
-        .iter()
-        .map(|row| MessageId {
-            session_id: row.session_id,
-            sequence: row.message_id,
-        })
-        .collect();
-    assert_eq!(ids.len(), rows.len(), "a message is in cold storage twice");
-    ids
-}
-
-fn sent_ids(messages: &[Signed<wire::Accounting>]) -> HashSet<MessageId> {
-    messages.iter().map(|message| message.value().message_id()).collect()
 }
 
 /// `acct audit DIR` passes.

@@ -10,10 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use acct_tests::{
-    AmProcess, TestPki, cold_rows, free_tcp_port, free_udp_port, http_get, open_sessions, runtime, send_all, wait_until,
+    AmProcess, TestPki, cold_ids_once, cold_rows, free_tcp_port, free_udp_port, hot_records, http_get, open_sessions,
+    runtime, send_all, sent_ids, wait_until,
 };
 use peer::quic::AmClient;
-use wire::{AccountingKind, AckStatus, MessageId, Role, Signed, Usage};
+use wire::{AccountingKind, AckStatus, Role, Signed, Usage};
 
 const BUCKET: &str = "acct";
 const ACCESS_KEY: &str = "acct-test";
@@ -153,24 +154,6 @@ fn ingest(pki: &TestPki, am: &AmProcess, sessions: usize, per_session: u64) -> V
     })
 }
 
-/// Every row's id, asserting none is there twice.
-fn ids_once(folder: &Path) -> HashSet<MessageId> {
-    let rows = cold_rows(folder);
-    let ids: HashSet<MessageId> = rows
-        .iter()
-        .map(|row| MessageId {
-            session_id: row.session_id,
-            sequence: row.message_id,
-        })
-        .collect();
-    assert_eq!(ids.len(), rows.len(), "a message is in the bucket twice");
-    ids
-}
-
-fn sent_ids(messages: &[Signed<wire::Accounting>]) -> HashSet<MessageId> {
-    messages.iter().map(|message| message.value().message_id()).collect()
-}
-
 /// The objects under `folder`, as names relative to it.
 fn object_names(folder: &Path) -> Vec<String> {
     archive::parquet_files(folder)
@@ -202,7 +185,7 @@ fn exports_land_in_the_bucket_once_in_the_folder_layout() {
     );
     assert!(am.terminate(Duration::from_secs(60)));
     assert!(storage.terminate(Duration::from_secs(30)));
-    assert_eq!(ids_once(&objects), sent_ids(&messages));
+    assert_eq!(cold_ids_once(&objects), sent_ids(&messages));
     let names = object_names(&objects);
     assert!(!names.is_empty());
     for name in &names {
@@ -265,7 +248,7 @@ fn a_batch_is_stored_once_by_two_storages_sharing_the_bucket() {
     );
     assert!(am.terminate(Duration::from_secs(60)));
     assert!(second.terminate(Duration::from_secs(30)));
-    assert_eq!(ids_once(&objects), sent_ids(&messages));
+    assert_eq!(cold_ids_once(&objects), sent_ids(&messages));
     let names = object_names(&objects);
     assert!(
         names.contains(&names_at_kill[0]),
@@ -281,17 +264,6 @@ fn a_batch_is_stored_once_by_two_storages_sharing_the_bucket() {
         names.iter().collect::<HashSet<_>>().len(),
         "an object name twice"
     );
-}
-
-fn hot_records(pki: &TestPki, am: &AmProcess) -> u64 {
-    runtime().block_on(async {
-        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
-            .await
-            .unwrap();
-        let (records, _) = admin.audit(1_000_000).await.unwrap();
-        admin.close().await;
-        records
-    })
 }
 
 /// A batch id already in the bucket with other bytes: the storage's

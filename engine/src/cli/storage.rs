@@ -29,16 +29,9 @@ pub struct StorageArgs {
     /// other standard AWS variables). Overrides the config file.
     #[arg(long)]
     pub bucket: Option<String>,
-    /// The bucket's endpoint (an S3-compatible store other than AWS), for
-    /// `--bucket` or the config file's bucket.
-    #[arg(long)]
-    pub endpoint: Option<String>,
-    /// The bucket's region, for `--bucket` or the config file's bucket.
-    #[arg(long)]
-    pub region: Option<String>,
-    /// Allow an http:// endpoint (a local test server only).
-    #[arg(long)]
-    pub allow_http: bool,
+    /// How to reach the bucket (`--bucket` or the config file's).
+    #[command(flatten)]
+    pub reach: super::BucketArgs,
     /// The QUIC address to listen on. Overrides the config file.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -106,17 +99,18 @@ fn target(args: &StorageArgs, mut storage: StorageConfig) -> anyhow::Result<stor
     if let Some(bucket) = &args.bucket {
         storage.bucket = Some(bucket.clone());
     }
-    let adjusts_bucket = args.endpoint.is_some() || args.region.is_some() || args.allow_http;
+    let reach = &args.reach;
+    let adjusts_bucket = reach.endpoint.is_some() || reach.region.is_some() || reach.allow_http;
     anyhow::ensure!(
         storage.bucket.is_some() || !adjusts_bucket,
         "--endpoint, --region and --allow-http apply to a bucket: give --bucket s3://… or `bucket` in [storage]"
     );
-    if let Some(endpoint) = &args.endpoint {
+    if let Some(endpoint) = &reach.endpoint {
         storage.endpoint = Some(endpoint.clone());
     }
-    if let Some(region) = &args.region {
+    if let Some(region) = &reach.region {
         storage.region = Some(region.clone());
     }
-    storage.allow_http |= args.allow_http;
+    storage.allow_http |= reach.allow_http;
     Ok(storage.target())
 }
