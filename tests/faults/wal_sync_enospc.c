@@ -80,9 +80,8 @@ static void after_sync(const char *path) {
     if (kill_after > 0 && count == kill_after) raise(SIGKILL);
 }
 
-int fdatasync(int fd) {
-    static int (*real)(int);
-    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+/* A sync through `real`, failed or followed as the fault says. */
+static int wrapped(int fd, int (*real)(int)) {
     char path[4096] = {0};
     if (before_sync(fd, path, sizeof path)) {
         errno = ENOSPC;
@@ -93,15 +92,14 @@ int fdatasync(int fd) {
     return result;
 }
 
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return wrapped(fd, real);
+}
+
 int fsync(int fd) {
     static int (*real)(int);
     if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
-    char path[4096] = {0};
-    if (before_sync(fd, path, sizeof path)) {
-        errno = ENOSPC;
-        return -1;
-    }
-    int result = real(fd);
-    if (path[0]) after_sync(path);
-    return result;
+    return wrapped(fd, real);
 }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use wire::limits::SMALL_FRAME_BODY_BYTES_MAX;
 use wire::{ErrorCode, ErrorMessage, Message};
 
-use super::codes::{body_error, frame_error};
+use super::codes::body_error;
 use super::context::Context;
 use super::frames::FrameReader;
 use super::issue::open_session;
@@ -27,16 +27,8 @@ pub(super) async fn admin_stream(
 ) {
     let mut reader = FrameReader::new(receive, SMALL_FRAME_BODY_BYTES_MAX, ADMIN_READ_BYTES);
     let mut out = BytesMut::new();
-    while let Some(frame) = reader.next_request(&mut stop).await {
+    while let Some(frame) = reader.next_request_or_answer_error(&mut stop, &mut send).await {
         out.clear();
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => {
-                frame_error(&error).encode_frame(&mut out);
-                let _ = send.write_all(&out).await;
-                break;
-            }
-        };
         match frame.decode() {
             Ok(Message::AdminOpenSession(request)) => match open_session(&context, request).await {
                 Ok(credential) => credential.encode_frame(&mut out),

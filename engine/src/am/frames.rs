@@ -7,6 +7,8 @@ use bytes::BytesMut;
 use tokio::sync::watch;
 use wire::{DecodeError, Frame, FrameDecoder};
 
+use super::codes::frame_error;
+
 /// A stream's receive side, cut into frames.
 pub(super) struct FrameReader {
     receive: quinn::RecvStream,
@@ -68,6 +70,25 @@ impl FrameReader {
                 read = self.read() => read?,
                 _ = stop.changed() => return None,
             };
+        }
+    }
+
+    /// [`Self::next_request`] for a stream that answers: a frame that does
+    /// not decode is answered on `send` with its Error and ends the stream
+    /// (`None`, as at its end or on shutdown).
+    pub(super) async fn next_request_or_answer_error(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        send: &mut quinn::SendStream,
+    ) -> Option<Frame> {
+        match self.next_request(stop).await? {
+            Ok(frame) => Some(frame),
+            Err(error) => {
+                let mut out = bytes::BytesMut::new();
+                frame_error(&error).encode_frame(&mut out);
+                let _ = send.write_all(&out).await;
+                None
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use wire::limits::SMALL_FRAME_BODY_BYTES_MAX;
 use wire::{ErrorCode, ErrorMessage, Message};
 
 use super::abuse::close_code;
-use super::codes::{body_error, frame_error};
+use super::codes::body_error;
 use super::context::Context;
 use super::credentials::ServiceDirectory;
 use super::frames::FrameReader;
@@ -158,16 +158,8 @@ async fn user_stream(
 ) {
     let mut reader = FrameReader::new(receive, SMALL_FRAME_BODY_BYTES_MAX, REQUEST_READ_BYTES);
     let mut out = BytesMut::new();
-    while let Some(frame) = reader.next_request(&mut stop).await {
+    while let Some(frame) = reader.next_request_or_answer_error(&mut stop, &mut send).await {
         out.clear();
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => {
-                frame_error(&error).encode_frame(&mut out);
-                let _ = send.write_all(&out).await;
-                break;
-            }
-        };
         // A complete request: the idle clock starts again now (an
         // issuance in progress is not idle) and again once answered.
         activity.touch();
