@@ -130,7 +130,7 @@ pub struct StorageConfig {
     pub folder: PathBuf,
     /// An S3-compatible bucket instead of the folder: `s3://bucket` or
     /// `s3://bucket/prefix`. Credentials come from the standard AWS
-    /// environment variables, never from this file.
+    /// environment variables or the shared profile, never from this file.
     pub bucket: Option<String>,
     /// The bucket's endpoint, for an S3-compatible store other than AWS.
     pub endpoint: Option<String>,
@@ -138,6 +138,9 @@ pub struct StorageConfig {
     pub region: Option<String>,
     /// Allow an `http://` endpoint (a local test server only).
     pub allow_http: bool,
+    /// A batch larger than this many MiB goes up to the bucket as a
+    /// multipart upload in parts of this size (at least 5, S3's minimum).
+    pub part_mib: usize,
     /// The AS's certificate (role `storage`) and key.
     pub certificate: PathBuf,
     /// The AS's Ed25519 key (PKCS#8 PEM).
@@ -157,6 +160,7 @@ impl Default for StorageConfig {
             endpoint: None,
             region: None,
             allow_http: false,
+            part_mib: storage::bucket::PART_BYTES_DEFAULT / (1024 * 1024),
             certificate: PathBuf::from("storage-1.crt.pem"),
             key: PathBuf::from("storage-1.key.pem"),
             connections_max: 16,
@@ -325,6 +329,7 @@ impl StorageConfig {
                 endpoint: self.endpoint.clone(),
                 region: self.region.clone(),
                 allow_http: self.allow_http,
+                part_bytes: self.part_mib.saturating_mul(1024 * 1024),
             }),
             None => storage::server::Target::Folder(self.folder.clone()),
         }
@@ -438,11 +443,13 @@ data = "data"
 # An S3-compatible bucket instead of the folder (same layout under the
 # prefix; each batch a conditional create, so several AS processes may share
 # it). Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the
-# environment, never in this file.
+# environment, or the shared profile (AWS_PROFILE, ~/.aws/credentials),
+# never in this file.
 # bucket = "s3://acct-archive/cold"
 # endpoint = "https://s3.example.net"     # for a store other than AWS
 # region = "eu-west-1"
 # allow_http = false                      # true only for a local test server
+# part_mib = 8                            # larger batches go up as multipart uploads, in parts this size (>= 5)
 # certificate = "storage-1.crt.pem"
 # key = "storage-1.key.pem"
 # connections_max = 16

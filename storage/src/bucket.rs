@@ -11,15 +11,26 @@
 //! travels in the object's metadata (`x-amz-meta-acct-digest`) for auditors.
 //! The ack is sent only after the object store confirmed the write.
 //!
-//! Credentials come from the standard AWS credential variables
-//! ([`CREDENTIAL_VARIABLES`]: keys, session token, region, the container
-//! and web-identity providers; otherwise the instance metadata service);
-//! none is read from acct's config file, and no other `AWS_*` variable
+//! A batch larger than one part ([`BucketSettings::part_bytes`], default
+//! [`PART_BYTES_DEFAULT`]) goes up as a multipart upload, its parts one
+//! after another. Its CompleteMultipartUpload carries `If-None-Match: *`
+//! as the single PUT does (the AS never overwrites an object), so the
+//! object appears whole or not at all: an upload killed before it
+//! completes leaves no visible object, only parts that the store drops when
+//! the upload is aborted (the AS aborts a failed upload; give the bucket a
+//! lifecycle rule that aborts incomplete uploads after a day for the ones
+//! a killed AS could not).
+//!
+//! Credentials come, in this order, from the standard AWS credential
+//! variables ([`CREDENTIAL_VARIABLES`]: keys, session token, region), the
+//! shared profile (`AWS_PROFILE`, `~/.aws/credentials`, `~/.aws/config`:
+//! static keys and region, see [`crate::profile`]), the container and
+//! web-identity providers, and otherwise the instance metadata service.
+//! None is read from acct's config file, and no other `AWS_*` variable
 //! (endpoint, signing, TLS) can change where or how the archive is
-//! written. Shared credential files and profiles are not read. The
-//! storage needs to write and read objects under its prefix: a batch sent
-//! again after a lost ack is answered by reading the stored object's
-//! digest.
+//! written. The storage needs to write, read and abort multipart uploads
+//! under its prefix: a batch sent again after a lost ack is answered by
+//! reading the stored object's digest.
 //!
 //! Bounds: each request has [`REQUEST_TIMEOUT`], and a request that
 //! failed with a server error is retried until [`RETRY_TIMEOUT`]: an upload
@@ -32,10 +43,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 use sha2::{Digest, Sha256};
 use wire::{RecordAccounting, RecordAck, RecordStatus};
@@ -70,6 +84,13 @@ pub const RETRY_TIMEOUT: Duration = Duration::from_secs(100);
 /// at most 64 MiB; anything larger is not one of ours.
 pub const STORED_OBJECT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
+const MIB: usize = 1024 * 1024;
+/// The default part size: a batch larger than this goes up in parts of
+/// this size.
+pub const PART_BYTES_DEFAULT: usize = 8 * MIB;
+/// The smallest part S3 accepts (but for the last).
+pub const PART_BYTES_MIN: usize = 5 * MIB;
+
 /// Where the bucket is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketSettings {
@@ -82,6 +103,22 @@ pub struct BucketSettings {
     pub region: Option<String>,
     /// Allow an `http://` endpoint (a local test server).
     pub allow_http: bool,
+    /// A batch larger than this goes up as a multipart upload in parts of
+    /// this size (at least [`PART_BYTES_MIN`]).
+    pub part_bytes: usize,
+}
+
+impl BucketSettings {
+    /// `url` on AWS with the default part size.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            part_bytes: PART_BYTES_DEFAULT,
+        }
+    }
 }
 
 /// Why the bucket could not be opened.
@@ -97,10 +134,16 @@ pub enum BucketError {
     /// does not honour `If-None-Match: *`, and batch ids could be
     /// overwritten.
     #[error(
-        "{0} does not refuse a second conditional create (If-None-Match: *): refusing to archive there, \
+        "{0} does not refuse a second conditional create (If-None-Match: *){1}: refusing to archive there, \
          a batch could be overwritten"
     )]
-    NoConditionalCreate(String),
+    NoConditionalCreate(String, &'static str),
+    /// The part size is below S3's minimum.
+    #[error("the part size {0} bytes is below S3's minimum of 5 MiB")]
+    PartTooSmall(usize),
+    /// The AWS shared profile could not be used.
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
 }
 
 /// The bucket and the prefix the AS writes under.
@@ -109,6 +152,49 @@ pub struct Bucket {
     prefix: ObjectPath,
     url: String,
     bucket_name: String,
+    part_bytes: usize,
+}
+
+/// Makes every CompleteMultipartUpload a create: adds `If-None-Match: *`
+/// to it (S3 and compatible stores then answer 412 when the key exists),
+/// as `PutMode::Create` does for a single PUT. `object_store` completes
+/// its multipart uploads unconditionally, and the AS never overwrites an
+/// object. The header is added after signing, as an unsigned header
+/// (SigV4 requires only `x-amz-*` headers to be signed).
+#[derive(Debug)]
+struct CreateOnlyConnector;
+
+impl HttpConnector for CreateOnlyConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        Ok(HttpClient::new(CreateOnly(
+            ReqwestConnector::default().connect(options)?,
+        )))
+    }
+}
+
+#[derive(Debug)]
+struct CreateOnly(HttpClient);
+
+#[async_trait::async_trait]
+impl HttpService for CreateOnly {
+    async fn call(&self, mut request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        if completes_multipart(&request) {
+            request
+                .headers_mut()
+                .insert(http::header::IF_NONE_MATCH, http::HeaderValue::from_static("*"));
+        }
+        self.0.execute(request).await
+    }
+}
+
+/// Whether `request` is a CompleteMultipartUpload: `POST key?uploadId=…`
+/// (CreateMultipartUpload is `POST key?uploads`).
+fn completes_multipart(request: &HttpRequest) -> bool {
+    request.method() == http::Method::POST
+        && request
+            .uri()
+            .query()
+            .is_some_and(|query| query.split('&').any(|pair| pair.starts_with("uploadId=")))
 }
 
 impl Bucket {
@@ -122,6 +208,9 @@ impl Bucket {
         if bucket.is_empty() {
             return Err(BucketError::Url(settings.url.clone()));
         }
+        if settings.part_bytes < PART_BYTES_MIN {
+            return Err(BucketError::PartTooSmall(settings.part_bytes));
+        }
         let mut builder = AmazonS3Builder::new();
         for variable in CREDENTIAL_VARIABLES {
             if let (Ok(value), Ok(key)) = (
@@ -131,9 +220,26 @@ impl Bucket {
                 builder = builder.with_config(key, value);
             }
         }
+        let from_environment = |variable: &str| std::env::var_os(variable).is_some();
+        let keys_given = from_environment("AWS_ACCESS_KEY_ID");
+        let region_given = from_environment("AWS_REGION") || from_environment("AWS_DEFAULT_REGION");
+        if !keys_given || !region_given {
+            if let Some(profile) = crate::profile::from_environment()? {
+                if !keys_given && let (Some(id), Some(secret)) = (profile.access_key_id, profile.secret_access_key) {
+                    builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+                    if let Some(token) = profile.session_token {
+                        builder = builder.with_token(token);
+                    }
+                }
+                if !region_given && let Some(region) = profile.region {
+                    builder = builder.with_region(region);
+                }
+            }
+        }
         let mut builder = builder
             .with_bucket_name(bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_http_connector(CreateOnlyConnector)
             .with_client_options(
                 ClientOptions::new()
                     .with_timeout(REQUEST_TIMEOUT)
@@ -155,6 +261,7 @@ impl Bucket {
             prefix: ObjectPath::from(prefix.trim_matches('/')),
             url: settings.url.clone(),
             bucket_name: bucket.to_owned(),
+            part_bytes: settings.part_bytes,
         })
     }
 
@@ -184,17 +291,29 @@ impl Bucket {
             .put_opts(&path, PutPayload::from_static(b"acct probe, again"), create())
             .await;
         let refused = matches!(second, Err(object_store::Error::AlreadyExists { .. }));
+        let multipart = self
+            .put_in_parts(&path, Bytes::from_static(b"acct probe, in parts"), Attributes::new())
+            .await;
+        let refused_in_parts = matches!(multipart, Err(object_store::Error::AlreadyExists { .. }));
         let stored = self.store.get_opts(&path, GetOptions::default()).await?.bytes().await?;
         if let Err(error) = self.store.delete(&path).await {
             tracing::warn!(object = %path, %error, "could not delete the probe object");
         }
         if !refused || stored.as_ref() != b"acct probe" {
-            return Err(BucketError::NoConditionalCreate(self.url.clone()));
+            return Err(BucketError::NoConditionalCreate(self.url.clone(), ""));
         }
-        if let Err(error) = second
-            && !matches!(error, object_store::Error::AlreadyExists { .. })
-        {
-            return Err(error.into());
+        if !refused_in_parts {
+            return Err(BucketError::NoConditionalCreate(
+                self.url.clone(),
+                " on CompleteMultipartUpload",
+            ));
+        }
+        for attempt in [second.map(drop), multipart] {
+            if let Err(error) = attempt
+                && !matches!(error, object_store::Error::AlreadyExists { .. })
+            {
+                return Err(error.into());
+            }
         }
         Ok(())
     }
@@ -252,21 +371,30 @@ impl Bucket {
             Attribute::Metadata(DIGEST_METADATA_KEY.into()),
             hex::encode(record.digest).into(),
         );
-        let options = PutOptions {
-            mode: PutMode::Create,
-            attributes,
-            ..PutOptions::default()
+        let written = if record.payload.len() > self.part_bytes {
+            self.put_in_parts(&path, record.payload.clone(), attributes).await
+        } else {
+            let options = PutOptions {
+                mode: PutMode::Create,
+                attributes,
+                ..PutOptions::default()
+            };
+            let payload = PutPayload::from_bytes(record.payload.clone());
+            self.store.put_opts(&path, payload, options).await.map(drop)
         };
-        let payload = PutPayload::from_bytes(record.payload.clone());
-        match self.store.put_opts(&path, payload, options).await {
-            Ok(_) => {
+        match written {
+            Ok(()) => {
                 tracing::info!(batch = %record.batch_id, rows = record.record_count, bytes = record.payload.len(), object = %path, "stored");
                 metrics::counter!("acct_storage_batches_total").increment(1);
                 metrics::counter!("acct_storage_rows_total").increment(u64::from(record.record_count));
+                crate::failpoint("storage-after-store");
                 answer(RecordStatus::STORED, record.digest)
             }
             Err(object_store::Error::AlreadyExists { .. }) => match self.stored_digest(&path).await {
-                Ok(stored) if stored == record.digest => answer(RecordStatus::ALREADY_STORED, stored),
+                Ok(stored) if stored == record.digest => {
+                    tracing::info!(batch = %record.batch_id, object = %path, "already stored");
+                    answer(RecordStatus::ALREADY_STORED, stored)
+                }
                 Ok(stored) => {
                     tracing::error!(batch = %record.batch_id, object = %path, "refused: batch id stored with other bytes");
                     answer(RecordStatus::CONFLICTING_BATCH, stored)
@@ -279,6 +407,55 @@ impl Bucket {
             Err(error) => {
                 tracing::error!(batch = %record.batch_id, %error, "cannot store the batch; the AM will retry");
                 answer(RecordStatus::UNAVAILABLE, record.digest)
+            }
+        }
+    }
+
+    /// Upload `payload` to `path` in parts of `part_bytes`, one after
+    /// another, completed as a create (see [`CreateOnlyConnector`]):
+    /// `AlreadyExists` when the key is taken. A failed upload is aborted
+    /// (best effort; a lifecycle rule catches the rest).
+    async fn put_in_parts(
+        &self,
+        path: &ObjectPath,
+        payload: Bytes,
+        attributes: Attributes,
+    ) -> Result<(), object_store::Error> {
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let mut upload = self.store.put_multipart_opts(path, options).await?;
+        let parts = payload.len().div_ceil(self.part_bytes).max(1);
+        let uploaded = async {
+            for index in 0..parts {
+                if index > 0
+                    && let Some(delay) = part_delay()
+                {
+                    tokio::time::sleep(delay).await;
+                }
+                let start = index * self.part_bytes;
+                let end = (start + self.part_bytes).min(payload.len());
+                upload
+                    .put_part(PutPayload::from_bytes(payload.slice(start..end)))
+                    .await?;
+                tracing::debug!(object = %path, part = index + 1, parts, "part uploaded");
+            }
+            upload.complete().await
+        }
+        .await;
+        match uploaded {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                if let Err(abort) = upload.abort().await {
+                    tracing::warn!(object = %path, error = %abort, "could not abort a failed multipart upload");
+                }
+                Err(match error {
+                    object_store::Error::Precondition { path, source } => {
+                        object_store::Error::AlreadyExists { path, source }
+                    }
+                    other => other,
+                })
             }
         }
     }
@@ -299,5 +476,64 @@ impl Bucket {
         }
         let stored: Bytes = self.store.get_opts(path, GetOptions::default()).await?.bytes().await?;
         Ok(Sha256::digest(&stored).into())
+    }
+}
+
+/// Fault injection for tests: `ACCT_STORAGE_PART_DELAY_MS` makes the
+/// storage wait that long before each part of a multipart upload but the
+/// first, as a slow link would. Unset in production.
+fn part_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("ACCT_STORAGE_PART_DELAY_MS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .map(Duration::from_millis)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: http::Method, uri: &str) -> HttpRequest {
+        let mut request = HttpRequest::new(object_store::client::HttpRequestBody::empty());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri.parse().unwrap();
+        request
+    }
+
+    #[test]
+    fn only_complete_multipart_upload_is_made_a_create() {
+        let object = "http://127.0.0.1:9000/acct/date%3D2026-12-07/batch-1.parquet";
+        assert!(completes_multipart(&request(
+            http::Method::POST,
+            &format!("{object}?uploadId=abc")
+        )));
+        assert!(!completes_multipart(&request(
+            http::Method::POST,
+            &format!("{object}?uploads")
+        )));
+        assert!(!completes_multipart(&request(
+            http::Method::PUT,
+            &format!("{object}?partNumber=1&uploadId=abc")
+        )));
+        assert!(!completes_multipart(&request(
+            http::Method::DELETE,
+            &format!("{object}?uploadId=abc")
+        )));
+        assert!(!completes_multipart(&request(
+            http::Method::POST,
+            "http://127.0.0.1:9000/acct?delete"
+        )));
+    }
+
+    #[test]
+    fn a_part_below_s3s_minimum_is_refused() {
+        let settings = BucketSettings {
+            part_bytes: PART_BYTES_MIN - 1,
+            ..BucketSettings::new("s3://acct")
+        };
+        assert!(matches!(Bucket::open(&settings), Err(BucketError::PartTooSmall(_))));
     }
 }

@@ -12,6 +12,7 @@
 pub mod bucket;
 pub mod checks;
 pub mod files;
+pub mod profile;
 pub mod reader;
 pub mod server;
 

@@ -77,6 +77,7 @@ impl BucketArgs {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             allow_http: self.allow_http,
+            part_bytes: ::storage::bucket::PART_BYTES_DEFAULT,
         }
     }
 }

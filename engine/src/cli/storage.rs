@@ -32,6 +32,11 @@ pub struct StorageArgs {
     /// How to reach the bucket (`--bucket` or the config file's).
     #[command(flatten)]
     pub reach: super::BucketArgs,
+    /// A batch larger than this many MiB goes up to the bucket as a
+    /// multipart upload in parts of this size (at least 5). Overrides the
+    /// config file's `part_mib`.
+    #[arg(long)]
+    pub part_mib: Option<usize>,
     /// The QUIC address to listen on. Overrides the config file.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -100,11 +105,16 @@ fn target(args: &StorageArgs, mut storage: StorageConfig) -> anyhow::Result<stor
         storage.bucket = Some(bucket.clone());
     }
     let reach = &args.reach;
-    let adjusts_bucket = reach.endpoint.is_some() || reach.region.is_some() || reach.allow_http;
+    let adjusts_bucket =
+        reach.endpoint.is_some() || reach.region.is_some() || reach.allow_http || args.part_mib.is_some();
     anyhow::ensure!(
         storage.bucket.is_some() || !adjusts_bucket,
-        "--endpoint, --region and --allow-http apply to a bucket: give --bucket s3://… or `bucket` in [storage]"
+        "--endpoint, --region, --allow-http and --part-mib apply to a bucket: give --bucket s3://… or `bucket` in \
+         [storage]"
     );
+    if let Some(part_mib) = args.part_mib {
+        storage.part_mib = part_mib;
+    }
     if let Some(endpoint) = &reach.endpoint {
         storage.endpoint = Some(endpoint.clone());
     }
