@@ -33,9 +33,12 @@
 //! reading the stored object's digest.
 //!
 //! Bounds: each request has [`REQUEST_TIMEOUT`], and a request that
-//! failed with a server error is retried until [`RETRY_TIMEOUT`]: an upload
-//! ends (stored, or answered UNAVAILABLE so that the AM sends it again)
-//! before the AM gives up on the answer (120 s).
+//! failed with a server error or a broken connection is retried, at most
+//! [`RETRIES_MAX`] times with exponential backoff and not after
+//! [`RETRY_TIMEOUT`] (a refused connection uses the retries up in about
+//! 1.5 s): a batch ends (stored, or answered UNAVAILABLE so that the AM
+//! sends it again after its own backoff) before the AM gives up on the
+//! answer (120 s).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +83,8 @@ pub const CREDENTIAL_VARIABLES: &[&str] = &[
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time a request is retried after server errors.
 pub const RETRY_TIMEOUT: Duration = Duration::from_secs(100);
+/// Most retries of one request.
+pub const RETRIES_MAX: usize = 10;
 /// The largest object read back to compare digests: a batch is one frame,
 /// at most 64 MiB; anything larger is not one of ours.
 pub const STORED_OBJECT_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -247,7 +252,7 @@ impl Bucket {
             )
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
-                max_retries: 10,
+                max_retries: RETRIES_MAX,
                 retry_timeout: RETRY_TIMEOUT,
             });
         if let Some(endpoint) = &settings.endpoint {

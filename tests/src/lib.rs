@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod s3;
+
 use peer::quic::ClientIdentity;
 use wire::{DataFields, Name, Policy, PublicKey, Role, TimeOfDay};
 

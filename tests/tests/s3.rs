@@ -4,174 +4,25 @@
 //! `acct storage --bucket` processes, and a real AM exporting to them.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
 
+use acct_tests::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, ingest, object_names, storage_on_bucket};
 use acct_tests::{
-    AmProcess, TestPki, cold_ids_once, cold_rows, free_tcp_port, free_udp_port, hot_records, http_get, open_sessions,
-    runtime, send_all, sent_ids, wait_until,
+    AmProcess, TestPki, cold_ids_once, cold_rows, free_tcp_port, free_udp_port, hot_records, http_get, sent_ids,
+    wait_until,
 };
-use peer::quic::AmClient;
-use wire::{AccountingKind, AckStatus, Role, Signed, Usage};
 
-const BUCKET: &str = "acct";
-const ACCESS_KEY: &str = "acct-test";
-const SECRET_KEY: &str = "acct-test-secret-key";
 /// Upper bound on waiting for an export to land.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// An `s3s-fs` server on 127.0.0.1 serving a temp folder, killed on drop.
-struct S3Server {
-    child: Child,
-    port: u16,
-    root: tempfile::TempDir,
-}
-
-/// The `s3s-fs` binary: `ACCT_S3S_FS`, else on the PATH, else cargo's bin
-/// folder (where scripts/test.sh installs it).
-fn s3s_fs() -> PathBuf {
-    if let Some(path) = std::env::var_os("ACCT_S3S_FS") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|folder| folder.join("s3s-fs"))
-        .find(|candidate| candidate.is_file());
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
-    on_path
-        .or_else(|| {
-            cargo_home
-                .map(|home| home.join("bin/s3s-fs"))
-                .filter(|path| path.is_file())
-        })
-        .unwrap_or_else(|| panic!("s3s-fs not found: run scripts/test.sh, which installs it (cargo install s3s-fs)"))
-}
-
-impl S3Server {
-    fn start() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
-        let port = free_tcp_port();
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting s3s-fs: {error}"));
-        let server = Self { child, port, root };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "s3s-fs did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The folder that holds the objects under `prefix`.
-    fn objects(&self, prefix: &str) -> PathBuf {
-        self.root.path().join(BUCKET).join(prefix)
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `acct storage` on `s3://acct/PREFIX` at the S3 server, credentials from
-/// the environment as an operator gives them.
-fn storage_on_bucket(
-    pki: &TestPki,
-    s3: &S3Server,
-    prefix: &str,
-    listen: SocketAddr,
-    env: &[(&str, &str)],
-) -> AmProcess {
-    let args: Vec<std::ffi::OsString> = vec![
-        "storage".into(),
-        "--pki".into(),
-        pki.pki().into(),
-        "--bucket".into(),
-        format!("s3://{BUCKET}/{prefix}").into(),
-        "--endpoint".into(),
-        s3.endpoint().into(),
-        "--allow-http".into(),
-        "--listen".into(),
-        listen.to_string().into(),
-    ];
-    let mut all_env = vec![
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-        ("AWS_REGION", "us-east-1"),
-    ];
-    all_env.extend_from_slice(env);
-    AmProcess::spawn(&args, &all_env, "acct storage: listening on ")
-}
-
-/// `sessions * per_session` messages through the AM, every one STORED.
-fn ingest(pki: &TestPki, am: &AmProcess, sessions: usize, per_session: u64) -> Vec<Signed<wire::Accounting>> {
-    runtime().block_on(async {
-        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
-            .await
-            .unwrap();
-        let mut sessions = open_sessions(pki, &admin, "provider-0001", sessions).await;
-        admin.close().await;
-        let now = acct_tests::now_ms();
-        let mut messages = Vec::new();
-        for session in &mut sessions {
-            for index in 0..per_session {
-                let usage = Usage {
-                    units: Some(index + 1),
-                    interval_ms: Some((now - 1000, now)),
-                    ..Usage::default()
-                };
-                messages.push(session.account(AccountingKind::INTERIM, usage).unwrap());
-            }
-        }
-        let client = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
-            .await
-            .unwrap();
-        let answers = send_all(&client, &messages).await;
-        client.close().await;
-        assert!(
-            answers.values().all(|status| *status == AckStatus::STORED),
-            "{answers:?}"
-        );
-        messages
-    })
-}
-
-/// The objects under `folder`, as names relative to it.
-fn object_names(folder: &Path) -> Vec<String> {
-    archive::parquet_files(folder)
-        .map(|files| {
-            files
-                .iter()
-                .map(|path| path.strip_prefix(folder).unwrap().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[test]
 fn exports_land_in_the_bucket_once_in_the_folder_layout() {
     let s3 = S3Server::start();
     let pki = TestPki::new(1, 0);
     let storage_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let storage = storage_on_bucket(&pki, &s3, "archive", storage_address, &[]);
+    let storage = storage_on_bucket(&pki, &s3, "archive", storage_address, &[], &[]);
     let am = AmProcess::start(
         pki.data(),
         &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
@@ -212,7 +63,7 @@ fn a_batch_is_stored_once_by_two_storages_sharing_the_bucket() {
     let s3 = S3Server::start();
     let pki = TestPki::new(1, 0);
     let first_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let first = storage_on_bucket(&pki, &s3, "shared", first_address, &[]);
+    let first = storage_on_bucket(&pki, &s3, "shared", first_address, &[], &[]);
     let am = AmProcess::start_with_env(
         pki.data(),
         &["--storage", &first_address.to_string(), "--export-interval-ms", "200"],
@@ -237,7 +88,7 @@ fn a_batch_is_stored_once_by_two_storages_sharing_the_bucket() {
     let inode_at_kill = inode(&names_at_kill[0]);
 
     let second_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let second = storage_on_bucket(&pki, &s3, "shared", second_address, &[]);
+    let second = storage_on_bucket(&pki, &s3, "shared", second_address, &[], &[]);
     let am = AmProcess::start(
         pki.data(),
         &["--storage", &second_address.to_string(), "--export-interval-ms", "200"],
@@ -276,7 +127,7 @@ fn a_batch_id_stored_with_other_bytes_is_refused_and_the_am_keeps_its_records() 
     let s3 = S3Server::start();
     let pki = TestPki::new(1, 0);
     let first_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let first = storage_on_bucket(&pki, &s3, "conflict", first_address, &[]);
+    let first = storage_on_bucket(&pki, &s3, "conflict", first_address, &[], &[]);
     let am = AmProcess::start_with_env(
         pki.data(),
         &["--storage", &first_address.to_string(), "--export-interval-ms", "200"],
@@ -298,7 +149,7 @@ fn a_batch_id_stored_with_other_bytes_is_refused_and_the_am_keeps_its_records() 
     std::fs::write(&files[0], &other).unwrap();
 
     let second_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let second = storage_on_bucket(&pki, &s3, "conflict", second_address, &[]);
+    let second = storage_on_bucket(&pki, &s3, "conflict", second_address, &[], &[]);
     let metrics_port = free_tcp_port();
     let am = AmProcess::start(
         pki.data(),
@@ -347,7 +198,7 @@ fn report_and_audit_read_the_bucket() {
     let s3 = S3Server::start();
     let pki = TestPki::new(1, 0);
     let storage_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let storage = storage_on_bucket(&pki, &s3, "reports", storage_address, &[]);
+    let storage = storage_on_bucket(&pki, &s3, "reports", storage_address, &[], &[]);
     let am = AmProcess::start(
         pki.data(),
         &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
@@ -465,7 +316,7 @@ fn python_readers_read_the_bucket() {
     let s3 = S3Server::start();
     let pki = TestPki::new(1, 0);
     let storage_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let storage = storage_on_bucket(&pki, &s3, "analysis", storage_address, &[]);
+    let storage = storage_on_bucket(&pki, &s3, "analysis", storage_address, &[], &[]);
     let am = AmProcess::start(
         pki.data(),
         &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
@@ -482,7 +333,7 @@ fn python_readers_read_the_bucket() {
     let output = Command::new(acct_tests::python())
         .args(["-c", PYTHON_S3_READERS])
         .args([
-            &format!("127.0.0.1:{}", s3.port),
+            s3.endpoint().trim_start_matches("http://"),
             BUCKET,
             "analysis",
             ACCESS_KEY,
