@@ -49,7 +49,7 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
             eprintln!("{line}");
         }
     };
-    let identities = plan::identities(&settings.pki, settings.providers, settings.users)?;
+    let identities = plan::identities(&settings.pki, &settings.am_name, settings.providers, settings.users)?;
     say(format!(
         "loadgen: {} providers and {} users ({} certificates minted); connecting the providers to {}",
         settings.providers, settings.users, identities.minted, settings.am

@@ -31,7 +31,7 @@ const ADMIN_REQUESTS_PER_CONNECTION: usize = 6;
 
 /// The operator's PKI as loadgen uses it.
 pub struct Identities {
-    /// The admin (`am-1`) identity: its key is the AM's key, it runs the
+    /// The admin (the AM's own, `--am-name`) identity: its key is the AM's key, it runs the
     /// audit and, with `--admin-sessions`, opens the sessions.
     pub admin: ClientIdentity,
     /// The AM's public key (checks User Credentials).
@@ -47,7 +47,7 @@ pub struct Identities {
 
 /// Load the PKI folder: provider `i` is `provider-000i` as `acct init`
 /// names it, read from the folder when there, minted otherwise.
-pub fn identities(folder: &Path, providers: usize, users: usize) -> anyhow::Result<Identities> {
+pub fn identities(folder: &Path, am_name: &str, providers: usize, users: usize) -> anyhow::Result<Identities> {
     let ca_der = pki::read_certificate_der(&folder.join(pki::CA_CERTIFICATE_FILE))
         .with_context(|| format!("reading the CA certificate in {}", folder.display()))?;
     let read = |role: Role, name: &Name| -> anyhow::Result<Option<ClientIdentity>> {
@@ -62,10 +62,10 @@ pub fn identities(folder: &Path, providers: usize, users: usize) -> anyhow::Resu
             signing_key: pki::read_signing_key(&key)?,
         }))
     };
-    let admin_name = Name::new("am-1")?;
+    let admin_name = Name::new(am_name)?;
     let admin = read(Role::AccountingManager, &admin_name)?.with_context(|| {
         format!(
-            "no am-1 identity in {}: loadgen opens sessions with it",
+            "no {admin_name} identity in {}: loadgen opens sessions with it",
             folder.display()
         )
     })?;
@@ -244,7 +244,7 @@ pub async fn open_sessions(
         let client = Arc::new(
             AmClient::connect(settings.am, &identities.admin)
                 .await
-                .context("connecting to the AM as the operator (am-1)")?,
+                .context("connecting to the AM as the operator (its own identity)")?,
         );
         for _ in 0..ADMIN_REQUESTS_PER_CONNECTION {
             let (client, requests, next) = (client.clone(), requests.clone(), next.clone());

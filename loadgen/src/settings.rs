@@ -27,10 +27,14 @@ pub struct Settings {
     pub am: SocketAddr,
     /// The operator's PKI folder (from `acct init`; the AM's default is
     /// DATA/pki). Provider certificates missing from it are minted with its
-    /// CA key. Its `am-1` admin identity gives the AM's key and runs the
-    /// audit (and opens the sessions with `--admin-sessions`).
+    /// CA key. The AM's own identity (`--am-name`) gives the AM's key and
+    /// runs the audit (and opens the sessions with `--admin-sessions`).
     #[arg(long)]
     pub pki: PathBuf,
+    /// The AM node's name: its certificate and key in the PKI folder are
+    /// the admin identity.
+    #[arg(long, default_value = "am-1")]
+    pub am_name: String,
     /// Providers, each with its own certificate and QUIC connection.
     #[arg(long, default_value_t = 100)]
     pub providers: usize,

@@ -82,6 +82,35 @@ impl TestPki {
         }
     }
 
+    /// Start another AM node, `name` (e.g. "am-2"): its certificate is
+    /// issued now with the CA key, its data directory is a new temp folder
+    /// (returned: keep it while the node runs) and its config file names
+    /// them; `acct serve --config FILE --listen 127.0.0.1:0 [extra]`.
+    pub fn start_node(&self, name: &str, extra: &[&str]) -> (tempfile::TempDir, AmProcess) {
+        let folder = self.pki();
+        let authority = pki::CertificateAuthority::load(&folder).unwrap_or_else(|error| panic!("{error}"));
+        let issued = authority
+            .issue(Role::AccountingManager, name)
+            .unwrap_or_else(|error| panic!("{error}"));
+        issued.write(&folder).unwrap_or_else(|error| panic!("{error}"));
+        let (certificate, key) = pki::identity_paths(Role::AccountingManager, &issued.name);
+        let data = tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
+        let config = data.path().join("acct.toml");
+        let text = format!(
+            "[node]\nname = {name:?}\n[pki]\nca_certificate = {:?}\ncertificate = {:?}\nkey = {:?}\n[am]\n\
+             listen = \"127.0.0.1:0\"\ndata = {:?}\n",
+            folder.join(pki::CA_CERTIFICATE_FILE),
+            folder.join(certificate),
+            folder.join(key),
+            data.path().join("data"),
+        );
+        std::fs::write(&config, text).unwrap_or_else(|error| panic!("{error}"));
+        let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--config".into(), config.into()];
+        args.extend(extra.iter().map(Into::into));
+        let process = AmProcess::spawn(&args, &[], "acct serve: listening on ");
+        (data, process)
+    }
+
     /// The CA certificate, DER.
     pub fn ca_der(&self) -> Vec<u8> {
         pki::read_certificate_der(&self.pki().join(pki::CA_CERTIFICATE_FILE)).unwrap_or_else(|error| panic!("{error}"))
@@ -392,6 +421,19 @@ pub async fn open_sessions(
     provider: &str,
     count: usize,
 ) -> Vec<peer::provider::ProviderSession> {
+    open_sessions_on(pki, admin, "am-1", provider, count).await
+}
+
+/// [`open_sessions`] on the AM node `am_name` (its key signs the
+/// credentials).
+pub async fn open_sessions_on(
+    pki: &TestPki,
+    admin: &peer::quic::AmClient,
+    am_name: &str,
+    provider: &str,
+    count: usize,
+) -> Vec<peer::provider::ProviderSession> {
+    let am_key = pki.identity(Role::AccountingManager, am_name).signing_key.public_key();
     let mut sessions = Vec::with_capacity(count);
     let provider_identity = pki.identity(Role::Provider, provider);
     for index in 0..count {
@@ -406,7 +448,7 @@ pub async fn open_sessions(
             .await
             .unwrap();
         sessions.push(
-            peer::provider::ProviderSession::accept(credential, &pki.am_key(), provider_identity.signing_key.clone())
+            peer::provider::ProviderSession::accept(credential, &am_key, provider_identity.signing_key.clone())
                 .unwrap(),
         );
     }

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use peer::quic::{AmClient, ClientIdentity};
 use wire::{AccountingKind, AckStatus, BatchId, Message, RecordAccounting, RecordAck, Role, SessionId, Signed, Usage};
 
-use crate::{AmProcess, TestPki, free_tcp_port, open_sessions, runtime, send_all};
+use crate::{AmProcess, TestPki, free_tcp_port, open_sessions_on, runtime, send_all};
 
 /// The bucket every test server has.
 pub const BUCKET: &str = "acct";
@@ -188,13 +188,24 @@ pub fn storage_on_bucket(
 }
 
 /// `sessions * per_session` interim messages of `provider-0001` through the
-/// AM, every one STORED.
+/// AM `am-1`, every one STORED.
 pub fn ingest(pki: &TestPki, am: &AmProcess, sessions: usize, per_session: u64) -> Vec<Signed<wire::Accounting>> {
+    ingest_on(pki, am, "am-1", sessions, per_session)
+}
+
+/// [`ingest`] through the AM node `am_name`.
+pub fn ingest_on(
+    pki: &TestPki,
+    am: &AmProcess,
+    am_name: &str,
+    sessions: usize,
+    per_session: u64,
+) -> Vec<Signed<wire::Accounting>> {
     runtime().block_on(async {
-        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+        let admin = AmClient::connect(am.address, &pki.identity(Role::AccountingManager, am_name))
             .await
             .unwrap();
-        let mut sessions = open_sessions(pki, &admin, "provider-0001", sessions).await;
+        let mut sessions = open_sessions_on(pki, &admin, am_name, "provider-0001", sessions).await;
         admin.close().await;
         let now = crate::now_ms();
         let mut messages = Vec::new();

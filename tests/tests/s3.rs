@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use acct_tests::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, ingest, object_names, storage_on_bucket};
+use acct_tests::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, ingest, ingest_on, object_names, storage_on_bucket};
 use acct_tests::{
     AmProcess, TestPki, cold_ids_once, cold_rows, free_tcp_port, free_udp_port, hot_records, http_get, sent_ids,
     wait_until,
@@ -310,26 +310,66 @@ print(json.dumps(out))
 "#;
 
 /// Data teams read the bucket where it is: pyarrow, polars and DataFusion
-/// over S3 count the rows loadgen-style providers had acked, each once.
+/// over S3, across two AM nodes' `node=` partitions, count the rows the
+/// providers had acked (loadgen's acked count on `am-1`, the test's own on
+/// `am-2`), each once.
 #[test]
 fn python_readers_read_the_bucket() {
     let s3 = S3Server::start();
     let pki = TestPki::new(1, 0);
     let storage_address: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
     let storage = storage_on_bucket(&pki, &s3, "analysis", storage_address, &[], &[]);
-    let am = AmProcess::start(
-        pki.data(),
-        &["--storage", &storage_address.to_string(), "--export-interval-ms", "200"],
+    let export = ["--storage", &storage_address.to_string(), "--export-interval-ms", "200"];
+    let am = AmProcess::start(pki.data(), &export);
+    let (_am2_data, am2) = pki.start_node("am-2", &export);
+    let report_path = pki.data().join("loadgen.json");
+    let loadgen = Command::new(acct_tests::binary("loadgen"))
+        .args(["--am", &am.address.to_string()])
+        .arg("--pki")
+        .arg(pki.pki())
+        .args(["--providers", "20", "--sessions", "40", "--users", "5"])
+        .args([
+            "--rate",
+            "500",
+            "--duration",
+            "2",
+            "--drain",
+            "30",
+            "--seed",
+            "3",
+            "--quiet",
+        ])
+        .arg("--json")
+        .arg(&report_path)
+        .output()
+        .unwrap_or_else(|error| panic!("running loadgen: {error}"));
+    assert!(
+        loadgen.status.success(),
+        "loadgen failed:\n{}",
+        String::from_utf8_lossy(&loadgen.stdout)
     );
-    let mut messages = ingest(&pki, &am, 3, 60);
-    messages.extend(ingest(&pki, &am, 2, 30));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let loadgen_acked = report["acked_stored"].as_u64().unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        loadgen_acked > 0 && report["unanswered"].as_u64() == Some(0),
+        "{report:#}"
+    );
+    let mut messages = ingest_on(&pki, &am2, "am-2", 3, 60);
+    messages.extend(ingest_on(&pki, &am2, "am-2", 2, 30));
+    let acked = loadgen_acked + messages.len() as u64;
     let objects = s3.objects("analysis");
     assert!(
-        wait_until(EXPORT_TIMEOUT, || cold_rows(&objects).len() == messages.len()),
+        wait_until(EXPORT_TIMEOUT, || cold_rows(&objects).len() as u64 == acked),
         "the exports did not reach the bucket"
     );
     assert!(am.terminate(Duration::from_secs(60)));
+    assert!(am2.terminate(Duration::from_secs(60)));
     assert!(storage.terminate(Duration::from_secs(30)));
+    let nodes: HashSet<String> = object_names(&objects)
+        .iter()
+        .filter_map(|name| name.split('/').nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(nodes, HashSet::from(["node=am-1".into(), "node=am-2".into()]));
     let output = Command::new(acct_tests::python())
         .args(["-c", PYTHON_S3_READERS])
         .args([
@@ -349,16 +389,12 @@ fn python_readers_read_the_bucket() {
     let readers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     println!("readers: {readers}");
     for reader in ["pyarrow", "polars", "datafusion"] {
-        assert_eq!(
-            readers[reader]["rows"].as_u64(),
-            Some(messages.len() as u64),
-            "{reader}: {readers}"
-        );
-        assert_eq!(
-            readers[reader]["distinct"].as_u64(),
-            Some(messages.len() as u64),
-            "{reader}: {readers}"
-        );
+        assert_eq!(readers[reader]["rows"].as_u64(), Some(acked), "{reader}: {readers}");
+        assert_eq!(readers[reader]["distinct"].as_u64(), Some(acked), "{reader}: {readers}");
     }
-    assert_eq!(readers["pyarrow"]["nodes"], serde_json::json!(["am-1"]), "{readers}");
+    assert_eq!(
+        readers["pyarrow"]["nodes"],
+        serde_json::json!(["am-1", "am-2"]),
+        "{readers}"
+    );
 }
