@@ -210,7 +210,7 @@ fn the_object_store_killed_mid_multipart_upload_leaves_no_object_and_the_batch_l
     assert_eq!(s3.listed("multipart").len(), 1, "the S3 listing differs");
     // The upload that completed left nothing; the one the store lost may
     // have left its parts if its abort could not reach the store (a bucket
-    // lifecycle rule removes those; docs/deployment.md).
+    // lifecycle rule removes those; docs/operating.md).
     let left: HashSet<String> = s3
         .upload_files()
         .iter()

@@ -55,7 +55,7 @@ impl Cli {
 
 /// How `acct report` and `acct audit` reach a bucket given as
 /// `s3://bucket/prefix` (credentials from the standard AWS credential
-/// variables, as for the storage).
+/// variables or the shared profile, as for the storage).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct BucketArgs {
     /// The bucket's endpoint (an S3-compatible store other than AWS).

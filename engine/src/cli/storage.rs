@@ -26,7 +26,8 @@ pub struct StorageArgs {
     pub folder: Option<PathBuf>,
     /// An S3-compatible bucket instead of a folder: s3://bucket[/prefix].
     /// Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the
-    /// other standard AWS variables). Overrides the config file.
+    /// other standard AWS variables), else the shared profile (AWS_PROFILE,
+    /// ~/.aws). Overrides the config file.
     #[arg(long)]
     pub bucket: Option<String>,
     /// How to reach the bucket (`--bucket` or the config file's).
