@@ -35,8 +35,24 @@ trap '[ -n "$am_pid" ] && kill "$am_pid" 2>/dev/null; [ -n "$storage_pid" ] && k
 
 # STORAGE=s3: an S3-protocol server, and `acct storage` on a bucket there.
 storage="${STORAGE:-folder}"
-free_port() { # tcp|udp
-  python3 -c "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if sys.argv[1] == 'tcp' else socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])" "$1"
+free_port() { # tcp|udp: a free port below the ephemeral range (which the OS hands out again)
+  python3 - "$1" <<'PY'
+import random, socket, sys
+kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
+for _ in range(1000):
+    port = random.randint(20000, 32000)
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    sys.exit("no free port")
+PY
 }
 if [ "$storage" = s3 ]; then
   s3s_fs="$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")"
@@ -50,6 +66,8 @@ if [ "$storage" = s3 ]; then
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $s3_port), 1)" 2>/dev/null && break
     sleep 0.1
   done
+  python3 -c "import socket; socket.create_connection(('127.0.0.1', $s3_port), 1)" 2>/dev/null \
+    || { echo "s3s-fs did not start"; cat "$work/s3.log"; exit 1; }
 fi
 start_storage() { # pki prefix; sets storage_address
   local pki="$1" prefix="$2" port

@@ -24,7 +24,8 @@
 //! Credentials come, in this order, from the standard AWS credential
 //! variables ([`CREDENTIAL_VARIABLES`]: keys, session token, region), the
 //! shared profile (`AWS_PROFILE`, `~/.aws/credentials`, `~/.aws/config`:
-//! static keys and region, see [`crate::profile`]), the container and
+//! static keys and region, see [`crate::profile`]; read only for what the
+//! environment and the settings do not give), the container and
 //! web-identity providers, and otherwise the instance metadata service.
 //! None is read from acct's config file, and no other `AWS_*` variable
 //! (endpoint, signing, TLS) can change where or how the archive is
@@ -34,11 +35,12 @@
 //!
 //! Bounds: each request has [`REQUEST_TIMEOUT`], and a request that
 //! failed with a server error or a broken connection is retried, at most
-//! [`RETRIES_MAX`] times with exponential backoff and not after
-//! [`RETRY_TIMEOUT`] (a refused connection uses the retries up in about
-//! 1.5 s): a batch ends (stored, or answered UNAVAILABLE so that the AM
-//! sends it again after its own backoff) before the AM gives up on the
-//! answer (120 s).
+//! [`RETRIES_MAX`] times with exponential backoff (a refused connection
+//! uses them up in a few seconds). A batch's whole write, the read-back of
+//! an object already there included, ends within [`BATCH_DEADLINE`]
+//! (stored, or answered UNAVAILABLE so that the AM sends it again after its
+//! own backoff), before the AM gives up on the answer (120 s); a multipart
+//! upload cut by the deadline is aborted in the background.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +65,8 @@ use super::files::utc_date;
 pub const DIGEST_METADATA_KEY: &str = "acct-digest";
 
 /// The environment variables the bucket's credentials and region come
-/// from; every other `AWS_*` variable is ignored.
+/// from (with [`crate::profile::PROFILE_VARIABLES`], which choose the
+/// shared profile); every other `AWS_*` variable is ignored.
 pub const CREDENTIAL_VARIABLES: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -78,13 +81,16 @@ pub const CREDENTIAL_VARIABLES: &[&str] = &[
     "AWS_ROLE_SESSION_NAME",
 ];
 
-/// Longest time one request to the object store may take (a batch's
-/// upload is one request).
+/// Longest time one request to the object store may take (a single PUT,
+/// or one part of a multipart upload).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time a request is retried after server errors.
-pub const RETRY_TIMEOUT: Duration = Duration::from_secs(100);
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most retries of one request.
 pub const RETRIES_MAX: usize = 10;
+/// Longest time a batch's write may take, all its requests together (the
+/// AM waits 120 s for the answer).
+pub const BATCH_DEADLINE: Duration = Duration::from_secs(100);
 /// The largest object read back to compare digests: a batch is one frame,
 /// at most 64 MiB; anything larger is not one of ours.
 pub const STORED_OBJECT_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -95,6 +101,8 @@ const MIB: usize = 1024 * 1024;
 pub const PART_BYTES_DEFAULT: usize = 8 * MIB;
 /// The smallest part S3 accepts (but for the last).
 pub const PART_BYTES_MIN: usize = 5 * MIB;
+/// The largest part size: a batch (one frame) is at most 64 MiB.
+pub const PART_BYTES_MAX: usize = 64 * MIB;
 
 /// Where the bucket is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,9 +151,9 @@ pub enum BucketError {
          a batch could be overwritten"
     )]
     NoConditionalCreate(String, &'static str),
-    /// The part size is below S3's minimum.
-    #[error("the part size {0} bytes is below S3's minimum of 5 MiB")]
-    PartTooSmall(usize),
+    /// The part size is below S3's minimum or above a batch's largest size.
+    #[error("the part size {0} bytes is not between 5 MiB (S3's minimum) and 64 MiB (a batch's largest)")]
+    PartSize(usize),
     /// The AWS shared profile could not be used.
     #[error(transparent)]
     Profile(#[from] crate::profile::ProfileError),
@@ -166,14 +174,15 @@ pub struct Bucket {
 /// its multipart uploads unconditionally, and the AS never overwrites an
 /// object. The header is added after signing, as an unsigned header
 /// (SigV4 requires only `x-amz-*` headers to be signed).
+/// It wraps every client of the connector it is given (object_store's
+/// reqwest one in production), so every attempt of a retried request goes
+/// through it.
 #[derive(Debug)]
-struct CreateOnlyConnector;
+struct CreateOnlyConnector<C>(C);
 
-impl HttpConnector for CreateOnlyConnector {
+impl<C: HttpConnector> HttpConnector for CreateOnlyConnector<C> {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        Ok(HttpClient::new(CreateOnly(
-            ReqwestConnector::default().connect(options)?,
-        )))
+        Ok(HttpClient::new(CreateOnly(self.0.connect(options)?)))
     }
 }
 
@@ -213,11 +222,19 @@ impl Bucket {
         if bucket.is_empty() {
             return Err(BucketError::Url(settings.url.clone()));
         }
-        if settings.part_bytes < PART_BYTES_MIN {
-            return Err(BucketError::PartTooSmall(settings.part_bytes));
+        if !(PART_BYTES_MIN..=PART_BYTES_MAX).contains(&settings.part_bytes) {
+            return Err(BucketError::PartSize(settings.part_bytes));
         }
+        let from_environment = |variable: &str| std::env::var_os(variable).is_some();
+        let keys_given = from_environment("AWS_ACCESS_KEY_ID");
+        let need_region =
+            settings.region.is_none() && !from_environment("AWS_REGION") && !from_environment("AWS_DEFAULT_REGION");
         let mut builder = AmazonS3Builder::new();
         for variable in CREDENTIAL_VARIABLES {
+            // A session token belongs to the keys it came with.
+            if *variable == "AWS_SESSION_TOKEN" && !keys_given {
+                continue;
+            }
             if let (Ok(value), Ok(key)) = (
                 std::env::var(variable),
                 variable.to_ascii_lowercase().parse::<AmazonS3ConfigKey>(),
@@ -225,26 +242,35 @@ impl Bucket {
                 builder = builder.with_config(key, value);
             }
         }
-        let from_environment = |variable: &str| std::env::var_os(variable).is_some();
-        let keys_given = from_environment("AWS_ACCESS_KEY_ID");
-        let region_given = from_environment("AWS_REGION") || from_environment("AWS_DEFAULT_REGION");
-        if !keys_given || !region_given {
+        if !keys_given {
             if let Some(profile) = crate::profile::from_environment()? {
-                if !keys_given && let (Some(id), Some(secret)) = (profile.access_key_id, profile.secret_access_key) {
+                if let (Some(id), Some(secret)) = (profile.access_key_id, profile.secret_access_key) {
                     builder = builder.with_access_key_id(id).with_secret_access_key(secret);
                     if let Some(token) = profile.session_token {
                         builder = builder.with_token(token);
                     }
                 }
-                if !region_given && let Some(region) = profile.region {
+                if need_region && let Some(region) = profile.region {
                     builder = builder.with_region(region);
                 }
+            }
+        } else if need_region {
+            // Only the region is wanted: a profile that cannot give keys
+            // does not stop the storage.
+            match crate::profile::from_environment() {
+                Ok(Some(crate::profile::Profile {
+                    region: Some(region), ..
+                })) => {
+                    builder = builder.with_region(region);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "AWS profile not read for the region"),
             }
         }
         let mut builder = builder
             .with_bucket_name(bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_http_connector(CreateOnlyConnector)
+            .with_http_connector(CreateOnlyConnector(ReqwestConnector::default()))
             .with_client_options(
                 ClientOptions::new()
                     .with_timeout(REQUEST_TIMEOUT)
@@ -271,10 +297,11 @@ impl Bucket {
     }
 
     /// Check the bucket before serving: the credentials write and read
-    /// under the prefix, and the store refuses a second conditional create
-    /// of one object (a store that ignores `If-None-Match: *` would let a
-    /// batch id be overwritten). The probe object, under `.acct-probe/`, is
-    /// deleted afterwards if the credentials allow it.
+    /// under the prefix, and the store refuses a second create of one
+    /// object, by PUT and by multipart upload (a store that ignores
+    /// `If-None-Match: *` would let a batch id be overwritten). The probe
+    /// object, under `.acct-probe/`, is deleted afterwards if the
+    /// credentials allow it.
     pub async fn probe(&self) -> Result<(), BucketError> {
         let mut name = [0u8; 16];
         getrandom::fill(&mut name).map_err(|error| {
@@ -291,34 +318,43 @@ impl Bucket {
         self.store
             .put_opts(&path, PutPayload::from_static(b"acct probe"), create())
             .await?;
-        let second = self
-            .store
-            .put_opts(&path, PutPayload::from_static(b"acct probe, again"), create())
-            .await;
-        let refused = matches!(second, Err(object_store::Error::AlreadyExists { .. }));
-        let multipart = self
-            .put_in_parts(&path, Bytes::from_static(b"acct probe, in parts"), Attributes::new())
-            .await;
-        let refused_in_parts = matches!(multipart, Err(object_store::Error::AlreadyExists { .. }));
-        let stored = self.store.get_opts(&path, GetOptions::default()).await?.bytes().await?;
+        let checked = self.probe_again(&path, create()).await;
         if let Err(error) = self.store.delete(&path).await {
             tracing::warn!(object = %path, %error, "could not delete the probe object");
         }
-        if !refused || stored.as_ref() != b"acct probe" {
-            return Err(BucketError::NoConditionalCreate(self.url.clone(), ""));
-        }
-        if !refused_in_parts {
+        checked
+    }
+
+    /// The second creates of the probe object: each must be refused as
+    /// already there, and the object must keep its first bytes.
+    async fn probe_again(&self, path: &ObjectPath, create: PutOptions) -> Result<(), BucketError> {
+        let refused = |attempt: Result<(), object_store::Error>, how: &'static str| match attempt {
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(error) => Err(BucketError::Store(error)),
+            Ok(()) => Err(BucketError::NoConditionalCreate(self.url.clone(), how)),
+        };
+        let again = self
+            .store
+            .put_opts(path, PutPayload::from_static(b"acct probe, again"), create)
+            .await
+            .map(drop);
+        refused(again, "")?;
+        let deadline = tokio::time::Instant::now() + BATCH_DEADLINE;
+        let in_parts = self
+            .put_in_parts(
+                path,
+                Bytes::from_static(b"acct probe, in parts"),
+                Attributes::new(),
+                deadline,
+            )
+            .await;
+        refused(in_parts, " on CompleteMultipartUpload")?;
+        let stored = self.store.get_opts(path, GetOptions::default()).await?.bytes().await?;
+        if stored.as_ref() != b"acct probe" {
             return Err(BucketError::NoConditionalCreate(
                 self.url.clone(),
-                " on CompleteMultipartUpload",
+                " (the object changed)",
             ));
-        }
-        for attempt in [second.map(drop), multipart] {
-            if let Err(error) = attempt
-                && !matches!(error, object_store::Error::AlreadyExists { .. })
-            {
-                return Err(error.into());
-            }
         }
         Ok(())
     }
@@ -363,13 +399,18 @@ impl Bucket {
     }
 
     /// Store a checked batch (`checks::check`); the answer to send back.
-    /// STORED only once the object store confirmed the write.
+    /// STORED only once the object store confirmed the write; when the
+    /// write fails for any reason, the object already there (if any)
+    /// decides: ALREADY_STORED for the batch's bytes, CONFLICTING_BATCH for
+    /// others, UNAVAILABLE when there is none or it cannot be read. Ends
+    /// within [`BATCH_DEADLINE`].
     pub async fn store(&self, record: &RecordAccounting) -> RecordAck {
         let answer = |status: RecordStatus, digest: [u8; 32]| RecordAck {
             batch_id: record.batch_id,
             digest,
             status,
         };
+        let deadline = tokio::time::Instant::now() + BATCH_DEADLINE;
         let path = self.batch_path(record);
         let mut attributes = Attributes::new();
         attributes.insert(
@@ -377,7 +418,8 @@ impl Bucket {
             hex::encode(record.digest).into(),
         );
         let written = if record.payload.len() > self.part_bytes {
-            self.put_in_parts(&path, record.payload.clone(), attributes).await
+            self.put_in_parts(&path, record.payload.clone(), attributes, deadline)
+                .await
         } else {
             let options = PutOptions {
                 mode: PutMode::Create,
@@ -385,32 +427,47 @@ impl Bucket {
                 ..PutOptions::default()
             };
             let payload = PutPayload::from_bytes(record.payload.clone());
-            self.store.put_opts(&path, payload, options).await.map(drop)
+            match tokio::time::timeout_at(deadline, self.store.put_opts(&path, payload, options)).await {
+                Ok(result) => result.map(drop),
+                Err(_) => Err(past_deadline(&path)),
+            }
         };
-        match written {
+        let error = match written {
             Ok(()) => {
                 tracing::info!(batch = %record.batch_id, rows = record.record_count, bytes = record.payload.len(), object = %path, "stored");
                 metrics::counter!("acct_storage_batches_total").increment(1);
                 metrics::counter!("acct_storage_rows_total").increment(u64::from(record.record_count));
                 crate::failpoint("storage-after-store");
-                answer(RecordStatus::STORED, record.digest)
+                return answer(RecordStatus::STORED, record.digest);
             }
-            Err(object_store::Error::AlreadyExists { .. }) => match self.stored_digest(&path).await {
-                Ok(stored) if stored == record.digest => {
-                    tracing::info!(batch = %record.batch_id, object = %path, "already stored");
-                    answer(RecordStatus::ALREADY_STORED, stored)
-                }
-                Ok(stored) => {
-                    tracing::error!(batch = %record.batch_id, object = %path, "refused: batch id stored with other bytes");
-                    answer(RecordStatus::CONFLICTING_BATCH, stored)
-                }
-                Err(error) => {
-                    tracing::error!(object = %path, %error, "cannot read a stored batch");
-                    answer(RecordStatus::UNAVAILABLE, record.digest)
-                }
-            },
-            Err(error) => {
+            Err(error) => error,
+        };
+        let exists = matches!(error, object_store::Error::AlreadyExists { .. });
+        match tokio::time::timeout_at(deadline, self.stored_digest(&path)).await {
+            Ok(Ok(stored)) if stored == record.digest => {
+                tracing::info!(batch = %record.batch_id, object = %path, "already stored");
+                answer(RecordStatus::ALREADY_STORED, stored)
+            }
+            Ok(Ok(stored)) => {
+                tracing::error!(batch = %record.batch_id, object = %path, "refused: batch id stored with other bytes");
+                answer(RecordStatus::CONFLICTING_BATCH, stored)
+            }
+            Ok(Err(object_store::Error::NotFound { .. })) if exists => {
+                // AWS answers 409 to a create that raced another on the
+                // same key: nothing is there yet; the AM sends it again.
+                tracing::warn!(batch = %record.batch_id, object = %path, "a concurrent create of the batch did not finish; the AM will retry");
+                answer(RecordStatus::UNAVAILABLE, record.digest)
+            }
+            Ok(Err(object_store::Error::NotFound { .. })) => {
                 tracing::error!(batch = %record.batch_id, %error, "cannot store the batch; the AM will retry");
+                answer(RecordStatus::UNAVAILABLE, record.digest)
+            }
+            Ok(Err(read)) => {
+                tracing::error!(batch = %record.batch_id, object = %path, %error, %read, "cannot store the batch nor read what is there; the AM will retry");
+                answer(RecordStatus::UNAVAILABLE, record.digest)
+            }
+            Err(_) => {
+                tracing::error!(batch = %record.batch_id, object = %path, %error, "cannot store the batch within the deadline; the AM will retry");
                 answer(RecordStatus::UNAVAILABLE, record.digest)
             }
         }
@@ -418,21 +475,26 @@ impl Bucket {
 
     /// Upload `payload` to `path` in parts of `part_bytes`, one after
     /// another, completed as a create (see [`CreateOnlyConnector`]):
-    /// `AlreadyExists` when the key is taken. A failed upload is aborted
-    /// (best effort; a lifecycle rule catches the rest).
+    /// `AlreadyExists` when the key is taken. An upload that failed or ran
+    /// past `deadline` is aborted in the background (best effort; a
+    /// lifecycle rule catches the rest).
     async fn put_in_parts(
         &self,
         path: &ObjectPath,
         payload: Bytes,
         attributes: Attributes,
+        deadline: tokio::time::Instant,
     ) -> Result<(), object_store::Error> {
         let options = PutMultipartOptions {
             attributes,
             ..PutMultipartOptions::default()
         };
-        let mut upload = self.store.put_multipart_opts(path, options).await?;
+        let mut upload = match tokio::time::timeout_at(deadline, self.store.put_multipart_opts(path, options)).await {
+            Ok(upload) => upload?,
+            Err(_) => return Err(past_deadline(path)),
+        };
         let parts = payload.len().div_ceil(self.part_bytes).max(1);
-        let uploaded = async {
+        let uploading = async {
             for index in 0..parts {
                 if index > 0
                     && let Some(delay) = part_delay()
@@ -447,22 +509,24 @@ impl Bucket {
                 tracing::debug!(object = %path, part = index + 1, parts, "part uploaded");
             }
             upload.complete().await
-        }
-        .await;
-        match uploaded {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                if let Err(abort) = upload.abort().await {
-                    tracing::warn!(object = %path, error = %abort, "could not abort a failed multipart upload");
-                }
-                Err(match error {
-                    object_store::Error::Precondition { path, source } => {
-                        object_store::Error::AlreadyExists { path, source }
-                    }
-                    other => other,
-                })
+        };
+        let error = match tokio::time::timeout_at(deadline, uploading).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => past_deadline(path),
+        };
+        let object = path.clone();
+        tokio::spawn(async move {
+            if let Err(error) = upload.abort().await {
+                tracing::warn!(%object, %error, "could not abort a failed multipart upload");
             }
-        }
+        });
+        Err(match error {
+            object_store::Error::Precondition { path, source } | object_store::Error::NotModified { path, source } => {
+                object_store::Error::AlreadyExists { path, source }
+            }
+            other => other,
+        })
     }
 
     /// The SHA-256 of the object's bytes as stored, read back whole (at
@@ -481,6 +545,14 @@ impl Bucket {
         }
         let stored: Bytes = self.store.get_opts(path, GetOptions::default()).await?.bytes().await?;
         Ok(Sha256::digest(&stored).into())
+    }
+}
+
+/// The error of a write cut by [`BATCH_DEADLINE`].
+fn past_deadline(path: &ObjectPath) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "S3",
+        source: format!("writing {path} took longer than {} s", BATCH_DEADLINE.as_secs()).into(),
     }
 }
 
@@ -533,12 +605,112 @@ mod tests {
         )));
     }
 
+    /// A minimal S3 multipart endpoint: it answers the first
+    /// CompleteMultipartUpload with 503 and records the `If-None-Match`
+    /// header of every request.
+    #[derive(Debug, Default)]
+    struct FlakyStore {
+        completes: std::sync::Mutex<Vec<Option<String>>>,
+        others: std::sync::Mutex<Vec<Option<String>>>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct FlakyConnector(Arc<FlakyStore>);
+
+    impl HttpConnector for FlakyConnector {
+        fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
+            Ok(HttpClient::new(self.clone()))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl HttpService for FlakyConnector {
+        async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+            let condition = request
+                .headers()
+                .get(http::header::IF_NONE_MATCH)
+                .map(|value| value.to_str().unwrap_or("?").to_owned());
+            let query = request.uri().query().unwrap_or("").to_owned();
+            let respond = |status: u16, body: &str| {
+                http::Response::builder()
+                    .status(status)
+                    .header("ETag", "\"part\"")
+                    .body(object_store::client::HttpResponseBody::from(body.to_owned()))
+                    .unwrap()
+            };
+            if completes_multipart(&request) {
+                let mut completes = self.0.completes.lock().unwrap();
+                completes.push(condition);
+                return Ok(if completes.len() == 1 {
+                    respond(503, "<Error><Code>SlowDown</Code></Error>")
+                } else {
+                    respond(
+                        200,
+                        "<CompleteMultipartUploadResult><ETag>\"whole\"</ETag></CompleteMultipartUploadResult>",
+                    )
+                });
+            }
+            self.0.others.lock().unwrap().push(condition);
+            Ok(if query.starts_with("uploads") {
+                respond(
+                    200,
+                    "<InitiateMultipartUploadResult><UploadId>upload-1</UploadId></InitiateMultipartUploadResult>",
+                )
+            } else {
+                respond(200, "")
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn every_attempt_of_a_retried_complete_is_a_create() {
+        let flaky = Arc::new(FlakyStore::default());
+        let store = AmazonS3Builder::new()
+            .with_bucket_name("acct")
+            .with_endpoint("http://127.0.0.1:9")
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("key")
+            .with_secret_access_key("secret")
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(1),
+                    max_backoff: Duration::from_millis(5),
+                    base: 2.0,
+                },
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+            })
+            .with_http_connector(CreateOnlyConnector(FlakyConnector(flaky.clone())))
+            .build()
+            .unwrap();
+        let mut upload = store
+            .put_multipart_opts(&ObjectPath::from("a/batch-1.parquet"), PutMultipartOptions::default())
+            .await
+            .unwrap();
+        upload.put_part(PutPayload::from_static(b"part one")).await.unwrap();
+        upload.complete().await.unwrap();
+        let completes = flaky.completes.lock().unwrap().clone();
+        assert_eq!(
+            completes,
+            vec![Some("*".to_owned()), Some("*".to_owned())],
+            "the retry lost the condition"
+        );
+        let others = flaky.others.lock().unwrap().clone();
+        assert_eq!(others, vec![None, None], "only the completion is a create");
+    }
+
     #[test]
-    fn a_part_below_s3s_minimum_is_refused() {
+    fn a_part_size_outside_5_to_64_mib_is_refused() {
         let settings = BucketSettings {
             part_bytes: PART_BYTES_MIN - 1,
             ..BucketSettings::new("s3://acct")
         };
-        assert!(matches!(Bucket::open(&settings), Err(BucketError::PartTooSmall(_))));
+        assert!(matches!(Bucket::open(&settings), Err(BucketError::PartSize(_))));
+        let settings = BucketSettings {
+            part_bytes: PART_BYTES_MAX + 1,
+            ..BucketSettings::new("s3://acct")
+        };
+        assert!(matches!(Bucket::open(&settings), Err(BucketError::PartSize(_))));
     }
 }

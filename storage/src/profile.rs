@@ -1,15 +1,19 @@
-//! Static keys from an AWS shared profile, as the AWS CLI and SDKs read
-//! them: the profile `AWS_PROFILE` names (else `default`) in the shared
-//! credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else
-//! `~/.aws/credentials`) and the shared config file (`AWS_CONFIG_FILE`,
-//! else `~/.aws/config`, where the section is `[profile NAME]`, or
-//! `[default]`). The credentials file wins over the config file, key by key.
+//! Static keys from an AWS shared profile: the profile `AWS_PROFILE` names
+//! (else `default`) in the shared credentials file
+//! (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`) and the
+//! shared config file (`AWS_CONFIG_FILE`, else `~/.aws/config`, where the
+//! section is `[profile NAME]`, or `[default]`). The credentials file wins
+//! over the config file, key by key. Comments are whole lines starting
+//! with `#` or `;` (and whatever follows a section header); a `;` or `#`
+//! inside a value is kept, as the AWS CLI keeps it.
 //!
 //! Only static keys (`aws_access_key_id`, `aws_secret_access_key`,
 //! `aws_session_token`) and `region` are read. A profile that gets its
 //! credentials another way (`role_arn`, `sso_*`, `credential_process`)
-//! is refused with a clear error when it was named, rather than silently
-//! falling through to other sources.
+//! is refused with a clear error when it was named or has keys too (an AWS
+//! SDK would assume the role; acct will not use another identity
+//! silently). The `default` profile without keys lets the other sources
+//! (container, web identity, instance metadata) give them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +56,18 @@ pub enum ProfileError {
     /// `AWS_PROFILE` names a profile neither file has.
     #[error("AWS_PROFILE names {0:?}, which neither shared file has")]
     Missing(String),
+    /// The profile gets credentials another way than static keys (and
+    /// has keys too): an AWS SDK would use the other way.
+    #[error(
+        "AWS profile {name:?} uses {how}: acct reads only static keys from a profile and will not use another \
+         identity than an AWS SDK would; give keys in the environment, or a profile with static keys only"
+    )]
+    Indirect {
+        /// The profile.
+        name: String,
+        /// The keys that name the other way.
+        how: String,
+    },
     /// The named profile has no static keys.
     #[error(
         "AWS profile {name:?} has no aws_access_key_id and aws_secret_access_key{how}: acct reads static keys from \
@@ -95,13 +111,15 @@ pub fn load(
         Some(path) => read(path)?.and_then(|text| section(&text, name)),
         None => None,
     };
-    let config_section = if name == "default" {
-        "default".to_owned()
-    } else {
-        format!("profile {name}")
-    };
     let from_config = match config {
-        Some(path) => read(path)?.and_then(|text| section(&text, &config_section)),
+        Some(path) => read(path)?.and_then(|text| {
+            let named = section(&text, &format!("profile {name}"));
+            if name == "default" {
+                named.or_else(|| section(&text, "default"))
+            } else {
+                named
+            }
+        }),
         None => None,
     };
     if from_credentials.is_none() && from_config.is_none() {
@@ -119,11 +137,18 @@ pub fn load(
         session_token: keys.get("aws_session_token").cloned(),
         region: keys.get("region").cloned(),
     };
-    if profile.access_key_id.is_none() || profile.secret_access_key.is_none() {
-        let how: Vec<&str> = ["role_arn", "credential_process", "sso_session", "sso_start_url"]
-            .into_iter()
-            .filter(|key| keys.contains_key(*key))
-            .collect();
+    let how: Vec<&str> = ["role_arn", "credential_process", "sso_session", "sso_start_url"]
+        .into_iter()
+        .filter(|key| keys.contains_key(*key))
+        .collect();
+    let has_keys = profile.access_key_id.is_some() && profile.secret_access_key.is_some();
+    if has_keys && !how.is_empty() {
+        return Err(ProfileError::Indirect {
+            name: name.to_owned(),
+            how: how.join(", "),
+        });
+    }
+    if !has_keys {
         if named.is_none() {
             // The default profile without keys (a region only, or a role
             // for another tool): other sources give the keys.
@@ -176,10 +201,15 @@ fn section(text: &str, name: &str) -> Option<HashMap<String, String>> {
         if line.is_empty() || line.starts_with(['#', ';']) {
             continue;
         }
-        if let Some(header) = line.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
-            let header = header.split_whitespace().collect::<Vec<_>>().join(" ");
-            current = Some(header.clone());
-            if header == name {
+        if let Some(rest) = line.strip_prefix('[') {
+            // `[name]`, perhaps followed by a comment; anything else is
+            // no section this reader knows.
+            current = rest.split_once(']').and_then(|(header, after)| {
+                let after = after.trim();
+                (after.is_empty() || after.starts_with(['#', ';']))
+                    .then(|| header.split_whitespace().collect::<Vec<_>>().join(" "))
+            });
+            if current.as_deref() == Some(name) {
                 found.get_or_insert_with(HashMap::new);
             }
             continue;
@@ -245,6 +275,28 @@ mod tests {
             load(Some("nobody"), Some(&credentials), Some(&config)),
             Err(ProfileError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn a_header_with_a_comment_starts_its_section() {
+        let credentials = "[default]\naws_access_key_id = AKIDEFAULT\naws_secret_access_key = s3cret\n\
+            [prod] # production\naws_access_key_id = AKIPROD\naws_secret_access_key = prod\n[broken\nregion = x\n";
+        let (_folder, credentials, config) = files(credentials, "[profile default]\nregion = ap-south-1\n");
+        let default = load(None, Some(&credentials), Some(&config)).unwrap().unwrap();
+        assert_eq!(default.access_key_id.as_deref(), Some("AKIDEFAULT"));
+        assert_eq!(default.region.as_deref(), Some("ap-south-1"));
+        let prod = load(Some("prod"), Some(&credentials), Some(&config)).unwrap().unwrap();
+        assert_eq!(prod.access_key_id.as_deref(), Some("AKIPROD"));
+        assert_eq!(prod.region, None, "a malformed header ends the section before it");
+    }
+
+    #[test]
+    fn keys_beside_a_role_are_refused() {
+        let credentials =
+            "[default]\naws_access_key_id = AKID\naws_secret_access_key = s\nrole_arn = arn:aws:iam::1:role/r\n";
+        let (_folder, credentials, config) = files(credentials, "");
+        let error = load(None, Some(&credentials), Some(&config)).unwrap_err();
+        assert!(matches!(error, ProfileError::Indirect { .. }), "{error}");
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl TestPki {
     /// Start another AM node, `name` (e.g. "am-2"): its certificate is
     /// issued now with the CA key, its data directory is a new temp folder
     /// (returned: keep it while the node runs) and its config file names
-    /// them; `acct serve --config FILE --listen 127.0.0.1:0 [extra]`.
+    /// them and listens on 127.0.0.1:0; `acct serve --config FILE [extra]`.
     pub fn start_node(&self, name: &str, extra: &[&str]) -> (tempfile::TempDir, AmProcess) {
         let folder = self.pki();
         let authority = pki::CertificateAuthority::load(&folder).unwrap_or_else(|error| panic!("{error}"));
@@ -165,7 +165,16 @@ impl AmProcess {
 
     /// Run `acct ARGS` and wait (bounded) for the line `ready_prefix ADDR`.
     pub fn spawn(args: &[std::ffi::OsString], env: &[(&str, &str)], ready_prefix: &str) -> Self {
-        let mut child = Command::new(binary("acct"))
+        let mut command = Command::new(binary("acct"));
+        // The developer's AWS credentials and profile never reach a test's
+        // storage: a test gives its own.
+        for variable in storage::bucket::CREDENTIAL_VARIABLES
+            .iter()
+            .chain(storage::profile::PROFILE_VARIABLES)
+        {
+            command.env_remove(variable);
+        }
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))

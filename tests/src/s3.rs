@@ -84,6 +84,14 @@ impl S3Server {
             assert!(started.elapsed() < Duration::from_secs(30), "s3s-fs did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The listener is ours, not another process's that took the port.
+        std::thread::sleep(Duration::from_millis(100));
+        let exited = self.child.as_mut().map(|child| child.try_wait());
+        assert!(
+            matches!(exited, Some(Ok(None))),
+            "s3s-fs exited at start (port {} taken?)",
+            self.port
+        );
     }
 
     /// SIGKILL the server, and reap it.
@@ -249,9 +257,21 @@ pub fn object_names(folder: &Path) -> Vec<String> {
 /// them, so the file is about `rows * row_bytes` long), signed with the
 /// AM's key. The storage checks the file, not the rows' signatures.
 pub fn synthetic_batch(pki: &TestPki, rows: usize, row_bytes: usize) -> Signed<RecordAccounting> {
-    let mut seed = [0u8; 16];
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).unwrap();
+    synthetic_batch_with_id(pki, BatchId(id), rows, row_bytes)
+}
+
+/// [`synthetic_batch`] under a given batch id (other rows each call).
+pub fn synthetic_batch_with_id(
+    pki: &TestPki,
+    batch_id: BatchId,
+    rows: usize,
+    row_bytes: usize,
+) -> Signed<RecordAccounting> {
+    let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).unwrap();
-    let mut state = u64::from_le_bytes(seed[..8].try_into().unwrap()) | 1;
+    let mut state = u64::from_le_bytes(seed) | 1;
     let mut noise = |length: usize| -> Vec<u8> {
         (0..length)
             .map(|_| {
@@ -262,7 +282,6 @@ pub fn synthetic_batch(pki: &TestPki, rows: usize, row_bytes: usize) -> Signed<R
             })
             .collect()
     };
-    let batch_id = BatchId(seed);
     let session_id = SessionId(noise(16).try_into().unwrap());
     let now = crate::now_ms();
     let rows: Vec<archive::Row> = (0..rows)
@@ -305,16 +324,30 @@ pub fn synthetic_batch(pki: &TestPki, rows: usize, row_bytes: usize) -> Signed<R
     .unwrap()
 }
 
+/// Longest wait for a storage's answer (the AM waits 120 s).
+pub const RECORD_ANSWER_TIMEOUT: Duration = Duration::from_secs(150);
+
 /// Send one Record Accounting to the storage at `address` as the AM
 /// `identity`, as the AM's exporter does (one bidirectional stream, one
-/// frame each way); the answer, or why there is none.
+/// frame each way); the answer, or why there is none within
+/// [`RECORD_ANSWER_TIMEOUT`].
 pub async fn send_record(
     address: SocketAddr,
     identity: &ClientIdentity,
     record: &Signed<RecordAccounting>,
 ) -> Result<RecordAck, String> {
+    tokio::time::timeout(RECORD_ANSWER_TIMEOUT, send_record_once(address, identity, record))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", RECORD_ANSWER_TIMEOUT.as_secs())))
+}
+
+async fn send_record_once(
+    address: SocketAddr,
+    identity: &ClientIdentity,
+    record: &Signed<RecordAccounting>,
+) -> Result<RecordAck, String> {
     let text = |error: &dyn std::fmt::Display| error.to_string();
-    let mut endpoint = peer::quic::shared_endpoint(([0, 0, 0, 0], 0).into()).map_err(|error| text(&error))?;
+    let mut endpoint = peer::quic::shared_endpoint(([127, 0, 0, 1], 0).into()).map_err(|error| text(&error))?;
     let mut config = peer::quic::client_config_for(
         &identity.ca_der,
         Some((&identity.certificate_der, &identity.signing_key)),
