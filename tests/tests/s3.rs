@@ -306,11 +306,18 @@ ctx.register_parquet("t", f"s3://{bucket}/{prefix}/")
 rows = ctx.sql("select count(*) as n from t").to_pydict()["n"][0]
 distinct = ctx.sql("select count(*) as n from (select distinct session_id, message_id from t)").to_pydict()["n"][0]
 out["datafusion"] = {"rows": rows, "distinct": distinct}
+# DuckDB: over the pyarrow dataset (its httpfs extension is a download).
+import duckdb
+con = duckdb.connect()
+con.register("records", dataset)
+rows = con.execute("select count(*) from records").fetchone()[0]
+distinct = con.execute("select count(*) from (select distinct session_id, message_id from records)").fetchone()[0]
+out["duckdb"] = {"rows": rows, "distinct": distinct}
 print(json.dumps(out))
 "#;
 
-/// Data teams read the bucket where it is: pyarrow, polars and DataFusion
-/// over S3, across two AM nodes' `node=` partitions, count the rows the
+/// Data teams read the bucket where it is: pyarrow, polars, DataFusion and
+/// DuckDB over S3, across two AM nodes' `node=` partitions, count the rows the
 /// providers had acked (loadgen's acked count on `am-1`, the test's own on
 /// `am-2`), each once.
 #[test]
@@ -388,7 +395,7 @@ fn python_readers_read_the_bucket() {
     );
     let readers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     println!("readers: {readers}");
-    for reader in ["pyarrow", "polars", "datafusion"] {
+    for reader in ["pyarrow", "polars", "datafusion", "duckdb"] {
         assert_eq!(readers[reader]["rows"].as_u64(), Some(acked), "{reader}: {readers}");
         assert_eq!(readers[reader]["distinct"].as_u64(), Some(acked), "{reader}: {readers}");
     }
