@@ -34,6 +34,50 @@ pub struct Config {
     /// Revocations, re-read while the AM runs.
     #[serde(default)]
     pub security: SecurityConfig,
+    /// The AM partitions of one system (absent: this node alone).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The cluster map: every AM partition, the same on every node and client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every partition; `[node] name` must be one of them.
+    pub partitions: Vec<PartitionConfig>,
+}
+
+/// One AM partition.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionConfig {
+    /// 1..=65535, never reused for another node: the first two bytes of
+    /// its sessions' ids.
+    pub id: u16,
+    /// The name in its `am` certificate.
+    pub name: String,
+    /// Where providers and users reach it (`host:port`).
+    pub address: String,
+}
+
+impl ClusterConfig {
+    /// The map, checked (ids from 1, ids and names unique).
+    pub fn map(&self) -> anyhow::Result<wire::ClusterMap> {
+        let partitions = self
+            .partitions
+            .iter()
+            .map(|partition| {
+                Ok(wire::Partition {
+                    id: wire::PartitionId(partition.id),
+                    name: wire::Name::new(partition.name.as_str())
+                        .map_err(|error| anyhow::anyhow!("partition {} name: {error}", partition.id))?,
+                    address: wire::Address::new(partition.address.as_str())
+                        .map_err(|error| anyhow::anyhow!("partition {} address: {error}", partition.id))?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(wire::ClusterMap::new(partitions)?)
+    }
 }
 
 /// What the AM re-reads from the config file while it runs (every second,
@@ -477,6 +521,14 @@ data = "data"
 # address_change_allowed = false
 # required_data = ["units", "interval"]   # also bytes_up, bytes_down, duration
 # interim_interval_max_s = 0              # 0: no limit
+
+# Several AM partitions as one system (`acct init --partitions N` writes one
+# config per node with this map): every node and client holds the same map;
+# `[node] name` is one of them. Without it, this node is partition 1 alone.
+# [[cluster.partitions]]
+# id = 1                                  # the first two bytes of its sessions' ids
+# name = "am-1"                           # the name in its am certificate
+# address = "10.0.0.1:4433"               # where providers and users reach it
 "#
 }
 

@@ -147,6 +147,7 @@ impl UserClient {
         let mut answers = exchange(&self.connection, &frame, |_| true).await?;
         match answers.pop() {
             Some(Message::ServiceCredential(credential)) => Ok(credential),
+            Some(Message::Redirect(redirect)) => Err(ClientError::Redirect(redirect)),
             Some(Message::Error(error)) => Err(ClientError::Refused(error)),
             Some(other) => Err(ClientError::Unexpected(other.message_type().0)),
             None => Err(ClientError::Connection("no answer".into())),

@@ -46,6 +46,10 @@ pub enum ClientError {
     /// The AM answered with a message that makes no sense here.
     #[error("unexpected message type 0x{0:02x}")]
     Unexpected(u8),
+    /// The request belongs to another AM partition: send it there
+    /// (nothing was stored or consumed here).
+    #[error("ask partition {} ({}) at {}", .0.partition, .0.node, .0.address)]
+    Redirect(wire::Redirect),
 }
 
 /// Certificates and key of the connecting party.
@@ -137,6 +141,7 @@ impl AmClient {
         let _ = sender.finish();
         match answer {
             Some(Message::UserCredential(credential)) => Ok(credential),
+            Some(Message::Redirect(redirect)) => Err(ClientError::Redirect(redirect)),
             Some(Message::Error(error)) => Err(ClientError::Refused(error)),
             Some(other) => Err(ClientError::Unexpected(other.message_type().0)),
             None => Err(ClientError::Connection("stream ended without an answer".into())),

@@ -279,6 +279,10 @@ impl AckStatus {
     /// up the marker of a sequence below its in-memory window, so it can
     /// always tell a retransmission from a new message.
     pub const SEQUENCE_OUT_OF_WINDOW: Self = Self(0x2c);
+    /// The session lives on another partition (its id's first two bytes
+    /// name it; the cluster map gives its address): send the message
+    /// there. Nothing was stored here.
+    pub const WRONG_PARTITION: Self = Self(0x2d);
 
     /// Whether the message is stored (now or before).
     pub fn is_stored(self) -> bool {

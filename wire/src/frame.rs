@@ -8,6 +8,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::accounting::{Accounting, AccountingAck};
 use crate::admin::{AdminAuditReport, AdminAuditRequest, AdminOpenSession};
+use crate::cluster::Redirect;
 use crate::codec::Reader;
 use crate::credential::{ServiceCredential, ServiceCredentialRequest, UserCredential};
 use crate::directory::{ServiceList, ServiceListRequest, UserCredentialReceipt};
@@ -55,6 +56,9 @@ impl MessageType {
     pub const ERROR: Self = Self(0x0f);
     /// SP → AM: the provider holds a pushed User Credential (or refuses it).
     pub const USER_CREDENTIAL_RECEIPT: Self = Self(0x10);
+    /// AM → client: the request belongs to another partition
+    /// ([`crate::cluster::Redirect`]).
+    pub const REDIRECT: Self = Self(0x11);
 
     /// The largest body this type may carry.
     pub fn body_bytes_max(self) -> Option<usize> {
@@ -74,6 +78,7 @@ impl MessageType {
             | Self::SERVICE_LIST_REQUEST
             | Self::SERVICE_LIST
             | Self::USER_CREDENTIAL_RECEIPT
+            | Self::REDIRECT
             | Self::ERROR => Some(SMALL_FRAME_BODY_BYTES_MAX),
             _ => None,
         }
@@ -161,6 +166,8 @@ pub enum Message {
     AdminAuditRequest(AdminAuditRequest),
     /// AM → operator: part of an audit answer.
     AdminAuditReport(AdminAuditReport),
+    /// AM → client: ask another partition.
+    Redirect(Redirect),
     /// A typed error.
     Error(ErrorMessage),
 }
@@ -220,6 +227,7 @@ impl Message {
             MessageType::USER_CREDENTIAL_RECEIPT => {
                 Self::UserCredentialReceipt(decode_plain(&body, UserCredentialReceipt::decode_fields)?)
             }
+            MessageType::REDIRECT => Self::Redirect(decode_plain(&body, Redirect::decode_fields)?),
             MessageType::ERROR => Self::Error(decode_plain(&body, ErrorMessage::decode_fields)?),
             MessageType(other) => return Err(DecodeError::UnknownMessageType(other)),
         })
@@ -244,6 +252,7 @@ impl Message {
             Self::ServiceListRequest(message) => message.encode_frame(out),
             Self::ServiceList(message) => message.encode_frame(out),
             Self::UserCredentialReceipt(message) => message.encode_frame(out),
+            Self::Redirect(message) => message.encode_frame(out),
             Self::Error(message) => message.encode_frame(out),
         }
     }
@@ -266,6 +275,7 @@ impl Message {
             Self::ServiceListRequest(_) => MessageType::SERVICE_LIST_REQUEST,
             Self::ServiceList(_) => MessageType::SERVICE_LIST,
             Self::UserCredentialReceipt(_) => MessageType::USER_CREDENTIAL_RECEIPT,
+            Self::Redirect(_) => MessageType::REDIRECT,
             Self::Error(_) => MessageType::ERROR,
         }
     }

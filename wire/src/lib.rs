@@ -14,6 +14,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod certificate;
+pub mod cluster;
 pub mod codec;
 pub mod credential;
 pub mod directory;
@@ -31,6 +32,7 @@ pub mod text;
 pub use accounting::{Accounting, AccountingAck, AccountingKind, AckEntry, AckStatus, CustomCounter, Usage};
 pub use admin::{AUDIT_RUN_BYTES, AdminAuditReport, AdminAuditRequest, AdminOpenSession, AuditRun};
 pub use certificate::{CertificateError, CertifiedIdentity, Role, TrustedCa};
+pub use cluster::{ClusterError, ClusterMap, Partition, PartitionId, Redirect};
 pub use credential::{
     DataFields, Policy, ServiceCredential, ServiceCredentialRequest, TimeOfDay, UserCredential, credential_digest,
 };

@@ -462,8 +462,8 @@ fn malformed_inputs_have_typed_errors() {
         ),
         (
             "unknown type",
-            Bytes::from_static(&[1, 0x11, 0, 0, 0, 0]),
-            DecodeError::UnknownMessageType(0x11),
+            Bytes::from_static(&[1, 0x12, 0, 0, 0, 0]),
+            DecodeError::UnknownMessageType(0x12),
         ),
         (
             "oversized accounting",

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use wire::{SigningKey, TrustedCa};
 
+use super::cluster::Placement;
 use super::credentials::{ProviderRegistry, ReplayCache, ServiceDirectory};
 use super::gate::InitialGate;
 use super::handshakes::Handshakes;
@@ -54,6 +55,8 @@ pub(super) struct Context {
     pub(super) user_slots: UserSlots,
     /// Sessions being opened now.
     pub(super) session_slots: SessionSlots,
+    /// This node's partition, and the others'.
+    pub(super) placement: Placement,
 }
 
 impl Context {

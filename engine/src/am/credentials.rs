@@ -344,19 +344,21 @@ impl ProviderRegistry {
 /// request (after its checks) and for the operator's admin path.
 pub fn mint_user_credential(
     signing_key: &SigningKey,
+    partition: wire::PartitionId,
     service_id: ServiceId,
     user_id: Name,
     user_address: Address,
     policy: Policy,
 ) -> Result<Signed<UserCredential>, ErrorMessage> {
-    let mut session_id = [0u8; 16];
+    // The session id: this partition's id, then 14 random bytes.
+    let mut random = [0u8; wire::cluster::SESSION_RANDOM_BYTES];
     let mut session_key = [0u8; 32];
-    getrandom::fill(&mut session_id)
+    getrandom::fill(&mut random)
         .and_then(|()| getrandom::fill(&mut session_key))
         .map_err(|_| ErrorMessage::new(ErrorCode::INTERNAL, "no randomness"))?;
     Signed::sign(
         UserCredential {
-            session_id: SessionId(session_id),
+            session_id: SessionId::for_partition(partition, random),
             service_id,
             user_id,
             user_address,
@@ -380,6 +382,8 @@ pub struct Issuer<'a> {
     pub providers: &'a ProviderRegistry,
     /// The AM's key (signs both credentials).
     pub signing_key: &'a SigningKey,
+    /// This partition (the first bytes of the session ids it mints).
+    pub partition: wire::PartitionId,
     /// Revoked certificates.
     pub deny: &'a serving::deny::DenyList,
 }
@@ -508,6 +512,7 @@ impl<'a> Issuer<'a> {
         };
         let user_credential = mint_user_credential(
             self.signing_key,
+            self.partition,
             service.service_id,
             identity_name.clone(),
             value.user_address.clone(),

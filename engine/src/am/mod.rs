@@ -11,6 +11,7 @@
 
 pub mod abuse;
 mod admin;
+pub mod cluster;
 pub mod codes;
 pub mod commit;
 mod connection;

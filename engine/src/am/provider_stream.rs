@@ -184,6 +184,15 @@ impl Admission<'_> {
             .admit(&message.value().session_id, &provider.name);
         if let Err(status) = admitted {
             metrics::counter!("acct_messages_total", "outcome" => "rejected").increment(1);
+            // A session of another partition: the provider sent it to the
+            // wrong node (its map is old, or its library is), which is no
+            // abuse; nothing is stored here.
+            if status == AckStatus::UNKNOWN_SESSION && self.context.placement.is_elsewhere(&message_id.session_id) {
+                metrics::counter!("acct_wrong_partition_total").increment(1);
+                let status = AckStatus::WRONG_PARTITION;
+                deliver(&self.ack_sender, Answers::One(AckEntry { message_id, status }));
+                return true;
+            }
             deliver(&self.ack_sender, Answers::One(AckEntry { message_id, status }));
             provider.conduct.foreign_sessions.fetch_add(1, Ordering::Relaxed);
             return !provider.conduct.bills_foreign_sessions();

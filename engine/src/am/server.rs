@@ -74,6 +74,8 @@ pub struct AmSettings {
     /// Where the deny list is re-read from while the AM runs (the config
     /// file's `[security] denied`).
     pub deny_source: Option<DenySource>,
+    /// This node's partition among the others (a lone node: partition 1).
+    pub placement: super::cluster::Placement,
 }
 
 /// Where and when the AM exports.
@@ -138,6 +140,7 @@ pub async fn run(
         service_list: encode_service_list(&settings.services),
         user_slots: UserSlots::new(USER_CONNECTIONS_MAX, USER_CONNECTIONS_PER_ADDRESS_MAX),
         session_slots: SessionSlots::default(),
+        placement: settings.placement.clone(),
     });
     let socket_watcher = tokio::spawn(watch_udp_socket(local_addr.port()));
     let deny_watcher = settings

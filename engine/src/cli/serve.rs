@@ -86,55 +86,58 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
-    let (node, ca, certificate, key, data, listen, ingest, export, storage, services, denied) = match &args.config {
-        Some(path) => {
-            let config = Config::load(path)?;
-            (
-                config.node.name,
-                config.pki.ca_certificate,
-                config.pki.certificate,
-                config.pki.key,
-                config.am.data,
-                config.am.listen,
-                config.ingest,
-                config.export,
-                config.storage,
-                config.services,
-                config.security.denied,
-            )
-        }
-        None => {
-            let data = args.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-            let pki_folder = data.join("pki");
-            if !pki_folder.join(pki::CA_KEY_FILE).exists() {
-                let (summary, _config) = super::init::init_folder(&pki_folder, 4, 4)?;
-                tracing::info!(folder = %summary.folder.display(), "created a development PKI");
+    let (node, ca, certificate, key, data, listen, ingest, export, storage, services, denied, cluster) =
+        match &args.config {
+            Some(path) => {
+                let config = Config::load(path)?;
+                (
+                    config.node.name,
+                    config.pki.ca_certificate,
+                    config.pki.certificate,
+                    config.pki.key,
+                    config.am.data,
+                    config.am.listen,
+                    config.ingest,
+                    config.export,
+                    config.storage,
+                    config.services,
+                    config.security.denied,
+                    config.cluster,
+                )
             }
-            let name = "am-1";
-            let (certificate, key) = pki::identity_paths(Role::AccountingManager, &Name::new(name)?);
-            let (storage_certificate, storage_key) =
-                pki::identity_paths(Role::AccountingStorage, &Name::new("storage-1")?);
-            let storage = StorageConfig {
-                folder: data.join(DEFAULT_COLD_DIR),
-                certificate: pki_folder.join(storage_certificate),
-                key: pki_folder.join(storage_key),
-                ..StorageConfig::default()
-            };
-            (
-                name.to_owned(),
-                pki_folder.join(pki::CA_CERTIFICATE_FILE),
-                pki_folder.join(certificate),
-                pki_folder.join(key),
-                data,
-                DEFAULT_LISTEN.parse()?,
-                IngestConfig::default(),
-                ExportConfig::default(),
-                storage,
-                Vec::new(),
-                Vec::new(),
-            )
-        }
-    };
+            None => {
+                let data = args.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+                let pki_folder = data.join("pki");
+                if !pki_folder.join(pki::CA_KEY_FILE).exists() {
+                    let (summary, _config) = super::init::init_folder(&pki_folder, 4, 4)?;
+                    tracing::info!(folder = %summary.folder.display(), "created a development PKI");
+                }
+                let name = "am-1";
+                let (certificate, key) = pki::identity_paths(Role::AccountingManager, &Name::new(name)?);
+                let (storage_certificate, storage_key) =
+                    pki::identity_paths(Role::AccountingStorage, &Name::new("storage-1")?);
+                let storage = StorageConfig {
+                    folder: data.join(DEFAULT_COLD_DIR),
+                    certificate: pki_folder.join(storage_certificate),
+                    key: pki_folder.join(storage_key),
+                    ..StorageConfig::default()
+                };
+                (
+                    name.to_owned(),
+                    pki_folder.join(pki::CA_CERTIFICATE_FILE),
+                    pki_folder.join(certificate),
+                    pki_folder.join(key),
+                    data,
+                    DEFAULT_LISTEN.parse()?,
+                    IngestConfig::default(),
+                    ExportConfig::default(),
+                    storage,
+                    Vec::new(),
+                    Vec::new(),
+                    None,
+                )
+            }
+        };
     let data = args.data.clone().unwrap_or(data);
     let ca_der = pki::read_certificate_der(&ca)?;
     // One deny list for the AM and its embedded storage; the AM re-reads it.
@@ -173,8 +176,13 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
             .clamp(1, crate::am::export::BATCH_RECORDS_MAX),
         shutdown_deadline: Duration::from_secs(export.shutdown_deadline_s),
     };
+    let node = Name::new(&node).map_err(|error| anyhow::anyhow!("node name {node:?}: {error}"))?;
+    let placement = match cluster {
+        Some(cluster) => crate::am::cluster::Placement::in_cluster(cluster.map()?, &node)?,
+        None => crate::am::cluster::Placement::single(),
+    };
     Ok(AmSettings {
-        node: Name::new(&node).map_err(|error| anyhow::anyhow!("node name {node:?}: {error}"))?,
+        node,
         listen: args.listen.unwrap_or(listen),
         data: database_folder(&data),
         ca_der,
@@ -185,6 +193,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         services: ServiceDirectory::from_config(&services)?,
         deny,
         deny_source: args.config.clone().map(crate::config::deny_source),
+        placement,
     })
 }
 

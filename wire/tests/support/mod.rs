@@ -221,6 +221,15 @@ pub fn error_message() -> ErrorMessage {
     ErrorMessage::new(ErrorCode::PROVIDER_UNAVAILABLE, "provider-0001 is not connected")
 }
 
+/// A redirect to partition 2, `am-2` at 10.0.0.2:4433.
+pub fn redirect() -> wire::Redirect {
+    wire::Redirect {
+        partition: wire::PartitionId(2),
+        node: wire::Name::new("am-2").unwrap(),
+        address: wire::Address::new("10.0.0.2:4433").unwrap(),
+    }
+}
+
 /// Every worked example, by the name used in docs/protocol.md.
 pub fn examples() -> Vec<(&'static str, Message)> {
     vec![
@@ -245,5 +254,6 @@ pub fn examples() -> Vec<(&'static str, Message)> {
         ("record_ack", Message::RecordAck(record_ack())),
         ("admin_open_session", Message::AdminOpenSession(admin_open_session())),
         ("error", Message::Error(error_message())),
+        ("redirect", Message::Redirect(redirect())),
     ]
 }
