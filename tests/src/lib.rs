@@ -87,28 +87,87 @@ impl TestPki {
     /// (returned: keep it while the node runs) and its config file names
     /// them and listens on 127.0.0.1:0; `acct serve --config FILE [extra]`.
     pub fn start_node(&self, name: &str, extra: &[&str]) -> (tempfile::TempDir, AmProcess) {
-        let folder = self.pki();
-        let authority = pki::CertificateAuthority::load(&folder).unwrap_or_else(|error| panic!("{error}"));
-        let issued = authority
-            .issue(Role::AccountingManager, name)
-            .unwrap_or_else(|error| panic!("{error}"));
-        issued.write(&folder).unwrap_or_else(|error| panic!("{error}"));
-        let (certificate, key) = pki::identity_paths(Role::AccountingManager, &issued.name);
         let data = tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
-        let config = data.path().join("acct.toml");
+        let config = self.node_config(name, "127.0.0.1:0", data.path(), "");
+        (data, start_with_config(&config, extra))
+    }
+
+    /// The config file of AM node `name` (its certificate issued now if
+    /// missing) listening on `listen`, its data in `folder/data`, with
+    /// `more` appended (a `[cluster]` section); written to
+    /// `folder/acct.toml`.
+    pub fn node_config(&self, name: &str, listen: &str, folder: &Path, more: &str) -> PathBuf {
+        let pki_folder = self.pki();
+        let node = Name::new(name).unwrap_or_else(|error| panic!("{error}"));
+        let (certificate, key) = pki::identity_paths(Role::AccountingManager, &node);
+        if !pki_folder.join(&certificate).exists() {
+            let authority = pki::CertificateAuthority::load(&pki_folder).unwrap_or_else(|error| panic!("{error}"));
+            authority
+                .issue(Role::AccountingManager, name)
+                .and_then(|issued| issued.write(&pki_folder))
+                .unwrap_or_else(|error| panic!("{error}"));
+        }
+        let config = folder.join("acct.toml");
         let text = format!(
             "[node]\nname = {name:?}\n[pki]\nca_certificate = {:?}\ncertificate = {:?}\nkey = {:?}\n[am]\n\
-             listen = \"127.0.0.1:0\"\ndata = {:?}\n",
-            folder.join(pki::CA_CERTIFICATE_FILE),
-            folder.join(certificate),
-            folder.join(key),
-            data.path().join("data"),
+             listen = {listen:?}\ndata = {:?}\n{more}",
+            pki_folder.join(pki::CA_CERTIFICATE_FILE),
+            pki_folder.join(certificate),
+            pki_folder.join(key),
+            folder.join("data"),
         );
         std::fs::write(&config, text).unwrap_or_else(|error| panic!("{error}"));
-        let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--config".into(), config.into()];
-        args.extend(extra.iter().map(Into::into));
-        let process = AmProcess::spawn(&args, &[], "acct serve: listening on ");
-        (data, process)
+        config
+    }
+
+    /// `partitions` AM nodes am-1 … am-N on free 127.0.0.1 ports, one
+    /// cluster map, each started with `extra` arguments.
+    pub fn start_cluster(&self, partitions: u16, extra: &[&str]) -> TestCluster {
+        let addresses: Vec<SocketAddr> = (0..partitions)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_udp_port())))
+            .collect();
+        let mut section = String::new();
+        for (index, address) in addresses.iter().enumerate() {
+            section.push_str(&format!(
+                "[[cluster.partitions]]\nid = {}\nname = \"am-{}\"\naddress = \"{address}\"\n",
+                index + 1,
+                index + 1
+            ));
+        }
+        let map = wire::ClusterMap::new(
+            addresses
+                .iter()
+                .enumerate()
+                .map(|(index, address)| wire::Partition {
+                    id: wire::PartitionId(index as u16 + 1),
+                    name: Name::new(format!("am-{}", index + 1)).unwrap(),
+                    address: wire::Address::new(address.to_string()).unwrap(),
+                })
+                .collect(),
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        let mut nodes = Vec::new();
+        for (index, address) in addresses.iter().enumerate() {
+            let data = tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
+            let config = self.node_config(
+                &format!("am-{}", index + 1),
+                &address.to_string(),
+                data.path(),
+                &section,
+            );
+            let process = start_with_config(&config, extra);
+            nodes.push(ClusterNode {
+                data,
+                config,
+                process: Some(process),
+            });
+        }
+        TestCluster {
+            map,
+            section,
+            nodes,
+            extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
+        }
     }
 
     /// The CA certificate, DER.
@@ -128,6 +187,65 @@ pub struct AmProcess {
     /// The address it listens on.
     pub address: SocketAddr,
     lines: mpsc::Receiver<String>,
+}
+
+/// `acct serve --config CONFIG [extra]`, waited for (bounded).
+fn start_with_config(config: &Path, extra: &[&str]) -> AmProcess {
+    let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--config".into(), config.into()];
+    args.extend(extra.iter().map(Into::into));
+    AmProcess::spawn(&args, &[], "acct serve: listening on ")
+}
+
+/// One AM partition of a [`TestCluster`].
+pub struct ClusterNode {
+    /// Its data directory (and config file).
+    pub data: tempfile::TempDir,
+    /// Its config file.
+    pub config: PathBuf,
+    /// The running process (`None` while killed).
+    pub process: Option<AmProcess>,
+}
+
+/// AM partitions on 127.0.0.1 sharing one cluster map
+/// ([`TestPki::start_cluster`]).
+pub struct TestCluster {
+    /// The map.
+    pub map: wire::ClusterMap,
+    /// The map as the config files' `[cluster]` section.
+    pub section: String,
+    /// The partitions, by id - 1.
+    pub nodes: Vec<ClusterNode>,
+    extra: Vec<String>,
+}
+
+impl TestCluster {
+    /// The running process of partition `id`.
+    pub fn node(&self, id: u16) -> &AmProcess {
+        self.nodes[usize::from(id) - 1]
+            .process
+            .as_ref()
+            .unwrap_or_else(|| panic!("partition {id} is not running"))
+    }
+
+    /// The home partition of `provider`.
+    pub fn home(&self, provider: &str) -> &wire::Partition {
+        self.map.home(&Name::new(provider).unwrap())
+    }
+
+    /// SIGKILL partition `id`.
+    pub fn kill(&mut self, id: u16) {
+        if let Some(process) = self.nodes[usize::from(id) - 1].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Start partition `id` again from its data directory.
+    pub fn restart(&mut self, id: u16) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let node = &mut self.nodes[usize::from(id) - 1];
+        assert!(node.process.is_none(), "partition {id} is running");
+        node.process = Some(start_with_config(&node.config, &extra));
+    }
 }
 
 /// How long a test waits for `acct serve` to print its address.
@@ -537,8 +655,13 @@ pub fn sent_ids(messages: &[wire::Signed<wire::Accounting>]) -> std::collections
 
 /// Records the AM's hot store holds (admin audit).
 pub fn hot_records(pki: &TestPki, am: &AmProcess) -> u64 {
+    hot_records_on(pki, am, "am-1")
+}
+
+/// [`hot_records`] of the AM node `am_name`.
+pub fn hot_records_on(pki: &TestPki, am: &AmProcess, am_name: &str) -> u64 {
     runtime().block_on(async {
-        let admin = peer::quic::AmClient::connect(am.address, &pki.identity(Role::AccountingManager, "am-1"))
+        let admin = peer::quic::AmClient::connect(am.address, &pki.identity(Role::AccountingManager, am_name))
             .await
             .unwrap_or_else(|error| panic!("admin connection: {error}"));
         let (records, _) = admin
