@@ -92,6 +92,9 @@ pub struct Stats {
     pub unanswered: BTreeMap<Class, u64>,
     /// Per session: sequences answered as stored (for the audit).
     pub stored_sequences: Map<wire::SessionId, Vec<u64>>,
+    /// Stored acks per second of the run, by the partition that holds the
+    /// session (the first two bytes of its id).
+    pub stored_by_partition: Map<u16, Vec<u64>>,
     /// When the last interim or final was answered.
     pub last_answer: Option<Instant>,
     /// QUIC traffic of every connection, summed when each one ends.
@@ -166,6 +169,7 @@ impl Stats {
             exhausted_providers: 0,
             unanswered: BTreeMap::new(),
             stored_sequences: Map::default(),
+            stored_by_partition: Map::default(),
             last_answer: None,
             quic: QuicTraffic::default(),
         }
@@ -269,6 +273,8 @@ fn expected(class: Class, status: AckStatus) -> bool {
 
 /// One provider's plan and moving parts.
 struct Provider {
+    /// Its home AM (reconnects go there too).
+    address: std::net::SocketAddr,
     plan: ProviderPlan,
     state: Mutex<State>,
     /// Signalled when answers free window space or queue work.
@@ -391,6 +397,7 @@ pub async fn connect_all(
     settings: &Settings,
     configs: &[quinn::ClientConfig],
     endpoints: &[quinn::Endpoint],
+    addresses: &[std::net::SocketAddr],
     progress: Arc<AtomicUsize>,
 ) -> (Vec<Option<AmClient>>, u64) {
     let handshakes = Arc::new(Semaphore::new(settings.connect_concurrency));
@@ -398,7 +405,7 @@ pub async fn connect_all(
     for (index, config) in configs.iter().enumerate() {
         let endpoint = endpoints[index % endpoints.len().max(1)].clone();
         let (config, handshakes, progress, address) =
-            (config.clone(), handshakes.clone(), progress.clone(), settings.am);
+            (config.clone(), handshakes.clone(), progress.clone(), addresses[index]);
         tasks.spawn(async move {
             let mut failures = 0u64;
             for _ in 0..CONNECT_ATTEMPTS {
@@ -438,6 +445,7 @@ pub async fn run(
     plans: Vec<ProviderPlan>,
     configs: Vec<quinn::ClientConfig>,
     endpoints: Vec<quinn::Endpoint>,
+    addresses: &[std::net::SocketAddr],
     clients: Vec<Option<AmClient>>,
     shared: Arc<Shared>,
 ) {
@@ -451,7 +459,9 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     for ((plan, config), client) in plans.into_iter().zip(configs).zip(clients) {
         let endpoint = endpoints[plan.index % endpoints.len().max(1)].clone();
+        let address = addresses[plan.index];
         let provider = Arc::new(Provider {
+            address,
             plan,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
@@ -498,7 +508,7 @@ async fn run_provider(
                 let _permit = handshakes.acquire().await;
                 tokio::time::timeout(
                     HANDSHAKE_TIMEOUT,
-                    AmClient::connect_with(&endpoint, config.clone(), context.settings.am),
+                    AmClient::connect_with(&endpoint, config.clone(), provider.address),
                 )
                 .await
             }
@@ -976,6 +986,11 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                     *count += 1;
                     let _ = histogram.record(micros);
                     stats.stored_sequences.entry(*session_id).or_default().push(*sequence);
+                    let by_second = stats.stored_by_partition.entry(session_id.partition().0).or_default();
+                    if by_second.len() <= second {
+                        by_second.resize(second + 1, 0);
+                    }
+                    by_second[second] += 1;
                     stats.last_answer = Some(now);
                 }
             }

@@ -8,6 +8,7 @@
 //! - [`records`]: the messages of a run as a file, for the benchmark
 //!   harness's other systems.
 
+pub mod cluster;
 pub mod drive;
 pub mod plan;
 pub mod records;

@@ -50,9 +50,14 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         }
     };
     let identities = plan::identities(&settings.pki, &settings.am_name, settings.providers, settings.users)?;
+    let topology = loadgen::cluster::Topology::load(&settings, &identities)?;
+    let addresses = topology.addresses();
     say(format!(
         "loadgen: {} providers and {} users ({} certificates minted); connecting the providers to {}",
-        settings.providers, settings.users, identities.minted, settings.am
+        settings.providers,
+        settings.users,
+        identities.minted,
+        topology.describe()
     ));
     let configs = identities
         .providers
@@ -61,7 +66,7 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         .collect::<Result<Vec<_>, _>>()?;
     let endpoints = (0..settings.sockets.min(settings.providers))
         .map(|_| {
-            let bind = if settings.am.is_ipv6() {
+            let bind = if topology.nodes[0].address.is_ipv6() {
                 std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
             } else {
                 std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
@@ -76,7 +81,8 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
     let connecting_at = Instant::now();
     let connected = Arc::new(AtomicUsize::new(0));
     let connect_progress = progress_line(&settings, "connecting", connected.clone(), None);
-    let (clients, connect_failures) = drive::connect_all(&settings, &configs, &endpoints, connected.clone()).await;
+    let (clients, connect_failures) =
+        drive::connect_all(&settings, &configs, &endpoints, &addresses, connected.clone()).await;
     connect_progress.abort();
     let connect_s = connecting_at.elapsed().as_secs_f64();
     let providers_connected = clients.iter().filter(|client| client.is_some()).count();
@@ -105,9 +111,9 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
     ));
     let opened_at = Instant::now();
     let sessions = if settings.admin_sessions {
-        plan::open_sessions(&settings, &identities).await?
+        plan::open_sessions(&settings, &identities, &topology).await?
     } else {
-        plan::issue_credentials(&settings, &identities, &pushed).await?
+        plan::issue_credentials(&settings, &identities, &topology, &pushed).await?
     };
     let sessions_open_s = opened_at.elapsed().as_secs_f64();
     let session_ids: Vec<wire::SessionId> = sessions
@@ -125,10 +131,13 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         settings.interims_planned() + sessions.len() as u64
     ));
     let signing_at = Instant::now();
+    let am_keys: Vec<wire::PublicKey> = (0..settings.providers)
+        .map(|provider| topology.home(provider).am_key)
+        .collect();
     let plans = {
         let settings = settings.clone();
         tokio::task::spawn_blocking(move || {
-            plan::sign_ahead(&settings, &identities, &sessions).map(|plans| (plans, identities))
+            plan::sign_ahead(&settings, &identities, &am_keys, &sessions).map(|plans| (plans, identities))
         })
         .await
         .context("signing task")??
@@ -155,7 +164,16 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
     let shared = Shared::new();
     shared.add_connect_failures(connect_failures);
     let progress = progress_line(&settings, "running", connected.clone(), Some(shared.clone()));
-    drive::run(&settings, plans, configs, endpoints.clone(), clients, shared.clone()).await;
+    drive::run(
+        &settings,
+        plans,
+        configs,
+        endpoints.clone(),
+        &addresses,
+        clients,
+        shared.clone(),
+    )
+    .await;
     progress.abort();
     let sent = shared.sent.load(Ordering::Relaxed);
     let start = shared.start;
@@ -180,22 +198,32 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
         connect_s,
     };
     let mut report = Report::new(&settings, &setup, &stats, sent, elapsed_s);
+    if topology.clustered {
+        report.set_partitions(report::partitions(&topology, &stats, &session_ids));
+    }
     let mut clean = true;
     if settings.audit {
-        let client = peer::quic::AmClient::connect(settings.am, &identities.admin)
-            .await
-            .context("connecting to the AM for the audit")?;
-        // Files listed before the hot store is read: a message found both in
-        // the hot store and in a file written after that listing was moved
+        // Files listed before the hot stores are read: a message found both
+        // in a hot store and in a file written after that listing was moved
         // by an export running during the audit, not stored twice.
         let cold_before = match &settings.cold {
             Some(folder) => Some(archive::parquet_files(folder)?),
             None => None,
         };
-        let (records, runs) = tokio::time::timeout(Duration::from_secs(600), client.audit(20_000_000))
-            .await
-            .context("the AM did not finish the audit within 600 s")??;
-        client.close().await;
+        // Every partition's hot store (one AM: its own).
+        let mut records = 0;
+        let mut runs = Vec::new();
+        for node in &topology.nodes {
+            let client = peer::quic::AmClient::connect(node.address, &node.admin)
+                .await
+                .with_context(|| format!("connecting to {} for the audit", node.name))?;
+            let (node_records, node_runs) = tokio::time::timeout(Duration::from_secs(600), client.audit(20_000_000))
+                .await
+                .with_context(|| format!("{} did not finish the audit within 600 s", node.name))??;
+            client.close().await;
+            records += node_records;
+            runs.extend(node_runs);
+        }
         let (records, runs, scope) = match (&settings.cold, cold_before) {
             (Some(folder), Some(before)) => {
                 // The files are the evidence for exported records: the AM's
@@ -211,7 +239,8 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
                     records,
                     runs,
                     format!(
-                        "the AM's hot store and the cold storage {}",
+                        "the hot store of {} and the cold storage {}",
+                        topology.describe(),
                         settings
                             .cold
                             .as_ref()
@@ -223,7 +252,10 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
             _ => (
                 records,
                 runs,
-                "the AM's hot store, and its dedup markers of exported records".to_owned(),
+                format!(
+                    "the hot store of {}, and the dedup markers of exported records",
+                    topology.describe()
+                ),
             ),
         };
         let mut audit = report::audit(&stats, &session_ids, records, &runs);

@@ -17,6 +17,7 @@ use wire::{
     SigningKey, TimeOfDay, Usage, UserCredential,
 };
 
+use crate::cluster::Topology;
 use crate::settings::Settings;
 use crate::workload::{SplitMix64, corrupt};
 
@@ -45,23 +46,27 @@ pub struct Identities {
     pub minted: usize,
 }
 
+/// The identity `name` of `role` in the PKI folder, if both its files are
+/// there.
+pub fn read_identity(folder: &Path, ca_der: &[u8], role: Role, name: &Name) -> anyhow::Result<Option<ClientIdentity>> {
+    let (certificate, key) = pki::identity_paths(role, name);
+    let (certificate, key) = (folder.join(certificate), folder.join(key));
+    if !certificate.exists() || !key.exists() {
+        return Ok(None);
+    }
+    Ok(Some(ClientIdentity {
+        ca_der: ca_der.to_vec(),
+        certificate_der: pki::read_certificate_der(&certificate)?,
+        signing_key: pki::read_signing_key(&key)?,
+    }))
+}
+
 /// Load the PKI folder: provider `i` is `provider-000i` as `acct init`
 /// names it, read from the folder when there, minted otherwise.
 pub fn identities(folder: &Path, am_name: &str, providers: usize, users: usize) -> anyhow::Result<Identities> {
     let ca_der = pki::read_certificate_der(&folder.join(pki::CA_CERTIFICATE_FILE))
         .with_context(|| format!("reading the CA certificate in {}", folder.display()))?;
-    let read = |role: Role, name: &Name| -> anyhow::Result<Option<ClientIdentity>> {
-        let (certificate, key) = pki::identity_paths(role, name);
-        let (certificate, key) = (folder.join(certificate), folder.join(key));
-        if !certificate.exists() || !key.exists() {
-            return Ok(None);
-        }
-        Ok(Some(ClientIdentity {
-            ca_der: ca_der.clone(),
-            certificate_der: pki::read_certificate_der(&certificate)?,
-            signing_key: pki::read_signing_key(&key)?,
-        }))
-    };
+    let read = |role: Role, name: &Name| read_identity(folder, &ca_der, role, name);
     let admin_name = Name::new(am_name)?;
     let admin = read(Role::AccountingManager, &admin_name)?.with_context(|| {
         format!(
@@ -130,6 +135,7 @@ const REQUESTS_PER_USER_CONNECTION: usize = 4;
 pub async fn issue_credentials(
     settings: &Settings,
     identities: &Identities,
+    topology: &Topology,
     pushed: &Pushed,
 ) -> anyhow::Result<Vec<(usize, Signed<UserCredential>)>> {
     let count = settings.session_count();
@@ -152,45 +158,57 @@ pub async fn issue_credentials(
         )?;
         requests.push((provider, request));
     }
-    let requests = Arc::new(requests);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let ca_der = identities.admin.ca_der.clone();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..USER_CONNECTIONS.min(count.max(1)) {
-        let client = Arc::new(
-            peer::net::UserClient::connect(settings.am, &ca_der)
-                .await
-                .context("connecting to the AM as a user")?,
-        );
-        for _ in 0..REQUESTS_PER_USER_CONNECTION {
-            let (client, requests, next, pushed, am_key) = (
-                client.clone(),
-                requests.clone(),
-                next.clone(),
-                pushed.clone(),
-                identities.am_key,
+    // Each request goes to its provider's home partition (one AM: all).
+    for (home, node) in topology.nodes.iter().enumerate() {
+        let requests: Vec<(usize, usize, Signed<wire::ServiceCredentialRequest>)> = requests
+            .iter()
+            .enumerate()
+            .filter(|(_, (provider, _))| topology.home_index(*provider) == home)
+            .map(|(index, (provider, request))| (index, *provider, request.clone()))
+            .collect();
+        if requests.is_empty() {
+            continue;
+        }
+        let requests = Arc::new(requests);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..USER_CONNECTIONS.min(requests.len()) {
+            let client = Arc::new(
+                peer::net::UserClient::connect(node.address, &ca_der)
+                    .await
+                    .with_context(|| format!("connecting to {} as a user", node.name))?,
             );
-            tasks.spawn(async move {
-                let mut issued = Vec::new();
-                loop {
-                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((provider, request)) = requests.get(index) else {
-                        return Ok::<_, anyhow::Error>(issued);
-                    };
-                    let credential = client
-                        .request_credential(request)
-                        .await
-                        .with_context(|| format!("requesting a credential for service {}", provider + 1))?;
-                    peer::user::check_credential(&credential, request.value().request_id, &am_key)?;
-                    let session_id = credential.value().session_id;
-                    let user_credential = pushed
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("pushed credentials poisoned"))?
-                        .remove(&session_id)
-                        .context("the AM answered before the provider held the User Credential")?;
-                    issued.push((index, *provider, user_credential));
-                }
-            });
+            for _ in 0..REQUESTS_PER_USER_CONNECTION {
+                let (client, requests, next, pushed, am_key) = (
+                    client.clone(),
+                    requests.clone(),
+                    next.clone(),
+                    pushed.clone(),
+                    node.am_key,
+                );
+                tasks.spawn(async move {
+                    let mut issued = Vec::new();
+                    loop {
+                        let next = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((index, provider, request)) = requests.get(next) else {
+                            return Ok::<_, anyhow::Error>(issued);
+                        };
+                        let credential = client
+                            .request_credential(request)
+                            .await
+                            .with_context(|| format!("requesting a credential for service {}", provider + 1))?;
+                        peer::user::check_credential(&credential, request.value().request_id, &am_key)?;
+                        let session_id = credential.value().session_id;
+                        let user_credential = pushed
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("pushed credentials poisoned"))?
+                            .remove(&session_id)
+                            .context("the AM answered before the provider held the User Credential")?;
+                        issued.push((*index, *provider, user_credential));
+                    }
+                });
+            }
         }
     }
     let mut sessions = Vec::with_capacity(count);
@@ -209,6 +227,7 @@ pub async fn issue_credentials(
 pub async fn open_sessions(
     settings: &Settings,
     identities: &Identities,
+    topology: &Topology,
 ) -> anyhow::Result<Vec<(usize, Signed<UserCredential>)>> {
     let now = peer::clock::now_ms();
     let policy = Policy {
@@ -237,31 +256,43 @@ pub async fn open_sessions(
             ))
         })
         .collect::<anyhow::Result<_>>()?;
-    let requests = Arc::new(requests);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..ADMIN_CONNECTIONS.min(count.max(1)) {
-        let client = Arc::new(
-            AmClient::connect(settings.am, &identities.admin)
-                .await
-                .context("connecting to the AM as the operator (its own identity)")?,
-        );
-        for _ in 0..ADMIN_REQUESTS_PER_CONNECTION {
-            let (client, requests, next) = (client.clone(), requests.clone(), next.clone());
-            tasks.spawn(async move {
-                let mut opened = Vec::new();
-                loop {
-                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((provider, request)) = requests.get(index) else {
-                        return Ok::<_, anyhow::Error>(opened);
-                    };
-                    let credential = tokio::time::timeout(Duration::from_secs(30), client.open_session(request))
-                        .await
-                        .context("the AM did not answer a session request within 30 s")?
-                        .context("opening a session")?;
-                    opened.push((index, *provider, credential));
-                }
-            });
+    // Each session is opened on its provider's home partition.
+    for (home, node) in topology.nodes.iter().enumerate() {
+        let requests: Vec<(usize, usize, AdminOpenSession)> = requests
+            .iter()
+            .enumerate()
+            .filter(|(_, (provider, _))| topology.home_index(*provider) == home)
+            .map(|(index, (provider, request))| (index, *provider, request.clone()))
+            .collect();
+        if requests.is_empty() {
+            continue;
+        }
+        let requests = Arc::new(requests);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..ADMIN_CONNECTIONS.min(requests.len()) {
+            let client = Arc::new(
+                AmClient::connect(node.address, &node.admin)
+                    .await
+                    .with_context(|| format!("connecting to {} as the operator (its own identity)", node.name))?,
+            );
+            for _ in 0..ADMIN_REQUESTS_PER_CONNECTION {
+                let (client, requests, next) = (client.clone(), requests.clone(), next.clone());
+                tasks.spawn(async move {
+                    let mut opened = Vec::new();
+                    loop {
+                        let next = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((index, provider, request)) = requests.get(next) else {
+                            return Ok::<_, anyhow::Error>(opened);
+                        };
+                        let credential = tokio::time::timeout(Duration::from_secs(30), client.open_session(request))
+                            .await
+                            .context("the AM did not answer a session request within 30 s")?
+                            .context("opening a session")?;
+                        opened.push((*index, *provider, credential));
+                    }
+                });
+            }
         }
     }
     let mut sessions = Vec::with_capacity(count);
@@ -306,6 +337,7 @@ pub struct ProviderPlan {
 pub fn sign_ahead(
     settings: &Settings,
     identities: &Identities,
+    am_keys: &[PublicKey],
     sessions: &[(usize, Signed<UserCredential>)],
 ) -> anyhow::Result<Vec<ProviderPlan>> {
     let providers = settings.providers;
@@ -341,7 +373,7 @@ pub fn sign_ahead(
                                 settings,
                                 index,
                                 &identities.providers[index].1.signing_key,
-                                &identities.am_key,
+                                &am_keys[index],
                                 &by_provider[index],
                                 foreign_target[index].as_ref(),
                                 share(index),

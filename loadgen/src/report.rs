@@ -159,6 +159,56 @@ pub struct Report {
     pub audit: Option<AuditReport>,
     /// Per second.
     pub timeline: Vec<Second>,
+    /// With `--cluster`: each partition's share of the run.
+    pub partitions: Option<Vec<PartitionReport>>,
+}
+
+/// One partition's share of a run with `--cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    /// Its id.
+    pub id: u16,
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// Providers whose home it is.
+    pub providers: u64,
+    /// Sessions it minted.
+    pub sessions: u64,
+    /// Interims and finals it acked as stored.
+    pub acked_stored: u64,
+    /// Stored acks per second of the run (second 0 starts the timed phase).
+    pub acked_per_second: Vec<u64>,
+}
+
+/// Each partition's share of the run.
+pub fn partitions(
+    topology: &crate::cluster::Topology,
+    stats: &Stats,
+    session_ids: &[wire::SessionId],
+) -> Vec<PartitionReport> {
+    let providers = topology.providers_per_node();
+    topology
+        .nodes
+        .iter()
+        .zip(providers)
+        .map(|(node, providers)| {
+            let per_second = stats.stored_by_partition.get(&node.id.0).cloned().unwrap_or_default();
+            PartitionReport {
+                id: node.id.0,
+                name: node.name.to_string(),
+                address: node.address.to_string(),
+                providers: providers as u64,
+                sessions: session_ids
+                    .iter()
+                    .filter(|session| session.partition() == node.id)
+                    .count() as u64,
+                acked_stored: per_second.iter().sum(),
+                acked_per_second: per_second,
+            }
+        })
+        .collect()
 }
 
 /// Figures from before the timed phase.
@@ -294,7 +344,13 @@ impl Report {
             double_stored: None,
             audit: None,
             timeline,
+            partitions: None,
         }
+    }
+
+    /// Add each partition's share (with `--cluster`).
+    pub fn set_partitions(&mut self, partitions: Vec<PartitionReport>) {
+        self.partitions = Some(partitions);
     }
 
     /// Add the audit's findings.
@@ -304,14 +360,39 @@ impl Report {
         self.audit = Some(audit);
     }
 
+    /// What was loaded: the AM's address, or the partitions.
+    fn target(&self) -> String {
+        match (&self.partitions, self.settings.am) {
+            (Some(partitions), _) => format!("{} partitions", partitions.len()),
+            (None, Some(address)) => address.to_string(),
+            (None, None) => "the cluster".to_owned(),
+        }
+    }
+
     /// The summary printed at the end.
     pub fn summary(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
             "loadgen: {} against {}, {} providers, {} sessions, {} s",
-            self.mode, self.settings.am, self.settings.providers, self.setup.credentials_issued, self.settings.duration
+            self.mode,
+            self.target(),
+            self.settings.providers,
+            self.setup.credentials_issued,
+            self.settings.duration
         );
+        for partition in self.partitions.iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  partition {} ({} at {}): {} providers, {} sessions, {} stored",
+                partition.id,
+                partition.name,
+                partition.address,
+                partition.providers,
+                partition.sessions,
+                partition.acked_stored
+            );
+        }
         let _ = writeln!(
             out,
             "  setup: {} sessions opened via {} in {:.1} s ({:.0}/s), {} messages signed ahead in {:.1} s, {} providers connected in {:.1} s",

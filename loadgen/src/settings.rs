@@ -23,16 +23,23 @@ pub const WINDOW_MAX: usize = 16_384;
 #[command(name = "loadgen", version, about)]
 pub struct Settings {
     /// The AM's address (only this address is contacted).
+    #[arg(long, required_unless_present = "cluster", conflicts_with = "cluster")]
+    pub am: Option<SocketAddr>,
+    /// Several AM partitions: a file with the cluster map (`[cluster]`, as
+    /// in acct's config file or the `cluster.toml` of `acct init
+    /// --partitions`). Each provider connects to its home partition, its
+    /// sessions are opened there, and the audit covers every partition; the
+    /// PKI folder holds each partition's identity (am-1, am-2, …).
     #[arg(long)]
-    pub am: SocketAddr,
+    pub cluster: Option<PathBuf>,
     /// The operator's PKI folder (from `acct init`; the AM's default is
     /// DATA/pki). Provider certificates missing from it are minted with its
     /// CA key. The AM's own identity (`--am-name`) gives the AM's key and
     /// runs the audit (and opens the sessions with `--admin-sessions`).
     #[arg(long)]
     pub pki: PathBuf,
-    /// The AM node's name: its certificate and key in the PKI folder are
-    /// the admin identity.
+    /// The AM node's name (without `--cluster`): its certificate and key in
+    /// the PKI folder are the admin identity.
     #[arg(long, default_value = "am-1")]
     pub am_name: String,
     /// Providers, each with its own certificate and QUIC connection.

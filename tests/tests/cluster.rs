@@ -146,3 +146,168 @@ fn wrong_node_traffic_is_redirected_and_nothing_is_stored_there() {
         "the home stored the three messages"
     );
 }
+
+/// Three partitions, the S3 server and loadgen spreading 1,000 providers by
+/// the placement: partition 2 is SIGKILLed in the middle of the load and
+/// restarted from its data directory. loadgen's audit over every partition's
+/// hot store and the bucket: nothing lost, nothing doubled; each
+/// partition's providers and sessions are the placement's. The other two
+/// partitions' throughput while partition 2 is down, against before, is
+/// printed (a figure, not asserted: docs/performance.md).
+#[test]
+fn three_partitions_carry_the_load_and_one_killed_partition_recovers() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    use acct_tests::free_udp_port;
+    use acct_tests::s3::{S3Server, storage_on_bucket};
+
+    const PROVIDERS: usize = 1000;
+    const SESSIONS: usize = 2000;
+    const RATE: u64 = 1500;
+    const DURATION_S: u64 = 24;
+    const KILL_AT_S: u64 = 8;
+    const DOWN_S: u64 = 5;
+
+    let s3 = S3Server::start();
+    let pki = TestPki::new(0, 0);
+    let storage_address = std::net::SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let storage = storage_on_bucket(&pki, &s3, "cluster", storage_address, &[], &[]);
+    let mut cluster = pki.start_cluster(
+        3,
+        &[
+            "--storage",
+            &storage_address.to_string(),
+            "--export-interval-ms",
+            "1000",
+        ],
+    );
+    let map_file = pki.data().join("cluster.toml");
+    std::fs::write(&map_file, &cluster.section).unwrap();
+    let report_path = pki.data().join("cluster-report.json");
+    let cold = s3.objects("cluster");
+    let mut loadgen = std::process::Command::new(acct_tests::binary("loadgen"))
+        .arg("--cluster")
+        .arg(&map_file)
+        .arg("--pki")
+        .arg(pki.pki())
+        .args([
+            "--providers",
+            &PROVIDERS.to_string(),
+            "--sessions",
+            &SESSIONS.to_string(),
+        ])
+        .args([
+            "--users",
+            "50",
+            "--rate",
+            &RATE.to_string(),
+            "--duration",
+            &DURATION_S.to_string(),
+        ])
+        .args(["--drain", "60", "--seed", "29", "--audit"])
+        .arg("--cold")
+        .arg(&cold)
+        .arg("--json")
+        .arg(&report_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The timed phase starts when loadgen says it is sending.
+    let stderr = loadgen.stderr.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let sending_at = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).expect("loadgen never started sending");
+        if line.contains("sending for") {
+            break Instant::now();
+        }
+    };
+    std::thread::sleep((sending_at + Duration::from_secs(KILL_AT_S)).saturating_duration_since(Instant::now()));
+    cluster.kill(2);
+    let killed_at = sending_at.elapsed();
+    std::thread::sleep(Duration::from_secs(DOWN_S));
+    cluster.restart(2);
+    let restarted_at = sending_at.elapsed();
+    let output = loadgen.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(
+        output.status.success(),
+        "loadgen failed:\n{stdout}\n{}",
+        rest.join("\n")
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let number = |value: &serde_json::Value| value.as_u64().unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(number(&report["lost"]), 0, "{stdout}");
+    assert_eq!(number(&report["double_stored"]), 0, "{stdout}");
+    assert_eq!(number(&report["unanswered"]), 0, "{stdout}");
+    let stored = number(&report["acked_stored"]);
+    assert_eq!(number(&report["audit"]["stored_once"]), stored, "{stdout}");
+
+    // Each partition's providers and sessions are the placement's.
+    let mut providers = [0u64; 3];
+    let mut sessions = [0u64; 3];
+    for index in 0..PROVIDERS {
+        let name = Name::new(format!("provider-{:04}", index + 1)).unwrap();
+        providers[usize::from(cluster.map.home(&name).id.0) - 1] += 1;
+    }
+    for index in 0..SESSIONS {
+        let name = Name::new(format!("provider-{:04}", index % PROVIDERS + 1)).unwrap();
+        sessions[usize::from(cluster.map.home(&name).id.0) - 1] += 1;
+    }
+    let partitions = report["partitions"].as_array().unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(partitions.len(), 3);
+    let mut stored_sum = 0;
+    for (index, partition) in partitions.iter().enumerate() {
+        assert_eq!(number(&partition["providers"]), providers[index], "{partition}");
+        assert_eq!(number(&partition["sessions"]), sessions[index], "{partition}");
+        assert!(number(&partition["acked_stored"]) > 0, "{partition}");
+        stored_sum += number(&partition["acked_stored"]);
+    }
+    assert_eq!(stored_sum, stored);
+
+    // The figure: stored acks per second of partitions 1 and 3 while 2 was
+    // down, against the seconds before the kill (the first two left out:
+    // the load ramps up).
+    let rate = |partition: &serde_json::Value, from: u64, to: u64| {
+        let seconds: Vec<u64> = partition["acked_per_second"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|count| count.as_u64().unwrap())
+            .collect();
+        let window = &seconds[(from as usize).min(seconds.len())..(to as usize).min(seconds.len())];
+        window.iter().sum::<u64>() as f64 / window.len().max(1) as f64
+    };
+    let (down_from, down_to) = (killed_at.as_secs() + 1, restarted_at.as_secs());
+    assert_eq!(
+        rate(&partitions[1], down_from, down_to),
+        0.0,
+        "partition 2 acked while it was killed"
+    );
+    let mut figures = Vec::new();
+    for partition in [&partitions[0], &partitions[2]] {
+        let before = rate(partition, 2, KILL_AT_S);
+        let during = rate(partition, down_from, down_to);
+        figures.push(format!(
+            "{}: {before:.0}/s before, {during:.0}/s while partition 2 was down ({:.2})",
+            partition["name"],
+            during / before.max(1.0)
+        ));
+    }
+    println!("figure: {}", figures.join("; "));
+    for node in 1..=3u16 {
+        cluster.kill(node);
+    }
+    assert!(storage.terminate(Duration::from_secs(30)));
+}
