@@ -115,6 +115,47 @@ impl UserClient {
         Ok(Self { endpoint, connection })
     }
 
+    /// Connect to the AM at `address` (`host:port`, resolved now).
+    pub async fn connect_to(address: &str, ca_der: &[u8]) -> Result<Self, ClientError> {
+        let resolved = tokio::net::lookup_host(address)
+            .await
+            .map_err(|error| ClientError::Connect(format!("resolving {address}: {error}")))?
+            .next()
+            .ok_or_else(|| ClientError::Connect(format!("{address} resolves to no address")))?;
+        Self::connect(resolved, ca_der).await
+    }
+
+    /// Among several AM partitions: send `request` to the AM at `address`
+    /// (any partition) and, when it answers with a Redirect, once more to
+    /// the partition it names (the same bytes: the first partition consumed
+    /// nothing). Returns the credential and the redirect followed, if any
+    /// (its partition minted the credential: check it with that
+    /// partition's key).
+    pub async fn request_credential_in_cluster(
+        address: &str,
+        ca_der: &[u8],
+        request: &Signed<ServiceCredentialRequest>,
+    ) -> Result<(Signed<ServiceCredential>, Option<wire::Redirect>), ClientError> {
+        let client = Self::connect_to(address, ca_der).await?;
+        let answer = client.request_credential(request).await;
+        client.close().await;
+        let redirect = match answer {
+            Err(ClientError::Redirect(redirect)) => redirect,
+            other => return other.map(|credential| (credential, None)),
+        };
+        let client = Self::connect_to(redirect.address.as_str(), ca_der).await?;
+        let answer = client.request_credential(request).await;
+        client.close().await;
+        match answer {
+            // The home never redirects: a second redirect is a broken map.
+            Err(ClientError::Redirect(again)) => Err(ClientError::Connect(format!(
+                "{} redirected to {} as well: the partitions' cluster maps differ",
+                redirect.node, again.node
+            ))),
+            other => other.map(|credential| (credential, Some(redirect))),
+        }
+    }
+
     /// The AM's service list (201).
     pub async fn services(&self) -> Result<Vec<ServiceEntry>, ClientError> {
         let mut frame = BytesMut::new();

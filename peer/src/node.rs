@@ -5,9 +5,17 @@
 //! unacked after a reconnect (same message ids: the AM's dedup makes the
 //! delivery exactly-once).
 //!
+//! With several AM partitions ([`ProviderNode::start_in_cluster`]) the node
+//! keeps its connection to its home partition (where its sessions are
+//! minted and its credentials pushed) and sends each session's accounting
+//! to the partition its id names, connecting there when needed (sessions
+//! minted before the cluster map changed). Addresses are names resolved
+//! again at every connection.
+//!
 //! Bounds: sessions held are those the AM pushed (the AM bounds them);
 //! each session holds at most `UNACKED_MESSAGES_MAX` unacked messages;
-//! pushed-credential notifications queue up to [`ARRIVALS_MAX`].
+//! pushed-credential notifications queue up to [`ARRIVALS_MAX`];
+//! connections: one per partition of the map at most.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use wire::{AccountingKind, AckStatus, ErrorCode, ErrorMessage, MessageId, PublicKey, ReceiptStatus, SessionId, Usage};
+use wire::{
+    AccountingKind, AckStatus, ClusterMap, ErrorCode, ErrorMessage, MessageId, Name, PartitionId, PublicKey,
+    ReceiptStatus, SessionId, Usage,
+};
 
 use crate::clock::now_ms;
 use crate::net::ServiceServer;
@@ -52,12 +63,28 @@ pub struct ProviderNode {
 
 /// What the node's tasks share.
 struct Inner {
-    am_address: SocketAddr,
+    /// Every partition it may talk to (one without a cluster map).
+    partitions: Vec<Target>,
+    /// The home partition: pushes come on its connection.
+    home: PartitionId,
+    /// Whether sessions are routed by their ids' partition (a cluster map
+    /// was given); without one, everything goes to the one AM.
+    clustered: bool,
     identity: ClientIdentity,
-    am_key: PublicKey,
-    client: tokio::sync::Mutex<Option<AmClient>>,
+    /// Connections by partition; the home's is kept up.
+    clients: tokio::sync::Mutex<HashMap<PartitionId, AmClient>>,
     sessions: Sessions,
     arrivals_sender: mpsc::Sender<SessionId>,
+}
+
+/// A partition the node may connect to.
+#[derive(Clone)]
+struct Target {
+    id: PartitionId,
+    /// `host:port`, resolved at every connection.
+    address: String,
+    /// Its key (verifies the credentials it minted).
+    key: PublicKey,
 }
 
 /// How long after its lifetime a session is kept (late accounting, acks).
@@ -76,6 +103,51 @@ impl ProviderNode {
         am_address: SocketAddr,
         identity: ClientIdentity,
         am_key: PublicKey,
+        service_listen: SocketAddr,
+    ) -> Result<Self, ClientError> {
+        let target = Target {
+            id: PartitionId(1),
+            address: am_address.to_string(),
+            key: am_key,
+        };
+        Self::start_with(vec![target], PartitionId(1), false, identity, service_listen).await
+    }
+
+    /// Like [`ProviderNode::start`] among several AM partitions: `provider`
+    /// (this node's name, as in its certificate) connects to its home in
+    /// `map` and to other partitions when it has sessions there; `keys`
+    /// holds each partition's key (it verifies the credentials pushed).
+    pub async fn start_in_cluster(
+        map: &ClusterMap,
+        keys: &HashMap<PartitionId, PublicKey>,
+        provider: &Name,
+        identity: ClientIdentity,
+        service_listen: SocketAddr,
+    ) -> Result<Self, ClientError> {
+        let partitions = map
+            .partitions()
+            .iter()
+            .map(|partition| {
+                let key = keys
+                    .get(&partition.id)
+                    .copied()
+                    .ok_or_else(|| ClientError::Connect(format!("no key for partition {}", partition.name)))?;
+                Ok(Target {
+                    id: partition.id,
+                    address: partition.address.to_string(),
+                    key,
+                })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        let home = map.home(provider).id;
+        Self::start_with(partitions, home, true, identity, service_listen).await
+    }
+
+    async fn start_with(
+        partitions: Vec<Target>,
+        home: PartitionId,
+        clustered: bool,
+        identity: ClientIdentity,
         service_listen: SocketAddr,
     ) -> Result<Self, ClientError> {
         let sessions: Sessions = Arc::new(Mutex::new(HashMap::new()));
@@ -104,14 +176,15 @@ impl ProviderNode {
             },
         )?;
         let inner = Arc::new(Inner {
-            am_address,
+            partitions,
+            home,
+            clustered,
             identity,
-            am_key,
-            client: tokio::sync::Mutex::new(None),
+            clients: tokio::sync::Mutex::new(HashMap::new()),
             sessions,
             arrivals_sender,
         });
-        inner.connect().await?;
+        inner.connect(home).await?;
         // Keep the connection to the AM up even when nothing is to be sent:
         // an idle provider must still receive new sessions.
         let keeper = tokio::spawn(keep_connected(Arc::downgrade(&inner)));
@@ -131,8 +204,8 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
     loop {
         let closed = {
             let Some(node) = inner.upgrade() else { return };
-            let client = node.client.lock().await;
-            client.as_ref().map(AmClient::connection_handle)
+            let clients = node.clients.lock().await;
+            clients.get(&node.home).map(AmClient::connection_handle)
         };
         match closed {
             Some(connection) => {
@@ -141,7 +214,7 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
             None => tokio::time::sleep(backoff).await,
         }
         let Some(node) = inner.upgrade() else { return };
-        match node.connect().await {
+        match node.connect(node.home).await {
             Ok(()) => backoff = RECONNECT_MIN,
             Err(_) => {
                 tokio::time::sleep(backoff).await;
@@ -152,11 +225,36 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
-    /// (Re)connect to the AM and serve its pushes on the new connection.
-    async fn connect(&self) -> Result<(), ClientError> {
-        let client = AmClient::connect(self.am_address, &self.identity).await?;
+    /// The partition a session's accounting goes to.
+    fn partition_of(&self, session: &SessionId) -> PartitionId {
+        if !self.clustered {
+            return self.home;
+        }
+        let named = session.partition();
+        if self.partitions.iter().any(|target| target.id == named) {
+            named
+        } else {
+            self.home
+        }
+    }
+
+    /// (Re)connect to `partition` (its address resolved now) and serve its
+    /// pushes on the new connection.
+    async fn connect(&self, partition: PartitionId) -> Result<(), ClientError> {
+        let target = self
+            .partitions
+            .iter()
+            .find(|target| target.id == partition)
+            .cloned()
+            .ok_or_else(|| ClientError::Connect(format!("no partition {partition}")))?;
+        let address = tokio::net::lookup_host(target.address.as_str())
+            .await
+            .map_err(|error| ClientError::Connect(format!("resolving {}: {error}", target.address)))?
+            .next()
+            .ok_or_else(|| ClientError::Connect(format!("{} resolves to no address", target.address)))?;
+        let client = AmClient::connect(address, &self.identity).await?;
         let sessions = self.sessions.clone();
-        let am_key = self.am_key;
+        let am_key = target.key;
         let signing_key = self.identity.signing_key.clone();
         let arrivals = self.arrivals_sender.clone();
         client.serve_pushes(move |credential| {
@@ -187,7 +285,9 @@ impl Inner {
             ReceiptStatus::ACCEPTED
         });
         client.confirm_served(Duration::from_secs(10)).await?;
-        *self.client.lock().await = Some(client);
+        if let Some(old) = self.clients.lock().await.insert(partition, client) {
+            old.close().await;
+        }
         Ok(())
     }
 }
@@ -196,7 +296,15 @@ impl ProviderNode {
     /// Close the connection to the AM (as a network failure would); the
     /// node reconnects by itself.
     pub async fn disconnect(&self) {
-        if let Some(client) = self.inner.client.lock().await.take() {
+        let clients: Vec<AmClient> = self
+            .inner
+            .clients
+            .lock()
+            .await
+            .drain()
+            .map(|(_, client)| client)
+            .collect();
+        for client in clients {
             client.close().await;
         }
     }
@@ -264,22 +372,47 @@ impl ProviderNode {
             sent: outgoing.len(),
             ..Delivery::default()
         };
-        if outgoing.is_empty() {
-            return Ok(delivery);
+        // Each session's messages to the partition that holds it.
+        let mut by_partition: HashMap<PartitionId, Vec<wire::Signed<wire::Accounting>>> = HashMap::new();
+        for message in outgoing {
+            let partition = self.inner.partition_of(&message.value().session_id);
+            by_partition.entry(partition).or_default().push(message);
         }
+        let deadline = Instant::now() + timeout;
+        for (partition, outgoing) in by_partition {
+            self.deliver_to(partition, outgoing, deadline, &mut delivery).await?;
+        }
+        delivery.pending = self
+            .inner
+            .sessions
+            .lock()
+            .map(|sessions| sessions.values().map(|session| session.unacked().count()).sum())
+            .unwrap_or(0);
+        Ok(delivery)
+    }
+
+    /// Send `outgoing` to `partition` while reading the acks, until
+    /// `deadline`; the outcomes go into `delivery`.
+    async fn deliver_to(
+        &self,
+        partition: PartitionId,
+        outgoing: Vec<wire::Signed<wire::Accounting>>,
+        deadline: Instant,
+        delivery: &mut Delivery,
+    ) -> Result<(), ClientError> {
         let alive = self
             .inner
-            .client
+            .clients
             .lock()
             .await
-            .as_ref()
+            .get(&partition)
             .is_some_and(|client| client.close_reason().is_none());
         if !alive {
-            self.inner.connect().await?;
+            self.inner.connect(partition).await?;
         }
         let stream = {
-            let client = self.inner.client.lock().await;
-            let Some(client) = client.as_ref() else {
+            let clients = self.inner.clients.lock().await;
+            let Some(client) = clients.get(&partition) else {
                 return Err(ClientError::Connection("not connected".into()));
             };
             client.open_accounting().await?
@@ -296,7 +429,6 @@ impl ProviderNode {
             }
             let _ = sender.finish();
         });
-        let deadline = Instant::now() + timeout;
         let mut answered = 0usize;
         while answered < expected {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -334,13 +466,7 @@ impl ProviderNode {
             }
         }
         writer.abort();
-        delivery.pending = self
-            .inner
-            .sessions
-            .lock()
-            .map(|sessions| sessions.values().map(|session| session.unacked().count()).sum())
-            .unwrap_or(0);
-        Ok(delivery)
+        Ok(())
     }
 
     /// Stop: close the AM connection and the users' endpoint.

@@ -311,3 +311,87 @@ fn three_partitions_carry_the_load_and_one_killed_partition_recovers() {
     }
     assert!(storage.terminate(Duration::from_secs(30)));
 }
+
+/// The peer library among partitions: a `ProviderNode` given the cluster
+/// map connects to its home; a user asks another partition for a
+/// credential, follows the redirect, and the home pushes the credential to
+/// the node, which accounts there: stored on the home, nothing elsewhere.
+#[test]
+fn the_peer_library_follows_the_map() {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use peer::node::ProviderNode;
+
+    let pki = TestPki::new(1, 1);
+    let cluster = pki.start_cluster(3, &["--no-export"]);
+    let provider_name = Name::new("provider-0001").unwrap();
+    let home = cluster.map.home(&provider_name).clone();
+    let other = cluster
+        .map
+        .partitions()
+        .iter()
+        .find(|partition| partition.id != home.id)
+        .unwrap()
+        .clone();
+    let keys: HashMap<PartitionId, wire::PublicKey> = cluster
+        .map
+        .partitions()
+        .iter()
+        .map(|partition| {
+            (
+                partition.id,
+                pki.identity(Role::AccountingManager, partition.name.as_str())
+                    .signing_key
+                    .public_key(),
+            )
+        })
+        .collect();
+    runtime().block_on(async {
+        let node = ProviderNode::start_in_cluster(
+            &cluster.map,
+            &keys,
+            &provider_name,
+            pki.identity(Role::Provider, "provider-0001"),
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .await
+        .unwrap();
+        let user = pki.identity(Role::User, "user-0001");
+        let request = peer::user::credential_request(
+            ServiceId(1),
+            RequestId(random16()),
+            Nonce(random16()),
+            now_ms(),
+            Address::new("10.0.0.7:5000").unwrap(),
+            Bytes::from(user.certificate_der.clone()),
+            &user.signing_key,
+        )
+        .unwrap();
+        let (credential, redirect) =
+            UserClient::request_credential_in_cluster(other.address.as_str(), &pki.ca_der(), &request)
+                .await
+                .unwrap();
+        assert_eq!(redirect, Some(wire::Redirect::to(&home)));
+        peer::user::check_credential(&credential, request.value().request_id, &keys[&home.id]).unwrap();
+        let session = credential.value().session_id;
+        assert_eq!(session.partition(), home.id);
+        assert_eq!(node.next_credential(Duration::from_secs(10)).await, Some(session));
+        for units in 1..=4 {
+            node.account(
+                session,
+                AccountingKind::INTERIM,
+                Usage {
+                    units: Some(units),
+                    ..Usage::default()
+                },
+            )
+            .unwrap();
+        }
+        let delivery = node.deliver(Duration::from_secs(30)).await.unwrap();
+        assert_eq!((delivery.stored, delivery.pending), (4, 0), "{delivery:?}");
+        node.stop().await;
+    });
+    assert_eq!(hot_records_on(&pki, cluster.node(home.id.0), home.name.as_str()), 4);
+    assert_eq!(hot_records_on(&pki, cluster.node(other.id.0), other.name.as_str()), 0);
+}
