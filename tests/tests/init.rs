@@ -114,3 +114,34 @@ fn openssl_reads_every_key_file_init_writes() {
         assert!(output.stdout.ends_with(public.as_bytes()), "{}", key.display());
     }
 }
+
+/// `acct init --partitions 3`: three AM identities, a config per node
+/// naming its own certificate, address and data folder, and one cluster
+/// map in every config and in `cluster.toml`.
+#[test]
+fn init_with_partitions_writes_a_config_per_node_and_one_map() {
+    let folder = tempfile::tempdir().unwrap();
+    let pki_folder = folder.path().join("pki");
+    let output = run_acct(&["init", pki_folder.to_str().unwrap(), "--partitions", "3"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let ca = TrustedCa::from_der(pki::read_certificate_der(&pki_folder.join("ca.crt.pem")).unwrap()).unwrap();
+    let (now_s, _) = now();
+    let mut maps = Vec::new();
+    for (id, file) in [(1u16, "acct.toml"), (2, "am-2.toml"), (3, "am-3.toml")] {
+        let config = acct::config::Config::load(&pki_folder.join(file)).unwrap();
+        let name = format!("am-{id}");
+        assert_eq!(config.node.name, name);
+        let der = pki::read_certificate_der(&config.pki.certificate).unwrap();
+        assert_eq!(ca.verify(&der, Role::AccountingManager, now_s).unwrap().name.as_str(), name);
+        assert_eq!(config.am.listen.port(), 4432 + id);
+        let map = config.cluster.as_ref().unwrap().map().unwrap();
+        let own = map.by_name(&wire::Name::new(name.as_str()).unwrap()).unwrap();
+        assert_eq!(own.id, wire::PartitionId(id));
+        assert_eq!(own.address.as_str(), config.am.listen.to_string());
+        maps.push(map);
+    }
+    assert!(maps.windows(2).all(|pair| pair[0] == pair[1]), "the nodes' maps differ");
+    let alone = std::fs::read_to_string(pki_folder.join("cluster.toml")).unwrap();
+    let parsed: toml::Value = toml::from_str(&alone).unwrap();
+    assert_eq!(parsed["cluster"]["partitions"].as_array().unwrap().len(), 3);
+}
