@@ -526,9 +526,9 @@ data = "data"
 # config per node with this map): every node and client holds the same map;
 # `[node] name` is one of them. Without it, this node is partition 1 alone.
 # [[cluster.partitions]]
-# id = 1                                  # the first two bytes of its sessions' ids
-# name = "am-1"                           # the name in its am certificate
-# address = "10.0.0.1:4433"               # where providers and users reach it
+# id = 2                                  # the first two bytes of its sessions' ids
+# name = "am-2"                           # the name in its am certificate
+# address = "10.0.0.2:4433"               # where providers and users reach it
 "#
 }
 

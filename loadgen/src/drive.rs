@@ -243,6 +243,7 @@ pub fn status_name(status: AckStatus) -> String {
         AckStatus::BUSY => "busy".into(),
         AckStatus::OUT_OF_SPACE => "out_of_space".into(),
         AckStatus::SHUTTING_DOWN => "shutting_down".into(),
+        AckStatus::WRONG_PARTITION => "wrong_partition".into(),
         AckStatus::BAD_SIGNATURE => "bad_signature".into(),
         AckStatus::UNKNOWN_SESSION => "unknown_session".into(),
         AckStatus::WRONG_PROVIDER => "wrong_provider".into(),

@@ -134,10 +134,13 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
     let am_keys: Vec<wire::PublicKey> = (0..settings.providers)
         .map(|provider| topology.home(provider).am_key)
         .collect();
+    let homes: Vec<usize> = (0..settings.providers)
+        .map(|provider| topology.home_index(provider))
+        .collect();
     let plans = {
         let settings = settings.clone();
         tokio::task::spawn_blocking(move || {
-            plan::sign_ahead(&settings, &identities, &am_keys, &sessions).map(|plans| (plans, identities))
+            plan::sign_ahead(&settings, &identities, &am_keys, &homes, &sessions).map(|plans| (plans, identities))
         })
         .await
         .context("signing task")??
@@ -221,6 +224,17 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
                 .await
                 .with_context(|| format!("{} did not finish the audit within 600 s", node.name))??;
             client.close().await;
+            // A partition holds only the sessions it minted (their ids'
+            // first two bytes): anything else was stored on the wrong node.
+            let misplaced = node_runs
+                .iter()
+                .filter(|run| topology.clustered && run.session_id.partition() != node.id)
+                .count();
+            anyhow::ensure!(
+                misplaced == 0,
+                "{} holds {misplaced} runs of sessions minted by other partitions",
+                node.name
+            );
             records += node_records;
             runs.extend(node_runs);
         }

@@ -338,6 +338,7 @@ pub fn sign_ahead(
     settings: &Settings,
     identities: &Identities,
     am_keys: &[PublicKey],
+    homes: &[usize],
     sessions: &[(usize, Signed<UserCredential>)],
 ) -> anyhow::Result<Vec<ProviderPlan>> {
     let providers = settings.providers;
@@ -351,9 +352,17 @@ pub fn sign_ahead(
         let extra = u64::from((index as u64) < total % providers as u64);
         (base + extra) as usize
     };
-    // A foreign target per provider: a session of the next provider.
+    // A foreign target per provider: a session of the next provider with
+    // the same home partition (another partition would answer
+    // WRONG_PARTITION, not exercise the AM's foreign-session rule).
+    let home = |index: usize| homes.get(index).copied().unwrap_or(0);
     let foreign_target: Vec<Option<Signed<UserCredential>>> = (0..providers)
-        .map(|index| by_provider[(index + 1) % providers].first().cloned())
+        .map(|index| {
+            (1..providers)
+                .map(|step| (index + step) % providers)
+                .find(|other| home(*other) == home(index))
+                .and_then(|other| by_provider[other].first().cloned())
+        })
         .collect();
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let work: Vec<usize> = (0..providers).collect();

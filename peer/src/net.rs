@@ -144,6 +144,7 @@ impl UserClient {
             other => return other.map(|credential| (credential, None)),
         };
         let client = Self::connect_to(redirect.address.as_str(), ca_der).await?;
+        crate::quic::check_am_name(&client.connection, ca_der, &redirect.node)?;
         let answer = client.request_credential(request).await;
         client.close().await;
         match answer {

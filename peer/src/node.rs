@@ -71,16 +71,25 @@ struct Inner {
     /// was given); without one, everything goes to the one AM.
     clustered: bool,
     identity: ClientIdentity,
-    /// Connections by partition; the home's is kept up.
-    clients: tokio::sync::Mutex<HashMap<PartitionId, AmClient>>,
+    /// Connections by partition; the home's is kept up. Held as `Arc`s so
+    /// that no lock is held while a stream is opened or a connection closed.
+    clients: tokio::sync::Mutex<HashMap<PartitionId, Arc<AmClient>>>,
+    /// One connection attempt at a time (the keeper and a delivery may both
+    /// find the home's connection gone).
+    connecting: tokio::sync::Mutex<()>,
     sessions: Sessions,
     arrivals_sender: mpsc::Sender<SessionId>,
 }
+
+/// Longest wait for one connection (handshake and the AM's first answer).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A partition the node may connect to.
 #[derive(Clone)]
 struct Target {
     id: PartitionId,
+    /// Its name: the AM there must present it (among partitions).
+    name: Option<Name>,
     /// `host:port`, resolved at every connection.
     address: String,
     /// Its key (verifies the credentials it minted).
@@ -107,23 +116,30 @@ impl ProviderNode {
     ) -> Result<Self, ClientError> {
         let target = Target {
             id: PartitionId(1),
+            name: None,
             address: am_address.to_string(),
             key: am_key,
         };
         Self::start_with(vec![target], PartitionId(1), false, identity, service_listen).await
     }
 
-    /// Like [`ProviderNode::start`] among several AM partitions: `provider`
-    /// (this node's name, as in its certificate) connects to its home in
-    /// `map` and to other partitions when it has sessions there; `keys`
-    /// holds each partition's key (it verifies the credentials pushed).
+    /// Like [`ProviderNode::start`] among several AM partitions: the
+    /// provider (named by its certificate) connects to its home in `map`
+    /// and to other partitions when it has sessions there, checking that
+    /// each presents the map's name; `keys` holds each partition's key (it
+    /// verifies the credentials pushed).
     pub async fn start_in_cluster(
         map: &ClusterMap,
         keys: &HashMap<PartitionId, PublicKey>,
-        provider: &Name,
         identity: ClientIdentity,
         service_listen: SocketAddr,
     ) -> Result<Self, ClientError> {
+        let ca =
+            wire::TrustedCa::from_der(identity.ca_der.clone()).map_err(|error| ClientError::Tls(error.to_string()))?;
+        let provider = ca
+            .verify(&identity.certificate_der, wire::Role::Provider, now_ms() / 1000)
+            .map_err(|error| ClientError::Tls(format!("this provider's certificate: {error}")))?
+            .name;
         let partitions = map
             .partitions()
             .iter()
@@ -134,12 +150,13 @@ impl ProviderNode {
                     .ok_or_else(|| ClientError::Connect(format!("no key for partition {}", partition.name)))?;
                 Ok(Target {
                     id: partition.id,
+                    name: Some(partition.name.clone()),
                     address: partition.address.to_string(),
                     key,
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
-        let home = map.home(provider).id;
+        let home = map.home(&provider).id;
         Self::start_with(partitions, home, true, identity, service_listen).await
     }
 
@@ -181,6 +198,7 @@ impl ProviderNode {
             clustered,
             identity,
             clients: tokio::sync::Mutex::new(HashMap::new()),
+            connecting: tokio::sync::Mutex::new(()),
             sessions,
             arrivals_sender,
         });
@@ -205,7 +223,7 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
         let closed = {
             let Some(node) = inner.upgrade() else { return };
             let clients = node.clients.lock().await;
-            clients.get(&node.home).map(AmClient::connection_handle)
+            clients.get(&node.home).map(|client| client.connection_handle())
         };
         match closed {
             Some(connection) => {
@@ -215,7 +233,7 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
         }
         let Some(node) = inner.upgrade() else { return };
         match node.connect(node.home).await {
-            Ok(()) => backoff = RECONNECT_MIN,
+            Ok(_) => backoff = RECONNECT_MIN,
             Err(_) => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_MAX);
@@ -238,9 +256,29 @@ impl Inner {
         }
     }
 
-    /// (Re)connect to `partition` (its address resolved now) and serve its
-    /// pushes on the new connection.
-    async fn connect(&self, partition: PartitionId) -> Result<(), ClientError> {
+    /// The live connection to `partition`, if there is one.
+    async fn live(&self, partition: PartitionId) -> Option<Arc<AmClient>> {
+        self.clients
+            .lock()
+            .await
+            .get(&partition)
+            .filter(|client| client.close_reason().is_none())
+            .cloned()
+    }
+
+    /// The connection to `partition`: the live one, else a new one (its
+    /// address resolved now, within [`CONNECT_TIMEOUT`]) serving its pushes.
+    async fn connect(&self, partition: PartitionId) -> Result<Arc<AmClient>, ClientError> {
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(client) = self.live(partition).await {
+            return Ok(client);
+        }
+        tokio::time::timeout(CONNECT_TIMEOUT, self.connect_new(partition))
+            .await
+            .map_err(|_| ClientError::Connect(format!("partition {partition}: no connection within 10 s")))?
+    }
+
+    async fn connect_new(&self, partition: PartitionId) -> Result<Arc<AmClient>, ClientError> {
         let target = self
             .partitions
             .iter()
@@ -253,6 +291,9 @@ impl Inner {
             .next()
             .ok_or_else(|| ClientError::Connect(format!("{} resolves to no address", target.address)))?;
         let client = AmClient::connect(address, &self.identity).await?;
+        if let Some(name) = &target.name {
+            crate::quic::check_am_name(&client.connection_handle(), &self.identity.ca_der, name)?;
+        }
         let sessions = self.sessions.clone();
         let am_key = target.key;
         let signing_key = self.identity.signing_key.clone();
@@ -285,10 +326,11 @@ impl Inner {
             ReceiptStatus::ACCEPTED
         });
         client.confirm_served(Duration::from_secs(10)).await?;
-        if let Some(old) = self.clients.lock().await.insert(partition, client) {
-            old.close().await;
-        }
-        Ok(())
+        let client = Arc::new(client);
+        // The one it replaces is closed already (or it would be live).
+        let replaced = self.clients.lock().await.insert(partition, client.clone());
+        drop(replaced);
+        Ok(client)
     }
 }
 
@@ -296,7 +338,7 @@ impl ProviderNode {
     /// Close the connection to the AM (as a network failure would); the
     /// node reconnects by itself.
     pub async fn disconnect(&self) {
-        let clients: Vec<AmClient> = self
+        let clients: Vec<Arc<AmClient>> = self
             .inner
             .clients
             .lock()
@@ -305,7 +347,10 @@ impl ProviderNode {
             .map(|(_, client)| client)
             .collect();
         for client in clients {
-            client.close().await;
+            match Arc::try_unwrap(client) {
+                Ok(client) => client.close().await,
+                Err(shared) => shared.connection_handle().close(0u32.into(), b"done"),
+            }
         }
     }
 
@@ -378,9 +423,42 @@ impl ProviderNode {
             let partition = self.inner.partition_of(&message.value().session_id);
             by_partition.entry(partition).or_default().push(message);
         }
+        // Every partition at once, each bounded by the deadline: one that
+        // is down does not hold back the others.
         let deadline = Instant::now() + timeout;
+        let mut tasks = tokio::task::JoinSet::new();
         for (partition, outgoing) in by_partition {
-            self.deliver_to(partition, outgoing, deadline, &mut delivery).await?;
+            let inner = self.inner.clone();
+            tasks.spawn(async move {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                match tokio::time::timeout_at(deadline, deliver_to(&inner, partition, outgoing, deadline.into_std()))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(ClientError::Connection(format!(
+                        "partition {partition}: nothing answered in time"
+                    ))),
+                }
+            });
+        }
+        let mut failed = None;
+        let mut reached = 0;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(part)) => {
+                    reached += 1;
+                    delivery.stored += part.stored;
+                    delivery.duplicates += part.duplicates;
+                    delivery.refused.extend(part.refused);
+                }
+                Ok(Err(error)) => failed = Some(error),
+                Err(error) => failed = Some(ClientError::Connection(error.to_string())),
+            }
+        }
+        // Only when no partition could be reached is it an error; otherwise
+        // what is left shows in `pending`.
+        if let (0, Some(error)) = (reached, failed) {
+            return Err(error);
         }
         delivery.pending = self
             .inner
@@ -391,88 +469,81 @@ impl ProviderNode {
         Ok(delivery)
     }
 
-    /// Send `outgoing` to `partition` while reading the acks, until
-    /// `deadline`; the outcomes go into `delivery`.
-    async fn deliver_to(
-        &self,
-        partition: PartitionId,
-        outgoing: Vec<wire::Signed<wire::Accounting>>,
-        deadline: Instant,
-        delivery: &mut Delivery,
-    ) -> Result<(), ClientError> {
-        let alive = self
-            .inner
-            .clients
-            .lock()
-            .await
-            .get(&partition)
-            .is_some_and(|client| client.close_reason().is_none());
-        if !alive {
-            self.inner.connect(partition).await?;
-        }
-        let stream = {
-            let clients = self.inner.clients.lock().await;
-            let Some(client) = clients.get(&partition) else {
-                return Err(ClientError::Connection("not connected".into()));
-            };
-            client.open_accounting().await?
-        };
-        let (mut sender, mut receiver) = (stream.sender, stream.receiver);
-        let expected = outgoing.len();
-        // Send and read at once: the AM reads a stream only while its acks
-        // are read, so sending everything first could block both sides.
-        let writer = tokio::spawn(async move {
-            for chunk in outgoing.chunks(256) {
-                if sender.send(chunk).await.is_err() {
-                    return;
-                }
-            }
-            let _ = sender.finish();
-        });
-        let mut answered = 0usize;
-        while answered < expected {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let entries = match tokio::time::timeout(left, receiver.next()).await {
-                Ok(Ok(Some(Received::Acks(entries)))) => entries,
-                Ok(Ok(Some(Received::Error(error)))) => {
-                    writer.abort();
-                    return Err(ClientError::Refused(error));
-                }
-                Ok(Ok(None)) | Err(_) => break,
-                Ok(Err(error)) => {
-                    writer.abort();
-                    return Err(error);
-                }
-            };
-            let Ok(mut sessions) = self.inner.sessions.lock() else {
-                writer.abort();
-                return Err(ClientError::Connection("sessions poisoned".into()));
-            };
-            for entry in entries {
-                answered += 1;
-                let Some(session) = sessions.get_mut(&entry.message_id.session_id) else {
-                    continue;
-                };
-                match session.on_ack(&entry) {
-                    AckOutcome::Stored => {
-                        delivery.stored += 1;
-                        if entry.status == AckStatus::DUPLICATE {
-                            delivery.duplicates += 1;
-                        }
-                    }
-                    AckOutcome::Refused(status) => delivery.refused.push((entry.message_id, status)),
-                    AckOutcome::Retry(_) | AckOutcome::Unknown => {}
-                }
-            }
-        }
-        writer.abort();
-        Ok(())
-    }
-
     /// Stop: close the AM connection and the users' endpoint.
     pub async fn stop(self) {
         self.keeper.abort();
         self.disconnect().await;
         self.server.stop();
     }
+}
+
+/// What one partition answered in a [`ProviderNode::deliver`].
+#[derive(Default)]
+struct Part {
+    stored: usize,
+    duplicates: usize,
+    refused: Vec<(MessageId, AckStatus)>,
+}
+
+/// Send `outgoing` to `partition` while reading the acks, until `deadline`.
+async fn deliver_to(
+    inner: &Inner,
+    partition: PartitionId,
+    outgoing: Vec<wire::Signed<wire::Accounting>>,
+    deadline: Instant,
+) -> Result<Part, ClientError> {
+    let client = inner.connect(partition).await?;
+    let stream = client.open_accounting().await?;
+    drop(client);
+    let (mut sender, mut receiver) = (stream.sender, stream.receiver);
+    let expected = outgoing.len();
+    let mut part = Part::default();
+    // Send and read at once: the AM reads a stream only while its acks
+    // are read, so sending everything first could block both sides.
+    let writer = tokio::spawn(async move {
+        for chunk in outgoing.chunks(256) {
+            if sender.send(chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = sender.finish();
+    });
+    let mut answered = 0usize;
+    while answered < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let entries = match tokio::time::timeout(left, receiver.next()).await {
+            Ok(Ok(Some(Received::Acks(entries)))) => entries,
+            Ok(Ok(Some(Received::Error(error)))) => {
+                writer.abort();
+                return Err(ClientError::Refused(error));
+            }
+            Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(error)) => {
+                writer.abort();
+                return Err(error);
+            }
+        };
+        let Ok(mut sessions) = inner.sessions.lock() else {
+            writer.abort();
+            return Err(ClientError::Connection("sessions poisoned".into()));
+        };
+        for entry in entries {
+            answered += 1;
+            let Some(session) = sessions.get_mut(&entry.message_id.session_id) else {
+                continue;
+            };
+            match session.on_ack(&entry) {
+                AckOutcome::Stored => {
+                    part.stored += 1;
+                    if entry.status == AckStatus::DUPLICATE {
+                        part.duplicates += 1;
+                    }
+                }
+                AckOutcome::Refused(status) => part.refused.push((entry.message_id, status)),
+                AckOutcome::Retry(_) | AckOutcome::Unknown => {}
+            }
+        }
+    }
+    writer.abort();
+    Ok(part)
 }

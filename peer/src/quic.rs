@@ -274,6 +274,39 @@ pub(crate) fn answer_streams(
     })
 }
 
+/// The name in the `am` certificate the AM at the other end of `connection`
+/// presented (checked against the CA `ca_der` again). Among partitions a
+/// client reaches a partition by address and must check it is the one it
+/// meant (docs/protocol.md, section 7.1).
+pub fn am_name(connection: &quinn::Connection, ca_der: &[u8]) -> Result<wire::Name, ClientError> {
+    let refused = |detail: String| ClientError::Connect(detail);
+    let ca = wire::TrustedCa::from_der(ca_der.to_vec()).map_err(|error| refused(error.to_string()))?;
+    let chain = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| refused("the AM presented no certificate".into()))?;
+    let first = chain
+        .first()
+        .ok_or_else(|| refused("the AM presented no certificate".into()))?;
+    let identity = ca
+        .verify(first, wire::Role::AccountingManager, crate::clock::now_ms() / 1000)
+        .map_err(|error| refused(format!("the AM's certificate: {error}")))?;
+    Ok(identity.name)
+}
+
+/// Fails (and closes the connection) unless the AM at the other end of
+/// `connection` is the one named `expected`.
+pub fn check_am_name(connection: &quinn::Connection, ca_der: &[u8], expected: &wire::Name) -> Result<(), ClientError> {
+    let name = am_name(connection, ca_der)?;
+    if &name == expected {
+        return Ok(());
+    }
+    connection.close(0u32.into(), b"not the partition asked for");
+    Err(ClientError::Connect(format!(
+        "the AM at this address is {name}, not {expected}: the cluster map or the addresses are wrong"
+    )))
+}
+
 /// Opens accounting streams on a connection; see [`AmClient::stream_opener`].
 #[derive(Clone)]
 pub struct StreamOpener {

@@ -105,7 +105,7 @@ fn wrong_node_traffic_is_redirected_and_nothing_is_stored_there() {
         );
 
         // A user asks the wrong partition for service 1 (provider-0001's):
-        // redirected, and the same request is not a replay at the home.
+        // redirected; the same bytes at the home go through its checks.
         let user = pki.identity(Role::User, "user-0001");
         let request = peer::user::credential_request(
             ServiceId(1),
@@ -236,8 +236,18 @@ fn three_partitions_carry_the_load_and_one_killed_partition_recovers() {
     cluster.kill(2);
     let killed_at = sending_at.elapsed();
     std::thread::sleep(Duration::from_secs(DOWN_S));
-    cluster.restart(2);
+    // Partition 2 cannot ack before its process starts again.
     let restarted_at = sending_at.elapsed();
+    cluster.restart(2);
+    // Bounded: loadgen's own duration, drain and audit, then it is killed.
+    let loadgen_deadline = Instant::now() + Duration::from_secs(DURATION_S + 60 + 240);
+    while loadgen.try_wait().unwrap().is_none() {
+        if Instant::now() > loadgen_deadline {
+            let _ = loadgen.kill();
+            panic!("loadgen did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let output = loadgen.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let rest: Vec<String> = lines.try_iter().collect();
@@ -351,7 +361,6 @@ fn the_peer_library_follows_the_map() {
         let node = ProviderNode::start_in_cluster(
             &cluster.map,
             &keys,
-            &provider_name,
             pki.identity(Role::Provider, "provider-0001"),
             ([127, 0, 0, 1], 0).into(),
         )

@@ -132,8 +132,11 @@ fn init_with_partitions_writes_a_config_per_node_and_one_map() {
         let name = format!("am-{id}");
         assert_eq!(config.node.name, name);
         let der = pki::read_certificate_der(&config.pki.certificate).unwrap();
-        assert_eq!(ca.verify(&der, Role::AccountingManager, now_s).unwrap().name.as_str(), name);
-        assert_eq!(config.am.listen.port(), 4432 + id);
+        assert_eq!(
+            ca.verify(&der, Role::AccountingManager, now_s).unwrap().name.as_str(),
+            name
+        );
+        assert_eq!(config.am.listen.port(), 5432 + id);
         let map = config.cluster.as_ref().unwrap().map().unwrap();
         let own = map.by_name(&wire::Name::new(name.as_str()).unwrap()).unwrap();
         assert_eq!(own.id, wire::PartitionId(id));

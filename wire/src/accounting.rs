@@ -248,6 +248,11 @@ impl AckStatus {
     pub const OUT_OF_SPACE: Self = Self(0x11);
     /// The AM is shutting down; retry on the next connection.
     pub const SHUTTING_DOWN: Self = Self(0x12);
+    /// The session lives on another partition (its id's first two bytes
+    /// name it; the cluster map gives its address): nothing was stored
+    /// here; send the same bytes there. In the retry class: a provider
+    /// keeps the message until a partition stores it.
+    pub const WRONG_PARTITION: Self = Self(0x13);
     /// The signature (e7) does not verify under the provider's key.
     pub const BAD_SIGNATURE: Self = Self(0x20);
     /// No such accounting session.
@@ -279,10 +284,6 @@ impl AckStatus {
     /// up the marker of a sequence below its in-memory window, so it can
     /// always tell a retransmission from a new message.
     pub const SEQUENCE_OUT_OF_WINDOW: Self = Self(0x2c);
-    /// The session lives on another partition (its id's first two bytes
-    /// name it; the cluster map gives its address): send the message
-    /// there. Nothing was stored here.
-    pub const WRONG_PARTITION: Self = Self(0x2d);
 
     /// Whether the message is stored (now or before).
     pub fn is_stored(self) -> bool {

@@ -1,8 +1,10 @@
 //! Identifiers and small fixed-size values.
 //!
 //! How each is made (the wire crate has no randomness; callers supply bytes):
-//! - [`SessionId`] (b4/c2/d2/e6): 16 bytes from the AM's CSPRNG when it mints
-//!   the session. Unguessable, so knowing one session id says nothing of another.
+//! - [`SessionId`] (b4/c2/d2/e6): 16 bytes: the minting partition's id (2
+//!   bytes, big-endian; [`crate::cluster`]) and 14 from the AM's CSPRNG when
+//!   it mints the session. Unguessable, so knowing one session id says
+//!   nothing of another.
 //! - [`RequestId`] (a2/b1): 16 bytes from the User's CSPRNG, fresh per request.
 //! - [`MessageId`] (e4): the pair (session id, sequence). The SP numbers the
 //!   accounting messages of a session 1, 2, 3, … and never reuses a number, so

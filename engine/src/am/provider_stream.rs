@@ -185,14 +185,19 @@ impl Admission<'_> {
         if let Err(status) = admitted {
             metrics::counter!("acct_messages_total", "outcome" => "rejected").increment(1);
             // A session of another partition: the provider sent it to the
-            // wrong node (its map is old, or its library is), which is no
-            // abuse; nothing is stored here.
-            if status == AckStatus::UNKNOWN_SESSION && self.context.placement.is_elsewhere(&message_id.session_id) {
+            // wrong node (its map is old) and is told to send it there;
+            // nothing is stored here. Anyone can write another partition's
+            // id into a made-up session id, so these count toward the
+            // foreign-session rule like unknown sessions (a correct provider
+            // never sends them in bulk).
+            let status = if status == AckStatus::UNKNOWN_SESSION
+                && self.context.placement.is_elsewhere(&message_id.session_id)
+            {
                 metrics::counter!("acct_wrong_partition_total").increment(1);
-                let status = AckStatus::WRONG_PARTITION;
-                deliver(&self.ack_sender, Answers::One(AckEntry { message_id, status }));
-                return true;
-            }
+                AckStatus::WRONG_PARTITION
+            } else {
+                status
+            };
             deliver(&self.ack_sender, Answers::One(AckEntry { message_id, status }));
             provider.conduct.foreign_sessions.fetch_add(1, Ordering::Relaxed);
             return !provider.conduct.bills_foreign_sessions();

@@ -19,7 +19,7 @@ pub struct InitArgs {
     pub users: usize,
     /// AM partitions of one system: issues am-1 … am-N and writes one
     /// config file per node (`acct.toml` for am-1, `am-K.toml` for the
-    /// others; each listens on 127.0.0.1:(4432 + K) with its own data
+    /// others; each listens on 127.0.0.1:(5432 + K) with its own data
     /// folder) and the cluster map they share (`cluster.toml`, for loadgen
     /// and clients).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -28,7 +28,7 @@ pub struct InitArgs {
 
 /// The first partition's port on 127.0.0.1 (partition K listens on
 /// `PARTITION_PORT_BASE + K`).
-pub const PARTITION_PORT_BASE: u16 = 4432;
+pub const PARTITION_PORT_BASE: u16 = 5432;
 
 /// Upper bound on identities per run: each costs a key and a certificate
 /// file pair; loadgen mints its own beyond this.
@@ -108,21 +108,30 @@ pub fn init_partitions(folder: &Path, partitions: u16) -> anyhow::Result<Vec<Pat
     };
     let mut written = Vec::new();
     for id in 1..=partitions {
-        let text = crate::config::commented_default()
-            .replace("name = \"am-1\"", &format!("name = \"am-{id}\""))
-            .replace("\"am-1.crt.pem\"", &format!("\"am-{id}.crt.pem\""))
-            .replace("\"am-1.key.pem\"", &format!("\"am-{id}.key.pem\""))
-            .replace(
-                "listen = \"127.0.0.1:4433\"",
-                &format!("listen = \"127.0.0.1:{}\"", PARTITION_PORT_BASE + id),
-            )
-            .replace("data = \"data\"", &format!("data = \"data-am-{id}\""));
+        let mut text = crate::config::commented_default().to_owned();
+        for (from, to) in [
+            ("name = \"am-1\"".to_owned(), format!("name = \"am-{id}\"")),
+            ("\"am-1.crt.pem\"".to_owned(), format!("\"am-{id}.crt.pem\"")),
+            ("\"am-1.key.pem\"".to_owned(), format!("\"am-{id}.key.pem\"")),
+            (
+                "listen = \"127.0.0.1:4433\"".to_owned(),
+                format!("listen = \"127.0.0.1:{}\"", PARTITION_PORT_BASE + id),
+            ),
+            ("data = \"data\"".to_owned(), format!("data = \"data-am-{id}\"")),
+        ] {
+            anyhow::ensure!(
+                text.matches(from.as_str()).count() == 1,
+                "the default config no longer has exactly one {from}"
+            );
+            text = text.replacen(from.as_str(), &to, 1);
+        }
         let path = if id == 1 {
             folder.join("acct.toml")
         } else {
             folder.join(format!("am-{id}.toml"))
         };
-        write(&path, &(text + &cluster))?;
+        text.push_str(&cluster);
+        write(&path, &text)?;
         if id > 1 {
             written.push(path);
         }

@@ -177,6 +177,22 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         shutdown_deadline: Duration::from_secs(export.shutdown_deadline_s),
     };
     let node = Name::new(&node).map_err(|error| anyhow::anyhow!("node name {node:?}: {error}"))?;
+    let certificate_der = pki::read_certificate_der(&certificate)?;
+    // The name is the node's partition and its archive's `node=`: it must be
+    // the one its certificate carries, which providers and the storage see.
+    let certified = wire::TrustedCa::from_der(ca_der.clone())?
+        .verify(
+            &certificate_der,
+            wire::Role::AccountingManager,
+            crate::clock::now_ms() / 1000,
+        )
+        .with_context(|| format!("the AM certificate {}", certificate.display()))?;
+    anyhow::ensure!(
+        certified.name == node,
+        "[node] name is {node} but the certificate {} is {}'s",
+        certificate.display(),
+        certified.name
+    );
     let placement = match cluster {
         Some(cluster) => crate::am::cluster::Placement::in_cluster(cluster.map()?, &node)?,
         None => crate::am::cluster::Placement::single(),
@@ -186,7 +202,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         listen: args.listen.unwrap_or(listen),
         data: database_folder(&data),
         ca_der,
-        certificate_der: pki::read_certificate_der(&certificate)?,
+        certificate_der,
         signing_key: pki::read_signing_key(&key)?,
         ingest,
         export,
