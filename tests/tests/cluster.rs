@@ -404,3 +404,52 @@ fn the_peer_library_follows_the_map() {
     assert_eq!(hot_records_on(&pki, cluster.node(home.id.0), home.name.as_str()), 4);
     assert_eq!(hot_records_on(&pki, cluster.node(other.id.0), other.name.as_str()), 0);
 }
+
+/// A map whose addresses are swapped (a stale DNS record, a Service
+/// pointing at the wrong pod): the provider reaching "its home" finds
+/// another partition's certificate there and refuses to use it.
+#[test]
+fn a_partition_at_the_wrong_address_is_refused() {
+    use std::collections::HashMap;
+
+    use peer::node::ProviderNode;
+
+    let pki = TestPki::new(1, 0);
+    let cluster = pki.start_cluster(2, &["--no-export"]);
+    let partitions = cluster.map.partitions();
+    let swapped = wire::ClusterMap::new(vec![
+        wire::Partition {
+            address: partitions[1].address.clone(),
+            ..partitions[0].clone()
+        },
+        wire::Partition {
+            address: partitions[0].address.clone(),
+            ..partitions[1].clone()
+        },
+    ])
+    .unwrap();
+    let keys: HashMap<PartitionId, wire::PublicKey> = partitions
+        .iter()
+        .map(|partition| {
+            let identity = pki.identity(Role::AccountingManager, partition.name.as_str());
+            (partition.id, identity.signing_key.public_key())
+        })
+        .collect();
+    let home = swapped.home(&Name::new("provider-0001").unwrap()).clone();
+    runtime().block_on(async {
+        match ProviderNode::start_in_cluster(
+            &swapped,
+            &keys,
+            pki.identity(Role::Provider, "provider-0001"),
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .await
+        {
+            Err(ClientError::Connect(detail)) => {
+                assert!(detail.contains(&format!("not {}", home.name)), "{detail}");
+            }
+            Err(other) => panic!("expected a refused name, got {other:?}"),
+            Ok(_) => panic!("the provider used a partition that is not the one the map names"),
+        }
+    });
+}
