@@ -63,13 +63,12 @@ pub struct ProviderNode {
 
 /// What the node's tasks share.
 struct Inner {
-    /// Every partition it may talk to (one without a cluster map).
-    partitions: Vec<Target>,
-    /// The home partition: pushes come on its connection.
-    home: PartitionId,
-    /// Whether sessions are routed by their ids' partition (a cluster map
-    /// was given); without one, everything goes to the one AM.
-    clustered: bool,
+    /// Where traffic goes; replaced by [`ProviderNode::set_map`].
+    route: std::sync::RwLock<Route>,
+    /// Wakes the keeper when the home changes.
+    home_changed: tokio::sync::Notify,
+    /// This provider's name (its certificate's).
+    name: Option<Name>,
     identity: ClientIdentity,
     /// Connections by partition; the home's is kept up. Held as `Arc`s so
     /// that no lock is held while a stream is opened or a connection closed.
@@ -79,6 +78,18 @@ struct Inner {
     connecting: tokio::sync::Mutex<()>,
     sessions: Sessions,
     arrivals_sender: mpsc::Sender<SessionId>,
+}
+
+/// The partitions and the home.
+#[derive(Clone)]
+struct Route {
+    /// Every partition it may talk to (one without a cluster map).
+    partitions: Vec<Target>,
+    /// The home partition: new sessions are pushed on its connection.
+    home: PartitionId,
+    /// Whether sessions are routed by their ids' partition (a cluster map
+    /// was given); without one, everything goes to the one AM.
+    clustered: bool,
 }
 
 /// Longest wait for one connection (handshake and the AM's first answer).
@@ -120,7 +131,12 @@ impl ProviderNode {
             address: am_address.to_string(),
             key: am_key,
         };
-        Self::start_with(vec![target], PartitionId(1), false, identity, service_listen).await
+        let route = Route {
+            partitions: vec![target],
+            home: PartitionId(1),
+            clustered: false,
+        };
+        Self::start_with(route, None, identity, service_listen).await
     }
 
     /// Like [`ProviderNode::start`] among several AM partitions: the
@@ -140,33 +156,38 @@ impl ProviderNode {
             .verify(&identity.certificate_der, wire::Role::Provider, now_ms() / 1000)
             .map_err(|error| ClientError::Tls(format!("this provider's certificate: {error}")))?
             .name;
-        let partitions = map
-            .partitions()
-            .iter()
-            .map(|partition| {
-                let key = keys
-                    .get(&partition.id)
-                    .copied()
-                    .ok_or_else(|| ClientError::Connect(format!("no key for partition {}", partition.name)))?;
-                Ok(Target {
-                    id: partition.id,
-                    name: Some(partition.name.clone()),
-                    address: partition.address.to_string(),
-                    key,
-                })
-            })
-            .collect::<Result<Vec<_>, ClientError>>()?;
-        let home = map.home(&provider).id;
-        Self::start_with(partitions, home, true, identity, service_listen).await
+        let route = route_in(map, keys, &provider)?;
+        Self::start_with(route, Some(provider), identity, service_listen).await
+    }
+
+    /// A new cluster map (partitions added or removed): from now on new
+    /// sessions come from the provider's home in `map`, which it connects
+    /// to now; sessions minted before keep going to the partition their
+    /// ids name while it is in the map.
+    pub async fn set_map(&self, map: &ClusterMap, keys: &HashMap<PartitionId, PublicKey>) -> Result<(), ClientError> {
+        let provider = self
+            .inner
+            .name
+            .clone()
+            .ok_or_else(|| ClientError::Connect("this node was started without a cluster map".into()))?;
+        let route = route_in(map, keys, &provider)?;
+        let home = route.home;
+        *self
+            .inner
+            .route
+            .write()
+            .map_err(|_| ClientError::Connect("route poisoned".into()))? = route;
+        self.inner.home_changed.notify_one();
+        self.inner.connect(home).await.map(drop)
     }
 
     async fn start_with(
-        partitions: Vec<Target>,
-        home: PartitionId,
-        clustered: bool,
+        route: Route,
+        name: Option<Name>,
         identity: ClientIdentity,
         service_listen: SocketAddr,
     ) -> Result<Self, ClientError> {
+        let home = route.home;
         let sessions: Sessions = Arc::new(Mutex::new(HashMap::new()));
         let (arrivals_sender, arrivals) = mpsc::channel(ARRIVALS_MAX);
         let served = sessions.clone();
@@ -193,9 +214,9 @@ impl ProviderNode {
             },
         )?;
         let inner = Arc::new(Inner {
-            partitions,
-            home,
-            clustered,
+            route: std::sync::RwLock::new(route),
+            home_changed: tokio::sync::Notify::new(),
+            name,
             identity,
             clients: tokio::sync::Mutex::new(HashMap::new()),
             connecting: tokio::sync::Mutex::new(()),
@@ -215,24 +236,58 @@ impl ProviderNode {
     }
 }
 
+/// The route of `provider` in `map`.
+fn route_in(map: &ClusterMap, keys: &HashMap<PartitionId, PublicKey>, provider: &Name) -> Result<Route, ClientError> {
+    let partitions = map
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let key = keys
+                .get(&partition.id)
+                .copied()
+                .ok_or_else(|| ClientError::Connect(format!("no key for partition {}", partition.name)))?;
+            Ok(Target {
+                id: partition.id,
+                name: Some(partition.name.clone()),
+                address: partition.address.to_string(),
+                key,
+            })
+        })
+        .collect::<Result<Vec<_>, ClientError>>()?;
+    Ok(Route {
+        partitions,
+        home: map.home(provider).id,
+        clustered: true,
+    })
+}
+
 /// Reconnect (with backoff) whenever the AM connection is closed, until
 /// the node is dropped.
 async fn keep_connected(inner: std::sync::Weak<Inner>) {
     let mut backoff = RECONNECT_MIN;
     loop {
-        let closed = {
+        let (closed, changed) = {
             let Some(node) = inner.upgrade() else { return };
+            let home = node.home();
             let clients = node.clients.lock().await;
-            clients.get(&node.home).map(|client| client.connection_handle())
+            (
+                clients.get(&home).map(|client| client.connection_handle()),
+                node.clone(),
+            )
         };
         match closed {
+            // Until the home's connection closes or the home changes.
             Some(connection) => {
-                let _ = connection.closed().await;
+                tokio::select! {
+                    _ = connection.closed() => {}
+                    () = changed.home_changed.notified() => {}
+                }
             }
             None => tokio::time::sleep(backoff).await,
         }
+        drop(changed);
         let Some(node) = inner.upgrade() else { return };
-        match node.connect(node.home).await {
+        match node.connect(node.home()).await {
             Ok(_) => backoff = RECONNECT_MIN,
             Err(_) => {
                 tokio::time::sleep(backoff).await;
@@ -243,16 +298,29 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
+    /// The route now.
+    fn route(&self) -> Route {
+        self.route
+            .read()
+            .map_or_else(|poisoned| poisoned.into_inner().clone(), |route| route.clone())
+    }
+
+    /// The home partition now.
+    fn home(&self) -> PartitionId {
+        self.route().home
+    }
+
     /// The partition a session's accounting goes to.
     fn partition_of(&self, session: &SessionId) -> PartitionId {
-        if !self.clustered {
-            return self.home;
+        let route = self.route();
+        if !route.clustered {
+            return route.home;
         }
         let named = session.partition();
-        if self.partitions.iter().any(|target| target.id == named) {
+        if route.partitions.iter().any(|target| target.id == named) {
             named
         } else {
-            self.home
+            route.home
         }
     }
 
@@ -280,6 +348,7 @@ impl Inner {
 
     async fn connect_new(&self, partition: PartitionId) -> Result<Arc<AmClient>, ClientError> {
         let target = self
+            .route()
             .partitions
             .iter()
             .find(|target| target.id == partition)

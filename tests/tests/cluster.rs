@@ -453,3 +453,118 @@ fn a_partition_at_the_wrong_address_is_refused() {
         }
     });
 }
+
+/// A fourth partition joins: provider-0003's home moves from am-1 to am-4
+/// (docs/protocol.md 6.1). Its `ProviderNode` takes the new map: new
+/// sessions come from am-4, while the session am-1 minted before keeps
+/// its accounting on am-1 (no state moves).
+#[test]
+fn a_moved_provider_keeps_its_old_sessions_where_they_were_minted() {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use peer::node::ProviderNode;
+
+    let pki = TestPki::new(3, 1);
+    let cluster = pki.start_cluster(3, &["--no-export"]);
+    let am4_address = std::net::SocketAddr::from(([127, 0, 0, 1], acct_tests::free_udp_port()));
+    let section4 = format!(
+        "{}[[cluster.partitions]]\nid = 4\nname = \"am-4\"\naddress = \"{am4_address}\"\n",
+        cluster.section
+    );
+    let am4_folder = tempfile::tempdir().unwrap();
+    let am4_config = pki.node_config("am-4", &am4_address.to_string(), am4_folder.path(), &section4);
+    let am4 = acct_tests::AmProcess::spawn(
+        &[
+            "serve".into(),
+            "--config".into(),
+            am4_config.into(),
+            "--no-export".into(),
+        ],
+        &[],
+        "acct serve: listening on ",
+    );
+    let mut partitions4 = cluster.map.partitions().to_vec();
+    partitions4.push(wire::Partition {
+        id: PartitionId(4),
+        name: Name::new("am-4").unwrap(),
+        address: Address::new(am4_address.to_string()).unwrap(),
+    });
+    let map4 = wire::ClusterMap::new(partitions4).unwrap();
+    let provider = Name::new("provider-0003").unwrap();
+    assert_eq!(cluster.map.home(&provider).name.as_str(), "am-1");
+    assert_eq!(map4.home(&provider).name.as_str(), "am-4");
+    let keys: HashMap<PartitionId, wire::PublicKey> = map4
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let identity = pki.identity(Role::AccountingManager, partition.name.as_str());
+            (partition.id, identity.signing_key.public_key())
+        })
+        .collect();
+    let user = pki.identity(Role::User, "user-0001");
+    let request = |service: u32| {
+        peer::user::credential_request(
+            ServiceId(service),
+            RequestId(random16()),
+            Nonce(random16()),
+            now_ms(),
+            Address::new("10.0.0.7:5000").unwrap(),
+            Bytes::from(user.certificate_der.clone()),
+            &user.signing_key,
+        )
+        .unwrap()
+    };
+    let usage = |units| Usage {
+        units: Some(units),
+        ..Usage::default()
+    };
+    runtime().block_on(async {
+        let node = ProviderNode::start_in_cluster(
+            &cluster.map,
+            &keys,
+            pki.identity(Role::Provider, "provider-0003"),
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .await
+        .unwrap();
+        // Service 3 is provider-0003's; am-1 is its home under the old map.
+        let (old, _) =
+            UserClient::request_credential_in_cluster(&cluster.node(1).address.to_string(), &pki.ca_der(), &request(3))
+                .await
+                .unwrap();
+        let old = old.value().session_id;
+        assert_eq!(old.partition(), PartitionId(1));
+        assert_eq!(node.next_credential(Duration::from_secs(10)).await, Some(old));
+        for units in 1..=2 {
+            node.account(old, AccountingKind::INTERIM, usage(units)).unwrap();
+        }
+        assert_eq!(node.deliver(Duration::from_secs(30)).await.unwrap().stored, 2);
+
+        // The new map: the home is am-4 now.
+        node.set_map(&map4, &keys).await.unwrap();
+        let (new, redirect) =
+            UserClient::request_credential_in_cluster(&am4_address.to_string(), &pki.ca_der(), &request(3))
+                .await
+                .unwrap();
+        assert_eq!(redirect, None);
+        let new = new.value().session_id;
+        assert_eq!(new.partition(), PartitionId(4));
+        assert_eq!(node.next_credential(Duration::from_secs(10)).await, Some(new));
+        node.account(old, AccountingKind::INTERIM, usage(3)).unwrap();
+        for units in 1..=2 {
+            node.account(new, AccountingKind::INTERIM, usage(units)).unwrap();
+        }
+        let delivery = node.deliver(Duration::from_secs(30)).await.unwrap();
+        assert_eq!((delivery.stored, delivery.pending), (3, 0), "{delivery:?}");
+        node.stop().await;
+    });
+    assert_eq!(
+        hot_records_on(&pki, cluster.node(1), "am-1"),
+        3,
+        "the old session stays on am-1"
+    );
+    assert_eq!(hot_records_on(&pki, &am4, "am-4"), 2, "the new session is am-4's");
+    assert_eq!(hot_records_on(&pki, cluster.node(2), "am-2"), 0);
+    assert_eq!(hot_records_on(&pki, cluster.node(3), "am-3"), 0);
+}
