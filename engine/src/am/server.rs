@@ -117,6 +117,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = settings.ingest.clone();
     let store = open_store(&settings.data)?;
+    store
+        .claim(&settings.node, settings.placement.me())
+        .with_context(|| format!("opening {}", settings.data.display()))?;
     let pipeline = Ingest::start(store.clone(), &config)?;
     tracing::info!(sessions = pipeline.table.len(), "recovered");
     let (endpoint, gate) = endpoint(&settings)?;

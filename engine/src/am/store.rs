@@ -40,6 +40,9 @@ const META: &str = "meta";
 const NEXT_COMMIT_SEQUENCE: &[u8] = b"next_commit_sequence";
 const EXPORT_CURSOR: &[u8] = b"export_cursor";
 const STORE_FORMAT: &[u8] = b"store_format";
+/// Whose store this is: the partition id (2 bytes, big-endian) and the
+/// node's name, written on the first start.
+const OWNER: &[u8] = b"owner";
 
 /// The layout this build writes. 2: dedup markers may carry their session's
 /// progress, and `progress` is no longer rewritten with every group. A
@@ -348,6 +351,34 @@ impl Store {
             store.write_synced(batch)?;
         }
         Ok(store)
+    }
+
+    /// Bind the store to the node `node`, partition `partition`: recorded on
+    /// the first start (synced), checked on every later one. A data
+    /// directory given to another node (a volume attached to the wrong pod)
+    /// is refused: its sessions carry another partition's id.
+    pub fn claim(&self, node: &wire::Name, partition: wire::PartitionId) -> Result<(), StoreError> {
+        let mut owner = partition.0.to_be_bytes().to_vec();
+        owner.extend_from_slice(node.as_str().as_bytes());
+        match self.db.get_cf(self.family(META), OWNER)? {
+            Some(stored) if stored == owner => Ok(()),
+            Some(stored) => {
+                let (id, name) = stored.split_at(2.min(stored.len()));
+                Err(StoreError::Corrupt {
+                    what: "owner",
+                    detail: format!(
+                        "this data directory belongs to {} (partition {}), not to {node} (partition {partition})",
+                        String::from_utf8_lossy(name),
+                        u16::from_be_bytes([id.first().copied().unwrap_or(0), id.get(1).copied().unwrap_or(0)])
+                    ),
+                })
+            }
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(self.family(META), OWNER, owner);
+                self.write_synced(batch)
+            }
+        }
     }
 
     fn family(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -1103,6 +1134,25 @@ fn corrupt_text(what: &'static str, detail: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_belongs_to_the_node_that_first_opened_it() {
+        let folder = tempfile::tempdir().unwrap();
+        let am2 = wire::Name::new("am-2").unwrap();
+        let store = Store::open(folder.path()).unwrap();
+        store.claim(&am2, wire::PartitionId(2)).unwrap();
+        drop(store);
+        let store = Store::open(folder.path()).unwrap();
+        store.claim(&am2, wire::PartitionId(2)).unwrap();
+        let error = store
+            .claim(&wire::Name::new("am-3").unwrap(), wire::PartitionId(3))
+            .unwrap_err();
+        assert!(error.to_string().contains("belongs to am-2 (partition 2)"), "{error}");
+        assert!(
+            store.claim(&am2, wire::PartitionId(3)).is_err(),
+            "same name, other partition"
+        );
+    }
 
     #[test]
     fn a_store_from_a_newer_format_is_refused() {
