@@ -535,7 +535,43 @@ impl ProviderNode {
             .lock()
             .map(|sessions| sessions.values().map(|session| session.unacked().count()).sum())
             .unwrap_or(0);
+        self.close_idle().await;
         Ok(delivery)
+    }
+
+    /// The partitions this node holds a connection to now.
+    pub async fn connected_partitions(&self) -> Vec<PartitionId> {
+        let mut partitions: Vec<PartitionId> = self.inner.clients.lock().await.keys().copied().collect();
+        partitions.sort();
+        partitions
+    }
+
+    /// Close the connections to partitions other than the home where no
+    /// session of this node is still open or unacked (a provider moved by
+    /// a map change keeps its old partition's connection only while its
+    /// sessions there live).
+    async fn close_idle(&self) {
+        let home = self.inner.home();
+        let needed: std::collections::HashSet<PartitionId> = match self.inner.sessions.lock() {
+            Ok(sessions) => sessions
+                .values()
+                .filter(|session| !session.is_finished())
+                .map(|session| self.inner.partition_of(&session.session_id()))
+                .collect(),
+            Err(_) => return,
+        };
+        let idle: Vec<Arc<AmClient>> = {
+            let mut clients = self.inner.clients.lock().await;
+            let gone: Vec<PartitionId> = clients
+                .keys()
+                .filter(|partition| **partition != home && !needed.contains(partition))
+                .copied()
+                .collect();
+            gone.iter().filter_map(|partition| clients.remove(partition)).collect()
+        };
+        for client in idle {
+            client.connection_handle().close(0u32.into(), b"no sessions here");
+        }
     }
 
     /// Stop: close the AM connection and the users' endpoint.

@@ -557,11 +557,21 @@ fn a_moved_provider_keeps_its_old_sessions_where_they_were_minted() {
         }
         let delivery = node.deliver(Duration::from_secs(30)).await.unwrap();
         assert_eq!((delivery.stored, delivery.pending), (3, 0), "{delivery:?}");
+        assert_eq!(
+            node.connected_partitions().await,
+            vec![PartitionId(1), PartitionId(4)],
+            "the old session on am-1 is still open"
+        );
+        // The old session ends: its partition's connection is let go.
+        node.account(old, AccountingKind::FINAL, usage(4)).unwrap();
+        let delivery = node.deliver(Duration::from_secs(30)).await.unwrap();
+        assert_eq!((delivery.stored, delivery.pending), (1, 0), "{delivery:?}");
+        assert_eq!(node.connected_partitions().await, vec![PartitionId(4)]);
         node.stop().await;
     });
     assert_eq!(
         hot_records_on(&pki, cluster.node(1), "am-1"),
-        3,
+        4,
         "the old session stays on am-1"
     );
     assert_eq!(hot_records_on(&pki, &am4, "am-4"), 2, "the new session is am-4's");
