@@ -914,7 +914,10 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                             continue;
                         };
                         let class = provider.class(index);
-                        if entry.status.is_retryable() {
+                        // WRONG_PARTITION is retryable elsewhere, but loadgen
+                        // sends each provider to one partition only: its map
+                        // differs from the AMs', an error, not a retry.
+                        if entry.status.is_retryable() && entry.status != AckStatus::WRONG_PARTITION {
                             state.retry.push_back((index, intended));
                         } else if entry.status.is_stored() {
                             if entry.status == AckStatus::STORED
@@ -966,7 +969,7 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                 Some((_, _, count)) => *count += 1,
                 None => counts.push((*class, *status, 1)),
             }
-            if !expected(*class, *status) && !status.is_retryable() {
+            if !expected(*class, *status) && (!status.is_retryable() || *status == AckStatus::WRONG_PARTITION) {
                 errors += 1;
             }
         }

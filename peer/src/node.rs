@@ -51,6 +51,12 @@ pub struct Delivery {
     pub refused: Vec<(MessageId, AckStatus)>,
     /// Still unacked (retry later).
     pub pending: usize,
+    /// Of those, held unsent: their session's partition is not in the
+    /// cluster map this node has (give it the map that has it:
+    /// [`ProviderNode::set_map`]).
+    pub unroutable: usize,
+    /// Partitions that could not be reached this time, and why.
+    pub unreached: Vec<(PartitionId, String)>,
 }
 
 /// A running Service Provider.
@@ -66,16 +72,17 @@ struct Inner {
     /// Where traffic goes; replaced by [`ProviderNode::set_map`].
     route: std::sync::RwLock<Route>,
     /// Wakes the keeper when the home changes.
-    home_changed: tokio::sync::Notify,
+    home_changed: Arc<tokio::sync::Notify>,
     /// This provider's name (its certificate's).
     name: Option<Name>,
     identity: ClientIdentity,
     /// Connections by partition; the home's is kept up. Held as `Arc`s so
     /// that no lock is held while a stream is opened or a connection closed.
     clients: tokio::sync::Mutex<HashMap<PartitionId, Arc<AmClient>>>,
-    /// One connection attempt at a time (the keeper and a delivery may both
-    /// find the home's connection gone).
-    connecting: tokio::sync::Mutex<()>,
+    /// One connection attempt at a time per partition (the keeper and a
+    /// delivery may both find the home's connection gone); a partition that
+    /// is down holds back no other.
+    connecting: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
     sessions: Sessions,
     arrivals_sender: mpsc::Sender<SessionId>,
 }
@@ -90,6 +97,8 @@ struct Route {
     /// Whether sessions are routed by their ids' partition (a cluster map
     /// was given); without one, everything goes to the one AM.
     clustered: bool,
+    /// The home before the last [`ProviderNode::set_map`], if it changed.
+    previous_home: Option<PartitionId>,
 }
 
 /// Longest wait for one connection (handshake and the AM's first answer).
@@ -135,6 +144,7 @@ impl ProviderNode {
             partitions: vec![target],
             home: PartitionId(1),
             clustered: false,
+            previous_home: None,
         };
         Self::start_with(route, None, identity, service_listen).await
     }
@@ -162,21 +172,28 @@ impl ProviderNode {
 
     /// A new cluster map (partitions added or removed): from now on new
     /// sessions come from the provider's home in `map`, which it connects
-    /// to now; sessions minted before keep going to the partition their
-    /// ids name while it is in the map.
+    /// to now (the map applies even when that fails: the keeper retries);
+    /// sessions minted before keep going to the partition their ids name
+    /// while it is in the map, and the previous home's connection is kept
+    /// until the next map. A connection already open to a partition keeps
+    /// the key and address it was opened with.
     pub async fn set_map(&self, map: &ClusterMap, keys: &HashMap<PartitionId, PublicKey>) -> Result<(), ClientError> {
         let provider = self
             .inner
             .name
             .clone()
             .ok_or_else(|| ClientError::Connect("this node was started without a cluster map".into()))?;
-        let route = route_in(map, keys, &provider)?;
+        let mut route = route_in(map, keys, &provider)?;
         let home = route.home;
-        *self
-            .inner
-            .route
-            .write()
-            .map_err(|_| ClientError::Connect("route poisoned".into()))? = route;
+        {
+            let mut current = self
+                .inner
+                .route
+                .write()
+                .map_err(|_| ClientError::Connect("route poisoned".into()))?;
+            route.previous_home = (current.home != home).then_some(current.home);
+            *current = route;
+        }
         self.inner.home_changed.notify_one();
         self.inner.connect(home).await.map(drop)
     }
@@ -215,11 +232,11 @@ impl ProviderNode {
         )?;
         let inner = Arc::new(Inner {
             route: std::sync::RwLock::new(route),
-            home_changed: tokio::sync::Notify::new(),
+            home_changed: Arc::new(tokio::sync::Notify::new()),
             name,
             identity,
             clients: tokio::sync::Mutex::new(HashMap::new()),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: std::sync::Mutex::new(HashMap::new()),
             sessions,
             arrivals_sender,
         });
@@ -258,6 +275,7 @@ fn route_in(map: &ClusterMap, keys: &HashMap<PartitionId, PublicKey>, provider: 
         partitions,
         home: map.home(provider).id,
         clustered: true,
+        previous_home: None,
     })
 }
 
@@ -266,13 +284,15 @@ fn route_in(map: &ClusterMap, keys: &HashMap<PartitionId, PublicKey>, provider: 
 async fn keep_connected(inner: std::sync::Weak<Inner>) {
     let mut backoff = RECONNECT_MIN;
     loop {
+        // Only a weak reference while waiting: a node dropped without `stop`
+        // is freed.
         let (closed, changed) = {
             let Some(node) = inner.upgrade() else { return };
             let home = node.home();
             let clients = node.clients.lock().await;
             (
                 clients.get(&home).map(|client| client.connection_handle()),
-                node.clone(),
+                node.home_changed.clone(),
             )
         };
         match closed {
@@ -280,12 +300,11 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
             Some(connection) => {
                 tokio::select! {
                     _ = connection.closed() => {}
-                    () = changed.home_changed.notified() => {}
+                    () = changed.notified() => {}
                 }
             }
             None => tokio::time::sleep(backoff).await,
         }
-        drop(changed);
         let Some(node) = inner.upgrade() else { return };
         match node.connect(node.home()).await {
             Ok(_) => backoff = RECONNECT_MIN,
@@ -310,18 +329,19 @@ impl Inner {
         self.route().home
     }
 
-    /// The partition a session's accounting goes to.
-    fn partition_of(&self, session: &SessionId) -> PartitionId {
-        let route = self.route();
+    /// The partition a session's accounting goes to: the one its id names
+    /// (the one AM without a map); `None` when the map does not have it
+    /// (sending it to another would only get WRONG_PARTITION back).
+    fn partition_of(route: &Route, session: &SessionId) -> Option<PartitionId> {
         if !route.clustered {
-            return route.home;
+            return Some(route.home);
         }
         let named = session.partition();
-        if route.partitions.iter().any(|target| target.id == named) {
-            named
-        } else {
-            route.home
-        }
+        route
+            .partitions
+            .iter()
+            .any(|target| target.id == named)
+            .then_some(named)
     }
 
     /// The live connection to `partition`, if there is one.
@@ -337,13 +357,28 @@ impl Inner {
     /// The connection to `partition`: the live one, else a new one (its
     /// address resolved now, within [`CONNECT_TIMEOUT`]) serving its pushes.
     async fn connect(&self, partition: PartitionId) -> Result<Arc<AmClient>, ClientError> {
-        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(client) = self.live(partition).await {
+            return Ok(client);
+        }
+        let lock = {
+            let mut locks = self
+                .connecting
+                .lock()
+                .map_err(|_| ClientError::Connect("connection locks poisoned".into()))?;
+            locks.entry(partition).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().await;
         if let Some(client) = self.live(partition).await {
             return Ok(client);
         }
         tokio::time::timeout(CONNECT_TIMEOUT, self.connect_new(partition))
             .await
-            .map_err(|_| ClientError::Connect(format!("partition {partition}: no connection within 10 s")))?
+            .map_err(|_| {
+                ClientError::Connect(format!(
+                    "partition {partition}: no connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
     }
 
     async fn connect_new(&self, partition: PartitionId) -> Result<Arc<AmClient>, ClientError> {
@@ -360,6 +395,9 @@ impl Inner {
             .next()
             .ok_or_else(|| ClientError::Connect(format!("{} resolves to no address", target.address)))?;
         let client = AmClient::connect(address, &self.identity).await?;
+        // Closed unless it is stored below: a connect cut short (a timeout,
+        // a deadline, stop) leaves no connection open behind it.
+        let mut orphan = CloseOnDrop(Some(client.connection_handle()));
         if let Some(name) = &target.name {
             crate::quic::check_am_name(&client.connection_handle(), &self.identity.ca_der, name)?;
         }
@@ -398,6 +436,7 @@ impl Inner {
         let client = Arc::new(client);
         // The one it replaces is closed already (or it would be live).
         let replaced = self.clients.lock().await.insert(partition, client.clone());
+        orphan.0 = None;
         drop(replaced);
         Ok(client)
     }
@@ -487,11 +526,15 @@ impl ProviderNode {
             ..Delivery::default()
         };
         // Each session's messages to the partition that holds it.
+        let route = self.inner.route();
         let mut by_partition: HashMap<PartitionId, Vec<wire::Signed<wire::Accounting>>> = HashMap::new();
         for message in outgoing {
-            let partition = self.inner.partition_of(&message.value().session_id);
-            by_partition.entry(partition).or_default().push(message);
+            match Inner::partition_of(&route, &message.value().session_id) {
+                Some(partition) => by_partition.entry(partition).or_default().push(message),
+                None => delivery.unroutable += 1,
+            }
         }
+        delivery.sent -= delivery.unroutable;
         // Every partition at once, each bounded by the deadline: one that
         // is down does not hold back the others.
         let deadline = Instant::now() + timeout;
@@ -499,15 +542,9 @@ impl ProviderNode {
         for (partition, outgoing) in by_partition {
             let inner = self.inner.clone();
             tasks.spawn(async move {
-                let deadline = tokio::time::Instant::from_std(deadline);
-                match tokio::time::timeout_at(deadline, deliver_to(&inner, partition, outgoing, deadline.into_std()))
+                deliver_to(&inner, partition, outgoing, deadline)
                     .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(ClientError::Connection(format!(
-                        "partition {partition}: nothing answered in time"
-                    ))),
-                }
+                    .map_err(|error| (partition, error))
             });
         }
         let mut failed = None;
@@ -520,7 +557,10 @@ impl ProviderNode {
                     delivery.duplicates += part.duplicates;
                     delivery.refused.extend(part.refused);
                 }
-                Ok(Err(error)) => failed = Some(error),
+                Ok(Err((partition, error))) => {
+                    delivery.unreached.push((partition, error.to_string()));
+                    failed = Some(error);
+                }
                 Err(error) => failed = Some(ClientError::Connection(error.to_string())),
             }
         }
@@ -551,20 +591,24 @@ impl ProviderNode {
     /// a map change keeps its old partition's connection only while its
     /// sessions there live).
     async fn close_idle(&self) {
-        let home = self.inner.home();
+        let route = self.inner.route();
         let needed: std::collections::HashSet<PartitionId> = match self.inner.sessions.lock() {
             Ok(sessions) => sessions
                 .values()
                 .filter(|session| !session.is_finished())
-                .map(|session| self.inner.partition_of(&session.session_id()))
+                .filter_map(|session| Inner::partition_of(&route, &session.session_id()))
                 .collect(),
             Err(_) => return,
         };
+        // The previous home too, until the next map: partitions that have
+        // not yet taken the new map still push its new sessions there.
+        let home = route.home;
+        let previous = route.previous_home;
         let idle: Vec<Arc<AmClient>> = {
             let mut clients = self.inner.clients.lock().await;
             let gone: Vec<PartitionId> = clients
                 .keys()
-                .filter(|partition| **partition != home && !needed.contains(partition))
+                .filter(|partition| **partition != home && Some(**partition) != previous && !needed.contains(partition))
                 .copied()
                 .collect();
             gone.iter().filter_map(|partition| clients.remove(partition)).collect()
@@ -597,39 +641,42 @@ async fn deliver_to(
     outgoing: Vec<wire::Signed<wire::Accounting>>,
     deadline: Instant,
 ) -> Result<Part, ClientError> {
-    let client = inner.connect(partition).await?;
-    let stream = client.open_accounting().await?;
-    drop(client);
+    // The connection and the stream within the deadline; the ack loop
+    // below keeps what was answered by then.
+    let opening = async {
+        let client = inner.connect(partition).await?;
+        client.open_accounting().await
+    };
+    let stream = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), opening)
+        .await
+        .map_err(|_| ClientError::Connection(format!("partition {partition}: not reached in time")))??;
     let (mut sender, mut receiver) = (stream.sender, stream.receiver);
     let expected = outgoing.len();
     let mut part = Part::default();
     // Send and read at once: the AM reads a stream only while its acks
     // are read, so sending everything first could block both sides.
-    let writer = tokio::spawn(async move {
+    let writer = AbortOnDrop(tokio::spawn(async move {
         for chunk in outgoing.chunks(256) {
             if sender.send(chunk).await.is_err() {
                 return;
             }
         }
         let _ = sender.finish();
-    });
+    }));
     let mut answered = 0usize;
     while answered < expected {
         let left = deadline.saturating_duration_since(Instant::now());
         let entries = match tokio::time::timeout(left, receiver.next()).await {
             Ok(Ok(Some(Received::Acks(entries)))) => entries,
             Ok(Ok(Some(Received::Error(error)))) => {
-                writer.abort();
                 return Err(ClientError::Refused(error));
             }
             Ok(Ok(None)) | Err(_) => break,
             Ok(Err(error)) => {
-                writer.abort();
                 return Err(error);
             }
         };
         let Ok(mut sessions) = inner.sessions.lock() else {
-            writer.abort();
             return Err(ClientError::Connection("sessions poisoned".into()));
         };
         for entry in entries {
@@ -649,6 +696,26 @@ async fn deliver_to(
             }
         }
     }
-    writer.abort();
+    drop(writer);
     Ok(part)
+}
+
+/// Aborts its task when dropped (the writer of a delivery that ended).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Closes its connection when dropped, unless emptied first.
+struct CloseOnDrop(Option<quinn::Connection>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            connection.close(0u32.into(), b"connect abandoned");
+        }
+    }
 }

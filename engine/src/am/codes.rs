@@ -30,7 +30,7 @@ pub fn body_error(error: &DecodeError) -> ErrorMessage {
 pub fn commit_failure(error: &StoreError) -> (AckStatus, &'static str) {
     match error {
         StoreError::OutOfSpace(_) => (AckStatus::OUT_OF_SPACE, "out_of_space"),
-        StoreError::Rocks(_) | StoreError::Corrupt { .. } => (AckStatus::BUSY, "other"),
+        StoreError::Rocks(_) | StoreError::Corrupt { .. } | StoreError::Owner(_) => (AckStatus::BUSY, "other"),
     }
 }
 
@@ -52,7 +52,7 @@ impl From<&StoreError> for SessionNotStored {
     fn from(error: &StoreError) -> Self {
         match error {
             StoreError::OutOfSpace(_) => Self::OutOfSpace(error.to_string()),
-            StoreError::Rocks(_) | StoreError::Corrupt { .. } => Self::Store(error.to_string()),
+            StoreError::Rocks(_) | StoreError::Corrupt { .. } | StoreError::Owner(_) => Self::Store(error.to_string()),
         }
     }
 }

@@ -66,6 +66,9 @@ pub enum StoreError {
     /// Any other RocksDB failure.
     #[error("rocksdb: {0}")]
     Rocks(rocksdb::Error),
+    /// The data directory belongs to another node (see [`Store::claim`]).
+    #[error("{0}")]
+    Owner(String),
     /// A stored value does not decode: corruption or a newer format.
     #[error("corrupt stored {what}: {detail}")]
     Corrupt {
@@ -364,14 +367,11 @@ impl Store {
             Some(stored) if stored == owner => Ok(()),
             Some(stored) => {
                 let (id, name) = stored.split_at(2.min(stored.len()));
-                Err(StoreError::Corrupt {
-                    what: "owner",
-                    detail: format!(
-                        "this data directory belongs to {} (partition {}), not to {node} (partition {partition})",
-                        String::from_utf8_lossy(name),
-                        u16::from_be_bytes([id.first().copied().unwrap_or(0), id.get(1).copied().unwrap_or(0)])
-                    ),
-                })
+                Err(StoreError::Owner(format!(
+                    "this data directory belongs to {} (partition {}), not to {node} (partition {partition})",
+                    String::from_utf8_lossy(name),
+                    u16::from_be_bytes([id.first().copied().unwrap_or(0), id.get(1).copied().unwrap_or(0)])
+                )))
             }
             None => {
                 let mut batch = WriteBatch::default();
