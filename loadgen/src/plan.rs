@@ -162,12 +162,7 @@ pub async fn issue_credentials(
     let mut tasks = tokio::task::JoinSet::new();
     // Each request goes to its provider's home partition (one AM: all).
     for (home, node) in topology.nodes.iter().enumerate() {
-        let requests: Vec<(usize, usize, Signed<wire::ServiceCredentialRequest>)> = requests
-            .iter()
-            .enumerate()
-            .filter(|(_, (provider, _))| topology.home_index(*provider) == home)
-            .map(|(index, (provider, request))| (index, *provider, request.clone()))
-            .collect();
+        let requests = homed_at(&requests, topology, home);
         if requests.is_empty() {
             continue;
         }
@@ -222,6 +217,17 @@ pub async fn issue_credentials(
         .collect())
 }
 
+/// The requests (provider index, request) whose provider's home is node
+/// `home`, each with its place in `requests`.
+fn homed_at<T: Clone>(requests: &[(usize, T)], topology: &Topology, home: usize) -> Vec<(usize, usize, T)> {
+    requests
+        .iter()
+        .enumerate()
+        .filter(|(_, (provider, _))| topology.home_index(*provider) == home)
+        .map(|(index, (provider, request))| (index, *provider, request.clone()))
+        .collect()
+}
+
 /// Sessions of the run, opened through the AM's admin path: provider index
 /// and the User Credential the AM minted.
 pub async fn open_sessions(
@@ -259,12 +265,7 @@ pub async fn open_sessions(
     let mut tasks = tokio::task::JoinSet::new();
     // Each session is opened on its provider's home partition.
     for (home, node) in topology.nodes.iter().enumerate() {
-        let requests: Vec<(usize, usize, AdminOpenSession)> = requests
-            .iter()
-            .enumerate()
-            .filter(|(_, (provider, _))| topology.home_index(*provider) == home)
-            .map(|(index, (provider, request))| (index, *provider, request.clone()))
-            .collect();
+        let requests = homed_at(&requests, topology, home);
         if requests.is_empty() {
             continue;
         }

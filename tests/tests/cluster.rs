@@ -16,6 +16,21 @@ fn random16() -> [u8; 16] {
     bytes
 }
 
+/// A fresh Service Credential Request of `user-0001` for `service`.
+fn credential_request(pki: &TestPki, service: u32) -> wire::Signed<wire::ServiceCredentialRequest> {
+    let user = pki.identity(Role::User, "user-0001");
+    peer::user::credential_request(
+        ServiceId(service),
+        RequestId(random16()),
+        Nonce(random16()),
+        now_ms(),
+        Address::new("10.0.0.7:5000").unwrap(),
+        Bytes::from(user.certificate_der.clone()),
+        &user.signing_key,
+    )
+    .unwrap()
+}
+
 /// Requests and accounting sent to a partition that is not the provider's
 /// home, or not the session's, are answered with the right partition and
 /// nothing is stored there; the same request at the home is served.
@@ -106,17 +121,7 @@ fn wrong_node_traffic_is_redirected_and_nothing_is_stored_there() {
 
         // A user asks the wrong partition for service 1 (provider-0001's):
         // redirected; the same bytes at the home go through its checks.
-        let user = pki.identity(Role::User, "user-0001");
-        let request = peer::user::credential_request(
-            ServiceId(1),
-            RequestId(random16()),
-            Nonce(random16()),
-            now_ms(),
-            Address::new("10.0.0.7:5000").unwrap(),
-            Bytes::from(user.certificate_der.clone()),
-            &user.signing_key,
-        )
-        .unwrap();
+        let request = credential_request(&pki, 1);
         let client = UserClient::connect(cluster.node(wrong.id.0).address, &pki.ca_der())
             .await
             .unwrap();
@@ -366,17 +371,7 @@ fn the_peer_library_follows_the_map() {
         )
         .await
         .unwrap();
-        let user = pki.identity(Role::User, "user-0001");
-        let request = peer::user::credential_request(
-            ServiceId(1),
-            RequestId(random16()),
-            Nonce(random16()),
-            now_ms(),
-            Address::new("10.0.0.7:5000").unwrap(),
-            Bytes::from(user.certificate_der.clone()),
-            &user.signing_key,
-        )
-        .unwrap();
+        let request = credential_request(&pki, 1);
         let (credential, redirect) =
             UserClient::request_credential_in_cluster(other.address.as_str(), &pki.ca_der(), &request)
                 .await
@@ -502,19 +497,7 @@ fn a_moved_provider_keeps_its_old_sessions_where_they_were_minted() {
             (partition.id, identity.signing_key.public_key())
         })
         .collect();
-    let user = pki.identity(Role::User, "user-0001");
-    let request = |service: u32| {
-        peer::user::credential_request(
-            ServiceId(service),
-            RequestId(random16()),
-            Nonce(random16()),
-            now_ms(),
-            Address::new("10.0.0.7:5000").unwrap(),
-            Bytes::from(user.certificate_der.clone()),
-            &user.signing_key,
-        )
-        .unwrap()
-    };
+    let request = |service: u32| credential_request(&pki, service);
     let usage = |units| Usage {
         units: Some(units),
         ..Usage::default()
