@@ -641,18 +641,53 @@ async fn deliver_to(
     outgoing: Vec<wire::Signed<wire::Accounting>>,
     deadline: Instant,
 ) -> Result<Part, ClientError> {
+    // A connection from before the partition restarted looks open until
+    // its first packets meet a stateless reset: when it breaks before any
+    // answer, it is dropped and the delivery made once more on a new one.
+    let mut part = Part::default();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (client, answered) = deliver_once(inner, partition, outgoing.clone(), deadline, &mut part).await?;
+        match answered {
+            Ok(()) => return Ok(part),
+            Err((error, 0)) if attempt == 1 && matches!(error, ClientError::Connection(_)) => {
+                let mut clients = inner.clients.lock().await;
+                if clients.get(&partition).is_some_and(|held| Arc::ptr_eq(held, &client)) {
+                    clients.remove(&partition);
+                }
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+/// One delivery on the connection [`Inner::connect`] gives: that
+/// connection, and how the ack loop ended (with the answers counted so far
+/// when it failed).
+async fn deliver_once(
+    inner: &Inner,
+    partition: PartitionId,
+    outgoing: Vec<wire::Signed<wire::Accounting>>,
+    deadline: Instant,
+    part: &mut Part,
+) -> Result<(Arc<AmClient>, Result<(), (ClientError, usize)>), ClientError> {
     // The connection and the stream within the deadline; the ack loop
     // below keeps what was answered by then.
     let opening = async {
         let client = inner.connect(partition).await?;
-        client.open_accounting().await
+        let stream = client.open_accounting().await;
+        Ok::<_, ClientError>((client, stream))
     };
-    let stream = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), opening)
+    let (client, stream) = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), opening)
         .await
         .map_err(|_| ClientError::Connection(format!("partition {partition}: not reached in time")))??;
+    let stream = match stream {
+        Ok(stream) => stream,
+        Err(error) => return Ok((client, Err((error, 0)))),
+    };
     let (mut sender, mut receiver) = (stream.sender, stream.receiver);
     let expected = outgoing.len();
-    let mut part = Part::default();
     // Send and read at once: the AM reads a stream only while its acks
     // are read, so sending everything first could block both sides.
     let writer = AbortOnDrop(tokio::spawn(async move {
@@ -668,13 +703,9 @@ async fn deliver_to(
         let left = deadline.saturating_duration_since(Instant::now());
         let entries = match tokio::time::timeout(left, receiver.next()).await {
             Ok(Ok(Some(Received::Acks(entries)))) => entries,
-            Ok(Ok(Some(Received::Error(error)))) => {
-                return Err(ClientError::Refused(error));
-            }
+            Ok(Ok(Some(Received::Error(error)))) => return Ok((client, Err((ClientError::Refused(error), answered)))),
             Ok(Ok(None)) | Err(_) => break,
-            Ok(Err(error)) => {
-                return Err(error);
-            }
+            Ok(Err(error)) => return Ok((client, Err((error, answered)))),
         };
         let Ok(mut sessions) = inner.sessions.lock() else {
             return Err(ClientError::Connection("sessions poisoned".into()));
@@ -697,7 +728,7 @@ async fn deliver_to(
         }
     }
     drop(writer);
-    Ok(part)
+    Ok((client, Ok(())))
 }
 
 /// Aborts its task when dropped (the writer of a delivery that ended).
