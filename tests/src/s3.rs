@@ -79,19 +79,23 @@ impl S3Server {
             .spawn()
             .unwrap_or_else(|error| panic!("starting s3s-fs: {error}"));
         self.child = Some(child);
+        // Listening, and still running: a server that could not bind (the
+        // port taken meanwhile) exits, and another process's listener
+        // must not pass for it.
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            let exited = self.child.as_mut().map(|child| child.try_wait());
+            assert!(
+                matches!(exited, Some(Ok(None))),
+                "s3s-fs exited at start (port {} taken?)",
+                self.port
+            );
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
             assert!(started.elapsed() < Duration::from_secs(30), "s3s-fs did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        // The listener is ours, not another process's that took the port.
-        std::thread::sleep(Duration::from_millis(100));
-        let exited = self.child.as_mut().map(|child| child.try_wait());
-        assert!(
-            matches!(exited, Some(Ok(None))),
-            "s3s-fs exited at start (port {} taken?)",
-            self.port
-        );
     }
 
     /// SIGKILL the server, and reap it.

@@ -86,8 +86,13 @@ fn an_object_store_down_for_minutes_delays_the_export_and_loses_nothing() {
         let due = OUTAGE * wave / OUTAGE_WAVES;
         std::thread::sleep(due.saturating_sub(down.elapsed()));
         messages.extend(ingest(&pki, &am, 1, WAVE_MESSAGES));
-        // The batch cut after this wave waits for the store too.
-        std::thread::sleep(Duration::from_secs(1));
+        // The exporter counts this wave in its backlog (it cannot ship it).
+        let waiting = (u64::from(wave + 1) * WAVE_MESSAGES) as f64;
+        assert!(
+            wait_until(EXPORT_TIMEOUT, || metric(metrics_port, "acct_export_backlog_records")
+                >= waiting),
+            "the backlog never counted wave {wave}"
+        );
         backlog.push(metric(metrics_port, "acct_export_backlog_records"));
     }
     std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
