@@ -31,12 +31,17 @@ use parquet::file::properties::WriterProperties;
 use wire::limits::{CREDENTIAL_DIGEST_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES};
 use wire::{Accounting, AccountingKind, PublicKey, SessionId, Signed};
 
+pub mod chain;
+
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 /// File metadata key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "acct.schema_version";
 /// File metadata key holding the batch id (32 hex digits).
 pub const BATCH_ID_KEY: &str = "acct.batch_id";
+/// File metadata key holding the batch's number in its node's chain
+/// (decimal; [`chain`]). Files exported before the chain have none.
+pub const BATCH_NUMBER_KEY: &str = "acct.batch_number";
 /// The `created_by` every file carries. Fixed, so that the bytes depend only
 /// on the rows and the batch (a retried export must produce the same bytes).
 pub const CREATED_BY: &str = "acct archive, schema 1";
@@ -338,9 +343,10 @@ fn clamp_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-/// Encode `rows` (in commit order) as one Parquet file of batch `batch_id`.
-/// Deterministic: the same rows and batch id give the same bytes.
-pub fn encode(rows: &[Row], batch_id: &str) -> Result<Vec<u8>, ArchiveError> {
+/// Encode `rows` (in commit order) as one Parquet file of batch `batch_id`,
+/// number `batch_number` in its node's chain. Deterministic: the same rows,
+/// batch id and number give the same bytes.
+pub fn encode(rows: &[Row], batch_id: &str, batch_number: u64) -> Result<Vec<u8>, ArchiveError> {
     let batch = to_batch(rows)?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
@@ -349,6 +355,7 @@ pub fn encode(rows: &[Row], batch_id: &str) -> Result<Vec<u8>, ArchiveError> {
         .set_key_value_metadata(Some(vec![
             KeyValue::new(SCHEMA_VERSION_KEY.to_owned(), SCHEMA_VERSION.to_string()),
             KeyValue::new(BATCH_ID_KEY.to_owned(), batch_id.to_owned()),
+            KeyValue::new(BATCH_NUMBER_KEY.to_owned(), batch_number.to_string()),
         ]))
         .build();
     let mut out = Vec::with_capacity(rows.len() * 128 + 4096);
@@ -365,6 +372,9 @@ pub struct FileInfo {
     pub rows: u64,
     /// The batch id from the file metadata, if present.
     pub batch_id: Option<String>,
+    /// The batch's number in its node's chain, if present (files exported
+    /// before the chain have none).
+    pub batch_number: Option<u64>,
 }
 
 /// Check that `bytes` are a complete acct schema-1 Parquet file and read its
@@ -390,6 +400,7 @@ pub fn inspect(bytes: Bytes) -> Result<FileInfo, ArchiveError> {
     Ok(FileInfo {
         rows: u64::try_from(metadata.num_rows()).unwrap_or(0),
         batch_id: key_value(BATCH_ID_KEY),
+        batch_number: key_value(BATCH_NUMBER_KEY).and_then(|number| number.parse().ok()),
     })
 }
 
@@ -621,12 +632,13 @@ mod tests {
     fn rows_round_trip_verify_and_encode_deterministically() {
         let key = SigningKey::from_seed(&[1; 32]);
         let rows: Vec<Row> = (1..=3).map(|sequence| row(sequence, &key)).collect();
-        let bytes = encode(&rows, "00ff").unwrap();
-        assert_eq!(bytes, encode(&rows, "00ff").unwrap(), "same rows, same bytes");
+        let bytes = encode(&rows, "00ff", 1).unwrap();
+        assert_eq!(bytes, encode(&rows, "00ff", 1).unwrap(), "same rows, same bytes");
         let info = inspect(Bytes::from(bytes.clone())).unwrap();
         assert_eq!(info.rows, 3);
         assert_eq!(check(Bytes::from(bytes.clone())).unwrap(), info);
         assert_eq!(info.batch_id.as_deref(), Some("00ff"));
+        assert_eq!(info.batch_number, Some(1));
         let mut back = Vec::new();
         assert_eq!(read(Bytes::from(bytes), |row| back.push(row)).unwrap(), 3);
         assert_eq!(back, rows);
@@ -650,7 +662,7 @@ mod tests {
     fn garbage_and_truncated_files_are_errors_not_panics() {
         assert!(inspect(Bytes::from_static(b"not parquet at all")).is_err());
         let key = SigningKey::from_seed(&[1; 32]);
-        let bytes = encode(&[row(1, &key)], "aa").unwrap();
+        let bytes = encode(&[row(1, &key)], "aa", 1).unwrap();
         for cut in [0, 4, bytes.len() / 2, bytes.len() - 1] {
             assert!(inspect(Bytes::copy_from_slice(&bytes[..cut])).is_err(), "cut at {cut}");
         }

@@ -398,19 +398,101 @@ impl Bucket {
             .join(format!("batch-{}.parquet", record.batch_id))
     }
 
-    /// Store a checked batch (`checks::check`); the answer to send back.
-    /// STORED only once the object store confirmed the write; when the
-    /// write fails for any reason, the object already there (if any)
+    /// Store a checked batch (`checks::check`) and its chain objects
+    /// (`archive::chain`; `certificate`: the AM's, DER); the answer to send
+    /// back. STORED only once the object store confirmed the write; when
+    /// the write fails for any reason, the object already there (if any)
     /// decides: ALREADY_STORED for the batch's bytes, CONFLICTING_BATCH for
-    /// others, UNAVAILABLE when there is none or it cannot be read. Ends
+    /// others, UNAVAILABLE when there is none or it cannot be read. The
+    /// chain objects are written after the batch and before the answer; if
+    /// they cannot be, UNAVAILABLE (the AM sends the batch again). Ends
     /// within [`BATCH_DEADLINE`].
-    pub async fn store(&self, record: &RecordAccounting) -> RecordAck {
+    pub async fn store(&self, record: &RecordAccounting, certificate: &[u8]) -> RecordAck {
+        let deadline = tokio::time::Instant::now() + BATCH_DEADLINE;
+        let ack = self.store_file(record, deadline).await;
+        if !ack.status.is_stored() {
+            return ack;
+        }
+        let error = match tokio::time::timeout_at(deadline, self.store_chain(record, certificate)).await {
+            Ok(Ok(())) => return ack,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "past the batch's deadline".to_owned(),
+        };
+        tracing::error!(batch = %record.batch_id, %error, "cannot store the batch's chain objects; the AM will retry");
+        RecordAck {
+            status: RecordStatus::UNAVAILABLE,
+            ..ack
+        }
+    }
+
+    /// The batch's header and the AM's certificate (each created once),
+    /// then the node's head (replaced only by a higher number). The head is
+    /// read, compared and written: two storages writing one node's head at
+    /// once could leave the lower one, which the node's next batch
+    /// replaces; the AM sends one batch at a time.
+    async fn store_chain(&self, record: &RecordAccounting, certificate: &[u8]) -> Result<(), object_store::Error> {
+        let mut folder = self.prefix.clone();
+        for segment in archive::chain::node_folder(record.node.as_str()).split('/') {
+            folder = folder.join(segment);
+        }
+        self.create_once(
+            &folder.clone().join(archive::chain::certificate_name(certificate)),
+            Bytes::copy_from_slice(certificate),
+        )
+        .await?;
+        self.create_once(
+            &folder.clone().join(archive::chain::header_name(&record.header)),
+            record.header.body().clone(),
+        )
+        .await?;
+        let head_path = folder.join(archive::chain::HEAD_NAME);
+        let held = match self.store.get_opts(&head_path, GetOptions::default()).await {
+            Ok(found) => Some(found.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(error) => return Err(error),
+        };
+        if crate::chain::head_replaces(held.as_deref(), &record.head) {
+            self.store
+                .put_opts(
+                    &head_path,
+                    PutPayload::from_bytes(record.head.body().clone()),
+                    PutOptions::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Create `path` with `bytes` unless it exists (then it holds them: a
+    /// chain object's name is determined by its bytes).
+    async fn create_once(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), object_store::Error> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self.store.put_opts(path, PutPayload::from_bytes(bytes), options).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Every chain object under the prefix (`_chain/node=…/…`), sorted by
+    /// key.
+    pub async fn chain_objects(&self) -> Result<Vec<ObjectPath>, object_store::Error> {
+        let folder = self.prefix.clone().join(archive::chain::CHAIN_FOLDER);
+        let listed: Vec<object_store::ObjectMeta> = self.store.list(Some(&folder)).try_collect().await?;
+        let mut objects: Vec<ObjectPath> = listed.into_iter().map(|meta| meta.location).collect();
+        objects.sort();
+        Ok(objects)
+    }
+
+    /// Store a checked batch's Parquet object, by `deadline`.
+    async fn store_file(&self, record: &RecordAccounting, deadline: tokio::time::Instant) -> RecordAck {
         let answer = |status: RecordStatus, digest: [u8; 32]| RecordAck {
             batch_id: record.batch_id,
             digest,
             status,
         };
-        let deadline = tokio::time::Instant::now() + BATCH_DEADLINE;
         let path = self.batch_path(record);
         let mut attributes = Attributes::new();
         attributes.insert(

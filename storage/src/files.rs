@@ -1,6 +1,8 @@
 //! The AS's folder: one Parquet file per batch under
 //! `date=YYYY-MM-DD/node=<am node>/batch-<batch id>.parquet` (Hive-style
-//! partitions, so DuckDB and Spark can prune by date and node).
+//! partitions, so DuckDB and Spark can prune by date and node), and the
+//! chain beside them under `_chain/node=<am node>/` (`archive::chain`): each
+//! batch's signed header, the node's head, the AM certificates.
 //!
 //! Memory: an index of the stored batches (batch id → path), about 150
 //! bytes per file, rebuilt from a listing at start. With the default export
@@ -58,7 +60,7 @@ impl ColdFiles {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if entry.file_type().map_err(io(&path))?.is_dir() {
                     pending.push(path);
-                } else if name.starts_with(".batch-") && name.ends_with(".tmp") {
+                } else if name.starts_with('.') && name.ends_with(".tmp") {
                     tracing::info!(file = %path.display(), "removing a partial file left by a crash");
                     std::fs::remove_file(&path).map_err(io(&path))?;
                 } else if let Some(batch_id) = parse_batch_file(&name) {
@@ -85,16 +87,80 @@ impl ColdFiles {
 
     /// Check and store one batch delivered by `am`; the answer to send back.
     /// Blocking (file I/O and fsync): call from a blocking thread.
-    pub fn deliver(&self, am: &CertifiedIdentity, message: &Signed<RecordAccounting>) -> RecordAck {
+    /// `certificate`: the AM's certificate (DER), kept with the chain.
+    pub fn deliver(&self, am: &CertifiedIdentity, certificate: &[u8], message: &Signed<RecordAccounting>) -> RecordAck {
         match check(am, message) {
-            Ok(()) => self.store(message.value()),
+            Ok(()) => self.store(message.value(), certificate),
             Err(refusal) => refusal,
         }
     }
 
-    /// Store a checked batch ([`check`]); the answer to send back.
-    /// Blocking (file I/O and fsync): call from a blocking thread.
-    pub fn store(&self, record: &RecordAccounting) -> RecordAck {
+    /// Store a checked batch ([`check`]) and its chain objects; the answer
+    /// to send back. Blocking (file I/O and fsync): call from a blocking
+    /// thread.
+    pub fn store(&self, record: &RecordAccounting, certificate: &[u8]) -> RecordAck {
+        let ack = self.store_file(record);
+        if !ack.status.is_stored() {
+            return ack;
+        }
+        // After the file, before the ack: a chained file never lacks its
+        // header for long (the AM sends the batch again until acked), and
+        // a batch refused as conflicting leaves no header.
+        match self.store_chain(record, certificate) {
+            Ok(()) => ack,
+            Err(error) => {
+                tracing::error!(batch = %record.batch_id, %error, "cannot store the batch's chain objects; the AM will retry");
+                RecordAck {
+                    status: RecordStatus::UNAVAILABLE,
+                    ..ack
+                }
+            }
+        }
+    }
+
+    /// The batch's header and the AM's certificate (each written once),
+    /// and the node's head (replaced only by a higher number).
+    fn store_chain(&self, record: &RecordAccounting, certificate: &[u8]) -> std::io::Result<()> {
+        let folder = self.root.join(archive::chain::node_folder(record.node.as_str()));
+        // An object found in place may be one an earlier process renamed
+        // and died before its folders' fsync: made durable before the ack.
+        let once = |name: String, bytes: &[u8]| -> std::io::Result<()> {
+            let path = folder.join(&name);
+            if path.exists() {
+                return sync_up_to_root(&self.root, &path, self.sync);
+            }
+            write_atomically(&self.root, &folder, &name, bytes, self.sync).map(drop)
+        };
+        once(archive::chain::certificate_name(certificate), certificate)?;
+        once(archive::chain::header_name(&record.header), record.header.body())?;
+        // One writer at a time: the index lock is held by deliveries only
+        // while they store a file, so take it for the head too.
+        let _writing = self
+            .index
+            .lock()
+            .map_err(|_| std::io::Error::other("index lock poisoned"))?;
+        let head_path = folder.join(archive::chain::HEAD_NAME);
+        let held = match std::fs::read(&head_path) {
+            Ok(bytes) => Some(bytes),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        if crate::chain::head_replaces(held.as_deref(), &record.head) {
+            write_atomically(
+                &self.root,
+                &folder,
+                archive::chain::HEAD_NAME,
+                record.head.body(),
+                self.sync,
+            )?;
+        } else {
+            sync_up_to_root(&self.root, &head_path, self.sync)?;
+        }
+        Ok(())
+    }
+
+    /// Store a checked batch's Parquet file (or find it stored).
+    fn store_file(&self, record: &RecordAccounting) -> RecordAck {
         let answer = |status: RecordStatus, digest: [u8; 32]| RecordAck {
             batch_id: record.batch_id,
             digest,
@@ -135,7 +201,13 @@ impl ColdFiles {
             .root
             .join(format!("date={}", utc_date(record.created_ms)))
             .join(format!("node={}", record.node));
-        match write_atomically(&self.root, &folder, &batch_hex, &record.payload, self.sync) {
+        match write_atomically(
+            &self.root,
+            &folder,
+            &format!("batch-{batch_hex}.parquet"),
+            &record.payload,
+            self.sync,
+        ) {
             Ok(path) => {
                 tracing::info!(batch = %batch_hex, rows = record.record_count, bytes = record.payload.len(), file = %path.display(), "stored");
                 metrics::counter!("acct_storage_batches_total").increment(1);
@@ -168,21 +240,22 @@ pub fn utc_date(unix_ms: u64) -> String {
     format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
 }
 
-/// Temp file, fsync, rename, then fsync of the file and of every folder up
-/// to the root: after `Ok`, the file survives a crash; before, no reader
-/// ever sees it. Every folder is synced on every attempt, not only when this
-/// attempt made it: a first attempt that made the date folder and then
-/// failed (or was killed) leaves a folder whose name is not yet durable.
+/// Temp file, fsync, rename (replacing a file of that name), then fsync of
+/// the file and of every folder up to the root: after `Ok`, the file
+/// survives a crash; before, no reader ever sees it. Every folder is synced
+/// on every attempt, not only when this attempt made it: a first attempt
+/// that made the date folder and then failed (or was killed) leaves a
+/// folder whose name is not yet durable.
 fn write_atomically(
     root: &Path,
     folder: &Path,
-    batch_hex: &str,
+    name: &str,
     payload: &[u8],
     sync: fn(&Path) -> std::io::Result<()>,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(folder)?;
-    let temp = folder.join(format!(".batch-{batch_hex}.parquet.tmp"));
-    let path = folder.join(format!("batch-{batch_hex}.parquet"));
+    let temp = folder.join(format!(".{name}.tmp"));
+    let path = folder.join(name);
     let mut file = File::create(&temp)?;
     let half = payload.len() / 2;
     file.write_all(&payload[..half])?;
@@ -229,6 +302,9 @@ mod tests {
 
     use super::*;
     use wire::{Name, Role, SigningKey};
+
+    /// Stands for the AM's certificate: the storage keeps it as bytes.
+    const CERTIFICATE: &[u8] = b"the AM's certificate";
 
     fn am(key: &SigningKey) -> CertifiedIdentity {
         CertifiedIdentity {
@@ -277,16 +353,61 @@ mod tests {
             })
             .collect();
         let batch_id = BatchId([id; 16]);
-        let payload = archive::encode(&rows, &batch_id.to_string()).unwrap();
-        let mut record = RecordAccounting {
-            batch_id,
-            node: Name::new("am-1").unwrap(),
-            created_ms: 1_795_000_000_000,
-            record_count: rows.len() as u32,
-            digest: RecordAccounting::digest_of(&payload),
-            payload: Bytes::from(payload),
-        };
+        let payload = archive::encode(&rows, &batch_id.to_string(), 1).unwrap();
+        let (mut record, _) = RecordAccounting::sign_batch(
+            wire::BatchToSign {
+                batch_id,
+                node: Name::new("am-1").unwrap(),
+                created_ms: 1_795_000_000_000,
+                number: 1,
+                first_commit_sequence: 1,
+                record_count: rows.len() as u32,
+                previous: wire::chain::CHAIN_START,
+                payload: Bytes::from(payload),
+            },
+            key,
+        )
+        .unwrap()
+        .into_parts();
         tamper(&mut record);
+        // The header and head describe the batch as tampered (an AM that
+        // lies consistently): the storage's own checks must catch it.
+        let header = record.header.value();
+        let (header, head) = wire::chain::sign_chain(
+            wire::BatchHeader {
+                node: record.node.clone(),
+                batch_id: record.batch_id,
+                record_count: record.record_count,
+                last_commit_sequence: u64::from(record.record_count.max(1)),
+                created_ms: record.created_ms,
+                file_digest: record.digest,
+                ..header.clone()
+            },
+            key,
+        )
+        .unwrap();
+        record.header = Box::new(header);
+        record.head = Box::new(head);
+        Signed::sign(record, key).unwrap()
+    }
+
+    /// A good batch whose header is then changed, and its header and head
+    /// signed with `chain_key` (`head`: then the head changed too).
+    fn with_chain(
+        key: &SigningKey,
+        chain_key: &SigningKey,
+        id: u8,
+        tamper: impl FnOnce(&mut wire::BatchHeader),
+        head: impl FnOnce(&mut wire::ArchiveHead),
+    ) -> Signed<RecordAccounting> {
+        let (mut record, _) = batch(key, id, 3, |_| {}).into_parts();
+        let mut header = record.header.value().clone();
+        tamper(&mut header);
+        let (header, signed_head) = wire::chain::sign_chain(header, chain_key).unwrap();
+        let mut changed = signed_head.value().clone();
+        head(&mut changed);
+        record.header = Box::new(header);
+        record.head = Box::new(Signed::sign(changed, chain_key).unwrap());
         Signed::sign(record, key).unwrap()
     }
 
@@ -296,18 +417,21 @@ mod tests {
         let files = ColdFiles::open(folder.path()).unwrap();
         let key = SigningKey::from_seed(&[1; 32]);
         let first = batch(&key, 1, 5, |_| {});
-        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::STORED);
+        assert_eq!(
+            files.deliver(&am(&key), CERTIFICATE, &first).status,
+            RecordStatus::STORED
+        );
         let path = folder
             .path()
             .join("date=2026-11-18/node=am-1")
             .join(format!("batch-{}.parquet", BatchId([1; 16])));
         assert!(path.exists());
-        let again = files.deliver(&am(&key), &first);
+        let again = files.deliver(&am(&key), CERTIFICATE, &first);
         assert_eq!(again.status, RecordStatus::ALREADY_STORED);
         assert_eq!(again.digest, first.value().digest);
         // Same id, other rows: refused, and the answer names what is stored.
         let other = batch(&key, 1, 6, |_| {});
-        let refused = files.deliver(&am(&key), &other);
+        let refused = files.deliver(&am(&key), CERTIFICATE, &other);
         assert_eq!(refused.status, RecordStatus::CONFLICTING_BATCH);
         assert_eq!(refused.digest, first.value().digest);
         assert_eq!(archive::parquet_files(folder.path()).unwrap().len(), 1);
@@ -315,7 +439,10 @@ mod tests {
         drop(files);
         let files = ColdFiles::open(folder.path()).unwrap();
         assert_eq!(files.batch_count(), 1);
-        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::ALREADY_STORED);
+        assert_eq!(
+            files.deliver(&am(&key), CERTIFICATE, &first).status,
+            RecordStatus::ALREADY_STORED
+        );
     }
 
     #[test]
@@ -355,9 +482,31 @@ mod tests {
                 am(&key),
                 RecordStatus::NOT_PARQUET,
             ),
+            // The header and head must be the AM's and describe the batch.
+            (
+                with_chain(&key, &other_key, 9, |_| {}, |_| {}),
+                am(&key),
+                RecordStatus::BAD_HEADER,
+            ),
+            (
+                with_chain(&key, &key, 10, |header| header.file_digest[0] ^= 1, |_| {}),
+                am(&key),
+                RecordStatus::BAD_HEADER,
+            ),
+            (
+                with_chain(&key, &key, 11, |_| {}, |head| head.header_digest[0] ^= 1),
+                am(&key),
+                RecordStatus::BAD_HEADER,
+            ),
+            (
+                // The file's metadata says batch number 1.
+                with_chain(&key, &key, 12, |header| header.number = 2, |_| {}),
+                am(&key),
+                RecordStatus::NOT_PARQUET,
+            ),
         ];
         for (message, identity, expected) in cases {
-            assert_eq!(files.deliver(&identity, &message).status, expected);
+            assert_eq!(files.deliver(&identity, CERTIFICATE, &message).status, expected);
         }
         assert!(archive::parquet_files(folder.path()).unwrap().is_empty());
     }
@@ -386,24 +535,47 @@ mod tests {
         let first = batch(&key, 1, 5, |_| {});
         let node = root.join("date=2026-11-18/node=am-1");
         let file = node.join(format!("batch-{}.parquet", BatchId([1; 16])));
-        let chain = vec![file.clone(), node.clone(), root.join("date=2026-11-18"), root.clone()];
+        let mut chain = vec![file.clone(), node.clone(), root.join("date=2026-11-18"), root.clone()];
+        // Then the chain's objects, each with its folders.
+        let chain_folder = root.join("_chain/node=am-1");
+        for name in [
+            archive::chain::certificate_name(CERTIFICATE),
+            archive::chain::header_name(&first.value().header),
+            archive::chain::HEAD_NAME.to_owned(),
+        ] {
+            chain.extend([
+                chain_folder.join(name),
+                chain_folder.clone(),
+                root.join("_chain"),
+                root.clone(),
+            ]);
+        }
         // A first attempt made the folders and died mid-write: its temp file
         // is removed at start, its folders stay, their names not yet durable.
         std::fs::create_dir_all(&node).unwrap();
         std::fs::write(node.join(format!(".batch-{}.parquet.tmp", BatchId([1; 16]))), b"half").unwrap();
         let mut files = ColdFiles::open(&root).unwrap();
         files.sync = recording_fsync;
-        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::STORED);
+        assert_eq!(
+            files.deliver(&am(&key), CERTIFICATE, &first).status,
+            RecordStatus::STORED
+        );
         assert_eq!(synced_under(&root), chain, "the retry's STORED");
         // Redelivered: the ack is given again only after the same fsyncs.
-        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::ALREADY_STORED);
+        assert_eq!(
+            files.deliver(&am(&key), CERTIFICATE, &first).status,
+            RecordStatus::ALREADY_STORED
+        );
         assert_eq!(synced_under(&root), chain, "ALREADY_STORED");
         // A file found at start (renamed by a process that died before its
         // folders' fsync) is made durable before it is vouched for.
         drop(files);
         let mut files = ColdFiles::open(&root).unwrap();
         files.sync = recording_fsync;
-        assert_eq!(files.deliver(&am(&key), &first).status, RecordStatus::ALREADY_STORED);
+        assert_eq!(
+            files.deliver(&am(&key), CERTIFICATE, &first).status,
+            RecordStatus::ALREADY_STORED
+        );
         assert_eq!(synced_under(&root), chain, "ALREADY_STORED after a restart");
     }
 

@@ -10,6 +10,7 @@
 //! the object.
 
 pub mod bucket;
+pub mod chain;
 pub mod checks;
 pub mod files;
 pub mod profile;

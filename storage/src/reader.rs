@@ -6,7 +6,10 @@
 //! Memory: the list of names, and one batch's bytes per reading thread (a
 //! batch is at most one 64 MiB frame).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use archive::chain::{NodeChain, ObjectKind};
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
@@ -27,7 +30,12 @@ pub enum ReaderError {
 /// Where the batches are.
 pub enum Archive {
     /// Files under a folder.
-    Folder(Vec<PathBuf>),
+    Folder {
+        /// The folder given.
+        root: PathBuf,
+        /// The batch files.
+        files: Vec<PathBuf>,
+    },
     /// Objects under a bucket's prefix.
     Bucket {
         /// The client.
@@ -44,7 +52,9 @@ impl Archive {
     /// reached as `settings` say (its `url` is replaced by `location`).
     pub fn open(location: &str, settings: &BucketSettings) -> Result<Self, ReaderError> {
         if !location.starts_with("s3://") {
-            return Ok(Self::Folder(archive::parquet_files(std::path::Path::new(location))?));
+            let root = PathBuf::from(location);
+            let files = archive::parquet_files(&root)?;
+            return Ok(Self::Folder { root, files });
         }
         let settings = BucketSettings {
             url: location.to_owned(),
@@ -70,7 +80,7 @@ impl Archive {
     /// Batches listed.
     pub fn len(&self) -> usize {
         match self {
-            Self::Folder(files) => files.len(),
+            Self::Folder { files, .. } => files.len(),
             Self::Bucket { objects, .. } => objects.len(),
         }
     }
@@ -83,7 +93,7 @@ impl Archive {
     /// The `index`th batch's name, for messages (a path, or `s3://…`).
     pub fn name(&self, index: usize) -> String {
         match self {
-            Self::Folder(files) => files
+            Self::Folder { files, .. } => files
                 .get(index)
                 .map(|path| path.display().to_string())
                 .unwrap_or_default(),
@@ -94,25 +104,125 @@ impl Archive {
         }
     }
 
-    /// Read the `index`th batch's rows into `each`; the number of rows.
-    /// Callable from several threads at once.
-    pub fn read(&self, index: usize, each: impl FnMut(archive::Row)) -> Result<u64, ReaderError> {
+    /// The `index`th batch's path relative to the archive's root (`/`
+    /// separated), for telling its node and batch id.
+    pub fn relative_name(&self, index: usize) -> String {
         match self {
-            Self::Folder(files) => match files.get(index) {
-                Some(path) => Ok(archive::read_file(path, each)?),
-                None => Ok(0),
+            Self::Folder { root, files } => files
+                .get(index)
+                .map(|path| {
+                    let relative = path.strip_prefix(root).unwrap_or(path);
+                    relative
+                        .components()
+                        .map(|part| part.as_os_str().to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .unwrap_or_default(),
+            Self::Bucket { objects, .. } => objects.get(index).map(ToString::to_string).unwrap_or_default(),
+        }
+    }
+
+    /// The `index`th batch's bytes, whole. Callable from several threads at
+    /// once.
+    pub fn bytes(&self, index: usize) -> Result<Bytes, ReaderError> {
+        match self {
+            Self::Folder { files, .. } => match files.get(index) {
+                Some(path) => std::fs::read(path).map(Bytes::from).map_err(|source| {
+                    ReaderError::Archive(archive::ArchiveError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                }),
+                None => Ok(Bytes::new()),
             },
             Self::Bucket {
                 bucket,
                 runtime,
                 objects,
             } => {
-                let Some(path) = objects.get(index) else { return Ok(0) };
-                let bytes: Bytes = runtime
+                let Some(path) = objects.get(index) else {
+                    return Ok(Bytes::new());
+                };
+                runtime
                     .block_on(bucket.read(path))
-                    .map_err(|error| ReaderError::Bucket(format!("reading {path}: {error}")))?;
-                Ok(archive::read(bytes, each)?)
+                    .map_err(|error| ReaderError::Bucket(format!("reading {path}: {error}")))
             }
         }
     }
+
+    /// Read the `index`th batch's rows into `each`; the number of rows.
+    /// Callable from several threads at once.
+    pub fn read(&self, index: usize, each: impl FnMut(archive::Row)) -> Result<u64, ReaderError> {
+        Ok(archive::read(self.bytes(index)?, each)?)
+    }
+
+    /// Every node's chain objects (`archive::chain`), read whole. A chain
+    /// object is small (a header, a head or a certificate: at most a few
+    /// KiB), and there is one header per batch.
+    pub fn chains(&self) -> Result<BTreeMap<String, NodeChain>, ReaderError> {
+        let mut found: Vec<(String, Bytes)> = Vec::new();
+        match self {
+            Self::Folder { root, .. } => {
+                let folder = root.join(archive::chain::CHAIN_FOLDER);
+                let nodes = match std::fs::read_dir(&folder) {
+                    Ok(nodes) => nodes,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+                    Err(source) => return Err(io_error(&folder, source)),
+                };
+                for node in nodes {
+                    let node = node.map_err(|source| io_error(&folder, source))?;
+                    let node_name = node.file_name().to_string_lossy().into_owned();
+                    if !node.path().is_dir() {
+                        continue;
+                    }
+                    for entry in std::fs::read_dir(node.path()).map_err(|source| io_error(&node.path(), source))? {
+                        let entry = entry.map_err(|source| io_error(&node.path(), source))?;
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if name.starts_with('.') || archive::chain::object_kind(&name).is_none() {
+                            continue;
+                        }
+                        let bytes = std::fs::read(entry.path()).map_err(|source| io_error(&entry.path(), source))?;
+                        found.push((
+                            format!("{}/{node_name}/{name}", archive::chain::CHAIN_FOLDER),
+                            Bytes::from(bytes),
+                        ));
+                    }
+                }
+            }
+            Self::Bucket { bucket, runtime, .. } => {
+                let objects = runtime
+                    .block_on(bucket.chain_objects())
+                    .map_err(|error| ReaderError::Bucket(format!("listing the chain: {error}")))?;
+                for path in objects {
+                    let bytes = runtime
+                        .block_on(bucket.read(&path))
+                        .map_err(|error| ReaderError::Bucket(format!("reading {path}: {error}")))?;
+                    found.push((path.to_string(), bytes));
+                }
+            }
+        }
+        let mut chains: BTreeMap<String, NodeChain> = BTreeMap::new();
+        for (path, bytes) in found {
+            let Some(node) = archive::chain::node_of_chain_path(&path) else {
+                continue;
+            };
+            let name = path.rsplit('/').next().unwrap_or_default();
+            let chain = chains.entry(node.to_owned()).or_default();
+            match archive::chain::object_kind(name) {
+                Some(ObjectKind::Header) => chain.headers.push((path.clone(), bytes)),
+                Some(ObjectKind::Head) => chain.head = Some((path.clone(), bytes)),
+                Some(ObjectKind::Certificate) => chain.certificates.push((path.clone(), bytes)),
+                None => {}
+            }
+        }
+        Ok(chains)
+    }
+}
+
+fn io_error(path: &std::path::Path, source: std::io::Error) -> ReaderError {
+    ReaderError::Archive(archive::ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

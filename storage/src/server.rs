@@ -252,7 +252,7 @@ async fn serve_stream(
             Ok(Message::RecordAccounting(_)) if shared.deny.is_denied(am.name.as_str(), &certificate) => Err(
                 ErrorMessage::new(ErrorCode::UNAUTHENTICATED, "the AM's certificate is revoked"),
             ),
-            Ok(Message::RecordAccounting(record)) => deliver(&shared, am, record).await,
+            Ok(Message::RecordAccounting(record)) => deliver(&shared, am, certificate, record).await,
             Ok(_) => Err(ErrorMessage::new(
                 ErrorCode::UNEXPECTED_MESSAGE,
                 "a storage stream carries exactly one Record Accounting",
@@ -283,6 +283,7 @@ async fn serve_stream(
 async fn deliver(
     shared: &Shared,
     am: Arc<wire::CertifiedIdentity>,
+    certificate: Arc<[u8]>,
     record: Signed<RecordAccounting>,
 ) -> Result<RecordAck, ErrorMessage> {
     let batch = record.value().batch_id;
@@ -292,7 +293,7 @@ async fn deliver(
             let files = files.clone();
             shared
                 .background
-                .run(move || files.deliver(&am, &record))
+                .run(move || files.deliver(&am, &certificate, &record))
                 .await
                 .map_err(|_| failed())
         }
@@ -303,7 +304,7 @@ async fn deliver(
                 .await
                 .map_err(|_| failed())?;
             match checked {
-                Ok(record) => Ok(bucket.store(record.value()).await),
+                Ok(record) => Ok(bucket.store(record.value(), &certificate).await),
                 Err(refusal) => Ok(refusal),
             }
         }

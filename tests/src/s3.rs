@@ -312,15 +312,17 @@ pub fn synthetic_batch_with_id(
             signature: noise(64).try_into().unwrap(),
         })
         .collect();
-    let payload = archive::encode(&rows, &batch_id.to_string()).unwrap();
+    let payload = archive::encode(&rows, &batch_id.to_string(), 1).unwrap();
     let identity = pki.identity(Role::AccountingManager, "am-1");
-    Signed::sign(
-        RecordAccounting {
+    RecordAccounting::sign_batch(
+        wire::BatchToSign {
             batch_id,
             node: wire::Name::new("am-1").unwrap(),
             created_ms: now,
+            number: 1,
+            first_commit_sequence: 1,
             record_count: rows.len() as u32,
-            digest: RecordAccounting::digest_of(&payload),
+            previous: wire::chain::CHAIN_START,
             payload: Bytes::from(payload),
         },
         &identity.signing_key,

@@ -14,6 +14,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod certificate;
+pub mod chain;
 pub mod cluster;
 pub mod codec;
 pub mod credential;
@@ -32,6 +33,7 @@ pub mod text;
 pub use accounting::{Accounting, AccountingAck, AccountingKind, AckEntry, AckStatus, CustomCounter, Usage};
 pub use admin::{AUDIT_RUN_BYTES, AdminAuditReport, AdminAuditRequest, AdminOpenSession, AuditRun};
 pub use certificate::{CertificateError, CertifiedIdentity, Role, TrustedCa};
+pub use chain::{ArchiveHead, BatchHeader};
 pub use cluster::{ClusterError, ClusterMap, Partition, PartitionId, Redirect};
 pub use credential::{
     DataFields, Policy, ServiceCredential, ServiceCredentialRequest, TimeOfDay, UserCredential, credential_digest,
@@ -42,7 +44,7 @@ pub use error::{DecodeError, EncodeError, SignatureError};
 pub use error_message::{ErrorCode, ErrorMessage};
 pub use frame::{Frame, FrameDecoder, FrameHeader, Message, MessageType};
 pub use ids::{BatchId, MessageId, Nonce, RequestId, ServiceId, SessionId, SessionKey};
-pub use record::{RecordAccounting, RecordAck, RecordStatus};
+pub use record::{BatchToSign, RecordAccounting, RecordAck, RecordStatus};
 pub use service::{ProofStatus, ServiceProof, ServiceRequest};
 pub use signed::{Maced, MacedFields, Signed, SignedFields};
 pub use text::{Address, CounterName, Name};

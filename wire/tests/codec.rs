@@ -241,6 +241,23 @@ fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(move |(batch, node, created_ms, record_count, payload)| {
                 let payload = Bytes::from(payload);
+                let record_count = record_count.max(1);
+                let digest = wire::RecordAccounting::digest_of(&payload);
+                let (header, head) = wire::chain::sign_chain(
+                    wire::BatchHeader {
+                        node: node.clone(),
+                        batch_id: wire::BatchId(batch),
+                        number: 1,
+                        first_commit_sequence: 1,
+                        last_commit_sequence: u64::from(record_count),
+                        record_count,
+                        created_ms,
+                        file_digest: digest,
+                        previous: wire::chain::CHAIN_START,
+                    },
+                    &am_for_record,
+                )
+                .unwrap();
                 Message::RecordAccounting(
                     Signed::sign(
                         wire::RecordAccounting {
@@ -248,7 +265,9 @@ fn message() -> impl Strategy<Value = Message> {
                             node,
                             created_ms,
                             record_count,
-                            digest: wire::RecordAccounting::digest_of(&payload),
+                            digest,
+                            header: Box::new(header),
+                            head: Box::new(head),
                             payload,
                         },
                         &am_for_record,

@@ -6,9 +6,11 @@
 //! 1. cut: a manifest (batch id, range of commit sequences) and the moved
 //!    export cursor are written in one synced RocksDB batch;
 //! 2. encode the range as Parquet (deterministic: a retry sends the same
-//!    bytes), remember the digest in the manifest, sign, send;
+//!    bytes), remember the digest in the manifest, sign the batch's header
+//!    (its place in the node's chain, after the last batch the AS acked)
+//!    and the head, sign, send;
 //! 3. on the AS's STORED / ALREADY_STORED ack naming that digest, delete the
-//!    range and its manifest in one batch.
+//!    range and its manifest, and move the chain's tip, in one batch.
 //!
 //! A crash anywhere resumes at the oldest manifest: the same batch id and
 //! the same bytes again, which the AS acks without a second file. While the
@@ -22,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
-use wire::{BatchId, Message, Name, RecordAccounting, RecordStatus, Signed, TrustedCa};
+use wire::{BatchId, BatchToSign, Message, Name, RecordAccounting, RecordStatus, Signed, TrustedCa};
 
-use super::store::{Manifest, Store, StoreError};
+use super::store::{ChainTip, Manifest, Store, StoreError};
 use crate::clock::{now_ms, now_s};
 use serving::background::Background;
 use storage::failpoint;
@@ -223,8 +225,9 @@ fn next_step(store: &Store, records_max: usize, due: bool) -> Result<Step, Store
     )
 }
 
-/// Encode a batch as Parquet, exactly as every earlier attempt did.
-fn encode(store: &Store, node: &Name, manifest: &Manifest) -> Result<(Vec<u8>, u32), ShipError> {
+/// Encode a batch as Parquet, number `number` in the node's chain, exactly
+/// as every earlier attempt did.
+fn encode(store: &Store, node: &Name, manifest: &Manifest, number: u64) -> Result<(Vec<u8>, u32), ShipError> {
     let records = store.batch_records(manifest)?;
     let keys = store.keys()?;
     let mut rows = Vec::with_capacity(records.len());
@@ -247,8 +250,8 @@ fn encode(store: &Store, node: &Name, manifest: &Manifest) -> Result<(Vec<u8>, u
         ));
     }
     let count = u32::try_from(rows.len()).map_err(|_| ShipError::Encode("too many rows".into()))?;
-    let payload =
-        archive::encode(&rows, &manifest.batch_id.to_string()).map_err(|error| ShipError::Encode(error.to_string()))?;
+    let payload = archive::encode(&rows, &manifest.batch_id.to_string(), number)
+        .map_err(|error| ShipError::Encode(error.to_string()))?;
     if payload.len() > wire::record::RECORD_PAYLOAD_BYTES_MAX {
         return Err(ShipError::Encode(format!(
             "{} bytes of Parquet exceed the frame maximum",
@@ -266,28 +269,40 @@ async fn ship(
     manifest: Manifest,
 ) -> Result<(), ShipError> {
     let started = Instant::now();
-    let (message, digest, rows) = {
+    // The batch continues the chain from the last batch the storage acked:
+    // the tip moves only when this batch is acked, so every attempt signs
+    // the same header (Ed25519 signing is deterministic).
+    let (message, digest, rows, tip) = {
         let store = store.clone();
         let node = settings.node.clone();
         let key = settings.identity.signing_key.clone();
         let manifest = manifest.clone();
         background
             .run(move || -> Result<_, ShipError> {
-                let (payload, rows) = encode(&store, &node, &manifest)?;
-                let digest = RecordAccounting::digest_of(&payload);
-                let message = Signed::sign(
-                    RecordAccounting {
+                let tip = store.chain_tip()?;
+                let number = tip.map_or(1, |tip| tip.number + 1);
+                let (payload, rows) = encode(&store, &node, &manifest, number)?;
+                let message = RecordAccounting::sign_batch(
+                    BatchToSign {
                         batch_id: manifest.batch_id,
                         node,
                         created_ms: manifest.created_ms,
+                        number,
+                        first_commit_sequence: manifest.first,
                         record_count: rows,
-                        digest,
+                        previous: tip.map_or(wire::chain::CHAIN_START, |tip| tip.header_digest),
                         payload: Bytes::from(payload),
                     },
                     &key,
                 )
                 .map_err(|error| ShipError::Encode(error.to_string()))?;
-                Ok((message, digest, rows))
+                let digest = message.value().digest;
+                let next_tip = ChainTip {
+                    number,
+                    header_digest: wire::chain::header_digest(message.value().header.body()),
+                    last_commit_sequence: manifest.last,
+                };
+                Ok((message, digest, rows, next_tip))
             })
             .await
             .map_err(|error| ShipError::Encode(error.to_string()))??
@@ -314,9 +329,11 @@ async fn ship(
     let ack = tokio::time::timeout(DELIVERY_TIMEOUT, link.deliver(&message))
         .await
         .map_err(|_| ShipError::Unreachable("no answer from the storage within 120 s".into()))??;
-    let stored = ack.batch_id == manifest.batch_id
-        && ((ack.status.is_stored() && ack.digest == digest)
-            || (ack.status == RecordStatus::CONFLICTING_BATCH && Some(ack.digest) == manifest.sent_digest));
+    let stored_as_sent = ack.status.is_stored() && ack.digest == digest;
+    // A batch first sent by a build that encoded it differently: stored
+    // with those bytes, and without this header, so the chain's tip stays.
+    let stored_before = ack.status == RecordStatus::CONFLICTING_BATCH && Some(ack.digest) == manifest.sent_digest;
+    let stored = ack.batch_id == manifest.batch_id && (stored_as_sent || stored_before);
     if !stored {
         if ack.status.is_retryable() {
             return Err(ShipError::Unreachable(format!("storage busy ({:?})", ack.status)));
@@ -328,9 +345,10 @@ async fn ship(
     {
         let store = store.clone();
         let manifest = manifest.clone();
+        let tip = stored_as_sent.then_some(tip);
         tokio::task::spawn_blocking(move || {
             failpoint("export-after-ack");
-            store.delete_batch(&manifest)
+            store.delete_batch(&manifest, tip.as_ref())
         })
         .await
         .map_err(|error| ShipError::Encode(error.to_string()))??;

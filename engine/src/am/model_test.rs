@@ -485,7 +485,7 @@ impl World {
 }
 
 fn delete(store: &Store, manifest: &Manifest) {
-    store.delete_batch(manifest).unwrap();
+    store.delete_batch(manifest, None).unwrap();
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

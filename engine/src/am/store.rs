@@ -43,6 +43,9 @@ const STORE_FORMAT: &[u8] = b"store_format";
 /// Whose store this is: the partition id (2 bytes, big-endian) and the
 /// node's name, written on the first start.
 const OWNER: &[u8] = b"owner";
+/// The last batch of this node's archive chain that the storage acked
+/// ([`ChainTip`]); absent until the first one.
+const CHAIN_TIP: &[u8] = b"chain_tip";
 
 /// The layout this build writes. 2: dedup markers may carry their session's
 /// progress, and `progress` is no longer rewritten with every group. A
@@ -747,12 +750,25 @@ impl Store {
         Ok(records)
     }
 
-    /// Delete an acked batch: its records and its manifest, in one batch.
-    /// Synced, so that the AM's disk usage figures are exact after a crash;
-    /// an unsynced delete lost in a crash would only resend an acked batch,
-    /// which the AS acks again without a second file.
-    pub fn delete_batch(&self, manifest: &Manifest) -> Result<(), StoreError> {
+    /// The last batch of the node's chain the storage acked, if any.
+    pub fn chain_tip(&self) -> Result<Option<ChainTip>, StoreError> {
+        match self.db.get_cf(self.family(META), CHAIN_TIP)? {
+            None => Ok(None),
+            Some(bytes) => ChainTip::decode(&bytes).map(Some),
+        }
+    }
+
+    /// Delete an acked batch: its records and its manifest, in one batch,
+    /// with the chain's new tip when the batch joined the chain (`tip`).
+    /// Synced: the next batch's header names this tip, so it must survive
+    /// a crash with the delete (an unsynced delete lost in a crash would
+    /// only resend an acked batch, which the AS acks again without a
+    /// second file, and the same header).
+    pub fn delete_batch(&self, manifest: &Manifest, tip: Option<&ChainTip>) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
+        if let Some(tip) = tip {
+            batch.put_cf(self.family(META), CHAIN_TIP, tip.encode());
+        }
         batch.delete_range_cf(
             self.family(RECORDS),
             manifest.first.to_be_bytes(),
@@ -790,6 +806,52 @@ fn sequence_key(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(
         key.try_into().map_err(|_| corrupt_text("record key", "not 8 bytes"))?,
     ))
+}
+
+/// The newest batch of the node's archive chain that the storage acked:
+/// the next batch's header continues from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainTip {
+    /// Its number in the chain.
+    pub number: u64,
+    /// The digest of its header (the next header's `previous`).
+    pub header_digest: [u8; 32],
+    /// Its last commit sequence.
+    pub last_commit_sequence: u64,
+}
+
+impl ChainTip {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 8 + 32 + 8);
+        out.put_u8(STORED_VERSION);
+        out.put_u64(self.number);
+        out.put_slice(&self.header_digest);
+        out.put_u64(self.last_commit_sequence);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let bytes = Bytes::copy_from_slice(bytes);
+        let mut reader = Reader::new(&bytes);
+        let read = |reader: &mut Reader<'_>| -> Result<Self, wire::DecodeError> {
+            if reader.u8("chain tip version")? != STORED_VERSION {
+                return Err(wire::DecodeError::InvalidValue {
+                    field: "chain tip",
+                    reason: "unknown version",
+                });
+            }
+            Ok(Self {
+                number: reader.u64("number")?,
+                header_digest: reader.array("header_digest")?,
+                last_commit_sequence: reader.u64("last_commit_sequence")?,
+            })
+        };
+        let tip = read(&mut reader).map_err(|error| corrupt_text("chain tip", &error.to_string()))?;
+        reader
+            .finish()
+            .map_err(|error| corrupt_text("chain tip", &error.to_string()))?;
+        Ok(tip)
+    }
 }
 
 /// A batch cut for export: a range of commit sequences and its batch id.

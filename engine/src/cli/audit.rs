@@ -1,5 +1,5 @@
 //! `acct audit DIR` or `acct audit s3://bucket/prefix`: re-verify every
-//! exported record and look for doubles.
+//! exported record, look for doubles, and prove the archive complete.
 //!
 //! For every row of every `*.parquet` file under DIR (or object under the
 //! bucket's prefix): the provider's
@@ -8,14 +8,23 @@
 //! from the signed bytes agrees with them. Across all files, no (session,
 //! message id) appears twice. Files are checked on every core.
 //!
+//! Then the chain (`archive::chain`), per AM node: every header signed by
+//! one of the node's AM certificates from the CA (`--ca`), numbers from 1
+//! to the head's without a gap or a fork, each header naming its
+//! predecessor, commit sequences contiguous, and every file the one its
+//! header describes.
+//!
 //! Memory: about 40 bytes per row for the double check (a map of 24-byte
-//! keys), plus, per thread, one Arrow batch and 32 bytes per row of the
-//! file it is reading.
+//! keys), plus, per thread, one batch's bytes, one Arrow batch and 40 bytes
+//! per row of the file it is reading; and the chain's objects (about 300
+//! bytes per batch).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use archive::chain::FileFacts;
 use clap::Args;
+use sha2::{Digest, Sha256};
 use wire::SessionId;
 
 /// Arguments of `acct audit`.
@@ -28,6 +37,11 @@ pub struct AuditArgs {
     /// How to reach a bucket.
     #[command(flatten)]
     pub bucket: super::BucketArgs,
+    /// The operator's CA certificate (PEM): the AM certificates kept with
+    /// the chain must chain to it. Without it the chain's structure is
+    /// proven but not its signatures (a line says so).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
     /// Print at most this many problems (all are counted).
     #[arg(long, default_value_t = 100)]
     pub show: usize,
@@ -42,10 +56,16 @@ pub struct Findings {
     pub rows: u64,
     /// Problems, each with where it is.
     pub problems: Vec<String>,
+    /// One line per AM node: its chain and its verdict.
+    pub chains: Vec<String>,
+    /// Files exported before the chain (no batch number).
+    pub unchained_files: usize,
 }
 
-/// Check every batch of `archive`.
-pub fn audit(archive: &storage::reader::Archive) -> anyhow::Result<Findings> {
+/// Check every batch of `archive`, and its chain against `ca`.
+pub fn audit(archive: &storage::reader::Archive, ca: Option<&wire::TrustedCa>) -> anyhow::Result<Findings> {
+    let chains = archive.chains()?;
+    let facts: Mutex<Vec<FileFacts>> = Mutex::new(Vec::with_capacity(archive.len()));
     let next = Mutex::new(0usize);
     // (session, message id) → (file index, commit sequence) of the first copy.
     let seen: Mutex<HashMap<(SessionId, u64), (usize, u64)>> = Mutex::new(HashMap::new());
@@ -68,10 +88,22 @@ pub fn audit(archive: &storage::reader::Archive) -> anyhow::Result<Findings> {
                         return;
                     }
                     let path = archive.name(index);
+                    let relative = archive.relative_name(index);
                     // Verify while reading; keep only ids for the double check.
                     let mut ids: Vec<(SessionId, u64, u64)> = Vec::new();
                     let mut problems = Vec::new();
-                    let read = archive.read(index, |row| {
+                    let bytes = archive.bytes(index);
+                    let digest: [u8; 32] = bytes
+                        .as_ref()
+                        .map(|bytes| Sha256::digest(bytes).into())
+                        .unwrap_or_default();
+                    let batch_number = bytes
+                        .as_ref()
+                        .ok()
+                        .and_then(|bytes| archive::inspect(bytes.clone()).ok())
+                        .and_then(|info| info.batch_number);
+                    let read = bytes.map_err(anyhow::Error::from).and_then(|bytes| {
+                        archive::read(bytes, |row| {
                         if let Err(problem) = row.verify() {
                             problems.push(format!(
                                 "{}: session {} message {}: {problem}",
@@ -80,10 +112,27 @@ pub fn audit(archive: &storage::reader::Archive) -> anyhow::Result<Findings> {
                                 row.message_id
                             ));
                         }
-                        ids.push((row.session_id, row.message_id, row.commit_sequence));
+                            ids.push((row.session_id, row.message_id, row.commit_sequence));
+                        })
+                        .map_err(anyhow::Error::from)
                     });
-                    if let Err(error) = read {
+                    if let Err(error) = &read {
                         problems.push(format!("{path}: unreadable: {error}"));
+                    }
+                    let mut sequences: Vec<u64> = ids.iter().map(|id| id.2).collect();
+                    let contiguous = archive::chain::contiguous(&mut sequences);
+                    let file = FileFacts {
+                        name: path.clone(),
+                        path_node: archive::chain::node_of_file(&relative),
+                        batch_id: archive::chain::batch_id_of_file(&relative),
+                        digest,
+                        batch_number,
+                        rows: ids.len() as u64,
+                        commit_range: sequences.first().zip(sequences.last()).map(|(a, b)| (*a, *b)),
+                        contiguous,
+                    };
+                    if let Ok(mut facts) = facts.lock() {
+                        facts.push(file);
                     }
                     if let Ok(mut seen) = seen.lock() {
                         for (session_id, message_id, commit_sequence) in &ids {
@@ -106,20 +155,48 @@ pub fn audit(archive: &storage::reader::Archive) -> anyhow::Result<Findings> {
             });
         }
     });
-    findings
+    let mut findings = findings
         .into_inner()
-        .map_err(|_| anyhow::anyhow!("an audit thread panicked"))
+        .map_err(|_| anyhow::anyhow!("an audit thread panicked"))?;
+    let mut facts = facts
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("an audit thread panicked"))?;
+    facts.sort_by(|a, b| a.name.cmp(&b.name));
+    let chain = archive::chain::verify(&chains, &facts, ca);
+    findings.problems.extend(chain.problems);
+    findings.chains = chain.summaries;
+    findings.unchained_files = chain.unchained_files.len();
+    Ok(findings)
 }
 
 /// Run the audit; exit status 1 when anything is wrong.
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     let archive = storage::reader::Archive::open(&args.location, &args.bucket.settings())?;
-    let findings = audit(&archive)?;
+    let ca = match &args.ca {
+        Some(path) => Some(
+            wire::TrustedCa::from_der(pki::read_certificate_der(path)?)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?,
+        ),
+        None => None,
+    };
+    let findings = audit(&archive, ca.as_ref())?;
     for problem in findings.problems.iter().take(args.show) {
         println!("{problem}");
     }
     if findings.problems.len() > args.show {
         println!("… and {} more", findings.problems.len() - args.show);
+    }
+    for chain in &findings.chains {
+        println!("{chain}");
+    }
+    if ca.is_none() && !findings.chains.is_empty() {
+        println!("the chain's signatures were not checked: give the operator's CA certificate with --ca");
+    }
+    if findings.unchained_files > 0 {
+        println!(
+            "{} files were exported before the chain (no batch number): their completeness is not proven",
+            findings.unchained_files
+        );
     }
     println!(
         "acct audit: {} files, {} rows, {} problems",

@@ -185,13 +185,34 @@ pub fn record_accounting() -> Signed<RecordAccounting> {
     // The first and last bytes of every Parquet file; a real batch carries a
     // whole file.
     let payload = Bytes::from_static(b"PAR1....PAR1");
+    let node = Name::new("am-1").unwrap();
+    let created_ms = NOW_MS + 300_000;
+    let digest = RecordAccounting::digest_of(&payload);
+    // The node's second batch, holding commit sequences 3 and 4.
+    let (header, head) = wire::chain::sign_chain(
+        wire::BatchHeader {
+            node: node.clone(),
+            batch_id: BatchId([0x66; 16]),
+            number: 2,
+            first_commit_sequence: 3,
+            last_commit_sequence: 4,
+            record_count: 2,
+            created_ms,
+            file_digest: digest,
+            previous: [0x77; 32],
+        },
+        &am_key(),
+    )
+    .unwrap();
     Signed::sign(
         RecordAccounting {
             batch_id: BatchId([0x66; 16]),
-            node: Name::new("am-1").unwrap(),
-            created_ms: NOW_MS + 300_000,
+            node,
+            created_ms,
             record_count: 2,
-            digest: RecordAccounting::digest_of(&payload),
+            digest,
+            header: Box::new(header),
+            head: Box::new(head),
             payload,
         },
         &am_key(),
