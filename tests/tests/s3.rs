@@ -247,12 +247,25 @@ fn report_and_audit_read_the_bucket() {
         1 + 3,
         "a header and 3 sessions:\n{from_bucket}"
     );
-    let (ok, audit, stderr) = acct(&[&["audit", url.as_str()][..], &over_s3[..]].concat());
+    // The chain in the bucket proves the archive complete.
+    let ca = pki.pki().join(pki::CA_CERTIFICATE_FILE);
+    let ca = ca.to_str().unwrap();
+    let (ok, audit, stderr) = acct(&[&["audit", url.as_str(), "--ca", ca][..], &over_s3[..]].concat());
     assert!(ok, "{audit}{stderr}");
     assert!(
         audit.contains(&format!("{} rows, 0 problems", messages.len())),
         "{audit}"
     );
+    assert!(audit.contains("node am-1: batches #1..=#"), "{audit}");
+    assert!(audit.contains(&format!("commit sequences 1..={}: complete", messages.len())), "{audit}");
+    // The node's head deleted from the bucket: the last batches are no
+    // longer provable.
+    let head = objects.join("_chain/node=am-1/head");
+    let held = std::fs::read(&head).unwrap();
+    std::fs::remove_file(&head).unwrap();
+    let (ok, audit, _) = acct(&[&["audit", url.as_str(), "--ca", ca][..], &over_s3[..]].concat());
+    assert!(!ok && audit.contains("node am-1: no head"), "{audit}");
+    std::fs::write(&head, held).unwrap();
     // A batch copied under another name: every row in it is there twice.
     let files = archive::parquet_files(&objects).unwrap();
     let copy = files[0].with_file_name("batch-ffffffffffffffffffffffffffffffff.parquet");
