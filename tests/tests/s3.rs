@@ -257,7 +257,10 @@ fn report_and_audit_read_the_bucket() {
         "{audit}"
     );
     assert!(audit.contains("node am-1: batches #1..=#"), "{audit}");
-    assert!(audit.contains(&format!("commit sequences 1..={}: complete", messages.len())), "{audit}");
+    assert!(
+        audit.contains(&format!("commit sequences 1..={}: complete", messages.len())),
+        "{audit}"
+    );
     // The node's head deleted from the bucket: the last batches are no
     // longer provable.
     let head = objects.join("_chain/node=am-1/head");
