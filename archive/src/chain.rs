@@ -6,14 +6,17 @@
 //!
 //! ```text
 //! _chain/node=<node>/batch-<number, 20 digits>-<batch id>-<header digest, 16 hex>.header
-//! _chain/node=<node>/head
+//! _chain/node=<node>/head-<number, 20 digits>
 //! _chain/node=<node>/am-<SHA-256 of the certificate, 64 hex>.der
 //! ```
 //!
 //! The leading `_` keeps Hive-style readers (pyarrow datasets, Spark) from
 //! taking the folder for data; globs on `*.parquet` never see it. A header's
 //! name carries its own digest, so two different headers never share a
-//! name: a forked chain leaves both for the auditor to see.
+//! name: a forked chain leaves both for the auditor to see. Heads are kept
+//! one per batch, each written once: the node's head is the highest that
+//! verifies (no object is ever overwritten, so no race between storages
+//! can move it back).
 //!
 //! [`verify`] proves, per node: every header is signed by one of the node's
 //! AM certificates (checked against the operator's CA); the numbers run
@@ -31,8 +34,9 @@ use wire::{ArchiveHead, BatchHeader, BatchId, Role, Signed, TrustedCa};
 
 /// The folder (or key prefix) under the archive's root that holds the chain.
 pub const CHAIN_FOLDER: &str = "_chain";
-/// The name of a node's head.
-pub const HEAD_NAME: &str = "head";
+/// Most bytes of a chain object the auditor reads: a header or a head is
+/// at most 245 bytes, a certificate a few KiB.
+pub const CHAIN_OBJECT_BYTES_MAX: u64 = 64 * 1024;
 
 /// The folder of `node`'s chain objects, relative to the archive's root.
 pub fn node_folder(node: &str) -> String {
@@ -49,6 +53,11 @@ pub fn header_name(header: &Signed<BatchHeader>) -> String {
         value.batch_id,
         hex::encode(digest.get(..8).unwrap_or_default())
     )
+}
+
+/// The name of the head of batch `number` in its node's folder.
+pub fn head_name(number: u64) -> String {
+    format!("head-{number:020}")
 }
 
 /// The name of an AM certificate's object in its node's folder.
@@ -70,7 +79,7 @@ pub enum ObjectKind {
 /// The kind of the object named `name` (the last path segment), if it is a
 /// chain object at all.
 pub fn object_kind(name: &str) -> Option<ObjectKind> {
-    if name == HEAD_NAME {
+    if name.starts_with("head-") {
         Some(ObjectKind::Head)
     } else if name.starts_with("batch-") && name.ends_with(".header") {
         Some(ObjectKind::Header)
@@ -94,10 +103,13 @@ pub fn node_of_chain_path(path: &str) -> Option<&str> {
 pub struct NodeChain {
     /// The header objects.
     pub headers: Vec<(String, Bytes)>,
-    /// The head object, if any.
-    pub head: Option<(String, Bytes)>,
+    /// The head objects (one per batch the storage stored).
+    pub heads: Vec<(String, Bytes)>,
     /// The AM certificates.
     pub certificates: Vec<(String, Bytes)>,
+    /// Objects that could not be read as chain objects (too large, not a
+    /// file), with why: each is a problem.
+    pub unreadable: Vec<String>,
 }
 
 /// What the audit learnt of one Parquet file while reading it.
@@ -120,6 +132,9 @@ pub struct FileFacts {
     pub commit_range: Option<(u64, u64)>,
     /// Whether its commit sequences are distinct and without a hole.
     pub contiguous: bool,
+    /// Whether it could be read whole (an unreadable file is reported by
+    /// the row audit; here it is neither chained nor from before the chain).
+    pub readable: bool,
 }
 
 /// The batch id in a Parquet file's name.
@@ -157,17 +172,29 @@ pub struct ChainFindings {
     pub unchained_files: Vec<String>,
 }
 
-/// A header that decoded, with its digest and whether its signature held.
+/// What the auditor is told besides the archive.
+#[derive(Debug, Default)]
+pub struct Expectations<'a> {
+    /// The operator's CA, against which the AM certificates are checked
+    /// (`None`: the structure is proven, the signatures are not checked;
+    /// the caller says so).
+    pub ca: Option<&'a TrustedCa>,
+    /// Nodes that must be in the archive (a node deleted whole leaves no
+    /// trace otherwise).
+    pub nodes: &'a [String],
+    /// Now, Unix seconds: certificates valid now sign any batch.
+    pub now_s: u64,
+}
+
+/// A header that decoded and verified, with its digest.
 struct Link {
     name: String,
     header: Signed<BatchHeader>,
     digest: [u8; 32],
 }
 
-/// Prove each node's chain; `ca`: the operator's CA, against which the AM
-/// certificates are checked (`None`: the structure is proven, the
-/// signatures are not checked; the caller says so).
-pub fn verify(chains: &BTreeMap<String, NodeChain>, files: &[FileFacts], ca: Option<&TrustedCa>) -> ChainFindings {
+/// Prove each node's chain.
+pub fn verify(chains: &BTreeMap<String, NodeChain>, files: &[FileFacts], expect: &Expectations<'_>) -> ChainFindings {
     let mut findings = ChainFindings::default();
     let mut nodes: BTreeSet<String> = chains.keys().cloned().collect();
     for file in files {
@@ -175,6 +202,8 @@ pub fn verify(chains: &BTreeMap<String, NodeChain>, files: &[FileFacts], ca: Opt
             (Some(node), Some(_)) => {
                 nodes.insert(node.clone());
             }
+            // Reported unreadable by the row audit.
+            (_, None) if !file.readable => {}
             (_, None) => findings.unchained_files.push(file.name.clone()),
             (None, Some(_)) => findings.problems.push(format!(
                 "{}: a chained batch outside any node= folder (out of place)",
@@ -182,15 +211,18 @@ pub fn verify(chains: &BTreeMap<String, NodeChain>, files: &[FileFacts], ca: Opt
             )),
         }
     }
+    for node in expect.nodes {
+        if !nodes.contains(node) {
+            findings.problems.push(format!(
+                "node {node}: nothing in the archive (no chain, no chained file)"
+            ));
+        }
+    }
     let empty = NodeChain::default();
     for node in nodes {
         let chain = chains.get(&node).unwrap_or(&empty);
-        let node_files: Vec<&FileFacts> = files
-            .iter()
-            .filter(|file| file.path_node.as_deref() == Some(node.as_str()) && file.batch_number.is_some())
-            .collect();
         let before = findings.problems.len();
-        let summary = verify_node(&node, chain, &node_files, files, ca, &mut findings.problems);
+        let summary = verify_node(&node, chain, files, expect, &mut findings.problems);
         let verdict = match findings.problems.len() - before {
             0 => "complete".to_owned(),
             count => format!("{count} problems"),
@@ -200,28 +232,77 @@ pub fn verify(chains: &BTreeMap<String, NodeChain>, files: &[FileFacts], ca: Opt
     findings
 }
 
-/// The keys of `node`'s AM certificates valid at `at_s`, per the CA.
-fn node_keys(node: &str, chain: &NodeChain, ca: &TrustedCa, at_s: u64) -> Vec<wire::PublicKey> {
-    chain
-        .certificates
-        .iter()
-        .filter_map(|(_, der)| ca.verify(der, Role::AccountingManager, at_s).ok())
-        .filter(|identity| identity.name.as_str() == node)
-        .map(|identity| identity.public_key)
-        .collect()
+/// A node's AM certificates from the CA: those valid now (checked once),
+/// and the DER of the others, checked at each batch's time (a certificate
+/// that expired since it signed).
+struct NodeKeys<'a> {
+    current: Vec<wire::PublicKey>,
+    expired: Vec<&'a [u8]>,
+    ca: Option<&'a TrustedCa>,
+    node: &'a str,
+}
+
+impl<'a> NodeKeys<'a> {
+    fn new(node: &'a str, chain: &'a NodeChain, expect: &Expectations<'a>) -> Self {
+        let mut keys = Self {
+            current: Vec::new(),
+            expired: Vec::new(),
+            ca: expect.ca,
+            node,
+        };
+        if let Some(ca) = expect.ca {
+            for (_, der) in &chain.certificates {
+                match ca.verify(der, Role::AccountingManager, expect.now_s) {
+                    Ok(identity) if identity.name.as_str() == node => keys.current.push(identity.public_key),
+                    Ok(_) => {}
+                    Err(_) => keys.expired.push(der),
+                }
+            }
+        }
+        keys
+    }
+
+    /// Whether `verify` holds under one of the keys (always, without a CA).
+    fn verifies(&self, at_ms: u64, verify: impl Fn(&wire::PublicKey) -> bool) -> bool {
+        let Some(ca) = self.ca else { return true };
+        self.current.iter().any(&verify)
+            || self
+                .expired
+                .iter()
+                .filter_map(|der| ca.verify(der, Role::AccountingManager, at_ms / 1000).ok())
+                .filter(|identity| identity.name.as_str() == self.node)
+                .any(|identity| verify(&identity.public_key))
+    }
+}
+
+/// Whether `verify` holds under one of `node`'s AM certificates kept in
+/// `chain` that chain to the CA (always, without a CA): how a receipt
+/// signed by an AM node is checked with the archive's certificates.
+pub fn signed_by_node(
+    node: &str,
+    chain: &NodeChain,
+    expect: &Expectations<'_>,
+    at_ms: u64,
+    verify: impl Fn(&wire::PublicKey) -> bool,
+) -> bool {
+    NodeKeys::new(node, chain, expect).verifies(at_ms, verify)
 }
 
 fn verify_node(
     node: &str,
     chain: &NodeChain,
-    node_files: &[&FileFacts],
     all_files: &[FileFacts],
-    ca: Option<&TrustedCa>,
+    expect: &Expectations<'_>,
     problems: &mut Vec<String>,
 ) -> String {
+    let keys = NodeKeys::new(node, chain, expect);
+    for why in &chain.unreadable {
+        problems.push(format!("{why}: not a chain object (altered)"));
+    }
     // Headers: decode, check place and signature.
     let mut by_number: BTreeMap<u64, Vec<Link>> = BTreeMap::new();
     let mut refused: BTreeSet<u64> = BTreeSet::new();
+    let mut refused_batches: BTreeSet<BatchId> = BTreeSet::new();
     for (name, bytes) in &chain.headers {
         let header = match Signed::<BatchHeader>::decode_body(bytes.clone()) {
             Ok(header) => header,
@@ -238,16 +319,14 @@ fn verify_node(
             ));
             continue;
         }
-        if let Some(ca) = ca {
-            let keys = node_keys(node, chain, ca, value.created_ms / 1000);
-            if !keys.iter().any(|key| header.verify(key).is_ok()) {
-                problems.push(format!(
-                    "batch #{} ({}): its header's signature does not verify under any AM certificate of {node} from the CA (altered or re-signed)",
-                    value.number, value.batch_id
-                ));
-                refused.insert(value.number);
-                continue;
-            }
+        if !keys.verifies(value.created_ms, |key| header.verify(key).is_ok()) {
+            problems.push(format!(
+                "batch #{} ({}): its header's signature does not verify under any AM certificate of {node} from the CA (altered or re-signed)",
+                value.number, value.batch_id
+            ));
+            refused.insert(value.number);
+            refused_batches.insert(value.batch_id);
+            continue;
         }
         let digest = header_digest(header.body());
         by_number.entry(value.number).or_default().push(Link {
@@ -256,41 +335,34 @@ fn verify_node(
             digest,
         });
     }
-    // The head.
-    let head = match &chain.head {
-        None => {
-            problems.push(format!(
-                "node {node}: no head: the last batches cannot be proven present"
-            ));
-            None
-        }
-        Some((name, bytes)) => match Signed::<ArchiveHead>::decode_body(bytes.clone()) {
-            Err(error) => {
-                problems.push(format!("{name}: not a head ({error}): altered"));
-                None
+    // Heads: every one verified; the node's head is the highest.
+    let mut head: Option<ArchiveHead> = None;
+    for (name, bytes) in &chain.heads {
+        match Signed::<ArchiveHead>::decode_body(bytes.clone()) {
+            Err(error) => problems.push(format!("{name}: not a head ({error}): altered")),
+            Ok(found) if found.value().node.as_str() != node => {
+                problems.push(format!(
+                    "{name}: the head of node {} (out of place)",
+                    found.value().node
+                ));
             }
-            Ok(head) if head.value().node.as_str() != node => {
-                problems.push(format!("{name}: the head of node {} (out of place)", head.value().node));
-                None
+            Ok(found) if !keys.verifies(found.value().created_ms, |key| found.verify(key).is_ok()) => {
+                problems.push(format!(
+                    "{name}: the head's signature does not verify under any AM certificate of {node} from the CA (altered or re-signed)"
+                ));
             }
-            Ok(head) => {
-                let verified = match ca {
-                    None => true,
-                    Some(ca) => node_keys(node, chain, ca, head.value().created_ms / 1000)
-                        .iter()
-                        .any(|key| head.verify(key).is_ok()),
-                };
-                if verified {
-                    Some(head.value().clone())
-                } else {
-                    problems.push(format!(
-                        "{name}: the head's signature does not verify under any AM certificate of {node} from the CA (altered or re-signed)"
-                    ));
-                    None
+            Ok(found) => {
+                if head.as_ref().is_none_or(|held| held.number < found.value().number) {
+                    head = Some(found.value().clone());
                 }
             }
-        },
-    };
+        }
+    }
+    if head.is_none() {
+        problems.push(format!(
+            "node {node}: no head: the last batches cannot be proven present"
+        ));
+    }
     let highest_header = by_number.keys().next_back().copied().unwrap_or(0);
     let last = head
         .as_ref()
@@ -317,12 +389,23 @@ fn verify_node(
     }
     // Forks, links and commit sequences.
     for (number, links) in &by_number {
-        if links.len() > 1 {
-            let ids: Vec<String> = links.iter().map(|link| link.name.clone()).collect();
+        // The same fields signed twice (a retry after a key rotation) are
+        // one batch; different fields under one number are a fork.
+        let distinct: BTreeSet<Vec<u8>> = links
+            .iter()
+            .map(|link| {
+                let body = link.header.body();
+                body.get(..body.len().saturating_sub(wire::limits::SIGNATURE_BYTES))
+                    .unwrap_or_default()
+                    .to_vec()
+            })
+            .collect();
+        if distinct.len() > 1 {
+            let names: Vec<String> = links.iter().map(|link| link.name.clone()).collect();
             problems.push(format!(
                 "batch #{number} of {node}: {} different headers ({}): the chain forks",
-                links.len(),
-                ids.join(", ")
+                distinct.len(),
+                names.join(", ")
             ));
         }
         for link in links {
@@ -346,15 +429,14 @@ fn verify_node(
                     number - 1
                 )),
                 Some(earlier) => {
-                    let expected = earlier.header.value().last_commit_sequence + 1;
-                    if value.first_commit_sequence != expected {
+                    let ended = earlier.header.value().last_commit_sequence;
+                    if ended.checked_add(1) != Some(value.first_commit_sequence) {
                         problems.push(format!(
-                            "batch #{number} ({}) of {node}: starts at commit sequence {}, batch #{} ended at {} (commit sequences {})",
+                            "batch #{number} ({}) of {node}: starts at commit sequence {}, batch #{} ended at {ended} (commit sequences {})",
                             value.batch_id,
                             value.first_commit_sequence,
                             number - 1,
-                            expected - 1,
-                            if value.first_commit_sequence > expected { "missing" } else { "overlap" },
+                            if value.first_commit_sequence > ended { "missing" } else { "overlap" },
                         ));
                     }
                 }
@@ -373,17 +455,19 @@ fn verify_node(
         }
         if highest_header > head.number {
             problems.push(format!(
-                "the head of {node} names batch #{} but batches up to #{highest_header} are stored (the head is stale or was rolled back)",
+                "the head of {node} names batch #{} but batches up to #{highest_header} are stored (a head deleted)",
                 head.number
             ));
         }
     }
     // Files against their headers.
-    let mut described: BTreeSet<BatchId> = BTreeSet::new();
+    let mut described: BTreeSet<BatchId> = refused_batches;
     for links in by_number.values() {
         for link in links {
             let value = link.header.value();
-            described.insert(value.batch_id);
+            if !described.insert(value.batch_id) {
+                continue; // the same batch signed twice: checked once
+            }
             let number = value.number;
             let label = format!("batch #{number} ({}) of {node}", value.batch_id);
             let candidates: Vec<&FileFacts> = all_files
@@ -435,7 +519,10 @@ fn verify_node(
             }
         }
     }
-    for file in node_files {
+    for file in all_files {
+        if file.path_node.as_deref() != Some(node) || file.batch_number.is_none() {
+            continue;
+        }
         if file.batch_id.is_none_or(|id| !described.contains(&id)) {
             problems.push(format!(
                 "{}: batch #{} of {node} without a header in the chain (out of place, or its header was deleted)",
@@ -449,11 +536,11 @@ fn verify_node(
         .get(&1)
         .and_then(|links| links.first())
         .map(|link| link.header.value().first_commit_sequence);
-    let last_sequence = head.as_ref().map(|head| head.last_commit_sequence);
-    match (first_sequence, last_sequence) {
-        (Some(first), Some(last_sequence)) => {
-            format!("batches #1..=#{last}, commit sequences {first}..={last_sequence}")
-        }
+    match (first_sequence, head.as_ref()) {
+        (Some(first), Some(head)) => format!(
+            "batches #1..=#{last}, commit sequences {first}..={}",
+            head.last_commit_sequence
+        ),
         _ => format!(
             "{} headers, head {}",
             by_number.len(),

@@ -32,6 +32,7 @@ use wire::limits::{CREDENTIAL_DIGEST_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES};
 use wire::{Accounting, AccountingKind, PublicKey, SessionId, Signed};
 
 pub mod chain;
+pub mod receipts;
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;

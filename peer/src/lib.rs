@@ -25,4 +25,5 @@ pub mod net;
 pub mod node;
 pub mod provider;
 pub mod quic;
+pub mod receipts;
 pub mod user;

@@ -196,6 +196,34 @@ impl UserClient {
         }
     }
 
+    /// Ask for a session's receipt (4.21), authenticated with its session
+    /// key (b3 for the user, c3 for the provider), and check the AM's
+    /// signature with `am_key` (the key of the partition that holds the
+    /// session: the one that minted its credential). A Redirect comes back
+    /// as [`ClientError::Redirect`].
+    pub async fn request_receipt(
+        &self,
+        session_id: wire::SessionId,
+        session_key: &wire::SessionKey,
+        am_key: &wire::PublicKey,
+    ) -> Result<Signed<wire::SessionReceipt>, ClientError> {
+        let request = wire::Maced::seal(wire::ReceiptRequest { session_id }, session_key)
+            .map_err(|error| ClientError::Connection(error.to_string()))?;
+        let mut frame = BytesMut::new();
+        request.encode_frame(&mut frame);
+        let mut answers = exchange(&self.connection, &frame, |_| true).await?;
+        match answers.pop() {
+            Some(Message::SessionReceipt(receipt)) => {
+                crate::receipts::check(&receipt, am_key, session_id)?;
+                Ok(receipt)
+            }
+            Some(Message::Redirect(redirect)) => Err(ClientError::Redirect(redirect)),
+            Some(Message::Error(error)) => Err(ClientError::Refused(error)),
+            Some(other) => Err(ClientError::Unexpected(other.message_type().0)),
+            None => Err(ClientError::Connection("no answer".into())),
+        }
+    }
+
     /// Close the connection and wait (bounded) for the close to be sent.
     pub async fn close(self) {
         self.connection.close(0u32.into(), b"done");

@@ -32,6 +32,7 @@ use crate::clock::now_ms;
 use crate::net::ServiceServer;
 use crate::provider::{AckOutcome, ProviderError, ProviderSession};
 use crate::quic::{AmClient, ClientError, ClientIdentity, Received};
+use crate::receipts::Receipts;
 
 /// Pushed credentials waiting to be noticed by [`ProviderNode::next_credential`].
 pub const ARRIVALS_MAX: usize = 1024;
@@ -85,6 +86,11 @@ struct Inner {
     connecting: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
     sessions: Sessions,
     arrivals_sender: mpsc::Sender<SessionId>,
+    /// Session receipts the AM pushed, checked (at most
+    /// [`crate::receipts::RECEIPTS_HELD_MAX`]).
+    receipts: Arc<std::sync::Mutex<Receipts>>,
+    /// Wakes [`ProviderNode::wait_receipt`] when a receipt arrives.
+    receipt_arrived: Arc<tokio::sync::Notify>,
 }
 
 /// The partitions and the home.
@@ -239,6 +245,8 @@ impl ProviderNode {
             connecting: std::sync::Mutex::new(HashMap::new()),
             sessions,
             arrivals_sender,
+            receipts: Arc::new(std::sync::Mutex::new(Receipts::default())),
+            receipt_arrived: Arc::new(tokio::sync::Notify::new()),
         });
         inner.connect(home).await?;
         // Keep the connection to the AM up even when nothing is to be sent:
@@ -405,33 +413,51 @@ impl Inner {
         let am_key = target.key;
         let signing_key = self.identity.signing_key.clone();
         let arrivals = self.arrivals_sender.clone();
-        client.serve_pushes(move |credential| {
-            let session_id = credential.value().session_id;
-            let Ok(session) = ProviderSession::accept(credential, &am_key, signing_key.clone()) else {
-                return ReceiptStatus::BAD_SIGNATURE;
-            };
-            let Ok(mut sessions) = sessions.lock() else {
-                return ReceiptStatus::BUSY;
-            };
-            // Now and then, forget sessions that are done: finished and
-            // acked, or long past their lifetime.
-            if sessions.len() % PRUNE_EVERY == PRUNE_EVERY - 1 {
-                let now = now_ms();
-                sessions.retain(|_, held| {
-                    !held.is_finished()
-                        && held
-                            .credential()
-                            .value()
-                            .policy
-                            .valid_until_ms
-                            .saturating_add(SESSION_GRACE_MS)
-                            > now
-                });
+        let receipts = self.receipts.clone();
+        let receipt_arrived = self.receipt_arrived.clone();
+        let name = self.name.clone();
+        let keep_receipt = move |receipt: wire::Signed<wire::SessionReceipt>| {
+            // Only receipts signed by this partition, for this provider.
+            let session_id = receipt.value().session_id;
+            let mine = name.as_ref().is_none_or(|name| *name == receipt.value().provider);
+            if !mine || crate::receipts::check(&receipt, &am_key, session_id).is_err() {
+                return;
             }
-            sessions.entry(session_id).or_insert(session);
-            let _ = arrivals.try_send(session_id);
-            ReceiptStatus::ACCEPTED
-        });
+            if let Ok(mut receipts) = receipts.lock() {
+                receipts.insert(receipt);
+            }
+            receipt_arrived.notify_waiters();
+        };
+        client.serve_pushes_with_receipts(
+            move |credential| {
+                let session_id = credential.value().session_id;
+                let Ok(session) = ProviderSession::accept(credential, &am_key, signing_key.clone()) else {
+                    return ReceiptStatus::BAD_SIGNATURE;
+                };
+                let Ok(mut sessions) = sessions.lock() else {
+                    return ReceiptStatus::BUSY;
+                };
+                // Now and then, forget sessions that are done: finished and
+                // acked, or long past their lifetime.
+                if sessions.len() % PRUNE_EVERY == PRUNE_EVERY - 1 {
+                    let now = now_ms();
+                    sessions.retain(|_, held| {
+                        !held.is_finished()
+                            && held
+                                .credential()
+                                .value()
+                                .policy
+                                .valid_until_ms
+                                .saturating_add(SESSION_GRACE_MS)
+                                > now
+                    });
+                }
+                sessions.entry(session_id).or_insert(session);
+                let _ = arrivals.try_send(session_id);
+                ReceiptStatus::ACCEPTED
+            },
+            keep_receipt,
+        );
         client.confirm_served(Duration::from_secs(10)).await?;
         let client = Arc::new(client);
         // The one it replaces is closed already (or it would be live).
@@ -499,6 +525,44 @@ impl ProviderNode {
             .lock()
             .ok()
             .and_then(|sessions| sessions.get(&session_id).map(|session| session.credential().clone()))
+    }
+
+    /// The receipt the AM pushed for a session once its Final was stored
+    /// (4.20), checked against the key of the partition that holds it.
+    pub fn receipt(&self, session_id: SessionId) -> Option<wire::Signed<wire::SessionReceipt>> {
+        self.inner
+            .receipts
+            .lock()
+            .ok()
+            .and_then(|receipts| receipts.get(session_id))
+    }
+
+    /// Every receipt held, oldest first; they are forgotten (keep them: a
+    /// receipt is the provider's proof of what the AM holds).
+    pub fn take_receipts(&self) -> Vec<wire::Signed<wire::SessionReceipt>> {
+        self.inner
+            .receipts
+            .lock()
+            .map(|mut receipts| receipts.take())
+            .unwrap_or_default()
+    }
+
+    /// Wait at most `timeout` for the receipt of `session_id`.
+    pub async fn wait_receipt(
+        &self,
+        session_id: SessionId,
+        timeout: Duration,
+    ) -> Option<wire::Signed<wire::SessionReceipt>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.inner.receipt_arrived.notified();
+            if let Some(receipt) = self.receipt(session_id) {
+                return Some(receipt);
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.receipt(session_id);
+            }
+        }
     }
 
     /// Whether the session is closed by its final accounting (`None`: unknown).

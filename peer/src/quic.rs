@@ -209,9 +209,22 @@ impl AmClient {
     /// Answer the AM's pushed User Credentials (208) on this connection:
     /// each pushed stream's credential goes to `handler`, whose status is
     /// sent back as the receipt. Runs until the connection closes.
+    /// Session receipts pushed by the AM are dropped: use
+    /// [`Self::serve_pushes_with_receipts`] to keep them.
     pub fn serve_pushes(
         &self,
         handler: impl Fn(Signed<UserCredential>) -> wire::ReceiptStatus + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        self.serve_pushes_with_receipts(handler, |_| {})
+    }
+
+    /// [`Self::serve_pushes`], and each Session Receipt the AM pushes
+    /// (4.20, when a session's Final is stored) goes to `receipts`
+    /// unchecked; the stream is finished without an answer.
+    pub fn serve_pushes_with_receipts(
+        &self,
+        handler: impl Fn(Signed<UserCredential>) -> wire::ReceiptStatus + Send + Sync + 'static,
+        receipts: impl Fn(Signed<wire::SessionReceipt>) + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
         answer_streams(self.connection.clone(), move |message| {
             let mut out = BytesMut::new();
@@ -221,6 +234,7 @@ impl AmClient {
                     let status = handler(credential);
                     wire::UserCredentialReceipt { session_id, status }.encode_frame(&mut out);
                 }
+                Ok(Message::SessionReceipt(receipt)) => receipts(receipt),
                 _ => ErrorMessage::new(
                     wire::ErrorCode::UNEXPECTED_MESSAGE,
                     "a pushed stream carries one User Credential",

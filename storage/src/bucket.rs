@@ -425,11 +425,10 @@ impl Bucket {
         }
     }
 
-    /// The batch's header and the AM's certificate (each created once),
-    /// then the node's head (replaced only by a higher number). The head is
-    /// read, compared and written: two storages writing one node's head at
-    /// once could leave the lower one, which the node's next batch
-    /// replaces; the AM sends one batch at a time.
+    /// The batch's header, its head and the AM's certificate, each created
+    /// once (`If-None-Match: *`): no object of the chain is ever
+    /// overwritten, so two storages sharing the bucket cannot undo each
+    /// other's writes.
     async fn store_chain(&self, record: &RecordAccounting, certificate: &[u8]) -> Result<(), object_store::Error> {
         let mut folder = self.prefix.clone();
         for segment in archive::chain::node_folder(record.node.as_str()).split('/') {
@@ -445,22 +444,11 @@ impl Bucket {
             record.header.body().clone(),
         )
         .await?;
-        let head_path = folder.join(archive::chain::HEAD_NAME);
-        let held = match self.store.get_opts(&head_path, GetOptions::default()).await {
-            Ok(found) => Some(found.bytes().await?),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(error) => return Err(error),
-        };
-        if crate::chain::head_replaces(held.as_deref(), &record.head) {
-            self.store
-                .put_opts(
-                    &head_path,
-                    PutPayload::from_bytes(record.head.body().clone()),
-                    PutOptions::default(),
-                )
-                .await?;
-        }
-        Ok(())
+        self.create_once(
+            &folder.join(archive::chain::head_name(record.head.value().number)),
+            record.head.body().clone(),
+        )
+        .await
     }
 
     /// Create `path` with `bytes` unless it exists (then it holds them: a
@@ -476,14 +464,26 @@ impl Bucket {
         }
     }
 
-    /// Every chain object under the prefix (`_chain/node=…/…`), sorted by
-    /// key.
-    pub async fn chain_objects(&self) -> Result<Vec<ObjectPath>, object_store::Error> {
+    /// Every chain object under the prefix (`_chain/node=…/…`) with its
+    /// size, sorted by key.
+    pub async fn chain_objects(&self) -> Result<Vec<(ObjectPath, u64)>, object_store::Error> {
         let folder = self.prefix.clone().join(archive::chain::CHAIN_FOLDER);
         let listed: Vec<object_store::ObjectMeta> = self.store.list(Some(&folder)).try_collect().await?;
-        let mut objects: Vec<ObjectPath> = listed.into_iter().map(|meta| meta.location).collect();
+        let mut objects: Vec<(ObjectPath, u64)> = listed.into_iter().map(|meta| (meta.location, meta.size)).collect();
         objects.sort();
         Ok(objects)
+    }
+
+    /// A key relative to the prefix (`date=…/node=…/batch-….parquet`).
+    pub fn relative<'a>(&self, path: &'a ObjectPath) -> &'a str {
+        let key = path.as_ref();
+        let prefix = self.prefix.as_ref();
+        if prefix.is_empty() {
+            return key;
+        }
+        key.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(key)
     }
 
     /// Store a checked batch's Parquet object, by `deadline`.

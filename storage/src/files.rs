@@ -118,8 +118,9 @@ impl ColdFiles {
         }
     }
 
-    /// The batch's header and the AM's certificate (each written once),
-    /// and the node's head (replaced only by a higher number).
+    /// The batch's header, its head and the AM's certificate, each written
+    /// once (a name is determined by its bytes, or by the batch number for
+    /// a head: the first head stored for a number stays).
     fn store_chain(&self, record: &RecordAccounting, certificate: &[u8]) -> std::io::Result<()> {
         let folder = self.root.join(archive::chain::node_folder(record.node.as_str()));
         // An object found in place may be one an earlier process renamed
@@ -133,30 +134,10 @@ impl ColdFiles {
         };
         once(archive::chain::certificate_name(certificate), certificate)?;
         once(archive::chain::header_name(&record.header), record.header.body())?;
-        // One writer at a time: the index lock is held by deliveries only
-        // while they store a file, so take it for the head too.
-        let _writing = self
-            .index
-            .lock()
-            .map_err(|_| std::io::Error::other("index lock poisoned"))?;
-        let head_path = folder.join(archive::chain::HEAD_NAME);
-        let held = match std::fs::read(&head_path) {
-            Ok(bytes) => Some(bytes),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(error),
-        };
-        if crate::chain::head_replaces(held.as_deref(), &record.head) {
-            write_atomically(
-                &self.root,
-                &folder,
-                archive::chain::HEAD_NAME,
-                record.head.body(),
-                self.sync,
-            )?;
-        } else {
-            sync_up_to_root(&self.root, &head_path, self.sync)?;
-        }
-        Ok(())
+        once(
+            archive::chain::head_name(record.head.value().number),
+            record.head.body(),
+        )
     }
 
     /// Store a checked batch's Parquet file (or find it stored).
@@ -541,7 +522,7 @@ mod tests {
         for name in [
             archive::chain::certificate_name(CERTIFICATE),
             archive::chain::header_name(&first.value().header),
-            archive::chain::HEAD_NAME.to_owned(),
+            archive::chain::head_name(1),
         ] {
             chain.extend([
                 chain_folder.join(name),

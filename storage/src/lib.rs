@@ -10,7 +10,6 @@
 //! the object.
 
 pub mod bucket;
-pub mod chain;
 pub mod checks;
 pub mod files;
 pub mod profile;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use archive::chain::{NodeChain, ObjectKind};
+use futures::StreamExt;
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
@@ -119,7 +120,10 @@ impl Archive {
                         .join("/")
                 })
                 .unwrap_or_default(),
-            Self::Bucket { objects, .. } => objects.get(index).map(ToString::to_string).unwrap_or_default(),
+            Self::Bucket { bucket, objects, .. } => objects
+                .get(index)
+                .map(|path| bucket.relative(path).to_owned())
+                .unwrap_or_default(),
         }
     }
 
@@ -158,10 +162,14 @@ impl Archive {
     }
 
     /// Every node's chain objects (`archive::chain`), read whole. A chain
-    /// object is small (a header, a head or a certificate: at most a few
-    /// KiB), and there is one header per batch.
+    /// object is small (a header or a head: at most 245 bytes, a
+    /// certificate a few KiB); a larger one, or one that is not a file, is
+    /// not read and is listed as unreadable. A bucket's objects are read 32
+    /// at a time.
     pub fn chains(&self) -> Result<BTreeMap<String, NodeChain>, ReaderError> {
-        let mut found: Vec<(String, Bytes)> = Vec::new();
+        let max = archive::chain::CHAIN_OBJECT_BYTES_MAX;
+        // (path, bytes, or why it was not read)
+        let mut found: Vec<(String, Result<Bytes, String>)> = Vec::new();
         match self {
             Self::Folder { root, .. } => {
                 let folder = root.join(archive::chain::CHAIN_FOLDER);
@@ -182,11 +190,18 @@ impl Archive {
                         if name.starts_with('.') || archive::chain::object_kind(&name).is_none() {
                             continue;
                         }
-                        let bytes = std::fs::read(entry.path()).map_err(|source| io_error(&entry.path(), source))?;
-                        found.push((
-                            format!("{}/{node_name}/{name}", archive::chain::CHAIN_FOLDER),
-                            Bytes::from(bytes),
-                        ));
+                        let path = format!("{}/{node_name}/{name}", archive::chain::CHAIN_FOLDER);
+                        let metadata = entry.metadata().map_err(|source| io_error(&entry.path(), source))?;
+                        let bytes = if !metadata.is_file() {
+                            Err("not a file".to_owned())
+                        } else if metadata.len() > max {
+                            Err(format!("{} bytes", metadata.len()))
+                        } else {
+                            std::fs::read(entry.path())
+                                .map(Bytes::from)
+                                .map_err(|error| error.to_string())
+                        };
+                        found.push((path, bytes));
                     }
                 }
             }
@@ -194,12 +209,20 @@ impl Archive {
                 let objects = runtime
                     .block_on(bucket.chain_objects())
                     .map_err(|error| ReaderError::Bucket(format!("listing the chain: {error}")))?;
-                for path in objects {
-                    let bytes = runtime
-                        .block_on(bucket.read(&path))
-                        .map_err(|error| ReaderError::Bucket(format!("reading {path}: {error}")))?;
-                    found.push((path.to_string(), bytes));
-                }
+                let read = runtime.block_on(
+                    futures::stream::iter(objects)
+                        .map(|(path, size)| async move {
+                            let name = bucket.relative(&path).to_owned();
+                            if size > max {
+                                return (name, Err(format!("{size} bytes")));
+                            }
+                            let bytes = bucket.read(&path).await.map_err(|error| error.to_string());
+                            (name, bytes)
+                        })
+                        .buffer_unordered(32)
+                        .collect::<Vec<_>>(),
+                );
+                found.extend(read);
             }
         }
         let mut chains: BTreeMap<String, NodeChain> = BTreeMap::new();
@@ -209,12 +232,23 @@ impl Archive {
             };
             let name = path.rsplit('/').next().unwrap_or_default();
             let chain = chains.entry(node.to_owned()).or_default();
+            let bytes = match bytes {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    chain.unreadable.push(format!("{path} ({why})"));
+                    continue;
+                }
+            };
             match archive::chain::object_kind(name) {
                 Some(ObjectKind::Header) => chain.headers.push((path.clone(), bytes)),
-                Some(ObjectKind::Head) => chain.head = Some((path.clone(), bytes)),
+                Some(ObjectKind::Head) => chain.heads.push((path.clone(), bytes)),
                 Some(ObjectKind::Certificate) => chain.certificates.push((path.clone(), bytes)),
                 None => {}
             }
+        }
+        for chain in chains.values_mut() {
+            chain.headers.sort_by(|a, b| a.0.cmp(&b.0));
+            chain.heads.sort_by(|a, b| a.0.cmp(&b.0));
         }
         Ok(chains)
     }

@@ -540,6 +540,27 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/acct-venv/bin/python"))
 }
 
+/// A fresh Service Credential Request of `user-0001` for `service` (its
+/// provider gets the User Credential pushed when the AM mints it).
+pub fn credential_request(pki: &TestPki, service: u32) -> wire::Signed<wire::ServiceCredentialRequest> {
+    let random16 = || {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).unwrap_or_else(|error| panic!("{error}"));
+        bytes
+    };
+    let user = pki.identity(Role::User, "user-0001");
+    peer::user::credential_request(
+        wire::ServiceId(service),
+        wire::RequestId(random16()),
+        wire::Nonce(random16()),
+        now_ms(),
+        wire::Address::new("10.0.0.7:5000").unwrap_or_else(|error| panic!("{error}")),
+        bytes::Bytes::from(user.certificate_der.clone()),
+        &user.signing_key,
+    )
+    .unwrap_or_else(|error| panic!("{error}"))
+}
+
 /// Open `count` sessions for `provider` through the admin path (users
 /// `user-0000`…, service 7) and accept their credentials as the provider.
 pub async fn open_sessions(

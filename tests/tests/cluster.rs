@@ -1,35 +1,11 @@
 //! Several AM partitions as one system: real `acct serve` processes on
 //! 127.0.0.1 sharing one cluster map.
 
-use bytes::Bytes;
 use peer::net::UserClient;
 use peer::quic::{AmClient, ClientError};
-use wire::{
-    AccountingKind, AckStatus, Address, ErrorCode, Name, Nonce, PartitionId, RequestId, Role, ServiceId, Usage,
-};
+use wire::{AccountingKind, AckStatus, Address, ErrorCode, Name, PartitionId, Role, ServiceId, Usage};
 
-use acct_tests::{TestPki, hot_records_on, now_ms, open_policy, runtime, send_all};
-
-fn random16() -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).unwrap();
-    bytes
-}
-
-/// A fresh Service Credential Request of `user-0001` for `service`.
-fn credential_request(pki: &TestPki, service: u32) -> wire::Signed<wire::ServiceCredentialRequest> {
-    let user = pki.identity(Role::User, "user-0001");
-    peer::user::credential_request(
-        ServiceId(service),
-        RequestId(random16()),
-        Nonce(random16()),
-        now_ms(),
-        Address::new("10.0.0.7:5000").unwrap(),
-        Bytes::from(user.certificate_der.clone()),
-        &user.signing_key,
-    )
-    .unwrap()
-}
+use acct_tests::{TestPki, credential_request, hot_records_on, now_ms, open_policy, runtime, send_all};
 
 /// Requests and accounting sent to a partition that is not the provider's
 /// home, or not the session's, are answered with the right partition and

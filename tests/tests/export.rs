@@ -468,6 +468,15 @@ fn only_an_am_certificate_may_deliver_to_the_storage() {
     assert!(storage.terminate(Duration::from_secs(30)));
 }
 
+/// Delete every head in a node's chain folder.
+fn remove_heads(folder: &Path) {
+    for entry in std::fs::read_dir(folder).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("head-") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+}
+
 /// Copy the folder `from` to `to`, recursively.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -577,11 +586,28 @@ fn acct_audit_proves_the_chain_and_names_each_gap() {
         },
         &[format!("batches #{}..=#{last} of am-1: missing (no headers)", last - 1)],
     );
-    // The head deleted too.
+    // The heads deleted.
     case(
-        "deleted-head",
-        &|copy, _| std::fs::remove_file(copy.join("_chain/node=am-1/head")).unwrap(),
+        "deleted-heads",
+        &|copy, _| remove_heads(&copy.join("_chain/node=am-1")),
         &["node am-1: no head".into()],
+    );
+    // The last batch and its head deleted: the head before it still names
+    // a batch whose successor's header is stored, and the file is gone.
+    case(
+        "deleted-last-with-head",
+        &|copy, batches| {
+            std::fs::remove_file(file_of(batches, last)).unwrap();
+            std::fs::remove_file(copy.join("_chain/node=am-1").join(archive::chain::head_name(last))).unwrap();
+        },
+        &[
+            format!("batch #{last} ("),
+            "missing (its file is gone)".into(),
+            format!(
+                "names batch #{} but batches up to #{last} are stored (a head deleted)",
+                last - 1
+            ),
+        ],
     );
     // A file truncated.
     case(

@@ -261,14 +261,21 @@ fn report_and_audit_read_the_bucket() {
         audit.contains(&format!("commit sequences 1..={}: complete", messages.len())),
         "{audit}"
     );
-    // The node's head deleted from the bucket: the last batches are no
+    // The node's heads moved out of the bucket: the last batches are no
     // longer provable.
-    let head = objects.join("_chain/node=am-1/head");
-    let held = std::fs::read(&head).unwrap();
-    std::fs::remove_file(&head).unwrap();
+    let chain = objects.join("_chain/node=am-1");
+    let aside = pki.data().join("heads-aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for entry in std::fs::read_dir(&chain).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("head-") {
+            std::fs::rename(entry.path(), aside.join(entry.file_name())).unwrap();
+        }
+    }
     let (ok, audit, _) = acct(&[&["audit", url.as_str(), "--ca", ca][..], &over_s3[..]].concat());
     assert!(!ok && audit.contains("node am-1: no head"), "{audit}");
-    std::fs::write(&head, held).unwrap();
+    for entry in std::fs::read_dir(&aside).unwrap().flatten() {
+        std::fs::rename(entry.path(), chain.join(entry.file_name())).unwrap();
+    }
     // A batch copied under another name: every row in it is there twice.
     let files = archive::parquet_files(&objects).unwrap();
     let copy = files[0].with_file_name("batch-ffffffffffffffffffffffffffffffff.parquet");

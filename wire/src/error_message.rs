@@ -43,6 +43,9 @@ impl ErrorCode {
     /// The session named by a Service Request is unknown to the provider, or
     /// its MAC (d3) does not verify.
     pub const SESSION_REFUSED: Self = Self(15);
+    /// A receipt was asked for a session whose messages this AM stored
+    /// partly before it kept receipts: it cannot state them all.
+    pub const RECEIPT_UNAVAILABLE: Self = Self(16);
 }
 
 /// A typed error sent to the peer.

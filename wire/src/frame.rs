@@ -15,6 +15,7 @@ use crate::directory::{ServiceList, ServiceListRequest, UserCredentialReceipt};
 use crate::error::DecodeError;
 use crate::error_message::ErrorMessage;
 use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, PROTOCOL_VERSION, SMALL_FRAME_BODY_BYTES_MAX};
+use crate::receipt::{ReceiptRequest, SessionReceipt};
 use crate::record::{RecordAccounting, RecordAck};
 use crate::service::{ServiceProof, ServiceRequest};
 use crate::signed::{Maced, Signed};
@@ -59,6 +60,12 @@ impl MessageType {
     /// AM → client: the request belongs to another partition
     /// ([`crate::cluster::Redirect`]).
     pub const REDIRECT: Self = Self(0x11);
+    /// AM → SP or User: what the AM holds for a session
+    /// ([`crate::receipt::SessionReceipt`]).
+    pub const SESSION_RECEIPT: Self = Self(0x12);
+    /// User or SP → AM: a session's receipt, please
+    /// ([`crate::receipt::ReceiptRequest`]).
+    pub const RECEIPT_REQUEST: Self = Self(0x13);
 
     /// The largest body this type may carry.
     pub fn body_bytes_max(self) -> Option<usize> {
@@ -79,6 +86,8 @@ impl MessageType {
             | Self::SERVICE_LIST
             | Self::USER_CREDENTIAL_RECEIPT
             | Self::REDIRECT
+            | Self::SESSION_RECEIPT
+            | Self::RECEIPT_REQUEST
             | Self::ERROR => Some(SMALL_FRAME_BODY_BYTES_MAX),
             _ => None,
         }
@@ -168,6 +177,10 @@ pub enum Message {
     AdminAuditReport(AdminAuditReport),
     /// AM → client: ask another partition.
     Redirect(Redirect),
+    /// AM → SP or User: what the AM holds for a session.
+    SessionReceipt(Signed<SessionReceipt>),
+    /// User or SP → AM: a session's receipt, please.
+    ReceiptRequest(Maced<ReceiptRequest>),
     /// A typed error.
     Error(ErrorMessage),
 }
@@ -228,6 +241,8 @@ impl Message {
                 Self::UserCredentialReceipt(decode_plain(&body, UserCredentialReceipt::decode_fields)?)
             }
             MessageType::REDIRECT => Self::Redirect(decode_plain(&body, Redirect::decode_fields)?),
+            MessageType::SESSION_RECEIPT => Self::SessionReceipt(Signed::decode_body(body)?),
+            MessageType::RECEIPT_REQUEST => Self::ReceiptRequest(Maced::decode_body(body)?),
             MessageType::ERROR => Self::Error(decode_plain(&body, ErrorMessage::decode_fields)?),
             MessageType(other) => return Err(DecodeError::UnknownMessageType(other)),
         })
@@ -253,6 +268,8 @@ impl Message {
             Self::ServiceList(message) => message.encode_frame(out),
             Self::UserCredentialReceipt(message) => message.encode_frame(out),
             Self::Redirect(message) => message.encode_frame(out),
+            Self::SessionReceipt(message) => message.encode_frame(out),
+            Self::ReceiptRequest(message) => message.encode_frame(out),
             Self::Error(message) => message.encode_frame(out),
         }
     }
@@ -276,6 +293,8 @@ impl Message {
             Self::ServiceList(_) => MessageType::SERVICE_LIST,
             Self::UserCredentialReceipt(_) => MessageType::USER_CREDENTIAL_RECEIPT,
             Self::Redirect(_) => MessageType::REDIRECT,
+            Self::SessionReceipt(_) => MessageType::SESSION_RECEIPT,
+            Self::ReceiptRequest(_) => MessageType::RECEIPT_REQUEST,
             Self::Error(_) => MessageType::ERROR,
         }
     }

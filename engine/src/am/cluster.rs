@@ -51,6 +51,13 @@ impl Placement {
         (home.id != self.me).then(|| Redirect::to(home))
     }
 
+    /// Where to ask about `session` when another partition of the map
+    /// minted it; `None` when it is this one's (or names no partition).
+    pub fn redirect_for_session(&self, session: &SessionId) -> Option<Redirect> {
+        let partition = self.map.as_ref()?.of_session(session)?;
+        (partition.id != self.me).then(|| Redirect::to(partition))
+    }
+
     /// Whether `session` was minted by another partition of the map (a
     /// session id naming no partition of the map is nobody's: unknown).
     pub fn is_elsewhere(&self, session: &SessionId) -> bool {

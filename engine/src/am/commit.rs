@@ -12,6 +12,7 @@ use wire::{AckEntry, AckStatus, MessageId, SessionId};
 
 use super::codes::{SessionNotStored, commit_failure};
 use super::pipeline::{AckSender, Admitted, Answers, CommitCommand, SessionTable, Verified, deliver};
+use super::receipts::ClosedSession;
 use super::session::{self, SequenceState, SessionFlags, SessionInfo, SessionProgress, TimeBounds};
 use super::store::{GroupWrite, RecordRef, Store, StoreError};
 use crate::clock::now_ms;
@@ -50,6 +51,9 @@ pub struct Committer {
     /// ([`SessionTable::count_live`]): open, no Final stored, and within
     /// their validity when last looked at.
     live: std::collections::HashSet<SessionId, foldhash::fast::RandomState>,
+    /// Where sessions whose Final was just stored go, for their receipt's
+    /// push (bounded; a full queue drops the push, never waits).
+    closed: Option<tokio::sync::mpsc::Sender<ClosedSession>>,
 }
 
 /// How often a run of failing commit groups is logged.
@@ -246,7 +250,13 @@ impl Committer {
             key_ids,
             failures: FailureLog::default(),
             live,
+            closed: None,
         })
+    }
+
+    /// Send each session whose Final is stored to `closed`, after its write.
+    pub fn notify_closed(&mut self, closed: tokio::sync::mpsc::Sender<ClosedSession>) {
+        self.closed = Some(closed);
     }
 
     /// Stop counting `session_id` as live (its Final is stored, its
@@ -306,6 +316,10 @@ impl Committer {
             match command {
                 CommitCommand::Records(verified) => records.push(verified),
                 CommitCommand::OpenSession { session, reply } => opens.push((session, reply)),
+                CommitCommand::SessionState { session_id, reply } => {
+                    // Committed state only: the group being built is not.
+                    let _ = reply.send(self.sessions.get(&session_id).cloned());
+                }
             }
         }
         if !opens.is_empty() {
@@ -417,7 +431,7 @@ impl Committer {
         };
         let flags = progress.flags;
         let in_order = message.sequence > progress.sequence_max;
-        progress.record(message, now);
+        progress.record(message, item.message.signed_bytes(), now);
         let write_progress = !in_order
             || message.kind == wire::AccountingKind::FINAL
             || group.staged.get(&message.session_id).is_some_and(|staged| staged.1);
@@ -465,7 +479,18 @@ impl Committer {
                 self.failures.succeeded();
                 for (session_id, (progress, _)) in group.staged {
                     if let Some(entry) = self.sessions.get_mut(&session_id) {
+                        let closed_now = progress.is_closed() && !entry.1.is_closed();
                         entry.1 = progress;
+                        if closed_now && let Some(closed) = &self.closed {
+                            let outcome = match closed.try_send((entry.0.clone(), progress)) {
+                                Ok(()) => None,
+                                Err(_) => Some("dropped"),
+                            };
+                            if let Some(outcome) = outcome {
+                                metrics::counter!("acct_receipts_total", "path" => "push", "outcome" => outcome)
+                                    .increment(1);
+                            }
+                        }
                     }
                     if progress.is_closed() {
                         self.uncount_live(session_id);

@@ -28,6 +28,8 @@ pub(super) struct Context {
     /// The verifier and committer threads and their queues.
     pub(super) pipeline: Ingest,
     pub(super) signing_key: SigningKey,
+    /// This node's name (its certificate's): the node of its receipts.
+    pub(super) node: wire::Name,
     /// The `[ingest]` settings: bounds and policies.
     pub(super) config: IngestConfig,
     /// Provider and admin connections open now (bounded by

@@ -327,7 +327,8 @@ impl ProviderRegistry {
         }
     }
 
-    fn get(&self, name: &Name) -> Option<quinn::Connection> {
+    /// The provider's newest connection that is still open.
+    pub(super) fn newest(&self, name: &Name) -> Option<quinn::Connection> {
         self.connections.lock().ok().and_then(|connections| {
             connections.get(name).and_then(|list| {
                 list.iter()
@@ -498,7 +499,7 @@ impl<'a> Issuer<'a> {
                 &format!("service {} is not in the AM's service list", value.service_id.0),
             ));
         };
-        let Some(connection) = self.providers.get(&service.provider) else {
+        let Some(connection) = self.providers.newest(&service.provider) else {
             return Err(refuse(
                 ErrorCode::PROVIDER_UNAVAILABLE,
                 &format!("provider {} is not connected", service.provider),

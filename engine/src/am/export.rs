@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 use wire::{BatchId, BatchToSign, Message, Name, RecordAccounting, RecordStatus, Signed, TrustedCa};
 
-use super::store::{ChainTip, Manifest, Store, StoreError};
+use super::store::{ChainTip, Manifest, SentChain, Store, StoreError};
 use crate::clock::{now_ms, now_s};
 use serving::background::Background;
 use storage::failpoint;
@@ -269,9 +269,10 @@ async fn ship(
     manifest: Manifest,
 ) -> Result<(), ShipError> {
     let started = Instant::now();
-    // The batch continues the chain from the last batch the storage acked:
-    // the tip moves only when this batch is acked, so every attempt signs
-    // the same header (Ed25519 signing is deterministic).
+    // The batch continues the chain from the last batch the storage acked
+    // (the tip moves only when this batch is acked); its number and
+    // previous digest are kept in the manifest when it is first sent, and
+    // every later attempt signs the same header fields.
     let (message, digest, rows, tip) = {
         let store = store.clone();
         let node = settings.node.clone();
@@ -280,7 +281,13 @@ async fn ship(
         background
             .run(move || -> Result<_, ShipError> {
                 let tip = store.chain_tip()?;
-                let number = tip.map_or(1, |tip| tip.number + 1);
+                let (number, previous) = match manifest.sent_chain {
+                    Some(sent) => (sent.number, sent.previous),
+                    None => (
+                        tip.map_or(1, |tip| tip.number + 1),
+                        tip.map_or(wire::chain::CHAIN_START, |tip| tip.header_digest),
+                    ),
+                };
                 let (payload, rows) = encode(&store, &node, &manifest, number)?;
                 let message = RecordAccounting::sign_batch(
                     BatchToSign {
@@ -290,7 +297,7 @@ async fn ship(
                         number,
                         first_commit_sequence: manifest.first,
                         record_count: rows,
-                        previous: tip.map_or(wire::chain::CHAIN_START, |tip| tip.header_digest),
+                        previous,
                         payload: Bytes::from(payload),
                     },
                     &key,
@@ -307,13 +314,20 @@ async fn ship(
             .await
             .map_err(|error| ShipError::Encode(error.to_string()))??
     };
-    // The digest is durable in the manifest before the first send.
+    // The digest and the place in the chain are durable in the manifest
+    // before the first send.
+    let sent_chain = SentChain {
+        number: tip.number,
+        previous: message.value().header.value().previous,
+        header_digest: tip.header_digest,
+    };
     let manifest = {
         let store = store.clone();
         let mut manifest = manifest;
         tokio::task::spawn_blocking(move || -> Result<_, ShipError> {
             if manifest.sent_digest.is_none() {
                 manifest.sent_digest = Some(digest);
+                manifest.sent_chain = Some(sent_chain);
                 store.record_sent_digest(&manifest)?;
             } else if manifest.sent_digest != Some(digest) {
                 tracing::warn!(batch = %manifest.batch_id, "this build encodes the batch differently from the one that sent it first");
@@ -331,7 +345,8 @@ async fn ship(
         .map_err(|_| ShipError::Unreachable("no answer from the storage within 120 s".into()))??;
     let stored_as_sent = ack.status.is_stored() && ack.digest == digest;
     // A batch first sent by a build that encoded it differently: stored
-    // with those bytes, and without this header, so the chain's tip stays.
+    // with those bytes and the header first sent with them, which the tip
+    // then names (none if that build predates the chain: the tip stays).
     let stored_before = ack.status == RecordStatus::CONFLICTING_BATCH && Some(ack.digest) == manifest.sent_digest;
     let stored = ack.batch_id == manifest.batch_id && (stored_as_sent || stored_before);
     if !stored {
@@ -345,7 +360,15 @@ async fn ship(
     {
         let store = store.clone();
         let manifest = manifest.clone();
-        let tip = stored_as_sent.then_some(tip);
+        let tip = if stored_as_sent {
+            Some(tip)
+        } else {
+            manifest.sent_chain.map(|sent| ChainTip {
+                number: sent.number,
+                header_digest: sent.header_digest,
+                last_commit_sequence: manifest.last,
+            })
+        };
         tokio::task::spawn_blocking(move || {
             failpoint("export-after-ack");
             store.delete_batch(&manifest, tip.as_ref())

@@ -14,6 +14,7 @@ use wire::AckStatus;
 use super::codes::SessionNotStored;
 use super::commit::{CommitSettings, Committer};
 use super::pipeline::{Admitted, CommitCommand, READ_BATCH_MESSAGES_MAX, SessionTable};
+use super::receipts::{CLOSED_QUEUE_MAX, ClosedSession};
 use super::session::{SessionInfo, TimeBounds};
 use super::store::Store;
 use crate::config::IngestConfig;
@@ -67,13 +68,15 @@ pub struct Ingest {
     verify_queue: VerifyQueue,
     commit_queue: crossbeam_channel::Sender<CommitCommand>,
     threads: Vec<JoinHandle<()>>,
+    /// Sessions whose Final was just stored, until taken.
+    closed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ClosedSession>>>,
 }
 
 impl Ingest {
     /// Recover the sessions from `store` and start the threads.
     pub fn start(store: Arc<Store>, settings: &IngestConfig) -> anyhow::Result<Self> {
         let table = Arc::new(SessionTable::default());
-        let committer = Committer::new(
+        let mut committer = Committer::new(
             store,
             table.clone(),
             CommitSettings {
@@ -87,6 +90,8 @@ impl Ingest {
             },
         )
         .context("recovering sessions from the store")?;
+        let (closed_sender, closed) = tokio::sync::mpsc::channel(CLOSED_QUEUE_MAX);
+        committer.notify_closed(closed_sender);
         // Verifiers hand the committer one command per verified batch: the
         // queue's bound in messages is its capacity times the batch size.
         let verify_batch = settings.verify_batch_messages_max.max(1);
@@ -129,7 +134,35 @@ impl Ingest {
             verify_queue,
             commit_queue,
             threads,
+            closed: std::sync::Mutex::new(Some(closed)),
         })
+    }
+
+    /// The sessions whose Final Accounting was just stored, with their
+    /// state then (once: the first caller takes the queue).
+    pub fn closed_sessions(&self) -> Option<tokio::sync::mpsc::Receiver<ClosedSession>> {
+        self.closed.lock().ok().and_then(|mut closed| closed.take())
+    }
+
+    /// A session's committed state (`None`: this node holds no such
+    /// session, or the pipeline is stopping).
+    pub async fn session_state(&self, session_id: wire::SessionId) -> Option<ClosedSession> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queue = self.commit_queue.clone();
+        let command = CommitCommand::SessionState { session_id, reply };
+        let sent = match queue.try_send(command) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(command)) => {
+                tokio::task::spawn_blocking(move || queue.send(command).is_ok())
+                    .await
+                    .unwrap_or(false)
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        };
+        if !sent {
+            return None;
+        }
+        answer.await.ok().flatten()
     }
 
     /// The verify queue's sending side.

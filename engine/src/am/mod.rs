@@ -26,6 +26,7 @@ mod issue;
 pub mod penalty;
 pub mod pipeline;
 mod provider_stream;
+pub mod receipts;
 pub mod server;
 pub mod session;
 mod slots;

@@ -152,6 +152,13 @@ pub enum CommitCommand {
         /// Ok once durable.
         reply: tokio::sync::oneshot::Sender<Result<(), super::codes::SessionNotStored>>,
     },
+    /// A session's committed state, for its receipt (`None`: not held).
+    SessionState {
+        /// The session.
+        session_id: wire::SessionId,
+        /// Where the state goes.
+        reply: tokio::sync::oneshot::Sender<Option<super::receipts::ClosedSession>>,
+    },
 }
 
 impl CommitCommand {
@@ -159,7 +166,7 @@ impl CommitCommand {
     pub fn messages(&self) -> usize {
         match self {
             Self::Records(records) => records.len(),
-            Self::OpenSession { .. } => 0,
+            Self::OpenSession { .. } | Self::SessionState { .. } => 0,
         }
     }
 }

@@ -130,6 +130,7 @@ pub async fn run(
         store: store.clone(),
         pipeline,
         signing_key: settings.signing_key.clone(),
+        node: settings.node.clone(),
         config: config.clone(),
         connections: AtomicUsize::new(0),
         directory: settings.services.clone(),
@@ -146,6 +147,10 @@ pub async fn run(
         placement: settings.placement.clone(),
     });
     let socket_watcher = tokio::spawn(watch_udp_socket(local_addr.port()));
+    let receipt_pusher = context
+        .pipeline
+        .closed_sessions()
+        .map(|closed| tokio::spawn(super::receipts::push_closed(closed, Arc::downgrade(&context))));
     let deny_watcher = settings
         .deny_source
         .clone()
@@ -168,6 +173,9 @@ pub async fn run(
     endpoint.set_server_config(None);
     let _ = stop_sender.send(true);
     drain(&mut connections, Duration::from_secs(config.drain_deadline_s)).await;
+    if let Some(pusher) = receipt_pusher {
+        pusher.abort();
+    }
     endpoint.close(close_code::SHUTTING_DOWN.into(), b"shutting down");
     // The stream tasks of aborted connections (and the aborted watchers)
     // still hold the context until the runtime drops them, at its next poll

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use wire::{
-    Accounting, AccountingKind, AckStatus, Name, Nonce, Policy, RequestId, SessionId, Signed, UserCredential,
-    credential_digest,
+    Accounting, AccountingKind, AckStatus, Name, Nonce, Policy, ReceiptDigest, RequestId, SessionId, Signed,
+    UserCredential, credential_digest,
 };
 
 /// The name of the custom counter (e5) in which a provider reports how many
@@ -105,6 +105,41 @@ pub struct SessionProgress {
     pub closed_ms: Option<u64>,
     /// Flags copied into the session's records.
     pub flags: SessionFlags,
+    /// What a receipt states beyond the counters above. `None` for a
+    /// session that stored messages before this AM kept receipts: no
+    /// receipt can state all of its messages.
+    pub receipt: Option<ReceiptState>,
+}
+
+/// A session's usage sums and the digest of its stored messages, kept up to
+/// date with every stored message (wire::receipt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReceiptState {
+    /// Sum of e5 `units` (saturating).
+    pub units: u64,
+    /// Sum of e5 `bytes_up` (saturating).
+    pub bytes_up: u64,
+    /// Sum of e5 `bytes_down` (saturating).
+    pub bytes_down: u64,
+    /// Sum of e5 `duration_ms` (saturating).
+    pub duration_ms: u64,
+    /// The digest of the stored messages in the order they were stored.
+    pub digest: ReceiptDigest,
+}
+
+impl ReceiptState {
+    /// The state once `message` (its signed fields: `signed_fields`) is stored.
+    pub fn then(&self, message: &Accounting, signed_fields: &[u8]) -> Self {
+        let usage = &message.usage;
+        let add = |sum: u64, value: Option<u64>| sum.saturating_add(value.unwrap_or(0));
+        Self {
+            units: add(self.units, usage.units),
+            bytes_up: add(self.bytes_up, usage.bytes_up),
+            bytes_down: add(self.bytes_down, usage.bytes_down),
+            duration_ms: add(self.duration_ms, usage.duration_ms),
+            digest: self.digest.then(message.sequence, signed_fields),
+        }
+    }
 }
 
 /// Where a sequence number stands in a session's dedup state.
@@ -123,6 +158,7 @@ impl SessionProgress {
     pub fn new(created_ms: u64) -> Self {
         Self {
             last_message_ms: created_ms,
+            receipt: Some(ReceiptState::default()),
             ..Self::default()
         }
     }
@@ -144,8 +180,10 @@ impl SessionProgress {
         }
     }
 
-    /// Record that `message` is stored at `now_ms`.
-    pub fn record(&mut self, message: &Accounting, now_ms: u64) {
+    /// Record that `message` (its signed fields: `signed_fields`) is stored
+    /// at `now_ms`.
+    pub fn record(&mut self, message: &Accounting, signed_fields: &[u8], now_ms: u64) {
+        self.receipt = self.receipt.map(|state| state.then(message, signed_fields));
         let sequence = message.sequence;
         if sequence > self.sequence_max {
             let shift = sequence - self.sequence_max;
@@ -329,7 +367,7 @@ mod tests {
         let mut progress = SessionProgress::new(NOW_MS);
         assert_eq!(progress.sequence_state(1), SequenceState::New);
         for sequence in [1, 2, 5, 3] {
-            progress.record(&message(&info, sequence), NOW_MS);
+            progress.record(&message(&info, sequence), b"", NOW_MS);
         }
         assert_eq!(progress.sequence_max, 5);
         for (sequence, state) in [
@@ -342,7 +380,7 @@ mod tests {
         ] {
             assert_eq!(progress.sequence_state(sequence), state, "{sequence}");
         }
-        progress.record(&message(&info, 5 + SEQUENCE_WINDOW + 10), NOW_MS);
+        progress.record(&message(&info, 5 + SEQUENCE_WINDOW + 10), b"", NOW_MS);
         assert_eq!(progress.sequence_state(5), SequenceState::Unknown);
         assert_eq!(progress.sequence_state(5 + SEQUENCE_WINDOW + 10), SequenceState::Stored);
         assert_eq!(progress.sequence_state(5 + SEQUENCE_WINDOW + 9), SequenceState::New);
@@ -407,7 +445,7 @@ mod tests {
         let mut closed = progress;
         let mut last = message(&info, 2);
         last.kind = AccountingKind::FINAL;
-        closed.record(&last, NOW_MS);
+        closed.record(&last, b"", NOW_MS);
         assert_eq!(
             check(&message(&info, 3), &closed, NOW_MS),
             Err(AckStatus::SESSION_CLOSED)
@@ -425,7 +463,7 @@ mod tests {
         let mut progress = SessionProgress::new(NOW_MS);
         assert!(!missed_interim(&info, &progress, NOW_MS + 60_000));
         assert!(missed_interim(&info, &progress, NOW_MS + 60_001));
-        progress.record(&message(&info, 1), NOW_MS + 60_000);
+        progress.record(&message(&info, 1), b"", NOW_MS + 60_000);
         assert!(!missed_interim(&info, &progress, NOW_MS + 100_000));
     }
 }

@@ -28,7 +28,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, Writ
 use wire::codec::Reader;
 use wire::{BatchId, DecodeError, Name, Nonce, RequestId, SessionId, Signed, UserCredential};
 
-use super::session::{SessionFlags, SessionInfo, SessionProgress};
+use super::session::{ReceiptState, SessionFlags, SessionInfo, SessionProgress};
 
 const SESSIONS: &str = "sessions";
 const PROGRESS: &str = "progress";
@@ -52,8 +52,14 @@ const CHAIN_TIP: &[u8] = b"chain_tip";
 /// build that only knows 8-byte markers would miss those markers' dedup
 /// state, so a store is refused by builds older than its format (from
 /// format 2 on; builds before 2 did not check). 3: a `sessions` value may
-/// end with the request id and nonce of the user's request.
-const STORE_FORMAT_CURRENT: u64 = 3;
+/// end with the request id and nonce of the user's request. 4: markers and
+/// `progress` (version 2) carry the session's receipt state (usage sums
+/// and the digest of its stored messages).
+const STORE_FORMAT_CURRENT: u64 = 4;
+
+/// Version byte of `progress` values this build writes: 2 adds the receipt
+/// state; version 1 values (format 3 stores) are still read.
+const PROGRESS_VERSION: u8 = 2;
 
 /// Version byte of every stored value this build writes.
 const STORED_VERSION: u8 = 1;
@@ -465,7 +471,7 @@ impl Store {
         for info in infos {
             let key = info.session_id().0;
             batch.put_cf(self.family(SESSIONS), key, encode_session(info));
-            batch.put_cf(self.family(PROGRESS), key, encoded);
+            batch.put_cf(self.family(PROGRESS), key, &encoded);
         }
         self.write_synced(batch)
     }
@@ -720,6 +726,7 @@ impl Store {
             last,
             created_ms,
             sent_digest: None,
+            sent_chain: None,
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(self.family(EXPORTS), first.to_be_bytes(), manifest.encode());
@@ -867,6 +874,21 @@ pub struct Manifest {
     pub created_ms: u64,
     /// The digest of the bytes sent, once sent.
     pub sent_digest: Option<[u8; 32]>,
+    /// The batch's place in the chain as first sent (none if first sent
+    /// by a build before the chain): every later attempt keeps it.
+    pub sent_chain: Option<SentChain>,
+}
+
+/// A batch's place in the node's chain, fixed when it is first sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentChain {
+    /// Its number.
+    pub number: u64,
+    /// The previous header's digest it names.
+    pub previous: [u8; 32],
+    /// The digest of the header first sent with it (the one the storage
+    /// keeps if that attempt was stored).
+    pub header_digest: [u8; 32],
 }
 
 impl Manifest {
@@ -888,6 +910,12 @@ impl Manifest {
                 out.put_slice(&digest);
             }
             None => out.put_u8(0),
+        }
+        if let Some(chain) = &self.sent_chain {
+            out.put_u8(1);
+            out.put_u64(chain.number);
+            out.put_slice(&chain.previous);
+            out.put_slice(&chain.header_digest);
         }
         out
     }
@@ -911,6 +939,16 @@ impl Manifest {
             } else {
                 None
             };
+            // Manifests written before the chain end here.
+            let sent_chain = if reader.remaining() > 0 && reader.bool("chain")? {
+                Some(SentChain {
+                    number: reader.u64("number")?,
+                    previous: reader.array("previous")?,
+                    header_digest: reader.array("header_digest")?,
+                })
+            } else {
+                None
+            };
             if last < first {
                 return Err(DecodeError::InvalidValue {
                     field: "manifest range",
@@ -923,6 +961,7 @@ impl Manifest {
                 last,
                 created_ms,
                 sent_digest,
+                sent_chain,
             })
         };
         let manifest = parse(&mut reader).map_err(|error| corrupt("manifest", error))?;
@@ -938,8 +977,9 @@ struct Marker {
     len: u8,
 }
 
-/// Fingerprint, then four varints of at most 10 bytes.
-const MARKER_BYTES_MAX: usize = 8 + 4 * 10;
+/// Fingerprint, then four varints of at most 10 bytes; then, for a session
+/// with a receipt state, four more and its 32-byte digest.
+const MARKER_BYTES_MAX: usize = 8 + 4 * 10 + 4 * 10 + 32;
 
 impl Marker {
     fn new(fingerprint: [u8; 8], progress: Option<&SessionProgress>) -> Self {
@@ -956,6 +996,13 @@ impl Marker {
                 progress.last_message_ms,
             ] {
                 len += put_varint(&mut bytes[len..], value);
+            }
+            if let Some(receipt) = &progress.receipt {
+                for value in [receipt.units, receipt.bytes_up, receipt.bytes_down, receipt.duration_ms] {
+                    len += put_varint(&mut bytes[len..], value);
+                }
+                bytes[len..len + 32].copy_from_slice(&receipt.digest.0);
+                len += 32;
             }
         }
         Self { bytes, len: len as u8 }
@@ -985,6 +1032,9 @@ struct MarkerProgress {
     message_count: u64,
     requests_total: u64,
     last_message_ms: u64,
+    /// None in a marker written for a session without a receipt state (or
+    /// by a build before receipts).
+    receipt: Option<ReceiptState>,
 }
 
 impl MarkerProgress {
@@ -996,15 +1046,29 @@ impl MarkerProgress {
         if rest.is_empty() {
             return Ok(None);
         }
-        let mut next = || take_varint(&mut rest).ok_or_else(|| corrupt_text("marker", "bad varint"));
-        let carried = Self {
-            window_gaps: next()?,
-            message_count: next()?,
-            requests_total: next()?,
-            last_message_ms: next()?,
+        let next = |rest: &mut &[u8]| take_varint(rest).ok_or_else(|| corrupt_text("marker", "bad varint"));
+        let mut carried = Self {
+            window_gaps: next(&mut rest)?,
+            message_count: next(&mut rest)?,
+            requests_total: next(&mut rest)?,
+            last_message_ms: next(&mut rest)?,
+            receipt: None,
         };
         if !rest.is_empty() {
-            return Err(corrupt_text("marker", "trailing bytes"));
+            let units = next(&mut rest)?;
+            let bytes_up = next(&mut rest)?;
+            let bytes_down = next(&mut rest)?;
+            let duration_ms = next(&mut rest)?;
+            let digest: [u8; 32] = rest
+                .try_into()
+                .map_err(|_| corrupt_text("marker", "a receipt digest is not 32 bytes"))?;
+            carried.receipt = Some(ReceiptState {
+                units,
+                bytes_up,
+                bytes_down,
+                duration_ms,
+                digest: wire::ReceiptDigest(digest),
+            });
         }
         Ok(Some(carried))
     }
@@ -1017,6 +1081,7 @@ impl MarkerProgress {
         progress.message_count = self.message_count;
         progress.requests_total = self.requests_total;
         progress.last_message_ms = self.last_message_ms;
+        progress.receipt = self.receipt;
     }
 }
 
@@ -1126,12 +1191,9 @@ fn decode_session(bytes: &[u8]) -> Result<SessionValue, StoreError> {
     Ok(session)
 }
 
-const PROGRESS_BYTES: usize = 1 + 8 * 7 + 1;
-
-fn encode_progress(progress: &SessionProgress) -> [u8; PROGRESS_BYTES] {
-    let mut array = [0u8; PROGRESS_BYTES];
-    let mut out = &mut array[..];
-    out.put_u8(STORED_VERSION);
+fn encode_progress(progress: &SessionProgress) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 * 7 + 1 + 1 + 8 * 4 + 32);
+    out.put_u8(PROGRESS_VERSION);
     out.put_u64(progress.sequence_max);
     out.put_u64(progress.window);
     out.put_u64(progress.message_count);
@@ -1141,15 +1203,26 @@ fn encode_progress(progress: &SessionProgress) -> [u8; PROGRESS_BYTES] {
     out.put_u64(progress.final_sequence.unwrap_or(0));
     out.put_u64(progress.closed_ms.unwrap_or(0));
     out.put_u8(progress.flags.0);
-    debug_assert!(out.is_empty(), "the progress encoding fills its array");
-    array
+    match &progress.receipt {
+        None => out.put_u8(0),
+        Some(receipt) => {
+            out.put_u8(1);
+            out.put_u64(receipt.units);
+            out.put_u64(receipt.bytes_up);
+            out.put_u64(receipt.bytes_down);
+            out.put_u64(receipt.duration_ms);
+            out.put_slice(&receipt.digest.0);
+        }
+    }
+    out
 }
 
 fn decode_progress(bytes: &[u8]) -> Result<SessionProgress, StoreError> {
     let input = Bytes::copy_from_slice(bytes);
     let mut reader = Reader::new(&input);
     let parse = |reader: &mut Reader<'_>| -> Result<SessionProgress, DecodeError> {
-        if reader.u8("progress version")? != STORED_VERSION {
+        let version = reader.u8("progress version")?;
+        if version != STORED_VERSION && version != PROGRESS_VERSION {
             return Err(DecodeError::InvalidValue {
                 field: "progress version",
                 reason: "unknown version",
@@ -1163,6 +1236,20 @@ fn decode_progress(bytes: &[u8]) -> Result<SessionProgress, StoreError> {
         let final_sequence = reader.u64("final_sequence")?;
         let closed_ms = reader.u64("closed_ms")?;
         let flags = SessionFlags(reader.u8("flags")?);
+        let receipt = if version == STORED_VERSION {
+            // Before receipts: a session with nothing stored yet starts one.
+            (message_count == 0).then(ReceiptState::default)
+        } else if reader.bool("receipt state")? {
+            Some(ReceiptState {
+                units: reader.u64("units")?,
+                bytes_up: reader.u64("bytes_up")?,
+                bytes_down: reader.u64("bytes_down")?,
+                duration_ms: reader.u64("duration_ms")?,
+                digest: wire::ReceiptDigest(reader.array("digest")?),
+            })
+        } else {
+            None
+        };
         Ok(SessionProgress {
             sequence_max,
             window,
@@ -1172,6 +1259,7 @@ fn decode_progress(bytes: &[u8]) -> Result<SessionProgress, StoreError> {
             final_sequence: (final_sequence != 0).then_some(final_sequence),
             closed_ms: (closed_ms != 0).then_some(closed_ms),
             flags,
+            receipt,
         })
     };
     let progress = parse(&mut reader).map_err(|error| corrupt("progress", error))?;

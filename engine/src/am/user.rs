@@ -183,10 +183,11 @@ async fn user_stream(
                 Ok(credential) => credential.encode_frame(&mut out),
                 Err(error) => error.encode_frame(&mut out),
             },
+            Ok(Message::ReceiptRequest(request)) => super::receipts::answer(&context, &request, &mut out).await,
             Ok(other) => ErrorMessage::new(
                 ErrorCode::UNEXPECTED_MESSAGE,
                 &format!(
-                    "a user stream carries service list and credential requests only, not type 0x{:02x}",
+                    "a user stream carries service list, credential and receipt requests only, not type 0x{:02x}",
                     other.message_type().0
                 ),
             )

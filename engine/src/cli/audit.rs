@@ -23,9 +23,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use archive::chain::FileFacts;
+use archive::receipts::ReceiptRow;
 use clap::Args;
 use sha2::{Digest, Sha256};
 use wire::SessionId;
+use wire::{SessionReceipt, Signed};
 
 /// Arguments of `acct audit`.
 #[derive(Debug, Args)]
@@ -42,6 +44,17 @@ pub struct AuditArgs {
     /// proven but not its signatures (a line says so).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
+    /// A folder of session receipts (`*.receipt`: a Session Receipt's
+    /// body, as `ProviderNode::take_receipts` and `UserClient::request_receipt`
+    /// give them): each is checked against the archive's rows of its
+    /// session (count, highest sequence, Final, sums, digest) and its
+    /// signature against its node's AM certificates.
+    #[arg(long, value_name = "DIR")]
+    pub receipts: Option<std::path::PathBuf>,
+    /// An AM node that must be in the archive (repeat for each): a node
+    /// deleted whole, chain and files, leaves no other trace.
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
     /// Print at most this many problems (all are counted).
     #[arg(long, default_value_t = 100)]
     pub show: usize,
@@ -60,11 +73,63 @@ pub struct Findings {
     pub chains: Vec<String>,
     /// Files exported before the chain (no batch number).
     pub unchained_files: usize,
+    /// Receipts checked against the archive.
+    pub receipts: usize,
 }
 
-/// Check every batch of `archive`, and its chain against `ca`.
-pub fn audit(archive: &storage::reader::Archive, ca: Option<&wire::TrustedCa>) -> anyhow::Result<Findings> {
+/// Most bytes of a receipt file (a Session Receipt's body is at most 16 KiB).
+const RECEIPT_FILE_BYTES_MAX: u64 = 16 * 1024;
+
+/// The receipts under `folder` (`*.receipt`, one level), decoded: (file,
+/// receipt); a file that is not a receipt is a problem.
+fn load_receipts(
+    folder: &std::path::Path,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<Vec<(String, Signed<SessionReceipt>)>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(folder).map_err(|error| anyhow::anyhow!("{}: {error}", folder.display()))?;
+    let mut paths: Vec<std::path::PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "receipt"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let name = path.display().to_string();
+        let bytes = match std::fs::metadata(&path) {
+            Ok(metadata) if metadata.is_file() && metadata.len() <= RECEIPT_FILE_BYTES_MAX => std::fs::read(&path),
+            Ok(_) => {
+                problems.push(format!("{name}: not a receipt (not a file, or over 16 KiB)"));
+                continue;
+            }
+            Err(error) => Err(error),
+        };
+        match bytes.map_err(|error| error.to_string()).and_then(|bytes| {
+            Signed::<SessionReceipt>::decode_body(bytes::Bytes::from(bytes)).map_err(|error| error.to_string())
+        }) {
+            Ok(receipt) => out.push((name, receipt)),
+            Err(error) => problems.push(format!("{name}: not a receipt ({error})")),
+        }
+    }
+    Ok(out)
+}
+
+/// Check every batch of `archive`, its chain as `expect` says, and the
+/// receipts in `receipts`.
+pub fn audit(
+    archive: &storage::reader::Archive,
+    expect: &archive::chain::Expectations<'_>,
+    receipts: Option<&std::path::Path>,
+) -> anyhow::Result<Findings> {
     let chains = archive.chains()?;
+    let mut receipt_problems = Vec::new();
+    let receipts = match receipts {
+        Some(folder) => load_receipts(folder, &mut receipt_problems)?,
+        None => Vec::new(),
+    };
+    let wanted: std::collections::HashSet<SessionId> =
+        receipts.iter().map(|(_, receipt)| receipt.value().session_id).collect();
+    let receipt_rows: Mutex<HashMap<SessionId, Vec<ReceiptRow>>> = Mutex::new(HashMap::new());
     let facts: Mutex<Vec<FileFacts>> = Mutex::new(Vec::with_capacity(archive.len()));
     let next = Mutex::new(0usize);
     // (session, message id) → (file index, commit sequence) of the first copy.
@@ -113,6 +178,11 @@ pub fn audit(archive: &storage::reader::Archive, ca: Option<&wire::TrustedCa>) -
                             ));
                         }
                             ids.push((row.session_id, row.message_id, row.commit_sequence));
+                            if wanted.contains(&row.session_id)
+                                && let Ok(mut rows) = receipt_rows.lock()
+                            {
+                                rows.entry(row.session_id).or_default().push(ReceiptRow::of(&row));
+                            }
                         })
                         .map_err(anyhow::Error::from)
                     });
@@ -130,6 +200,7 @@ pub fn audit(archive: &storage::reader::Archive, ca: Option<&wire::TrustedCa>) -
                         rows: ids.len() as u64,
                         commit_range: sequences.first().zip(sequences.last()).map(|(a, b)| (*a, *b)),
                         contiguous,
+                        readable: read.is_ok(),
                     };
                     if let Ok(mut facts) = facts.lock() {
                         facts.push(file);
@@ -162,10 +233,37 @@ pub fn audit(archive: &storage::reader::Archive, ca: Option<&wire::TrustedCa>) -
         .into_inner()
         .map_err(|_| anyhow::anyhow!("an audit thread panicked"))?;
     facts.sort_by(|a, b| a.name.cmp(&b.name));
-    let chain = archive::chain::verify(&chains, &facts, ca);
+    let chain = archive::chain::verify(&chains, &facts, expect);
     findings.problems.extend(chain.problems);
     findings.chains = chain.summaries;
     findings.unchained_files = chain.unchained_files.len();
+    let mut receipt_rows = receipt_rows
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("an audit thread panicked"))?;
+    findings.problems.extend(receipt_problems);
+    let empty = archive::chain::NodeChain::default();
+    for (name, receipt) in &receipts {
+        findings.receipts += 1;
+        let value = receipt.value();
+        let node = value.node.as_str();
+        let chain = chains.get(node).unwrap_or(&empty);
+        if !archive::chain::signed_by_node(node, chain, expect, value.issued_ms, |key| receipt.verify(key).is_ok()) {
+            findings.problems.push(format!(
+                "{name} (session {}): its signature does not verify under any AM certificate of {node} from the CA",
+                value.session_id
+            ));
+            continue;
+        }
+        let rows = receipt_rows
+            .get_mut(&value.session_id)
+            .map(Vec::as_mut_slice)
+            .unwrap_or_default();
+        for difference in archive::receipts::compare(value, rows) {
+            findings
+                .problems
+                .push(format!("{name} (session {}): {difference}", value.session_id));
+        }
+    }
     Ok(findings)
 }
 
@@ -179,7 +277,12 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let findings = audit(&archive, ca.as_ref())?;
+    let expect = archive::chain::Expectations {
+        ca: ca.as_ref(),
+        nodes: &args.nodes,
+        now_s: crate::clock::now_s(),
+    };
+    let findings = audit(&archive, &expect, args.receipts.as_deref())?;
     for problem in findings.problems.iter().take(args.show) {
         println!("{problem}");
     }
@@ -189,7 +292,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     for chain in &findings.chains {
         println!("{chain}");
     }
-    if ca.is_none() && !findings.chains.is_empty() {
+    if args.receipts.is_some() {
+        println!("{} receipts checked against the archive", findings.receipts);
+    }
+    if ca.is_none() && (!findings.chains.is_empty() || findings.receipts > 0) {
         println!("the chain's signatures were not checked: give the operator's CA certificate with --ca");
     }
     if findings.unchained_files > 0 {

@@ -234,6 +234,41 @@ async fn demo(data: &std::path::Path, interims: u64) -> anyhow::Result<()> {
         "220: the session is not closed"
     );
     step("[220→221] final accounting → acked STORED; the session is closed");
+    let pushed_receipt = provider
+        .wait_receipt(session_id, Duration::from_secs(10))
+        .await
+        .context("the AM pushed no receipt for the closed session")?;
+    step(&format!(
+        "[receipt] provider-0001 got the AM's signed receipt: {}; signature checked",
+        describe(pushed_receipt.value())
+    ));
+    let user = UserClient::connect(am_address, &ca_der)
+        .await
+        .context("user connecting for its receipt")?;
+    let user_receipt = user
+        .request_receipt(session_id, &credential.value().session_key, &am_key)
+        .await
+        .context("the user's receipt request")?;
+    user.close().await;
+    anyhow::ensure!(
+        wire::SessionReceipt {
+            issued_ms: 0,
+            ..user_receipt.value().clone()
+        } == wire::SessionReceipt {
+            issued_ms: 0,
+            ..pushed_receipt.value().clone()
+        },
+        "the user's receipt differs from the provider's"
+    );
+    step(&format!(
+        "[receipt] user-0001 asked for it (authenticated with its session key): {}; the same as the provider's",
+        describe(user_receipt.value())
+    ));
+    let receipts = data.join("receipts");
+    std::fs::create_dir_all(&receipts)?;
+    for (party, receipt) in [("provider", &pushed_receipt), ("user", &user_receipt)] {
+        std::fs::write(receipts.join(format!("{session_id}-{party}.receipt")), receipt.body())?;
+    }
     provider.stop().await;
 
     let _ = stop.send(());
@@ -257,6 +292,20 @@ async fn demo(data: &std::path::Path, interims: u64) -> anyhow::Result<()> {
         rows.len(),
         interims + 1
     );
+    let mut receipt_rows: Vec<archive::receipts::ReceiptRow> =
+        rows.iter().map(archive::receipts::ReceiptRow::of).collect();
+    let differences = archive::receipts::compare(user_receipt.value(), &mut receipt_rows);
+    anyhow::ensure!(
+        differences.is_empty(),
+        "the receipt and the archive differ: {differences:?}"
+    );
+    step(&format!(
+        "[receipt] both receipts match the archive's rows (count, sums, digest); kept in {}: check them any time with `acct audit {} --ca {} --receipts {}`",
+        receipts.display(),
+        cold.display(),
+        pki_folder.join(pki::CA_CERTIFICATE_FILE).display(),
+        receipts.display()
+    ));
     step(&format!("records of session {session_id}:"));
     step("  message_id  kind     provider       user       service  units  interval_ms                  signature");
     for row in &rows {
@@ -277,6 +326,18 @@ async fn demo(data: &std::path::Path, interims: u64) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A receipt in one line.
+fn describe(receipt: &wire::SessionReceipt) -> String {
+    format!(
+        "{} messages, highest sequence {}, final {}, {} units, digest {}…",
+        receipt.message_count,
+        receipt.highest_sequence,
+        if receipt.final_stored { "stored" } else { "not stored" },
+        receipt.sums.units,
+        hex::encode(receipt.digest.0.get(..8).unwrap_or_default())
+    )
 }
 
 fn am_settings_cold_folder(data: &std::path::Path) -> PathBuf {

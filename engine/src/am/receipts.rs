@@ -1,0 +1,155 @@
+//! Session receipts (docs/protocol.md 4.20, 4.21): the AM's signed
+//! statement of what it holds for a session, built from the committer's
+//! state and signed with the node's key.
+//!
+//! - When a session's Final Accounting is stored, the committer hands the
+//!   session to [`push_closed`], which signs its receipt and pushes it to
+//!   the provider's newest connection (one stream, the AM writes the frame
+//!   and finishes; at most [`PUSHES_MAX`] at once, each bounded by
+//!   [`PUSH_TIMEOUT`]). A provider that is not connected, or a push that
+//!   does not fit, gets none: it (or the user) asks with a Receipt Request.
+//! - A Receipt Request on a user connection, authenticated with the session
+//!   key, is answered with the session's receipt as it stands ([`answer`]).
+//!
+//! The cost is one Ed25519 signature per receipt (docs/performance.md).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::Semaphore;
+use wire::{ErrorCode, ErrorMessage, Maced, Name, ReceiptRequest, SessionReceipt, Signed, SigningKey, UsageSums};
+
+use super::context::Context;
+use super::session::{SessionInfo, SessionProgress};
+use crate::clock::now_ms;
+
+/// Receipt pushes in flight at once; more closed sessions wait in the
+/// committer's queue of closed sessions.
+pub const PUSHES_MAX: usize = 64;
+/// The whole push of one receipt: open the stream, write, finish, and the
+/// provider's side finished.
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Closed sessions waiting for their receipt's push; beyond it a closed
+/// session gets no push (counted in `acct_receipts_total{outcome="dropped"}`).
+pub const CLOSED_QUEUE_MAX: usize = 4096;
+
+/// A session whose Final Accounting was just stored, with its state then.
+pub type ClosedSession = (Arc<SessionInfo>, SessionProgress);
+
+/// The receipt of `info`'s session at `progress`, issued by `node` at
+/// `now_ms`; `None` when the session stored messages before this AM kept
+/// receipts.
+pub fn receipt(node: &Name, info: &SessionInfo, progress: &SessionProgress, now_ms: u64) -> Option<SessionReceipt> {
+    let state = progress.receipt?;
+    let credential = info.credential.value();
+    Some(SessionReceipt {
+        node: node.clone(),
+        session_id: credential.session_id,
+        provider: info.provider.clone(),
+        user_id: credential.user_id.clone(),
+        service_id: credential.service_id,
+        issued_ms: now_ms,
+        message_count: progress.message_count,
+        highest_sequence: progress.sequence_max,
+        final_stored: progress.is_closed(),
+        sums: UsageSums {
+            units: state.units,
+            bytes_up: state.bytes_up,
+            bytes_down: state.bytes_down,
+            duration_ms: state.duration_ms,
+            requests: progress.requests_total,
+        },
+        digest: state.digest,
+    })
+}
+
+/// Sign `receipt` with the node's key.
+fn sign(receipt: SessionReceipt, key: &SigningKey) -> Result<Signed<SessionReceipt>, ErrorMessage> {
+    Signed::sign(receipt, key)
+        .map_err(|error| ErrorMessage::new(ErrorCode::INTERNAL, &format!("signing the receipt: {error}")))
+}
+
+/// Answer a Receipt Request: the receipt, a Redirect to the session's
+/// partition, or an Error (SESSION_REFUSED for a session this node does not
+/// hold or a MAC that does not verify, without saying which; RECEIPT_UNAVAILABLE
+/// for a session begun before receipts).
+pub(super) async fn answer(context: &Context, request: &Maced<ReceiptRequest>, out: &mut BytesMut) {
+    let session_id = request.value().session_id;
+    if let Some(redirect) = context.placement.redirect_for_session(&session_id) {
+        metrics::counter!("acct_redirects_total", "to" => redirect.node.to_string()).increment(1);
+        redirect.encode_frame(out);
+        return;
+    }
+    let refused = || ErrorMessage::new(ErrorCode::SESSION_REFUSED, "no such session here, or a bad MAC");
+    let outcome = match context.pipeline.session_state(session_id).await {
+        None => Err(refused()),
+        Some((info, progress)) => {
+            if request.verify(&info.credential.value().session_key).is_err() {
+                Err(refused())
+            } else {
+                match receipt(&context.node, &info, &progress, now_ms()) {
+                    None => Err(ErrorMessage::new(
+                        ErrorCode::RECEIPT_UNAVAILABLE,
+                        "the session stored messages before this AM kept receipts",
+                    )),
+                    Some(receipt) => sign(receipt, &context.signing_key),
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(receipt) => {
+            metrics::counter!("acct_receipts_total", "path" => "request", "outcome" => "sent").increment(1);
+            receipt.encode_frame(out);
+        }
+        Err(error) => {
+            metrics::counter!("acct_receipts_total", "path" => "request", "outcome" => "refused").increment(1);
+            error.encode_frame(out);
+        }
+    }
+}
+
+/// Push each closed session's receipt to its provider, until the committer
+/// stops (its sender dropped) or the AM's state is gone.
+pub(super) async fn push_closed(mut closed: tokio::sync::mpsc::Receiver<ClosedSession>, context: Weak<Context>) {
+    let pushes = Arc::new(Semaphore::new(PUSHES_MAX));
+    while let Some((info, progress)) = closed.recv().await {
+        let Some(context) = context.upgrade() else { return };
+        let Some(receipt) = receipt(&context.node, &info, &progress, now_ms()) else {
+            continue;
+        };
+        let Ok(receipt) = sign(receipt, &context.signing_key) else {
+            continue;
+        };
+        let Some(connection) = context.providers.newest(&info.provider) else {
+            metrics::counter!("acct_receipts_total", "path" => "push", "outcome" => "not_connected").increment(1);
+            continue;
+        };
+        drop(context);
+        let Ok(permit) = pushes.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(PUSH_TIMEOUT, push(&connection, &receipt)).await {
+                Ok(Ok(())) => "sent",
+                Ok(Err(())) | Err(_) => "failed",
+            };
+            metrics::counter!("acct_receipts_total", "path" => "push", "outcome" => outcome).increment(1);
+            drop(permit);
+        });
+    }
+}
+
+/// One push: a stream the AM opens, the receipt, the AM's finish; then the
+/// provider's side read to its end (at most 1 KiB, ignored: a provider may
+/// answer nothing, or an Error if it does not know the frame).
+async fn push(connection: &quinn::Connection, receipt: &Signed<SessionReceipt>) -> Result<(), ()> {
+    let (mut send, mut receive) = connection.open_bi().await.map_err(drop)?;
+    let mut frame = BytesMut::new();
+    receipt.encode_frame(&mut frame);
+    send.write_all(&frame).await.map_err(drop)?;
+    send.finish().map_err(drop)?;
+    let _ = receive.read_to_end(1024).await;
+    Ok(())
+}
