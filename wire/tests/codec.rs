@@ -481,8 +481,8 @@ fn malformed_inputs_have_typed_errors() {
         ),
         (
             "unknown type",
-            Bytes::from_static(&[1, 0x12, 0, 0, 0, 0]),
-            DecodeError::UnknownMessageType(0x12),
+            Bytes::from_static(&[1, 0x14, 0, 0, 0, 0]),
+            DecodeError::UnknownMessageType(0x14),
         ),
         (
             "oversized accounting",

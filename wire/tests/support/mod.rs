@@ -251,6 +251,58 @@ pub fn redirect() -> wire::Redirect {
     }
 }
 
+/// The receipt of the example session after its two messages (the
+/// interim and the final of 10.6 and 10.7), signed by the example AM.
+pub fn session_receipt() -> Signed<wire::SessionReceipt> {
+    let digest = [
+        accounting(AccountingKind::INTERIM, 1),
+        accounting(AccountingKind::FINAL, 2),
+    ]
+    .iter()
+    .fold(wire::ReceiptDigest::default(), |digest, message| {
+        digest.then(message.value().sequence, message.signed_bytes())
+    });
+    let mut sums = wire::UsageSums::default();
+    for message in [
+        accounting(AccountingKind::INTERIM, 1),
+        accounting(AccountingKind::FINAL, 2),
+    ] {
+        let usage = &message.value().usage;
+        sums.units += usage.units.unwrap_or(0);
+        sums.bytes_up += usage.bytes_up.unwrap_or(0);
+        sums.bytes_down += usage.bytes_down.unwrap_or(0);
+        sums.duration_ms += usage.duration_ms.unwrap_or(0);
+        sums.requests += usage
+            .custom
+            .iter()
+            .filter(|counter| counter.name.as_str() == "requests")
+            .map(|counter| counter.value)
+            .sum::<u64>();
+    }
+    Signed::sign(
+        wire::SessionReceipt {
+            node: Name::new("am-1").unwrap(),
+            session_id: SESSION_ID,
+            provider: Name::new("provider-0001").unwrap(),
+            user_id: Name::new("user-0001").unwrap(),
+            service_id: ServiceId(7),
+            issued_ms: NOW_MS + 600_000,
+            message_count: 2,
+            highest_sequence: 2,
+            final_stored: true,
+            sums,
+            digest,
+        },
+        &am_key(),
+    )
+    .unwrap()
+}
+
+/// The example session's Receipt Request, MAC'd with its session key.
+pub fn receipt_request() -> Maced<wire::ReceiptRequest> {
+    Maced::seal(wire::ReceiptRequest { session_id: SESSION_ID }, &session_key()).unwrap()
+}
+
 /// Every worked example, by the name used in docs/protocol.md.
 pub fn examples() -> Vec<(&'static str, Message)> {
     vec![
@@ -276,5 +328,7 @@ pub fn examples() -> Vec<(&'static str, Message)> {
         ("admin_open_session", Message::AdminOpenSession(admin_open_session())),
         ("error", Message::Error(error_message())),
         ("redirect", Message::Redirect(redirect())),
+        ("session_receipt", Message::SessionReceipt(session_receipt())),
+        ("receipt_request", Message::ReceiptRequest(receipt_request())),
     ]
 }
