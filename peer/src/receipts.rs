@@ -25,8 +25,9 @@ pub fn check(receipt: &Signed<SessionReceipt>, am_key: &PublicKey, session_id: S
     Ok(())
 }
 
-/// Checked receipts by session, at most [`RECEIPTS_HELD_MAX`]; a newer
-/// receipt of a session replaces the older.
+/// Checked receipts by session, at most [`RECEIPTS_HELD_MAX`]; a receipt
+/// stating more messages replaces one stating fewer (a late interim stored
+/// after the Final brings a second receipt).
 #[derive(Default)]
 pub struct Receipts {
     by_session: HashMap<SessionId, Signed<SessionReceipt>>,
@@ -37,9 +38,12 @@ impl Receipts {
     /// Keep `receipt` (already checked).
     pub fn insert(&mut self, receipt: Signed<SessionReceipt>) {
         let session_id = receipt.value().session_id;
-        if self.by_session.insert(session_id, receipt).is_none() {
-            self.order.push_back(session_id);
+        match self.by_session.get(&session_id) {
+            Some(held) if held.value().message_count > receipt.value().message_count => return,
+            Some(_) => {}
+            None => self.order.push_back(session_id),
         }
+        self.by_session.insert(session_id, receipt);
         while self.order.len() > RECEIPTS_HELD_MAX {
             if let Some(oldest) = self.order.pop_front() {
                 self.by_session.remove(&oldest);

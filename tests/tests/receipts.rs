@@ -202,8 +202,9 @@ fn receipts_are_pushed_to_the_provider_given_to_the_user_and_match_the_archive()
 }
 
 /// The receipt state is durable with the messages: an AM SIGKILLed after
-/// two messages and restarted gives a receipt whose count, sums and digest
-/// match the exported rows.
+/// two messages and restarted gives receipts whose count, sums and digest
+/// match the exported rows, also when an interim numbered below the Final
+/// is stored after it.
 #[test]
 fn a_receipt_after_a_crash_states_every_stored_message() {
     let pki = TestPki::new(1, 0);

@@ -13,11 +13,12 @@
 //! The digest is a hash chain in commit order: `d₀` = 32 zero bytes,
 //! `dᵢ = SHA-256("acct/1 receipt-chain\0" ‖ dᵢ₋₁ ‖ sequence (u64) ‖
 //! SHA-256(signed fields of message i))`. The AM keeps it up to date with
-//! each stored message (32 bytes per session, one SHA-256 of the message and
-//! one of 88 bytes); an auditor recomputes it from the archive's rows of the
-//! session in `commit_sequence` order. A chain, not a Merkle tree: a receipt
-//! is checked against the whole session, and the running state fits in the
-//! dedup marker the AM writes with every message anyway.
+//! each stored message (32 bytes of state per session; one SHA-256 of the
+//! message, on a verifier thread, and one of 85 bytes); an auditor
+//! recomputes it from the archive's rows of the session in
+//! `commit_sequence` order. A chain, not a Merkle tree: a receipt is checked
+//! against the whole session, and the running state fits in the dedup
+//! marker the AM writes with every in-order message anyway.
 
 use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};

@@ -366,7 +366,7 @@ impl Committer {
         let mut group = Group::new(count, self.next_commit_sequence);
         for verified in batches.iter().flatten() {
             let item = verified.admitted();
-            let outcome = self.stage(&mut group, item, now);
+            let outcome = self.stage(&mut group, item, verified.leaf(), now);
             group.answers.push(Answer {
                 message_id: item.message.value().message_id(),
                 outcome,
@@ -393,11 +393,11 @@ impl Committer {
 
     /// Decide one message of the group being built and, if it is new, add
     /// its record to the group's write.
-    fn stage(&mut self, group: &mut Group, item: &Admitted, now: u64) -> Outcome {
+    fn stage(&mut self, group: &mut Group, item: &Admitted, leaf: &[u8; 32], now: u64) -> Outcome {
         group.oldest_received_ms = group.oldest_received_ms.min(item.received_ms);
         let fingerprint = fingerprint(item.message.signature());
         match self.decide(&group.staged, &group.in_group, item, fingerprint, now) {
-            Ok(Decision::New(progress)) => self.stage_new(group, item, fingerprint, progress, now),
+            Ok(Decision::New(progress)) => self.stage_new(group, item, leaf, fingerprint, progress, now),
             Ok(Decision::DuplicateInGroup) => Outcome::DuplicateInGroup,
             Ok(Decision::Answered(status)) => {
                 if status == AckStatus::CONFLICTING_DUPLICATE {
@@ -418,6 +418,7 @@ impl Committer {
         &mut self,
         group: &mut Group,
         item: &Admitted,
+        leaf: &[u8; 32],
         fingerprint: [u8; 8],
         mut progress: SessionProgress,
         now: u64,
@@ -431,7 +432,7 @@ impl Committer {
         };
         let flags = progress.flags;
         let in_order = message.sequence > progress.sequence_max;
-        progress.record(message, item.message.signed_bytes(), now);
+        progress.record(message, leaf, now);
         let write_progress = !in_order
             || message.kind == wire::AccountingKind::FINAL
             || group.staged.get(&message.session_id).is_some_and(|staged| staged.1);
@@ -479,9 +480,12 @@ impl Committer {
                 self.failures.succeeded();
                 for (session_id, (progress, _)) in group.staged {
                     if let Some(entry) = self.sessions.get_mut(&session_id) {
-                        let closed_now = progress.is_closed() && !entry.1.is_closed();
+                        // The Final stored now, or a late interim (numbered
+                        // below it) after it: the provider gets the receipt
+                        // as it stands.
+                        let receipt_due = progress.is_closed() && progress.message_count != entry.1.message_count;
                         entry.1 = progress;
-                        if closed_now && let Some(closed) = &self.closed {
+                        if receipt_due && let Some(closed) = &self.closed {
                             let outcome = match closed.try_send((entry.0.clone(), progress)) {
                                 Ok(()) => None,
                                 Err(_) => Some("dropped"),

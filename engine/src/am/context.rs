@@ -30,6 +30,8 @@ pub(super) struct Context {
     pub(super) signing_key: SigningKey,
     /// This node's name (its certificate's): the node of its receipts.
     pub(super) node: wire::Name,
+    /// Receipt Requests being answered ([`super::receipts::QUERIES_MAX`]).
+    pub(super) receipt_queries: tokio::sync::Semaphore,
     /// The `[ingest]` settings: bounds and policies.
     pub(super) config: IngestConfig,
     /// Provider and admin connections open now (bounded by

@@ -61,6 +61,13 @@ impl VerifyQueue {
     }
 }
 
+/// The committer's queue is full, or it did not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// Longest wait for the committer to answer a session's state.
+pub const SESSION_STATE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running pipeline.
 pub struct Ingest {
     /// The sessions, for admission.
@@ -144,25 +151,25 @@ impl Ingest {
         self.closed.lock().ok().and_then(|mut closed| closed.take())
     }
 
-    /// A session's committed state (`None`: this node holds no such
-    /// session, or the pipeline is stopping).
-    pub async fn session_state(&self, session_id: wire::SessionId) -> Option<ClosedSession> {
+    /// A session's committed state (`Ok(None)`: this node holds no such
+    /// session). Never waits for room in the committer's queue, and waits
+    /// at most [`SESSION_STATE_TIMEOUT`] for the answer: `Err(Busy)` then,
+    /// or when the queue is full (ingest comes first).
+    pub async fn session_state(&self, session_id: wire::SessionId) -> Result<Option<ClosedSession>, Busy> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let queue = self.commit_queue.clone();
-        let command = CommitCommand::SessionState { session_id, reply };
-        let sent = match queue.try_send(command) {
-            Ok(()) => true,
-            Err(crossbeam_channel::TrySendError::Full(command)) => {
-                tokio::task::spawn_blocking(move || queue.send(command).is_ok())
-                    .await
-                    .unwrap_or(false)
-            }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
-        };
-        if !sent {
-            return None;
+        match self
+            .commit_queue
+            .try_send(CommitCommand::SessionState { session_id, reply })
+        {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(_)) => return Err(Busy),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Ok(None),
         }
-        answer.await.ok().flatten()
+        match tokio::time::timeout(SESSION_STATE_TIMEOUT, answer).await {
+            Ok(Ok(state)) => Ok(state),
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(Busy),
+        }
     }
 
     /// The verify queue's sending side.

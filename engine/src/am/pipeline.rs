@@ -124,19 +124,28 @@ pub struct Admitted {
     pub reply: AckSender,
 }
 
-/// A message whose signature verified. Only the verifier makes these.
+/// A message whose signature verified, with the SHA-256 of its signed
+/// fields (its receipt digest's leaf, hashed on the verifier's thread, not
+/// on the committer's). Only the verifier makes these.
 #[derive(Debug)]
-pub struct Verified(Admitted);
+pub struct Verified(Admitted, [u8; 32]);
 
 impl Verified {
     /// Only the verifier calls this, after the signature checked out.
     pub(super) fn new(admitted: Admitted) -> Self {
-        Self(admitted)
+        use sha2::Digest;
+        let leaf = sha2::Sha256::digest(admitted.message.signed_bytes()).into();
+        Self(admitted, leaf)
     }
 
     /// The verified message and its context.
     pub fn admitted(&self) -> &Admitted {
         &self.0
+    }
+
+    /// SHA-256 of the message's signed fields.
+    pub fn leaf(&self) -> &[u8; 32] {
+        &self.1
     }
 }
 
@@ -185,8 +194,8 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// Look a session up (tests; the ingest path uses [`Self::admit`]).
-    #[cfg(test)]
+    /// Look a session up (receipt requests, tests; the ingest path uses
+    /// [`Self::admit`]).
     pub fn get(&self, session_id: &SessionId) -> Option<Arc<SessionInfo>> {
         self.sessions
             .read()

@@ -5,15 +5,18 @@
 //! - When a session's Final Accounting is stored, the committer hands the
 //!   session to [`push_closed`], which signs its receipt and pushes it to
 //!   the provider's newest connection (one stream, the AM writes the frame
-//!   and finishes; at most [`PUSHES_MAX`] at once, each bounded by
-//!   [`PUSH_TIMEOUT`]). A provider that is not connected, or a push that
+//!   and finishes; at most [`PUSHES_MAX`] at once and
+//!   [`PUSHES_PER_CONNECTION_MAX`] per connection, each bounded by
+//!   [`PUSH_TIMEOUT`]). It pushes again when a late interim (numbered
+//!   below the Final) is stored after the Final. A provider that is not connected, or a push that
 //!   does not fit, gets none: it (or the user) asks with a Receipt Request.
 //! - A Receipt Request on a user connection, authenticated with the session
 //!   key, is answered with the session's receipt as it stands ([`answer`]).
 //!
 //! The cost is one Ed25519 signature per receipt (docs/performance.md).
 
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -21,12 +24,19 @@ use tokio::sync::Semaphore;
 use wire::{ErrorCode, ErrorMessage, Maced, Name, ReceiptRequest, SessionReceipt, Signed, SigningKey, UsageSums};
 
 use super::context::Context;
+use super::ingest::Busy;
 use super::session::{SessionInfo, SessionProgress};
 use crate::clock::now_ms;
 
 /// Receipt pushes in flight at once; more closed sessions wait in the
 /// committer's queue of closed sessions.
 pub const PUSHES_MAX: usize = 64;
+/// Receipt pushes in flight on one provider connection; beyond it a push is
+/// dropped (the provider asks for the receipt instead).
+pub const PUSHES_PER_CONNECTION_MAX: usize = 4;
+/// Receipt Requests answered at once (each asks the committer for the
+/// session's state and signs); beyond it, BUSY.
+pub const QUERIES_MAX: usize = 64;
 /// The whole push of one receipt: open the stream, write, finish, and the
 /// provider's side finished.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,8 +82,11 @@ fn sign(receipt: SessionReceipt, key: &SigningKey) -> Result<Signed<SessionRecei
 
 /// Answer a Receipt Request: the receipt, a Redirect to the session's
 /// partition, or an Error (SESSION_REFUSED for a session this node does not
-/// hold or a MAC that does not verify, without saying which; RECEIPT_UNAVAILABLE
-/// for a session begun before receipts).
+/// hold or a MAC that does not verify, without saying which;
+/// RECEIPT_UNAVAILABLE for a session begun before receipts; BUSY when
+/// [`QUERIES_MAX`] are being answered or the committer is busy). The MAC is
+/// checked before the committer is asked: an unauthenticated request costs
+/// one table lookup and one HMAC.
 pub(super) async fn answer(context: &Context, request: &Maced<ReceiptRequest>, out: &mut BytesMut) {
     let session_id = request.value().session_id;
     if let Some(redirect) = context.placement.redirect_for_session(&session_id) {
@@ -81,23 +94,15 @@ pub(super) async fn answer(context: &Context, request: &Maced<ReceiptRequest>, o
         redirect.encode_frame(out);
         return;
     }
-    let refused = || ErrorMessage::new(ErrorCode::SESSION_REFUSED, "no such session here, or a bad MAC");
-    let outcome = match context.pipeline.session_state(session_id).await {
-        None => Err(refused()),
-        Some((info, progress)) => {
-            if request.verify(&info.credential.value().session_key).is_err() {
-                Err(refused())
-            } else {
-                match receipt(&context.node, &info, &progress, now_ms()) {
-                    None => Err(ErrorMessage::new(
-                        ErrorCode::RECEIPT_UNAVAILABLE,
-                        "the session stored messages before this AM kept receipts",
-                    )),
-                    Some(receipt) => sign(receipt, &context.signing_key),
-                }
-            }
+    let outcome = state_of(context, request).await.and_then(|(info, progress)| {
+        match receipt(&context.node, &info, &progress, now_ms()) {
+            None => Err(ErrorMessage::new(
+                ErrorCode::RECEIPT_UNAVAILABLE,
+                "the session stored messages before this AM kept receipts",
+            )),
+            Some(receipt) => sign(receipt, &context.signing_key),
         }
-    };
+    });
     match outcome {
         Ok(receipt) => {
             metrics::counter!("acct_receipts_total", "path" => "request", "outcome" => "sent").increment(1);
@@ -110,10 +115,30 @@ pub(super) async fn answer(context: &Context, request: &Maced<ReceiptRequest>, o
     }
 }
 
+/// The session's committed state, once the request's MAC verified.
+async fn state_of(context: &Context, request: &Maced<ReceiptRequest>) -> Result<ClosedSession, ErrorMessage> {
+    let refused = || ErrorMessage::new(ErrorCode::SESSION_REFUSED, "no such session here, or a bad MAC");
+    let busy = || ErrorMessage::new(ErrorCode::BUSY, "too many receipt requests now; retry later");
+    let session_id = request.value().session_id;
+    let info = context.pipeline.table.get(&session_id).ok_or_else(refused)?;
+    request
+        .verify(&info.credential.value().session_key)
+        .map_err(|_| refused())?;
+    let _query = context.receipt_queries.try_acquire().map_err(|_| busy())?;
+    match context.pipeline.session_state(session_id).await {
+        Ok(Some(state)) => Ok(state),
+        Ok(None) => Err(refused()),
+        Err(Busy) => Err(busy()),
+    }
+}
+
 /// Push each closed session's receipt to its provider, until the committer
 /// stops (its sender dropped) or the AM's state is gone.
 pub(super) async fn push_closed(mut closed: tokio::sync::mpsc::Receiver<ClosedSession>, context: Weak<Context>) {
     let pushes = Arc::new(Semaphore::new(PUSHES_MAX));
+    // Pushes in flight per provider connection: one that does not serve
+    // its pushes holds at most PUSHES_PER_CONNECTION_MAX of them.
+    let per_connection: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
     while let Some((info, progress)) = closed.recv().await {
         let Some(context) = context.upgrade() else { return };
         let Some(receipt) = receipt(&context.node, &info, &progress, now_ms()) else {
@@ -127,29 +152,54 @@ pub(super) async fn push_closed(mut closed: tokio::sync::mpsc::Receiver<ClosedSe
             continue;
         };
         drop(context);
+        let id = connection.stable_id();
+        let admitted = per_connection.lock().is_ok_and(|mut counts| {
+            let count = counts.entry(id).or_insert(0);
+            *count += 1;
+            *count <= PUSHES_PER_CONNECTION_MAX
+        });
+        if !admitted {
+            release(&per_connection, id);
+            metrics::counter!("acct_receipts_total", "path" => "push", "outcome" => "dropped").increment(1);
+            continue;
+        }
         let Ok(permit) = pushes.clone().acquire_owned().await else {
             return;
         };
+        let per_connection = per_connection.clone();
         tokio::spawn(async move {
             let outcome = match tokio::time::timeout(PUSH_TIMEOUT, push(&connection, &receipt)).await {
                 Ok(Ok(())) => "sent",
                 Ok(Err(())) | Err(_) => "failed",
             };
             metrics::counter!("acct_receipts_total", "path" => "push", "outcome" => outcome).increment(1);
+            release(&per_connection, id);
             drop(permit);
         });
     }
 }
 
-/// One push: a stream the AM opens, the receipt, the AM's finish; then the
-/// provider's side read to its end (at most 1 KiB, ignored: a provider may
-/// answer nothing, or an Error if it does not know the frame).
+fn release(per_connection: &Mutex<HashMap<usize, usize>>, id: usize) {
+    if let Ok(mut counts) = per_connection.lock()
+        && let Some(count) = counts.get_mut(&id)
+    {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&id);
+        }
+    }
+}
+
+/// One push: a stream the AM opens, the receipt, the AM's finish; done once
+/// the provider has read it all (its side is not read: it may answer
+/// nothing, or an Error if it does not know the frame).
 async fn push(connection: &quinn::Connection, receipt: &Signed<SessionReceipt>) -> Result<(), ()> {
-    let (mut send, mut receive) = connection.open_bi().await.map_err(drop)?;
+    let (mut send, receive) = connection.open_bi().await.map_err(drop)?;
+    drop(receive);
     let mut frame = BytesMut::new();
     receipt.encode_frame(&mut frame);
     send.write_all(&frame).await.map_err(drop)?;
     send.finish().map_err(drop)?;
-    let _ = receive.read_to_end(1024).await;
+    send.stopped().await.map_err(drop)?;
     Ok(())
 }

@@ -131,6 +131,7 @@ pub async fn run(
         pipeline,
         signing_key: settings.signing_key.clone(),
         node: settings.node.clone(),
+        receipt_queries: tokio::sync::Semaphore::new(super::receipts::QUERIES_MAX),
         config: config.clone(),
         connections: AtomicUsize::new(0),
         directory: settings.services.clone(),

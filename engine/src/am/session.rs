@@ -128,8 +128,9 @@ pub struct ReceiptState {
 }
 
 impl ReceiptState {
-    /// The state once `message` (its signed fields: `signed_fields`) is stored.
-    pub fn then(&self, message: &Accounting, signed_fields: &[u8]) -> Self {
+    /// The state once `message` (`leaf`: the SHA-256 of its signed fields)
+    /// is stored.
+    pub fn then(&self, message: &Accounting, leaf: &[u8; 32]) -> Self {
         let usage = &message.usage;
         let add = |sum: u64, value: Option<u64>| sum.saturating_add(value.unwrap_or(0));
         Self {
@@ -137,7 +138,7 @@ impl ReceiptState {
             bytes_up: add(self.bytes_up, usage.bytes_up),
             bytes_down: add(self.bytes_down, usage.bytes_down),
             duration_ms: add(self.duration_ms, usage.duration_ms),
-            digest: self.digest.then(message.sequence, signed_fields),
+            digest: self.digest.then_leaf(message.sequence, leaf),
         }
     }
 }
@@ -180,10 +181,10 @@ impl SessionProgress {
         }
     }
 
-    /// Record that `message` (its signed fields: `signed_fields`) is stored
-    /// at `now_ms`.
-    pub fn record(&mut self, message: &Accounting, signed_fields: &[u8], now_ms: u64) {
-        self.receipt = self.receipt.map(|state| state.then(message, signed_fields));
+    /// Record that `message` (`leaf`: the SHA-256 of its signed fields) is
+    /// stored at `now_ms`.
+    pub fn record(&mut self, message: &Accounting, leaf: &[u8; 32], now_ms: u64) {
+        self.receipt = self.receipt.map(|state| state.then(message, leaf));
         let sequence = message.sequence;
         if sequence > self.sequence_max {
             let shift = sequence - self.sequence_max;
@@ -367,7 +368,7 @@ mod tests {
         let mut progress = SessionProgress::new(NOW_MS);
         assert_eq!(progress.sequence_state(1), SequenceState::New);
         for sequence in [1, 2, 5, 3] {
-            progress.record(&message(&info, sequence), b"", NOW_MS);
+            progress.record(&message(&info, sequence), &[0; 32], NOW_MS);
         }
         assert_eq!(progress.sequence_max, 5);
         for (sequence, state) in [
@@ -380,7 +381,7 @@ mod tests {
         ] {
             assert_eq!(progress.sequence_state(sequence), state, "{sequence}");
         }
-        progress.record(&message(&info, 5 + SEQUENCE_WINDOW + 10), b"", NOW_MS);
+        progress.record(&message(&info, 5 + SEQUENCE_WINDOW + 10), &[0; 32], NOW_MS);
         assert_eq!(progress.sequence_state(5), SequenceState::Unknown);
         assert_eq!(progress.sequence_state(5 + SEQUENCE_WINDOW + 10), SequenceState::Stored);
         assert_eq!(progress.sequence_state(5 + SEQUENCE_WINDOW + 9), SequenceState::New);
@@ -445,7 +446,7 @@ mod tests {
         let mut closed = progress;
         let mut last = message(&info, 2);
         last.kind = AccountingKind::FINAL;
-        closed.record(&last, b"", NOW_MS);
+        closed.record(&last, &[0; 32], NOW_MS);
         assert_eq!(
             check(&message(&info, 3), &closed, NOW_MS),
             Err(AckStatus::SESSION_CLOSED)
@@ -463,7 +464,7 @@ mod tests {
         let mut progress = SessionProgress::new(NOW_MS);
         assert!(!missed_interim(&info, &progress, NOW_MS + 60_000));
         assert!(missed_interim(&info, &progress, NOW_MS + 60_001));
-        progress.record(&message(&info, 1), b"", NOW_MS + 60_000);
+        progress.record(&message(&info, 1), &[0; 32], NOW_MS + 60_000);
         assert!(!missed_interim(&info, &progress, NOW_MS + 100_000));
     }
 }

@@ -1365,6 +1365,33 @@ mod tests {
         carried.apply(90, &mut recovered);
         assert_eq!(recovered, progress);
         assert_eq!(MarkerProgress::decode(Marker::new([7; 8], None).bytes()).unwrap(), None);
+        // With a receipt state: it comes back whole, from the marker and
+        // from `progress`; a `progress` value of version 1 has none unless
+        // nothing was stored yet.
+        let with_receipt = SessionProgress {
+            receipt: Some(ReceiptState {
+                units: 70,
+                bytes_up: u64::MAX,
+                bytes_down: 0,
+                duration_ms: 4_000,
+                digest: wire::ReceiptDigest([5; 32]),
+            }),
+            ..progress
+        };
+        let marker = Marker::new([7; 8], Some(&with_receipt));
+        assert!(marker.bytes().len() <= MARKER_BYTES_MAX);
+        let mut recovered = SessionProgress::default();
+        MarkerProgress::decode(marker.bytes())
+            .unwrap()
+            .unwrap()
+            .apply(90, &mut recovered);
+        assert_eq!(recovered, with_receipt);
+        assert_eq!(decode_progress(&encode_progress(&with_receipt)).unwrap(), with_receipt);
+        assert_eq!(decode_progress(&encode_progress(&progress)).unwrap(), progress);
+        let mut version_1 = encode_progress(&progress);
+        version_1[0] = STORED_VERSION;
+        version_1.truncate(version_1.len() - 1);
+        assert_eq!(decode_progress(&version_1).unwrap().receipt, None);
         // A young session (fewer than 64 sequences) also stays short.
         for (sequence_max, window) in [
             (1, 1),

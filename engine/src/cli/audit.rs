@@ -75,6 +75,8 @@ pub struct Findings {
     pub unchained_files: usize,
     /// Receipts checked against the archive.
     pub receipts: usize,
+    /// Receipts whose session has rows stored after the receipt was issued.
+    pub receipts_with_later_rows: usize,
 }
 
 /// Most bytes of a receipt file (a Session Receipt's body is at most 16 KiB).
@@ -169,16 +171,21 @@ pub fn audit(
                         .and_then(|info| info.batch_number);
                     let read = bytes.map_err(anyhow::Error::from).and_then(|bytes| {
                         archive::read(bytes, |row| {
-                        if let Err(problem) = row.verify() {
-                            problems.push(format!(
-                                "{}: session {} message {}: {problem}",
-                                path,
-                                row.session_id,
-                                row.message_id
-                            ));
-                        }
+                            let verified = match row.verify() {
+                                Ok(()) => true,
+                                Err(problem) => {
+                                    problems.push(format!(
+                                        "{}: session {} message {}: {problem}",
+                                        path, row.session_id, row.message_id
+                                    ));
+                                    false
+                                }
+                            };
                             ids.push((row.session_id, row.message_id, row.commit_sequence));
-                            if wanted.contains(&row.session_id)
+                            // Rows that verify (forged rows are problems of
+                            // their own); copies are counted once by compare.
+                            if verified
+                                && wanted.contains(&row.session_id)
                                 && let Ok(mut rows) = receipt_rows.lock()
                             {
                                 rows.entry(row.session_id).or_default().push(ReceiptRow::of(&row));
@@ -294,6 +301,12 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     }
     if args.receipts.is_some() {
         println!("{} receipts checked against the archive", findings.receipts);
+        if findings.receipts_with_later_rows > 0 {
+            println!(
+                "{} of them were issued before their session's last stored message (a live session's receipt, or an interim stored after the Final): checked against the rows they cover",
+                findings.receipts_with_later_rows
+            );
+        }
     }
     if ca.is_none() && (!findings.chains.is_empty() || findings.receipts > 0) {
         println!("the chain's signatures were not checked: give the operator's CA certificate with --ca");
