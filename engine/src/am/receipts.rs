@@ -136,6 +136,8 @@ async fn state_of(context: &Context, request: &Maced<ReceiptRequest>) -> Result<
 /// stops (its sender dropped) or the AM's state is gone.
 pub(super) async fn push_closed(mut closed: tokio::sync::mpsc::Receiver<ClosedSession>, context: Weak<Context>) {
     let pushes = Arc::new(Semaphore::new(PUSHES_MAX));
+    // Signing (18 µs a receipt) runs below the ingest's priority, as export does.
+    let signer = serving::background::Background::start("acct-receipts", 1);
     // Pushes in flight per provider connection: one that does not serve
     // its pushes holds at most PUSHES_PER_CONNECTION_MAX of them.
     let per_connection: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
@@ -144,7 +146,8 @@ pub(super) async fn push_closed(mut closed: tokio::sync::mpsc::Receiver<ClosedSe
         let Some(receipt) = receipt(&context.node, &info, &progress, now_ms()) else {
             continue;
         };
-        let Ok(receipt) = sign(receipt, &context.signing_key) else {
+        let key = context.signing_key.clone();
+        let Ok(Ok(receipt)) = signer.run(move || sign(receipt, &key)).await else {
             continue;
         };
         let Some(connection) = context.providers.newest(&info.provider) else {
