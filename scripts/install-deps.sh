@@ -20,6 +20,8 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/nu
   need+=(libclang-dev clang)
 fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# promtool, for the alerting rules' unit tests (tests/tests/alerts.rs).
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ "${#need[@]}" -gt 0 ]; then

@@ -269,6 +269,20 @@ fn storage_away_then_back_ingest_goes_on_and_exports_catch_up() {
         "the backlog gauge never showed {} records",
         messages.len()
     );
+    // And its age grows: the oldest record waits as long as the storage is
+    // away (AcctExportBacklogOld alerts on it).
+    let age = || {
+        acct_tests::http_get(metrics_port, "/metrics")
+            .lines()
+            .find_map(|line| line.strip_prefix("acct_export_backlog_age_seconds "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let first = age();
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || age() >= first + 1.0),
+        "the backlog's age did not grow from {first} s"
+    );
     let storage = AmProcess::start_storage(&pki.pki(), &cold, storage_address, &[]);
     assert!(
         wait_until(EXPORT_TIMEOUT, || cold_rows(&cold).len() == messages.len()),
@@ -276,6 +290,11 @@ fn storage_away_then_back_ingest_goes_on_and_exports_catch_up() {
     );
     assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
     assert!(wait_until(EXPORT_TIMEOUT, || hot_records(&pki, &am) == 0));
+    assert!(
+        wait_until(EXPORT_TIMEOUT, || age() == 0.0),
+        "the backlog's age stayed at {} s once everything was exported",
+        age()
+    );
     assert!(am.terminate(Duration::from_secs(60)));
     assert!(storage.terminate(Duration::from_secs(30)));
     audit_passes(&pki, &cold);

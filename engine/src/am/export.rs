@@ -193,9 +193,26 @@ enum Step {
     Wait,
 }
 
+/// `acct_export_backlog_age_seconds`: how long ago the oldest record not
+/// yet acked by the storage was received (0 when none waits). One point
+/// read per poll.
+fn record_backlog_age(store: &Store, oldest: u64, next: u64) -> Result<(), StoreError> {
+    let age = if oldest < next {
+        store
+            .records(oldest, 1)?
+            .first()
+            .map_or(0, |(_, record)| now_ms().saturating_sub(record.received_ms))
+    } else {
+        0
+    };
+    metrics::gauge!("acct_export_backlog_age_seconds").set(age as f64 / 1000.0);
+    Ok(())
+}
+
 fn next_step(store: &Store, records_max: usize, due: bool) -> Result<Step, StoreError> {
     let next = store.next_commit_sequence()?;
     if let Some(manifest) = store.manifests()?.into_iter().next() {
+        record_backlog_age(store, manifest.first, next)?;
         // Everything from the oldest unacknowledged batch on waits: also
         // while a batch is being retried against an absent storage.
         metrics::gauge!("acct_export_backlog_records").set(next.saturating_sub(manifest.first) as f64);
@@ -203,6 +220,7 @@ fn next_step(store: &Store, records_max: usize, due: bool) -> Result<Step, Store
         return Ok(Step::Ship(manifest, false));
     }
     let cursor = store.export_cursor()?;
+    record_backlog_age(store, cursor, next)?;
     let backlog = next.saturating_sub(cursor);
     metrics::gauge!("acct_export_backlog_records").set(backlog as f64);
     metrics::gauge!("acct_store_disk_bytes").set(store.disk_bytes() as f64);
