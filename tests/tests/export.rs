@@ -405,11 +405,17 @@ fn storage_killed_mid_write_leaves_no_partial_file() {
         wait_until(EXPORT_TIMEOUT, || cold_rows(&cold).len() >= messages.len()),
         "exports did not resume after the storage restarted"
     );
+    // The partial file was removed when the storage started again.
+    assert!(!walk(&cold).contains(&partial[0]), "the temp file was not cleaned");
+    assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
+    // Once every batch is acked (the chain's objects are written before
+    // each ack, through temp files of their own), no temp file is left.
+    assert!(wait_until(EXPORT_TIMEOUT, || hot_records(&pki, &am) == 0));
     assert!(
         walk(&cold).iter().all(|name| !name.ends_with(".tmp")),
-        "the temp file was not cleaned"
+        "{:?}",
+        walk(&cold)
     );
-    assert_eq!(cold_ids_once(&cold), sent_ids(&messages));
     assert!(am.terminate(Duration::from_secs(60)));
     assert!(storage.terminate(Duration::from_secs(30)));
     audit_passes(&pki, &cold);
