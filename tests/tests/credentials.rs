@@ -481,12 +481,34 @@ fn acct_demo_runs_the_whole_flow_and_exits_zero() {
         "[210→211]",
         "[214→216] interim 2",
         "[220→221]",
+        "[receipt] provider-0001 got the AM's signed receipt: 3 messages, highest sequence 3, final stored",
+        "[receipt] user-0001 asked for it",
+        "[receipt] both receipts match the archive's rows",
         "[222→224]",
     ] {
         assert!(stdout.contains(step), "missing {step}:\n{stdout}");
     }
     assert_eq!(stdout.matches("verified").count(), 3, "{stdout}");
     assert!(stdout.contains("acct demo: every step succeeded"));
+    // Both receipts are kept for `acct audit --receipts`, and it agrees.
+    let receipts = folder.path().join("demo/receipts");
+    assert_eq!(std::fs::read_dir(&receipts).unwrap().count(), 2);
+    let audit = std::process::Command::new(acct_tests::binary("acct"))
+        .arg("audit")
+        .arg(folder.path().join("demo/cold"))
+        .arg("--ca")
+        .arg(folder.path().join("demo/pki").join(pki::CA_CERTIFICATE_FILE))
+        .arg("--receipts")
+        .arg(&receipts)
+        .output()
+        .unwrap();
+    let audit_out = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.status.success(), "{audit_out}");
+    assert!(
+        audit_out.contains("2 receipts checked against the archive"),
+        "{audit_out}"
+    );
+    assert!(audit_out.contains("node am-1: batches #1..=#"), "{audit_out}");
 }
 
 #[test]
