@@ -70,6 +70,7 @@ fn ten_thousand_messages_stored_once_and_duplicates_acked() {
         "acct_messages_total{outcome=\"duplicate\"} 10000",
         "acct_commit_group_messages",
         "acct_verify_batch_messages",
+        "acct_verify_queue_seconds",
         "acct_commit_seconds",
         "acct_ingest_wait_seconds",
         "acct_udp_receive_queue_bytes",

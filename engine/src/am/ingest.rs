@@ -24,7 +24,7 @@ use crate::config::IngestConfig;
 /// Handing over a batch costs one channel operation, not one per message.
 #[derive(Clone)]
 pub struct VerifyQueue {
-    batches: async_channel::Sender<Vec<Admitted>>,
+    batches: async_channel::Sender<super::verify::QueuedBatch>,
     permits: Arc<Semaphore>,
 }
 
@@ -51,11 +51,11 @@ impl VerifyQueue {
         };
         // The verifier returns the permits when it takes the batch.
         permits.forget();
-        match self.batches.try_send(batch) {
+        match self.batches.try_send((std::time::Instant::now(), batch)) {
             Ok(()) => Ok(()),
             Err(error) => {
                 self.permits.add_permits(count as usize);
-                Err((error.into_inner(), AckStatus::SHUTTING_DOWN))
+                Err((error.into_inner().1, AckStatus::SHUTTING_DOWN))
             }
         }
     }

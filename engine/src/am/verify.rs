@@ -15,10 +15,13 @@ use super::pipeline::{
     Admitted, Answers, CommitCommand, ProviderConnection, READ_BATCH_MESSAGES_MAX, Verified, deliver,
 };
 
+/// A read batch in the verify queue, with when it was queued.
+pub type QueuedBatch = (std::time::Instant, Vec<Admitted>);
+
 /// Run one verifier until its input closes and is drained. `permits` bound
 /// the verify queue in messages: a batch's permits go back when it is taken.
 pub fn run(
-    input: async_channel::Receiver<Vec<Admitted>>,
+    input: async_channel::Receiver<QueuedBatch>,
     permits: &tokio::sync::Semaphore,
     output: Sender<CommitCommand>,
     batch_max: usize,
@@ -45,8 +48,12 @@ pub fn run(
     }
 }
 
-/// Add a read batch to the verify batch; its queue permits go back.
-fn take(batch: &mut Vec<Admitted>, read: Vec<Admitted>, permits: &tokio::sync::Semaphore) {
+/// Add a read batch to the verify batch; its queue permits go back, and
+/// how long it waited in the verify queue is recorded
+/// (`acct_verify_queue_seconds`: the queue's sojourn time, what overload
+/// control judges by).
+fn take(batch: &mut Vec<Admitted>, (queued, read): QueuedBatch, permits: &tokio::sync::Semaphore) {
+    metrics::histogram!("acct_verify_queue_seconds").record(queued.elapsed().as_secs_f64());
     permits.add_permits(read.len());
     batch.extend(read);
 }
