@@ -44,18 +44,29 @@ impl ReceiptRow {
     }
 }
 
-/// Where the receipt and the session's rows disagree (empty: they agree).
-/// A receipt of a live session (no Final) states the session when it was
-/// issued: it is compared with the first `message_count` rows in commit
-/// order, and later rows are not a difference.
-pub fn compare(receipt: &SessionReceipt, rows: &mut [ReceiptRow]) -> Vec<String> {
+/// How a receipt compares with its session's rows.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Where they disagree (empty: they agree).
+    pub differences: Vec<String>,
+    /// Rows stored after the receipt was signed (a live session's later
+    /// messages, or an interim numbered below the Final stored after it):
+    /// not a difference, the receipt stated the session when it was signed.
+    pub later_rows: usize,
+}
+
+/// Compare a receipt with its session's rows: the first `message_count`
+/// rows in commit order must give exactly its figures. A message found
+/// twice in the archive (a copied file, a problem the audit reports on its
+/// own) counts once.
+pub fn compare(receipt: &SessionReceipt, rows: &mut Vec<ReceiptRow>) -> Comparison {
     rows.sort_by_key(|row| row.commit_sequence);
-    let covered = if receipt.final_stored {
-        rows.len()
-    } else {
-        rows.len()
-            .min(usize::try_from(receipt.message_count).unwrap_or(usize::MAX))
-    };
+    let mut seen = std::collections::HashSet::new();
+    rows.retain(|row| seen.insert(row.sequence));
+    let covered = rows
+        .len()
+        .min(usize::try_from(receipt.message_count).unwrap_or(usize::MAX));
+    let later_rows = rows.len() - covered;
     let rows = &rows[..covered];
     let mut sums = [0u64; 5];
     let mut digest = ReceiptDigest::default();
@@ -102,5 +113,8 @@ pub fn compare(receipt: &SessionReceipt, rows: &mut [ReceiptRow]) -> Vec<String>
     if nodes.iter().any(|node| *node != receipt.node.as_str()) {
         differences.push(format!("node: receipt {}, archive {}", receipt.node, nodes.join(", ")));
     }
-    differences
+    Comparison {
+        differences,
+        later_rows,
+    }
 }

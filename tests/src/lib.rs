@@ -43,6 +43,29 @@ pub fn run_acct(args: &[&str]) -> Output {
         .unwrap_or_else(|error| panic!("running acct: {error}"))
 }
 
+/// `acct audit ARCHIVE --ca <the PKI's CA> [more]`: whether it passed, and
+/// what it printed (stdout, then stderr).
+pub fn audit(pki: &TestPki, archive: &Path, more: &[&str]) -> (bool, String) {
+    let ca = pki.pki().join(pki::CA_CERTIFICATE_FILE);
+    let mut args = vec![
+        "audit".to_owned(),
+        archive.display().to_string(),
+        "--ca".to_owned(),
+        ca.display().to_string(),
+    ];
+    args.extend(more.iter().map(|arg| (*arg).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_acct(&args);
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
 /// A data directory with a development PKI, as `acct serve --data DIR`
 /// expects it (the PKI in DIR/pki).
 pub struct TestPki {

@@ -5,7 +5,7 @@ use peer::net::UserClient;
 use peer::quic::{AmClient, ClientError};
 use wire::{AccountingKind, AckStatus, Address, ErrorCode, Name, PartitionId, Role, ServiceId, Usage};
 
-use acct_tests::{TestPki, credential_request, hot_records_on, now_ms, open_policy, runtime, send_all};
+use acct_tests::{TestPki, credential_request, hot_records_on, now_ms, open_policy, runtime, send_all, wait_until};
 
 /// Requests and accounting sent to a partition that is not the provider's
 /// home, or not the session's, are answered with the right partition and
@@ -221,13 +221,12 @@ fn three_partitions_carry_the_load_and_one_killed_partition_recovers() {
     let restarted_at = sending_at.elapsed();
     cluster.restart(2);
     // Bounded: loadgen's own duration, drain and audit, then it is killed.
-    let loadgen_deadline = Instant::now() + Duration::from_secs(DURATION_S + 60 + 240);
-    while loadgen.try_wait().unwrap().is_none() {
-        if Instant::now() > loadgen_deadline {
-            let _ = loadgen.kill();
-            panic!("loadgen did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let finished = wait_until(Duration::from_secs(DURATION_S + 60 + 240), || {
+        loadgen.try_wait().unwrap().is_some()
+    });
+    if !finished {
+        let _ = loadgen.kill();
+        panic!("loadgen did not finish in time");
     }
     let output = loadgen.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

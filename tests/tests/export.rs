@@ -93,18 +93,7 @@ fn resend_expect_duplicates(pki: &TestPki, am: &AmProcess, messages: &[Signed<wi
 
 /// `acct audit DIR --ca CA`: success and what it printed.
 fn audit_with_ca(pki: &TestPki, folder: &Path) -> (bool, String) {
-    let output = Command::new(binary("acct"))
-        .arg("audit")
-        .arg(folder)
-        .arg("--ca")
-        .arg(pki.pki().join(pki::CA_CERTIFICATE_FILE))
-        .arg("--show")
-        .arg("1000")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), format!("{stdout}{stderr}"))
+    acct_tests::audit(pki, folder, &["--show", "1000"])
 }
 
 /// `acct audit DIR --ca CA` passes and proves every node's chain complete.

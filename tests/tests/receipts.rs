@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use acct_tests::{AmProcess, TestPki, binary, credential_request, now_ms, open_sessions, runtime, send_all};
+use acct_tests::{AmProcess, TestPki, credential_request, now_ms, open_sessions, runtime, send_all};
 use peer::net::UserClient;
 use peer::node::ProviderNode;
 use peer::quic::{AmClient, ClientError};
@@ -32,23 +32,7 @@ fn usage(count: u64) -> Usage {
 
 /// `acct audit COLD --ca CA --receipts DIR`: success and what it printed.
 fn audit_receipts(pki: &TestPki, cold: &Path, receipts: &Path) -> (bool, String) {
-    let output = Command::new(binary("acct"))
-        .arg("audit")
-        .arg(cold)
-        .arg("--ca")
-        .arg(pki.pki().join(pki::CA_CERTIFICATE_FILE))
-        .arg("--receipts")
-        .arg(receipts)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    acct_tests::audit(pki, cold, &["--receipts", &receipts.display().to_string()])
 }
 
 fn write_receipt(folder: &Path, name: &str, receipt: &Signed<SessionReceipt>) {
@@ -241,28 +225,41 @@ fn a_receipt_after_a_crash_states_every_stored_message() {
     });
     am.kill();
     let am = AmProcess::start(pki.data(), &["--export-interval-ms", "100"]);
-    let receipt = runtime().block_on(async {
+    // The Final first, then the interim numbered below it (accepted after
+    // the Final): a receipt after each.
+    let (at_final, after_late) = runtime().block_on(async {
         let client = AmClient::connect(am.address, &pki.identity(Role::Provider, "provider-0001"))
             .await
             .unwrap();
-        let answers = send_all(&client, &rest).await;
-        assert!(
-            answers.values().all(|status| *status == AckStatus::STORED),
-            "{answers:?}"
-        );
-        client.close().await;
         let user = UserClient::connect(am.address, &pki.ca_der()).await.unwrap();
-        let receipt = user.request_receipt(session_id, &session_key, &am_key).await.unwrap();
+        let mut receipts = Vec::new();
+        for message in [&rest[1], &rest[0]] {
+            let answers = send_all(&client, std::slice::from_ref(message)).await;
+            assert!(
+                answers.values().all(|status| *status == AckStatus::STORED),
+                "{answers:?}"
+            );
+            receipts.push(user.request_receipt(session_id, &session_key, &am_key).await.unwrap());
+        }
+        client.close().await;
         user.close().await;
-        receipt
+        let after_late = receipts.pop().unwrap();
+        (receipts.pop().unwrap(), after_late)
     });
-    assert_eq!(receipt.value().message_count, 4);
-    assert!(receipt.value().final_stored);
-    assert_eq!(receipt.value().sums.units, 7 * 10);
+    assert_eq!(at_final.value().message_count, 3);
+    assert!(at_final.value().final_stored);
+    assert_eq!(at_final.value().highest_sequence, 4);
+    assert_eq!(after_late.value().message_count, 4);
+    assert_eq!(after_late.value().sums.units, 7 * 10);
     assert!(am.terminate(Duration::from_secs(60)));
     let receipts = pki.data().join("receipts");
-    write_receipt(&receipts, "after-crash", &receipt);
+    write_receipt(&receipts, "at-final", &at_final);
+    write_receipt(&receipts, "after-late-interim", &after_late);
     let (ok, output) = audit_receipts(&pki, &pki.data().join("cold"), &receipts);
     assert!(ok, "{output}");
-    assert!(output.contains("1 receipts checked against the archive"), "{output}");
+    assert!(output.contains("2 receipts checked against the archive"), "{output}");
+    assert!(
+        output.contains("1 of them were issued before their session's last stored message"),
+        "{output}"
+    );
 }

@@ -261,14 +261,16 @@ pub fn audit(
             ));
             continue;
         }
-        let rows = receipt_rows
-            .get_mut(&value.session_id)
-            .map(Vec::as_mut_slice)
-            .unwrap_or_default();
-        for difference in archive::receipts::compare(value, rows) {
+        let mut none = Vec::new();
+        let rows = receipt_rows.get_mut(&value.session_id).unwrap_or(&mut none);
+        let comparison = archive::receipts::compare(value, rows);
+        for difference in comparison.differences {
             findings
                 .problems
                 .push(format!("{name} (session {}): {difference}", value.session_id));
+        }
+        if comparison.later_rows > 0 {
+            findings.receipts_with_later_rows += 1;
         }
     }
     Ok(findings)

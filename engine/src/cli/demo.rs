@@ -294,10 +294,10 @@ async fn demo(data: &std::path::Path, interims: u64) -> anyhow::Result<()> {
     );
     let mut receipt_rows: Vec<archive::receipts::ReceiptRow> =
         rows.iter().map(archive::receipts::ReceiptRow::of).collect();
-    let differences = archive::receipts::compare(user_receipt.value(), &mut receipt_rows);
+    let comparison = archive::receipts::compare(user_receipt.value(), &mut receipt_rows);
     anyhow::ensure!(
-        differences.is_empty(),
-        "the receipt and the archive differ: {differences:?}"
+        comparison.differences.is_empty() && comparison.later_rows == 0,
+        "the receipt and the archive differ: {comparison:?}"
     );
     step(&format!(
         "[receipt] both receipts match the archive's rows (count, sums, digest); kept in {}: check them any time with `acct audit {} --ca {} --receipts {}`",
