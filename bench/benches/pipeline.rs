@@ -42,6 +42,8 @@ fn pipeline(c: &mut Criterion) {
     let settings = IngestConfig {
         verify_threads: std::thread::available_parallelism().map_or(1, usize::from),
         verify_batch_messages_max: VERIFY_BATCH,
+        // The pipeline's own rate: the feeder waits for room, nothing is shed.
+        queue_delay_target_ms: 0,
         ..IngestConfig::default()
     };
     let mut fixture = IngestFixture::new(PROVIDERS, &settings).unwrap();

@@ -238,8 +238,13 @@ pub struct IngestConfig {
     /// the stream and QUIC flow control holds the provider.
     pub stream_inflight_messages_max: usize,
     /// How long a message may wait for room in the verify queue before it
-    /// is answered "busy, retry".
+    /// is answered "busy, retry" (the queue is full only when overload
+    /// control is off or cannot keep up: see `queue_delay_target_ms`).
     pub admission_wait_ms: u64,
+    /// Overload control: the verify queue's delay it holds the queue near,
+    /// by answering a share of the stream reads BUSY at admission while the
+    /// delay is above it (docs/operating.md, "Overload"); 0 turns it off.
+    pub queue_delay_target_ms: u64,
     /// Provider and admin connections at once; more are refused.
     pub connections_max: usize,
     /// Connections one provider (one certificate name) may hold at once;
@@ -295,7 +300,8 @@ impl Default for IngestConfig {
             commit_queue_messages_max: 16_384,
             commit_group_messages_max: 4_096,
             stream_inflight_messages_max: 1_024,
-            admission_wait_ms: 1_000,
+            admission_wait_ms: 50,
+            queue_delay_target_ms: 50,
             connections_max: 20_000,
             connections_per_provider_max: 64,
             streams_per_connection_max: 8,
@@ -456,7 +462,8 @@ data = "data"
 # commit_queue_messages_max = 16384
 # commit_group_messages_max = 4096        # messages per WAL sync
 # stream_inflight_messages_max = 1024     # then QUIC flow control holds the provider
-# admission_wait_ms = 1000                # then "busy, retry"
+# admission_wait_ms = 50                  # for room in a full verify queue, then "busy, retry"
+# queue_delay_target_ms = 50              # overload control sheds reads BUSY above this delay; 0: off
 # connections_max = 20000
 # connections_per_provider_max = 64      # then code 8 right after the handshake
 # streams_per_connection_max = 8

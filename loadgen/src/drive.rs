@@ -65,9 +65,16 @@ pub struct Stats {
     /// Latency (µs) of interims and finals from their intended send time to
     /// the answer that settled them.
     pub latency: Histogram<u64>,
-    /// Per second of the run: answers that stored an interim or final, and
-    /// their latency.
-    pub timeline: Vec<(u64, Histogram<u64>)>,
+    /// Latency (µs) of each attempt of an interim or final from its send
+    /// (a first attempt: its intended time) to a stored answer.
+    pub attempt_stored: Histogram<u64>,
+    /// The same to a "busy, retry" answer.
+    pub attempt_busy: Histogram<u64>,
+    /// Per second of the run.
+    pub timeline: Vec<SecondStats>,
+    /// When the timed phase started, ms since the Unix epoch (to line the
+    /// timeline up with events outside loadgen, such as an AM restart).
+    pub start_unix_ms: u64,
     /// Open loop: how late (µs) loadgen's own scheduler picked each interim
     /// and final up after its scheduled send time. When this is large,
     /// loadgen, not the AM, delayed the messages (loadgen shares the
@@ -99,6 +106,41 @@ pub struct Stats {
     pub last_answer: Option<Instant>,
     /// QUIC traffic of every connection, summed when each one ends.
     pub quic: QuicTraffic,
+}
+
+/// One second of the run, by when the answers came.
+pub struct SecondStats {
+    /// Interims and finals answered as stored.
+    pub stored: u64,
+    /// Their latency from their intended send time (µs).
+    pub latency: Histogram<u64>,
+    /// The latency of the attempts answered stored, each from its own send.
+    pub attempt: Histogram<u64>,
+    /// The latency of the attempts answered "busy, retry".
+    pub busy: Histogram<u64>,
+    /// The earliest intended send time (µs from the start) among the
+    /// messages stored (`u64::MAX`: none): a backlog is stored once no
+    /// later second has one from before it began.
+    pub oldest_intended_us: u64,
+}
+
+impl Default for SecondStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SecondStats {
+    /// A second with nothing answered yet.
+    pub fn new() -> Self {
+        Self {
+            stored: 0,
+            latency: latency_histogram(2),
+            attempt: latency_histogram(2),
+            busy: latency_histogram(2),
+            oldest_intended_us: u64::MAX,
+        }
+    }
 }
 
 /// What the providers' QUIC connections put on the wire and took off it
@@ -158,7 +200,12 @@ impl Stats {
     fn new() -> Self {
         Self {
             latency: latency_histogram(3),
+            attempt_stored: latency_histogram(3),
+            attempt_busy: latency_histogram(3),
             timeline: Vec::new(),
+            start_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
             send_lateness: latency_histogram(2),
             send_lateness_max: Vec::new(),
             answers: BTreeMap::new(),
@@ -296,8 +343,10 @@ struct State {
     next_fault: usize,
     /// Finals sent (after the sending phase).
     finals_sent: usize,
-    /// Main stream: message id → (intended send time, message index).
-    inflight: Map<MessageId, (Instant, usize)>,
+    /// Main stream: message id → (intended send time, this attempt's send
+    /// time, message index). A first attempt counts from its intended time
+    /// (linger included), a retry from when it was sent again.
+    inflight: Map<MessageId, (Instant, Instant, usize)>,
     /// Duplicate stream: message ids sent.
     duplicates: Map<MessageId, Instant>,
     /// Fault stream: message id → class.
@@ -307,6 +356,9 @@ struct State {
     retry: VecDeque<(usize, Instant)>,
     /// Interim indices to retransmit on the duplicate stream.
     duplicate_queue: VecDeque<usize>,
+    /// After "busy, retry": no retry before its end (peer::backoff, the
+    /// provider library's rule); the closed loop sends nothing new either.
+    backoff: peer::backoff::Backoff,
 }
 
 impl Provider {
@@ -345,7 +397,10 @@ struct Clock {
 /// When a provider's messages are due in the open loop: its `index`-th
 /// message `offset + index × interval` after the start, `interval` being
 /// providers / rate (so the rate in all is the rate asked for) and
-/// `offset` index / rate (so the providers take turns).
+/// `offset` index / rate (so the providers take turns). With
+/// `--rate-steps`, each phase has its own interval and offset, counted
+/// from the phase's start, and the provider's messages fill the phases'
+/// slots in turn (the last phase's pace goes on for what comes after).
 ///
 /// The finals keep the same pace, each in the slot after the last interim
 /// sent, so that the rate stays the rate to the end. All 5,000 finals of a
@@ -354,28 +409,71 @@ struct Clock {
 /// over the run against 3.5-9.6 ms in each of its seconds 1 to 12. A
 /// final whose slot falls past half the drain goes at half the drain, so
 /// that a slow rate still leaves time for the answers.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Schedule {
     start: Instant,
+    phases: Vec<Phase>,
+    latest_final: Instant,
+}
+
+/// One phase of the schedule, for one provider.
+#[derive(Clone, Copy)]
+struct Phase {
+    /// Seconds from the start to the phase's start.
+    begin: f64,
     interval: f64,
     offset: f64,
-    latest_final: Instant,
+    /// The provider's first message index in this phase.
+    first: usize,
+    /// Its slots in this phase (the last phase's are unbounded).
+    slots: usize,
 }
 
 impl Schedule {
     fn new(settings: &Settings, providers: usize, provider_index: usize, clock: Clock) -> Self {
-        let rate = settings.rate.max(1) as f64;
+        let mut phases = Vec::new();
+        let (mut begin, mut first) = (0.0, 0usize);
+        for (rate, seconds) in settings.steps() {
+            let rate = rate.max(1) as f64;
+            let interval = providers as f64 / rate;
+            let offset = provider_index as f64 / rate;
+            // Slots j with offset + j × interval inside the phase.
+            let slots = ((seconds as f64 - offset) / interval).ceil().max(0.0) as usize;
+            phases.push(Phase {
+                begin,
+                interval,
+                offset,
+                first,
+                slots,
+            });
+            begin += seconds as f64;
+            first += slots;
+        }
         Self {
             start: clock.start,
-            interval: providers as f64 / rate,
-            offset: provider_index as f64 / rate,
+            phases,
             latest_final: clock.send_until + (clock.drain_until - clock.send_until) / 2,
         }
     }
 
     /// When the provider's `index`-th interim is due.
     fn interim(&self, index: usize) -> Instant {
-        self.start + Duration::from_secs_f64(self.offset + index as f64 * self.interval)
+        let last = self.phases.len().saturating_sub(1);
+        let phase = self
+            .phases
+            .iter()
+            .enumerate()
+            .find(|(k, phase)| *k == last || index < phase.first + phase.slots)
+            .map(|(_, phase)| *phase)
+            .unwrap_or(Phase {
+                begin: 0.0,
+                interval: 1.0,
+                offset: 0.0,
+                first: 0,
+                slots: 0,
+            });
+        let j = index.saturating_sub(phase.first);
+        self.start + Duration::from_secs_f64(phase.begin + (phase.offset + j as f64 * phase.interval))
     }
 
     /// When its `final_index`-th final is due, `interims_sent` interims
@@ -536,7 +634,7 @@ async fn run_provider(
             let lost: Vec<(usize, Instant)> = state
                 .inflight
                 .drain()
-                .map(|(_, (intended, index))| (index, intended))
+                .map(|(_, (intended, _, index))| (index, intended))
                 .collect();
             for entry in lost {
                 state.retry.push_front(entry);
@@ -548,7 +646,7 @@ async fn run_provider(
     }
     let state = provider.lock();
     let mut missing: BTreeMap<Class, u64> = BTreeMap::new();
-    for (_, index) in state.inflight.values() {
+    for (_, _, index) in state.inflight.values() {
         *missing.entry(provider.class(*index)).or_default() += 1;
     }
     for (index, _) in &state.retry {
@@ -658,20 +756,23 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             // even if the timer woke a little late.
             let sending_phase = state.cursor < interims
                 && (now < clock.send_until || (!settings.max && schedule.interim(state.cursor) < clock.send_until));
-            let room = if settings.max {
+            let backoff_ready = state.backoff.ready(now);
+            let room = if settings.max && !backoff_ready {
+                0
+            } else if settings.max {
                 settings.window.saturating_sub(state.inflight.len())
             } else {
                 usize::MAX
             };
             let limit = room.min(WRITE_MESSAGES_MAX);
-            while batch.len() < limit {
+            while backoff_ready && batch.len() < limit {
                 let Some((index, intended)) = state.retry.pop_front() else {
                     break;
                 };
                 let message = provider.message(index);
                 if state
                     .inflight
-                    .insert(message.value().message_id(), (intended, index))
+                    .insert(message.value().message_id(), (intended, now, index))
                     .is_some()
                 {
                     continue;
@@ -691,7 +792,9 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                         break;
                     }
                     let message = provider.message(index);
-                    state.inflight.insert(message.value().message_id(), (intended, index));
+                    state
+                        .inflight
+                        .insert(message.value().message_id(), (intended, intended, index));
                     batch.push(message);
                     due.push(intended);
                     state.cursor += 1;
@@ -712,7 +815,9 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                     }
                     let index = interims + state.finals_sent;
                     let message = provider.message(index);
-                    state.inflight.insert(message.value().message_id(), (intended, index));
+                    state
+                        .inflight
+                        .insert(message.value().message_id(), (intended, intended, index));
                     batch.push(message);
                     due.push(intended);
                     state.finals_sent += 1;
@@ -751,9 +856,19 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                 (state.finals_sent < provider.plan.finals.len())
                     .then(|| schedule.final_(state.cursor, state.finals_sent) + linger)
             };
+            // In a backoff with retries waiting (or in the closed loop):
+            // pick up again when it ends.
+            let backoff_until = state
+                .backoff
+                .until(now)
+                .filter(|_| settings.max || !state.retry.is_empty());
+            let next_due = match (next_due, backoff_until) {
+                (Some(due), Some(until)) => Some(due.min(until)),
+                (due, until) => due.or(until),
+            };
             let window_full = settings.max && state.inflight.len() >= settings.window;
             (
-                (state.retry.is_empty() || window_full) && state.duplicate_queue.is_empty(),
+                (state.retry.is_empty() || window_full || !backoff_ready) && state.duplicate_queue.is_empty(),
                 state.inflight.len() + state.duplicates.len() + state.faults.len(),
                 next_due,
             )
@@ -891,9 +1006,15 @@ enum Stream {
     Faults,
 }
 
-/// One answer matched to what it answers: class, status, and for stored
-/// interims and finals (intended send time, session, sequence).
-type Settled = (Class, AckStatus, Option<(Instant, wire::SessionId, u64)>);
+/// One answer matched to what it answers: class, status, for stored
+/// interims and finals (intended send time, session, sequence), and for
+/// every answer on the main stream when its attempt was sent.
+type Settled = (
+    Class,
+    AckStatus,
+    Option<(Instant, wire::SessionId, u64)>,
+    Option<Instant>,
+);
 
 /// Read the answers of one stream until it ends or fails.
 async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc<Shared>, stream: Stream) {
@@ -907,12 +1028,15 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
         let wake = {
             let mut state = provider.lock();
             let queued_before = state.retry.len() + state.duplicate_queue.len();
+            let (mut refused, mut stored) = (false, false);
             for entry in &entries {
                 match stream {
                     Stream::Main => {
-                        let Some((intended, index)) = state.inflight.remove(&entry.message_id) else {
+                        let Some((intended, attempt, index)) = state.inflight.remove(&entry.message_id) else {
                             continue;
                         };
+                        refused |= peer::backoff::asks_backoff(entry.status);
+                        stored |= entry.status.is_stored();
                         let class = provider.class(index);
                         // WRONG_PARTITION is retryable elsewhere, but loadgen
                         // sends each provider to one partition only: its map
@@ -930,22 +1054,31 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                                 class,
                                 entry.status,
                                 Some((intended, entry.message_id.session_id, entry.message_id.sequence)),
+                                Some(attempt),
                             ));
                             continue;
                         }
-                        settled.push((class, entry.status, None));
+                        settled.push((class, entry.status, None, Some(attempt)));
                     }
                     Stream::Duplicates => {
                         if state.duplicates.remove(&entry.message_id).is_some() {
-                            settled.push((Class::Duplicate, entry.status, None));
+                            settled.push((Class::Duplicate, entry.status, None, None));
                         }
                     }
                     Stream::Faults => {
                         if let Some(class) = state.faults.remove(&entry.message_id) {
-                            settled.push((class, entry.status, None));
+                            settled.push((class, entry.status, None, None));
                         }
                     }
                 }
+            }
+            // "Busy, retry" among a frame's answers starts a backoff (the
+            // rest of the flight's count with it); else a stored one ends
+            // the streak.
+            if refused {
+                state.backoff.refused(now);
+            } else if stored {
+                state.backoff.stored();
             }
             !provider.open_loop
                 || state.retry.len() + state.duplicate_queue.len() > queued_before
@@ -964,7 +1097,7 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
         // lock once per distinct pair: a frame's answers are nearly all
         // alike, and each map entry costs a status name.
         let mut counts: Vec<(Class, AckStatus, u64)> = Vec::new();
-        for (class, status, _) in &settled {
+        for (class, status, _, _) in &settled {
             match counts.iter_mut().find(|(c, s, _)| c == class && s == status) {
                 Some((_, _, count)) => *count += 1,
                 None => counts.push((*class, *status, 1)),
@@ -977,18 +1110,37 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
             for (class, status, count) in &counts {
                 *stats.answers.entry((*class, status_name(*status))).or_default() += count;
             }
-            for (_, _, storage) in &settled {
+            let micros_since = |at: Instant| {
+                let micros = now.saturating_duration_since(at).as_micros().max(1);
+                u64::try_from(micros).unwrap_or(LATENCY_US_MAX).min(LATENCY_US_MAX)
+            };
+            if settled.iter().any(|(_, _, _, attempt)| attempt.is_some()) {
+                while stats.timeline.len() <= second {
+                    stats.timeline.push(SecondStats::new());
+                }
+            }
+            for (_, status, storage, attempt) in &settled {
+                if let Some(attempt) = attempt {
+                    let micros = micros_since(*attempt);
+                    let this_second = &mut stats.timeline[second];
+                    if status.is_stored() {
+                        let _ = stats.attempt_stored.record(micros);
+                        let _ = this_second.attempt.record(micros);
+                    } else if peer::backoff::asks_backoff(*status) {
+                        let _ = stats.attempt_busy.record(micros);
+                        let _ = this_second.busy.record(micros);
+                    }
+                }
                 if let Some((intended, session_id, sequence)) = storage {
                     stored += 1;
-                    let micros = now.saturating_duration_since(*intended).as_micros().max(1);
-                    let micros = u64::try_from(micros).unwrap_or(LATENCY_US_MAX).min(LATENCY_US_MAX);
+                    let micros = micros_since(*intended);
                     let _ = stats.latency.record(micros);
-                    while stats.timeline.len() <= second {
-                        stats.timeline.push((0, latency_histogram(2)));
-                    }
-                    let (count, histogram) = &mut stats.timeline[second];
-                    *count += 1;
-                    let _ = histogram.record(micros);
+                    let this_second = &mut stats.timeline[second];
+                    this_second.stored += 1;
+                    let _ = this_second.latency.record(micros);
+                    let intended_us =
+                        u64::try_from(intended.saturating_duration_since(shared.start).as_micros()).unwrap_or(u64::MAX);
+                    this_second.oldest_intended_us = this_second.oldest_intended_us.min(intended_us);
                     stats.stored_sequences.entry(*session_id).or_default().push(*sequence);
                     let by_second = stats.stored_by_partition.entry(session_id.partition().0).or_default();
                     if by_second.len() <= second {

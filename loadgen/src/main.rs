@@ -20,11 +20,12 @@ use loadgen::settings::Settings;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let settings = Settings::parse();
+    let mut settings = Settings::parse();
     if let Err(problem) = settings.check() {
         eprintln!("loadgen: {problem}");
         return std::process::ExitCode::from(2);
     }
+    settings.apply_steps();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

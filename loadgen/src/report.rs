@@ -61,6 +61,49 @@ pub struct Second {
     /// lateness); none in the closed loop.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_lateness_max_ms: Option<f64>,
+    /// The latency of the attempts answered stored in this second, each
+    /// from its own send (a first attempt: from its intended time).
+    pub stored_attempt_ms: Latency,
+    /// Attempts answered "busy, retry" in this second.
+    pub busy: u64,
+    /// Their latency, from their send to the answer.
+    pub busy_attempt_ms: Latency,
+    /// The earliest intended send time (seconds from the start) among the
+    /// messages stored in this second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_intended_s: Option<f64>,
+}
+
+/// Attempt latencies: each attempt from its own send to its answer.
+#[derive(Serialize, Debug, Clone)]
+pub struct AttemptLatency {
+    /// Attempts answered STORED or DUPLICATE.
+    pub stored: Latency,
+    /// Attempts answered "busy, retry" (BUSY, OUT_OF_SPACE, SHUTTING_DOWN).
+    pub busy: Latency,
+}
+
+/// One phase of `--rate-steps`, by the seconds its answers came in.
+#[derive(Serialize, Debug, Clone)]
+pub struct PhaseReport {
+    /// The rate offered, messages per second.
+    pub rate: u64,
+    /// Its seconds from the start: `start_s` ..< `end_s`.
+    pub start_s: u64,
+    /// See `start_s`.
+    pub end_s: u64,
+    /// Interims and finals answered as stored in those seconds.
+    pub stored: u64,
+    /// Those per second.
+    pub goodput_per_s: f64,
+    /// Their latency from their intended send time.
+    pub latency_ms: Latency,
+    /// The latency of the attempts answered stored, each from its own send.
+    pub stored_attempt_ms: Latency,
+    /// Attempts answered "busy, retry".
+    pub busy: u64,
+    /// Their latency, from their send to the answer.
+    pub busy_attempt_ms: Latency,
 }
 
 /// One fault class: how many were injected and how each was answered.
@@ -161,6 +204,14 @@ pub struct Report {
     pub timeline: Vec<Second>,
     /// With `--cluster`: each partition's share of the run.
     pub partitions: Option<Vec<PartitionReport>>,
+    /// Attempt latencies, each from its own send: the AM's answer time
+    /// (`latency_ms` counts a retried message from its first intended time).
+    pub attempt_latency_ms: AttemptLatency,
+    /// When the timed phase started, ms since the Unix epoch.
+    pub start_unix_ms: u64,
+    /// With `--rate-steps`: one entry per phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Vec<PhaseReport>>,
 }
 
 /// One partition's share of a run with `--cluster`.
@@ -236,6 +287,35 @@ pub struct Setup {
     pub connect_s: f64,
 }
 
+/// Per phase of `--rate-steps`: the timeline's seconds inside it merged.
+fn phases(settings: &Settings, timeline: &[crate::drive::SecondStats]) -> Vec<PhaseReport> {
+    let mut start = 0u64;
+    let mut out = Vec::new();
+    for (rate, seconds) in settings.steps() {
+        let end = start + seconds;
+        let mut merged = crate::drive::SecondStats::new();
+        for this in timeline.iter().take(end as usize).skip(start as usize) {
+            merged.stored += this.stored;
+            let _ = merged.latency.add(&this.latency);
+            let _ = merged.attempt.add(&this.attempt);
+            let _ = merged.busy.add(&this.busy);
+        }
+        out.push(PhaseReport {
+            rate,
+            start_s: start,
+            end_s: end,
+            stored: merged.stored,
+            goodput_per_s: merged.stored as f64 / seconds as f64,
+            latency_ms: Latency::of(&merged.latency),
+            stored_attempt_ms: Latency::of(&merged.attempt),
+            busy: merged.busy.len(),
+            busy_attempt_ms: Latency::of(&merged.busy),
+        });
+        start = end;
+    }
+    out
+}
+
 fn class_name(class: Class) -> &'static str {
     match class {
         Class::Interim => "interim",
@@ -305,14 +385,19 @@ impl Report {
             .timeline
             .iter()
             .enumerate()
-            .map(|(second, (acked, histogram))| Second {
+            .map(|(second, this)| Second {
                 second: second as u64,
-                acked: *acked,
-                latency_ms: Latency::of(histogram),
+                acked: this.stored,
+                latency_ms: Latency::of(&this.latency),
                 send_lateness_max_ms: (!settings.max)
                     .then(|| stats.send_lateness_max.get(second).copied().unwrap_or(0) as f64 / 1000.0),
+                stored_attempt_ms: Latency::of(&this.attempt),
+                busy: this.busy.len(),
+                busy_attempt_ms: Latency::of(&this.busy),
+                oldest_intended_s: (this.oldest_intended_us != u64::MAX).then(|| this.oldest_intended_us as f64 / 1e6),
             })
             .collect();
+        let phases = settings.rate_steps.is_some().then(|| phases(settings, &stats.timeline));
         Self {
             report_version: REPORT_VERSION,
             settings: settings.clone(),
@@ -345,6 +430,12 @@ impl Report {
             audit: None,
             timeline,
             partitions: None,
+            attempt_latency_ms: AttemptLatency {
+                stored: Latency::of(&stats.attempt_stored),
+                busy: Latency::of(&stats.attempt_busy),
+            },
+            start_unix_ms: stats.start_unix_ms,
+            phases,
         }
     }
 

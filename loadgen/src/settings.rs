@@ -57,6 +57,12 @@ pub struct Settings {
     /// sessions / rate seconds.
     #[arg(long, default_value_t = 1000, conflicts_with = "max")]
     pub rate: u64,
+    /// Open loop in phases: `RATE:SECONDS[,RATE:SECONDS…]` (at most
+    /// 32), each rate held for its seconds, one after the other; replaces
+    /// `--rate` and `--duration` (their sum). The report then has one entry
+    /// per phase (goodput, ack latencies, BUSY answers).
+    #[arg(long, conflicts_with_all = ["max", "rate", "duration"])]
+    pub rate_steps: Option<String>,
     /// Open loop: a provider holds a due message up to this many
     /// milliseconds so that the messages due meanwhile travel with it, in
     /// one write and fewer datagrams, as a producer's linger does. 0 (the
@@ -171,6 +177,9 @@ impl Settings {
         if self.drain > DURATION_S_MAX {
             return Err(format!("--drain must be at most {DURATION_S_MAX} seconds"));
         }
+        if let Some(steps) = &self.rate_steps {
+            parse_steps(steps)?;
+        }
         if !self.max && self.rate == 0 {
             return Err("--rate must be at least 1 (or use --max)".into());
         }
@@ -205,8 +214,58 @@ impl Settings {
         let wanted = if self.max {
             self.messages_max
         } else {
-            self.rate.saturating_mul(self.duration)
+            self.steps()
+                .iter()
+                .map(|(rate, seconds)| rate.saturating_mul(*seconds))
+                .fold(0u64, u64::saturating_add)
         };
         wanted.min(self.messages_max)
     }
+
+    /// The open loop's phases, (rate, seconds) each: `--rate-steps`, or
+    /// `--rate` for `--duration`.
+    pub fn steps(&self) -> Vec<(u64, u64)> {
+        self.rate_steps
+            .as_deref()
+            .and_then(|steps| parse_steps(steps).ok())
+            .unwrap_or_else(|| vec![(self.rate, self.duration)])
+    }
+
+    /// With `--rate-steps`: `--duration` becomes their sum and `--rate` the
+    /// first step's (call after [`Settings::check`]).
+    pub fn apply_steps(&mut self) {
+        if self.rate_steps.is_some() {
+            let steps = self.steps();
+            self.duration = steps.iter().map(|(_, seconds)| seconds).sum();
+            self.rate = steps.first().map_or(self.rate, |(rate, _)| *rate);
+        }
+    }
+}
+
+/// Most phases in `--rate-steps`.
+pub const RATE_STEPS_MAX: usize = 32;
+
+/// `RATE:SECONDS[,RATE:SECONDS…]`, each at least 1, the seconds summing to
+/// at most [`DURATION_S_MAX`].
+fn parse_steps(text: &str) -> Result<Vec<(u64, u64)>, String> {
+    let bad = || format!("--rate-steps takes RATE:SECONDS[,RATE:SECONDS…] (at most {RATE_STEPS_MAX}), not '{text}'");
+    let mut steps = Vec::new();
+    for step in text.split(',') {
+        let (rate, seconds) = step.trim().split_once(':').ok_or_else(bad)?;
+        let rate: u64 = rate.trim().parse().map_err(|_| bad())?;
+        let seconds: u64 = seconds.trim().parse().map_err(|_| bad())?;
+        if rate == 0 || seconds == 0 {
+            return Err(bad());
+        }
+        steps.push((rate, seconds));
+    }
+    if steps.is_empty() || steps.len() > RATE_STEPS_MAX {
+        return Err(bad());
+    }
+    if steps.iter().map(|(_, seconds)| seconds).sum::<u64>() > DURATION_S_MAX {
+        return Err(format!(
+            "--rate-steps must last at most {DURATION_S_MAX} seconds in all"
+        ));
+    }
+    Ok(steps)
 }

@@ -20,6 +20,7 @@
 //! In [`user`] and [`provider`] time is always an argument (Unix ms), so
 //! every decision is testable; [`node`] reads the system clock.
 
+pub mod backoff;
 pub mod clock;
 pub mod net;
 pub mod node;

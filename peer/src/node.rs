@@ -28,6 +28,7 @@ use wire::{
     ReceiptStatus, SessionId, Usage,
 };
 
+use crate::backoff::{Backoff, asks_backoff};
 use crate::clock::now_ms;
 use crate::net::ServiceServer;
 use crate::provider::{AckOutcome, ProviderError, ProviderSession};
@@ -91,6 +92,9 @@ struct Inner {
     receipts: Arc<std::sync::Mutex<Receipts>>,
     /// Wakes [`ProviderNode::wait_receipt`] when a receipt arrives.
     receipt_arrived: Arc<tokio::sync::Notify>,
+    /// Per partition: the backoff after it answered "busy, retry" (one
+    /// entry per partition of the map at most).
+    backoff: std::sync::Mutex<HashMap<PartitionId, Backoff>>,
 }
 
 /// The partitions and the home.
@@ -247,6 +251,7 @@ impl ProviderNode {
             arrivals_sender,
             receipts: Arc::new(std::sync::Mutex::new(Receipts::default())),
             receipt_arrived: Arc::new(tokio::sync::Notify::new()),
+            backoff: std::sync::Mutex::new(HashMap::new()),
         });
         inner.connect(home).await?;
         // Keep the connection to the AM up even when nothing is to be sent:
@@ -325,6 +330,33 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
+    /// When `partition`'s backoff ends, if one runs.
+    fn backoff_until(&self, partition: PartitionId) -> Option<Instant> {
+        let backoff = self.backoff.lock().ok()?;
+        backoff
+            .get(&partition)
+            .and_then(|backoff| backoff.until(Instant::now()))
+    }
+
+    /// One frame of answers from `partition`: a "busy, retry" among them
+    /// starts a backoff (once per flight), else a stored one ends the streak.
+    fn note_answers(&self, partition: PartitionId, entries: &[wire::AckEntry]) {
+        let busy = entries.iter().any(|entry| asks_backoff(entry.status));
+        let stored = entries.iter().any(|entry| entry.status.is_stored());
+        if !busy && !stored {
+            return;
+        }
+        let Ok(mut backoff) = self.backoff.lock() else {
+            return;
+        };
+        let backoff = backoff.entry(partition).or_default();
+        if busy {
+            backoff.refused(Instant::now());
+        } else {
+            backoff.stored();
+        }
+    }
+
     /// The route now.
     fn route(&self) -> Route {
         self.route
@@ -705,6 +737,15 @@ async fn deliver_to(
     outgoing: Vec<wire::Signed<wire::Accounting>>,
     deadline: Instant,
 ) -> Result<Part, ClientError> {
+    // A partition that answered "busy, retry" gets nothing before its
+    // backoff ends (peer::backoff): what waits stays pending for a later
+    // delivery when the backoff outlasts this one.
+    if let Some(until) = inner.backoff_until(partition) {
+        if until >= deadline {
+            return Ok(Part::default());
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+    }
     // A connection from before the partition restarted looks open until
     // its first packets meet a stateless reset: when it breaks before any
     // answer, it is dropped and the delivery made once more on a new one.
@@ -771,6 +812,7 @@ async fn deliver_once(
             Ok(Ok(None)) | Err(_) => break,
             Ok(Err(error)) => return Ok((client, Err((error, answered)))),
         };
+        inner.note_answers(partition, &entries);
         let Ok(mut sessions) = inner.sessions.lock() else {
             return Err(ClientError::Connection("sessions poisoned".into()));
         };

@@ -47,6 +47,8 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.messages <= 5_000_000, "at most 5 million messages");
     let settings = IngestConfig {
         verify_batch_messages_max: args.verify_batch,
+        // The pipeline's own rate: the feeder waits for room, nothing is shed.
+        queue_delay_target_ms: 0,
         ..IngestConfig::default()
     };
     let mut fixture = IngestFixture::new(args.providers, &settings)?;

@@ -61,6 +61,11 @@ pub(super) struct Context {
     pub(super) session_slots: SessionSlots,
     /// This node's partition, and the others'.
     pub(super) placement: Placement,
+    /// The echo floor (benchmarks only): accounting is answered STORED at
+    /// admission, neither verified nor stored. See [`AmSettings::echo_floor`].
+    ///
+    /// [`AmSettings::echo_floor`]: super::server::AmSettings::echo_floor
+    pub(super) echo_floor: bool,
 }
 
 impl Context {

@@ -16,6 +16,7 @@ use super::commit::{CommitSettings, Committer};
 use super::pipeline::{Admitted, CommitCommand, READ_BATCH_MESSAGES_MAX, SessionTable};
 use super::receipts::{CLOSED_QUEUE_MAX, ClosedSession};
 use super::session::{SessionInfo, TimeBounds};
+use super::shed::{ShedReason, Shedder};
 use super::store::Store;
 use crate::config::IngestConfig;
 
@@ -26,16 +27,26 @@ use crate::config::IngestConfig;
 pub struct VerifyQueue {
     batches: async_channel::Sender<super::verify::QueuedBatch>,
     permits: Arc<Semaphore>,
+    /// The queue's bound in messages (its permits when empty).
+    capacity: usize,
+    /// Overload control: sheds reads while the queue's delay is above
+    /// its target.
+    shedder: Arc<Shedder>,
 }
 
 impl VerifyQueue {
     /// Queue `batch` (at most [`READ_BATCH_MESSAGES_MAX`] messages),
-    /// waiting at most `wait` for room. On failure the batch comes back
-    /// with the answer its messages get: BUSY (no room in time) or
-    /// SHUTTING_DOWN.
+    /// unless overload control sheds it, waiting at most `wait` for room.
+    /// On failure the batch comes back with the answer its messages get:
+    /// BUSY (shed, or no room in time; counted in
+    /// `acct_shed_messages_total` by reason) or SHUTTING_DOWN.
     pub async fn submit(&self, batch: Vec<Admitted>, wait: Duration) -> Result<(), (Vec<Admitted>, AckStatus)> {
         if batch.is_empty() {
             return Ok(());
+        }
+        let queued = self.capacity.saturating_sub(self.permits.available_permits());
+        if self.shedder.shed(queued, std::time::Instant::now()) {
+            return Err(shed(batch, ShedReason::QueueDelay));
         }
         let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
         let permits = match self.permits.try_acquire_many(count) {
@@ -45,7 +56,7 @@ impl VerifyQueue {
                 match tokio::time::timeout(wait, self.permits.acquire_many(count)).await {
                     Ok(Ok(permits)) => permits,
                     Ok(Err(_closed)) => return Err((batch, AckStatus::SHUTTING_DOWN)),
-                    Err(_elapsed) => return Err((batch, AckStatus::BUSY)),
+                    Err(_elapsed) => return Err(shed(batch, ShedReason::QueueFull)),
                 }
             }
         };
@@ -59,6 +70,12 @@ impl VerifyQueue {
             }
         }
     }
+}
+
+/// A batch answered BUSY at admission, counted by why.
+fn shed(batch: Vec<Admitted>, reason: ShedReason) -> (Vec<Admitted>, AckStatus) {
+    metrics::counter!("acct_shed_messages_total", "reason" => reason.label()).increment(batch.len() as u64);
+    (batch, AckStatus::BUSY)
 }
 
 /// The committer's queue is full, or it did not answer in time.
@@ -116,9 +133,12 @@ impl Ingest {
         let permits = Arc::new(Semaphore::new(capacity));
         // Unbounded channel, bounded in messages by the permits.
         let (batches, verify_input) = async_channel::unbounded();
+        let shedder = Arc::new(Shedder::new(Duration::from_millis(settings.queue_delay_target_ms)));
         let verify_queue = VerifyQueue {
             batches,
             permits: permits.clone(),
+            capacity,
+            shedder: shedder.clone(),
         };
         let verifier_count = if settings.verify_threads == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
@@ -129,10 +149,11 @@ impl Ingest {
             let input = verify_input.clone();
             let output = commit_queue.clone();
             let permits = permits.clone();
+            let shedder = shedder.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("acct-verify-{index}"))
-                    .spawn(move || super::verify::run(input, &permits, output, verify_batch))
+                    .spawn(move || super::verify::run(input, &permits, &shedder, output, verify_batch))
                     .context("starting a verifier")?,
             );
         }

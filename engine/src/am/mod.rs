@@ -29,6 +29,7 @@ mod provider_stream;
 pub mod receipts;
 pub mod server;
 pub mod session;
+pub mod shed;
 mod slots;
 pub mod store;
 mod udp_watch;

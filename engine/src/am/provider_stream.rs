@@ -202,6 +202,13 @@ impl Admission<'_> {
             provider.conduct.foreign_sessions.fetch_add(1, Ordering::Relaxed);
             return !provider.conduct.bills_foreign_sessions();
         }
+        if self.context.echo_floor {
+            // The harness's floor: answered as if stored, nothing verified
+            // or stored (see `AmSettings::echo_floor`).
+            let status = AckStatus::STORED;
+            deliver(&self.ack_sender, Answers::One(AckEntry { message_id, status }));
+            return !provider.conduct.stops_reading();
+        }
         if self.batch.capacity() == 0 {
             // Room for the rest of this read at once, sized by this
             // message (a stream's messages are alike): one allocation per

@@ -76,6 +76,14 @@ pub struct AmSettings {
     pub deny_source: Option<DenySource>,
     /// This node's partition among the others (a lone node: partition 1).
     pub placement: super::cluster::Placement,
+    /// The echo floor, for the benchmark harness only: every accounting
+    /// message the AM admits (read, decoded, its session found) is answered
+    /// STORED at once, and neither verified nor stored. It measures what
+    /// the same QUIC stack, socket setup and ack path cost without the
+    /// work, so that acct's latency can be judged against it (issue 30).
+    /// Never set by `acct`: only the bench crate's `echo_floor` binary sets
+    /// it, and it says so when it starts.
+    pub echo_floor: bool,
 }
 
 /// Where and when the AM exports.
@@ -146,6 +154,7 @@ pub async fn run(
         user_slots: UserSlots::new(USER_CONNECTIONS_MAX, USER_CONNECTIONS_PER_ADDRESS_MAX),
         session_slots: SessionSlots::default(),
         placement: settings.placement.clone(),
+        echo_floor: settings.echo_floor,
     });
     let socket_watcher = tokio::spawn(watch_udp_socket(local_addr.port()));
     let receipt_pusher = context

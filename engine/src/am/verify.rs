@@ -14,6 +14,7 @@ use wire::{AckEntry, AckStatus};
 use super::pipeline::{
     Admitted, Answers, CommitCommand, ProviderConnection, READ_BATCH_MESSAGES_MAX, Verified, deliver,
 };
+use super::shed::Shedder;
 
 /// A read batch in the verify queue, with when it was queued.
 pub type QueuedBatch = (std::time::Instant, Vec<Admitted>);
@@ -23,16 +24,17 @@ pub type QueuedBatch = (std::time::Instant, Vec<Admitted>);
 pub fn run(
     input: async_channel::Receiver<QueuedBatch>,
     permits: &tokio::sync::Semaphore,
+    shedder: &Shedder,
     output: Sender<CommitCommand>,
     batch_max: usize,
 ) {
     let batch_max = batch_max.max(1);
     let mut batch: Vec<Admitted> = Vec::with_capacity(batch_max + READ_BATCH_MESSAGES_MAX);
     while let Ok(first) = input.recv_blocking() {
-        take(&mut batch, first, permits);
+        take(&mut batch, first, permits, shedder);
         while batch.len() < batch_max {
             match input.try_recv() {
-                Ok(next) => take(&mut batch, next, permits),
+                Ok(next) => take(&mut batch, next, permits, shedder),
                 Err(_) => break,
             }
         }
@@ -52,8 +54,11 @@ pub fn run(
 /// how long it waited in the verify queue is recorded
 /// (`acct_verify_queue_seconds`: the queue's sojourn time, what overload
 /// control judges by).
-fn take(batch: &mut Vec<Admitted>, (queued, read): QueuedBatch, permits: &tokio::sync::Semaphore) {
-    metrics::histogram!("acct_verify_queue_seconds").record(queued.elapsed().as_secs_f64());
+fn take(batch: &mut Vec<Admitted>, (queued, read): QueuedBatch, permits: &tokio::sync::Semaphore, shedder: &Shedder) {
+    let now = std::time::Instant::now();
+    let sojourn = now.saturating_duration_since(queued);
+    metrics::histogram!("acct_verify_queue_seconds").record(sojourn.as_secs_f64());
+    shedder.taken(sojourn, now);
     permits.add_permits(read.len());
     batch.extend(read);
 }

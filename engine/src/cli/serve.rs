@@ -60,7 +60,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
 
 /// Resolve the settings and run until SIGTERM or SIGINT.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = settings(&args)?;
+    run_with(args, |_| {})
+}
+
+/// [`run`], with the resolved settings changed by `adjust` first (the
+/// bench crate's `echo_floor` binary turns on [`AmSettings::echo_floor`]).
+pub fn run_with(args: ServeArgs, adjust: impl FnOnce(&mut AmSettings)) -> anyhow::Result<()> {
+    let mut settings = settings(&args)?;
+    adjust(&mut settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(settings.ingest.io_thread_count())
@@ -210,6 +217,7 @@ pub(crate) fn settings(args: &ServeArgs) -> anyhow::Result<AmSettings> {
         deny,
         deny_source: args.config.clone().map(crate::config::deny_source),
         placement,
+        echo_floor: false,
     })
 }
 

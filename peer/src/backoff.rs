@@ -1,0 +1,164 @@
+//! Backing off after "busy, retry" (BUSY or SHUTTING_DOWN answers, and
+//! Errors with those codes): the next attempt waits a jittered,
+//! exponentially growing delay, so that an overloaded AM that sheds load is
+//! not met by providers that send the shed messages straight back (a spin
+//! that turns shedding into more load).
+//!
+//! The delay after the n-th refusal in a row is
+//! `min(BUSY_BACKOFF_MIN × 2^(n−1), BUSY_BACKOFF_MAX)` times a factor drawn
+//! uniformly from 0.5..1.5: providers refused together do not come back
+//! together. Refusals that arrive while a backoff runs (the other answers
+//! of the same flight) count once. A stored answer ends the streak.
+//!
+//! Used by [`crate::node::ProviderNode`] per partition and by loadgen per
+//! provider: the same code path. docs/protocol.md 4.12 states the rule for
+//! any client.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
+
+use wire::AckStatus;
+
+/// Whether an answer asks the sender to back off before it sends the
+/// message again: every retryable status but WRONG_PARTITION (which asks
+/// for another partition, not for a pause).
+pub fn asks_backoff(status: AckStatus) -> bool {
+    status.is_retryable() && status != AckStatus::WRONG_PARTITION
+}
+
+/// The first backoff: the AM's default overload target (50 ms of queue
+/// delay); sooner, a retry would likely meet the same shed share.
+pub const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest backoff (before jitter).
+pub const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One sender's backoff state.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// Refusals in a row (each backoff counts one).
+    streak: u32,
+    /// No retry before this.
+    until: Option<Instant>,
+    /// xorshift64 state of the jitter.
+    random: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        // A per-process random seed without another dependency.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0x9e37_79b9_7f4a_7c15);
+        Self::with_seed(hasher.finish())
+    }
+}
+
+impl Backoff {
+    /// A backoff whose jitter is drawn from `seed` (reproducible runs).
+    pub fn with_seed(seed: u64) -> Self {
+        // splitmix64 of the seed: nearby seeds (provider numbers) start
+        // far apart.
+        let mut mixed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        mixed ^= mixed >> 31;
+        Self {
+            streak: 0,
+            until: None,
+            random: mixed | 1,
+        }
+    }
+
+    /// A "busy, retry" answer at `now`: starts the next backoff unless one
+    /// runs. Returns when retries may start.
+    pub fn refused(&mut self, now: Instant) -> Instant {
+        if let Some(until) = self.until
+            && until > now
+        {
+            return until;
+        }
+        self.streak = self.streak.saturating_add(1);
+        let doubled = BUSY_BACKOFF_MIN.saturating_mul(1u32 << (self.streak - 1).min(16));
+        let delay = doubled.min(BUSY_BACKOFF_MAX).mul_f64(0.5 + self.uniform());
+        let until = now + delay;
+        self.until = Some(until);
+        until
+    }
+
+    /// A stored answer: the streak ends (a backoff already running still runs).
+    pub fn stored(&mut self) {
+        self.streak = 0;
+    }
+
+    /// When retries may start again; `None` when not backing off.
+    pub fn until(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|until| *until > now)
+    }
+
+    /// Whether a retry may go at `now`.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.until(now).is_none()
+    }
+
+    /// Uniform in 0..1.
+    fn uniform(&mut self) -> f64 {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        (self.random >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_in_a_row_double_the_delay_up_to_the_bound_with_jitter() {
+        let start = Instant::now();
+        let mut backoff = Backoff::with_seed(7);
+        let mut now = start;
+        let mut delays = Vec::new();
+        for _ in 0..12 {
+            let until = backoff.refused(now);
+            delays.push(until - now);
+            assert!(!backoff.ready(now));
+            now = until;
+            assert!(backoff.ready(now));
+        }
+        for (n, delay) in delays.iter().enumerate() {
+            let nominal = BUSY_BACKOFF_MIN.saturating_mul(1 << n.min(16)).min(BUSY_BACKOFF_MAX);
+            assert!(
+                *delay >= nominal / 2 && *delay < nominal * 3 / 2,
+                "refusal {n}: {delay:?} for {nominal:?}"
+            );
+        }
+        // A stored answer ends the streak: the next refusal starts over.
+        backoff.stored();
+        let until = backoff.refused(now);
+        assert!(until - now < BUSY_BACKOFF_MIN * 3 / 2);
+    }
+
+    #[test]
+    fn refusals_during_a_backoff_count_once() {
+        let start = Instant::now();
+        let mut backoff = Backoff::with_seed(1);
+        let first = backoff.refused(start);
+        for _ in 0..100 {
+            assert_eq!(backoff.refused(start + Duration::from_millis(1)), first);
+        }
+        // The second backoff is the second of the streak, not the 101st.
+        let second = backoff.refused(first);
+        assert!(second - first < BUSY_BACKOFF_MIN * 2 * 3 / 2);
+    }
+
+    #[test]
+    fn the_jitter_spreads_providers_refused_together() {
+        let now = Instant::now();
+        let mut untils: Vec<Instant> = (1..=100).map(|seed| Backoff::with_seed(seed).refused(now)).collect();
+        untils.sort();
+        untils.dedup();
+        assert!(untils.len() > 90, "{} distinct of 100", untils.len());
+        let spread = *untils.last().unwrap() - untils[0];
+        assert!(spread > BUSY_BACKOFF_MIN / 2, "spread {spread:?}");
+    }
+}
