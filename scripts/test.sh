@@ -39,7 +39,10 @@ median = json.load(open(sys.argv[1]))
 assert len(median["runs"]) == 2 and len(median["targets"]) == 11 and len(median["systems"]) >= 12, median
 for path in median["runs"]:
     run = json.load(open(path))
-    assert len(run["systems"]) >= 12 and len(run["targets"]) == 11, path
+    assert len(run["systems"]) >= 12 and len(run["targets"]) == 19, path
+    # Issue 30's phases: the ramp, the echo floor and acct at 50%/90%, the
+    # overload phases, and the storm with its audit.
+    assert len(run["phases"]) >= 11 and run["storm"]["lost"] == 0 and run["storm"]["doubled"] == 0, run["storm"]
     # The floor under the open loop (udp_floor and the ceiling).
     assert run["floor"]["open_loop_floor_us_per_msg"] > 0 and run["floor"]["cores"] >= 1, run["floor"]
     for row in run["systems"]:

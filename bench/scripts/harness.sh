@@ -14,6 +14,24 @@
 #     the machine well below 50% (docs/performance.md), and there both p99s
 #     are queues that grow for as long as the run lasts, so their ratio says
 #     little about the export. Both ratios are reported.
+#  1b. overload and latency (issue 30), 1,000 providers unless said:
+#     - the open-loop max: one loadgen run rising through 20%..80% of the
+#       closed loop's rate, 10 s a step; the highest step before the first
+#       that stored < 99% of what it offered or had a stored-ack p99 >= 1 s;
+#     - the echo floor (bench binary `echo_floor`: acct serve's code
+#       answering STORED at admission, nothing verified or stored) and acct,
+#       each at 50% then 90% of the open-loop max: the p99 ratios;
+#     - overload: 50% (half the seconds), 1.5x, 50%, 2x, 50% of the
+#       open-loop max, the seconds each; per phase goodput, the p99 of
+#       STORED and of BUSY answers (each attempt from its send), the AM
+#       socket's UDP drops (/proc/net/udp, sampled every second), and the
+#       seconds until the stored p99 is back under twice the first phase's;
+#       loadgen's audit at the end;
+#     - the reconnect storm: 10,000 providers at 50% of the open-loop max,
+#       the AM SIGKILLed 10 s into the traffic and restarted on the same
+#       port and data; the seconds from the restart until no message
+#       scheduled before the kill is unstored, the stored acks' p99
+#       meanwhile (the largest per-second p99), and the audit.
 #  2. the ceiling: Ed25519 batch verification alone of the same records, the
 #     AM's function and batch size, on all cores (`ceiling`).
 #     And the floor under any UDP transport here: the kernel's CPU per
@@ -179,8 +197,11 @@ run_acct() {
   local data="$work/$name" metrics_port
   metrics_port="$(free_port)"
   mkdir -p "$data"
+  # A name starting with echo_ runs the echo floor (acct serve's code answering STORED at admission).
+  local am_command=("$BIN/acct" serve)
+  [[ "$name" == echo_* ]] && am_command=("$BIN/echo_floor")
   # shellcheck disable=SC2086 # the AM's flags are words
-  "$BIN/acct" serve --data "$data" --listen 127.0.0.1:0 --metrics "127.0.0.1:$metrics_port" $am_flags \
+  "${am_command[@]}" --data "$data" --listen 127.0.0.1:0 --metrics "127.0.0.1:$metrics_port" $am_flags \
     >"$data.stdout" 2>"$data.stderr" &
   am_pid=$!
   for _ in $(seq 1 600); do grep -q "listening on" "$data.stdout" 2>/dev/null && break; sleep 0.1; done
@@ -188,9 +209,15 @@ run_acct() {
   address="$(sed -n 's/^acct serve: listening on //p' "$data.stdout")"
   [ -n "$address" ] || { say "acct serve did not start"; cat "$data.stderr" >&2; exit 1; }
   say "acct $name: loadgen $*"
+  sample_udp "${address##*:}" "$work/$name.udp" &
+  local sampler=$!
+  # --duration unless the flags give --rate-steps (which sets it).
+  local duration=(--duration "$seconds")
+  [[ " $* " == *" --rate-steps "* ]] && duration=()
   /usr/bin/time -f "%U %S" -o "$work/$name.loadgen_cpu" \
-    "$BIN/loadgen" --am "$address" --pki "$data/pki" --duration "$seconds" --duplicates "$duplicates" \
+    "$BIN/loadgen" --am "$address" --pki "$data/pki" "${duration[@]}" --duplicates "$duplicates" \
     --quiet --json "$work/$name.json" "$@" >/dev/null
+  kill "$sampler" 2>/dev/null || true
   awk '/VmHWM/ {print $2}' "/proc/$am_pid/status" >"$work/$name.rss_kib"
   python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
     "http://127.0.0.1:$metrics_port/metrics" >"$work/$name.metrics"
@@ -200,6 +227,20 @@ run_acct() {
   wait "$am_pid" || true
   am_pid=""
   rm -rf "$data"
+}
+# Every second: the unix time in ms, the drops counted on the UDP socket
+# bound to port $1 (/proc/net/udp), and the host's UDP datagrams received
+# (/proc/net/snmp InDatagrams), appended to $2.
+sample_udp() {
+  local hex
+  hex="$(printf '%04X' "$1")"
+  while true; do
+    local drops in
+    drops="$(awk -v port=":$hex" '$2 ~ port"$" {print $NF}' /proc/net/udp | head -1)"
+    in="$(awk '/^Udp: [0-9]/ {print $2}' /proc/net/snmp)"
+    echo "$(date +%s%3N) ${drops:-0} ${in:-0}" >>"$2"
+    sleep 1
+  done
 }
 rate_of() { python3 -c "import json; print(json.load(open('$work/$1.json'))['throughput_per_s'])"; }
 
@@ -232,6 +273,99 @@ run_acct open_15 --no-export --providers "$providers_1k" --sessions "$sessions_1
 run_acct open_15_export "--export-interval-ms 1000" --providers "$providers_1k" --sessions "$sessions_1k" --rate "$light"
 run_acct max_10k --no-export --providers "$providers_10k" --sessions "$sessions_10k" --max --window "$window_10k" \
   --messages-max "$messages_max"
+
+# 3b. Overload and latency (issue 30).
+# The open-loop max: one run rising through 20%, 30%, ... 80% of the closed
+# loop's rate, $step_s s each. The max is the highest step before the first
+# that stored less than 99% of what it offered or whose stored acks' p99
+# (each attempt from its send) reached 1 s (a step past it leaves a backlog
+# that fails the next ones too).
+if [ -n "${SMOKE:-}" ]; then step_s=1 fractions="0.2 0.4"; storm_providers=16 storm_s=8 kill_after=2
+else step_s=10 fractions="0.2 0.3 0.4 0.5 0.6 0.7 0.8"; storm_providers=10000 storm_s=45 kill_after=10; fi
+# steps_of RATE SECONDS FRACTION...: RATE x FRACTION:SECONDS, comma-separated.
+steps_of() { python3 -c "import sys; r = float(sys.argv[1]); print(','.join(f'{max(1, int(float(f) * r))}:{sys.argv[2]}' for f in sys.argv[3:]))" "$@"; }
+run_acct ramp --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate-steps "$(steps_of "$max_rate" "$step_s" $fractions)"
+open_max="$(python3 - "$work/ramp.json" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+best = 0
+for phase in report["phases"]:
+    offered = phase["rate"] * (phase["end_s"] - phase["start_s"])
+    if phase["stored"] < 0.99 * offered or phase["stored_attempt_ms"]["p99"] >= 1000:
+        break
+    best = phase["rate"]
+print(best)
+PY
+)"
+say "open-loop max: $open_max/s (closed loop: $max_rate/s)"
+# With no step passing, the phases below run at the lowest step's rate (and
+# the ratio target shows the failure).
+[ "$open_max" -gt 0 ] || open_max="$(python3 -c "print(max(1, int(float('${fractions%% *}') * $max_rate)))")"
+o50="$(python3 -c "print(max(1, int($open_max * 0.5)))")"
+o90="$(python3 -c "print(max(1, int($open_max * 0.9)))")"
+o150="$(python3 -c "print(max(1, int($open_max * 1.5)))")"
+o200="$(python3 -c "print(max(1, int($open_max * 2.0)))")"
+# The echo floor and acct at 50% and 90% of the open-loop max, the same loadgen.
+run_acct echo_50_90 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate-steps "$o50:$seconds,$o90:$seconds"
+run_acct acct_50_90 --no-export --providers "$providers_1k" --sessions "$sessions_1k" --rate-steps "$o50:$seconds,$o90:$seconds"
+# Overload: 1.5x and 2x of the open-loop max, each followed by 50%; the audit at the end.
+overload_pre=$(( seconds / 2 > 1 ? seconds / 2 : 1 ))
+run_acct overload --no-export --providers "$providers_1k" --sessions "$sessions_1k" --audit \
+  --rate-steps "$o50:$overload_pre,$o150:$seconds,$o50:$seconds,$o200:$seconds,$o50:$seconds"
+
+# The reconnect storm: $storm_providers providers at 50% of the open-loop max;
+# $kill_after s into the traffic the AM is SIGKILLed while every provider
+# holds unacked messages, restarted on the same port and data, and every
+# provider reconnects at once and retransmits while the schedule goes on.
+run_storm() {
+  local data="$work/storm" port metrics_port
+  port="$(free_port)"
+  mkdir -p "$data"
+  start_am() {
+    metrics_port="$(free_port)"
+    local before
+    before="$(grep -c "listening on" "$data.stdout" 2>/dev/null || true)"
+    "$BIN/acct" serve --data "$data" --listen "127.0.0.1:$port" --metrics "127.0.0.1:$metrics_port" --no-export \
+      >>"$data.stdout" 2>>"$data.stderr" &
+    am_pid=$!
+    for _ in $(seq 1 600); do
+      [ "$(grep -c "listening on" "$data.stdout" 2>/dev/null || true)" -gt "${before:-0}" ] && return 0
+      sleep 0.1
+    done
+    say "acct serve did not start"; cat "$data.stderr" >&2; exit 1
+  }
+  stored_now() {
+    python3 -c 'import sys, urllib.request
+try:
+    text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+except Exception:
+    print(0); sys.exit()
+print(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("acct_messages_total{outcome=\"stored\"}")))' \
+      "http://127.0.0.1:$metrics_port/metrics"
+  }
+  start_am
+  say "storm: loadgen, $storm_providers providers at $o50/s; the AM is killed $kill_after s into the traffic"
+  "$BIN/loadgen" --am "127.0.0.1:$port" --pki "$data/pki" --providers "$storm_providers" --sessions "$storm_providers" \
+    --rate "$o50" --duration "$storm_s" --duplicates "$duplicates" --audit --quiet --json "$work/storm.json" \
+    >/dev/null 2>"$work/storm.loadgen.stderr" &
+  local loadgen_pid=$!
+  for _ in $(seq 1 3000); do
+    [ "$(stored_now | cut -d. -f1)" -gt 0 ] && break
+    kill -0 "$loadgen_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep "$kill_after"
+  date +%s%3N >"$work/storm.kill_ms"
+  kill -9 "$am_pid"; wait "$am_pid" 2>/dev/null || true
+  sleep 1
+  start_am
+  date +%s%3N >"$work/storm.restart_ms"
+  wait "$loadgen_pid" || { say "storm: loadgen failed"; cat "$work/storm.loadgen.stderr" >&2; }
+  kill -TERM "$am_pid"; wait "$am_pid" || true
+  am_pid=""
+  rm -rf "$data"
+}
+run_storm
 
 # 4. PostgreSQL.
 say "PostgreSQL: fresh cluster"
@@ -328,6 +462,80 @@ systems = [
     other_row("JetStream, sync_interval: always", js["always"]),
 ]
 
+# Issue 30's phases. p99s: each loadgen phase's merged histograms.
+ramp = load("ramp")
+open_max = 0
+for phase in ramp["phases"]:
+    offered = phase["rate"] * (phase["end_s"] - phase["start_s"])
+    if phase["stored"] < 0.99 * offered or phase["stored_attempt_ms"]["p99"] >= 1000:
+        break
+    open_max = phase["rate"]
+open_max_for_ratios = max(open_max, 1)
+echo, acct_phases = load("echo_50_90")["phases"], load("acct_50_90")["phases"]
+ratio_50 = acct_phases[0]["latency_ms"]["p99"] / max(echo[0]["latency_ms"]["p99"], 1e-3)
+ratio_90 = acct_phases[1]["latency_ms"]["p99"] / max(echo[1]["latency_ms"]["p99"], 1e-3)
+over_report = load("overload")
+overload = over_report["phases"]
+
+def udp_samples(name):
+    try:
+        return [tuple(int(x) for x in line.split()) for line in open(f"{work}/{name}.udp") if len(line.split()) == 3]
+    except FileNotFoundError:
+        return []
+
+def drops_between(samples, start_ms, end_ms):
+    inside = [s for s in samples if start_ms <= s[0] <= end_ms + 1500]
+    if len(inside) < 2:
+        return 0, 0, 0.0
+    drops, received = inside[-1][1] - inside[0][1], inside[-1][2] - inside[0][2]
+    # The host's UDP receives: the AM's and loadgen's (acks), so about twice the AM's.
+    return drops, received, drops / max(received / 2, 1)
+
+samples = udp_samples("overload")
+overload_drops = [drops_between(samples, over_report["start_unix_ms"] + 1000 * p["start_s"], over_report["start_unix_ms"] + 1000 * p["end_s"]) for p in overload]
+timeline = over_report["timeline"]
+pre_p99 = overload[0]["stored_attempt_ms"]["p99"]
+def recovery_after(phase):
+    for second in timeline[phase["end_s"]:]:
+        if second["acked"] > 0 and second["stored_attempt_ms"]["p99"] <= 2 * pre_p99:
+            return second["second"] - phase["end_s"]
+    return float(len(timeline))
+recovery = [recovery_after(p) for p in overload]
+# The storm: seconds from the restart until no message scheduled before the
+# kill is still unstored, and the stored acks' p99 meanwhile (the largest of
+# the per-second p99s: an upper bound of the p99 over those seconds).
+storm_report = load("storm")
+storm_start = storm_report["start_unix_ms"]
+kill_s = (int(open(f"{work}/storm.kill_ms").read()) - storm_start) / 1000
+restart_s = (int(open(f"{work}/storm.restart_ms").read()) - storm_start) / 1000
+backlog_seconds = [s["second"] for s in storm_report["timeline"] if s.get("oldest_intended_s") is not None and s["oldest_intended_s"] < kill_s]
+clear_second = max(backlog_seconds, default=int(restart_s))
+meanwhile = [s["stored_attempt_ms"]["p99"] for s in storm_report["timeline"] if int(restart_s) <= s["second"] <= clear_second and s["acked"] > 0]
+storm = {"providers": storm_report["settings"]["providers"], "rate": storm_report["settings"]["rate"],
+         "kill_s": kill_s, "restart_s": restart_s, "backlog_stored_after_s": max(clear_second + 1 - restart_s, 0.0),
+         "p99_ms": max(meanwhile, default=0.0), "lost": storm_report["lost"], "doubled": storm_report["double_stored"],
+         "connections_lost": storm_report["connections_lost"]}
+lost_doubled = sum(x or 0 for x in [over_report["lost"], over_report["double_stored"], storm_report["lost"], storm_report["double_stored"]])
+if over_report["lost"] is None or storm_report["lost"] is None:
+    lost_doubled = float("inf")
+open_max = open_max_for_ratios
+
+def phase_row(label, phase, drops=None, recovered=None):
+    row = {"phase": label, "rate": phase["rate"], "goodput_per_s": phase["goodput_per_s"],
+           "stored_p99_ms": phase["stored_attempt_ms"]["p99"], "latency_p99_ms": phase["latency_ms"]["p99"],
+           "busy": phase["busy"], "busy_p99_ms": phase["busy_attempt_ms"]["p99"]}
+    if drops is not None:
+        row.update({"udp_drops": drops[0], "udp_drop_ratio": drops[2]})
+    if recovered is not None:
+        row["recovery_s"] = recovered
+    return row
+
+labels = ["50%, before", "1.5x overload", "50%, after 1.5x", "2x overload", "50%, after 2x"]
+phase_rows = ([phase_row(f"ramp {p['rate']}/s", p) for p in ramp["phases"]]
+              + [phase_row("echo floor at 50%", echo[0]), phase_row("echo floor at 90%", echo[1]),
+                 phase_row("acct at 50%", acct_phases[0]), phase_row("acct at 90%", acct_phases[1])]
+              + [phase_row(label, p, overload_drops[i], recovery[i] if i in (1, 3) else None) for i, (label, p) in enumerate(zip(labels, overload))])
+
 def target(figure, value, required, goal, higher=True):
     met = (lambda v, t: v >= t) if higher else (lambda v, t: v <= t)
     return {"figure": figure, "value": value, "required": required, "goal": goal,
@@ -339,8 +547,16 @@ targets = [
     target(f"acct / PostgreSQL best batched ({best_batch} rows per commit)", rate / pg[best_batch]["msgs_per_s"], 0.8, 1.0),
     target("acct / JetStream sync always", rate / js["always"]["msgs_per_s"], 20, 30),
     target("acct / JetStream default", rate / js["default"]["msgs_per_s"], 1.0, 1.5),
-    target("ack p99 at 50% of max, ms", lat(acct["open_50"])["p99"], 10, 5, higher=False),
-    target("ack p99 at 90% of max, ms", lat(acct["open_90"])["p99"], 50, 20, higher=False),
+    target("acct p99 / echo-floor p99, at 50% of open-loop max", ratio_50, 3, 1.5, higher=False),
+    target("acct p99 / echo-floor p99, at 90% of open-loop max", ratio_90, 5, 2, higher=False),
+    target("open-loop max / closed-loop max", open_max / rate, 0.45, 0.7),
+    target("goodput during 1.5x overload / open-loop max", overload[1]["goodput_per_s"] / open_max, 0.8, 0.95),
+    target("goodput during 2x overload / open-loop max", overload[3]["goodput_per_s"] / open_max, 0.8, 0.95),
+    target("p99 of STORED acks during overload, ms", max(overload[i]["stored_attempt_ms"]["p99"] for i in (1, 3)), 250, 100, higher=False),
+    target("AM UDP receive drops during overload / datagrams received", max(overload_drops[i][2] for i in (1, 3)), 0.001, 0, higher=False),
+    target("seconds to recover the pre-overload p99 (x2) after a phase", max(recovery[i] for i in (1, 3)), 5, 1, higher=False),
+    target("reconnect storm: fresh traffic's p99 until the backlog is stored, ms", storm["p99_ms"], 1000, 250, higher=False),
+    target("lost + doubled after the overload phases and the storm", lost_doubled, 0, 0, higher=False),
     target(f"throughput {providers(acct['max_10k'])} / {providers(acct['max_1k'])} providers", acct["max_10k"]["throughput_per_s"] / rate, 0.8, 0.95),
     target(f"AM peak RSS with {providers(acct['max_10k'])} providers, MiB", rss("max_10k") / 1024, 1024, 512, higher=False),
     target("ingest p99 with export / without, at 15% of max", lat(acct["open_15_export"])["p99"] / max(lat(acct["open_15"])["p99"], 1e-9), 2, 1.3, higher=False),
@@ -362,11 +578,13 @@ floor = {"datagram_send_us": udp["one_way"]["send_cpu_us_per_datagram"],
          "open_loop_floor_cores_at_50": 0.5 * rate * floor_us / 1e6,
          "open_loop_floor_cores_at_90": 0.9 * rate * floor_us / 1e6}
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+result_phases = phase_rows
 result = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
     "records": ceiling["records"], "signed_bytes_mean": ceiling["signed_bytes_mean"], "duplicate_ratio": 0.01,
     "systems": systems, "targets": targets, "floor": floor,
+    "open_loop_max_per_s": open_max, "phases": result_phases, "storm": storm,
 }
 json.dump(result, open(out, "w"), indent=2)
 print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'AM p99 ms':>9}")
@@ -381,6 +599,14 @@ print(f"{'figure':<58} {'value':>9} {'required':>9} {'goal':>7}  result")
 for t in targets:
     verdict = "goal met" if t["goal_met"] else "required met" if t["required_met"] else "NOT MET"
     print(f"{t['figure']:<58} {t['value']:>9.2f} {t['required']:>9} {t['goal']:>7}  {verdict}")
+print(f"\nopen-loop max {open_max}/s ({open_max / rate:.2f} of the closed loop's {rate:.0f}/s); phases (p99s: stored acks, each attempt from its send; latency: from the schedule):")
+print(f"{'phase':<22} {'rate/s':>8} {'goodput/s':>10} {'stored p99':>11} {'latency p99':>12} {'busy':>9} {'busy p99':>9} {'UDP drops':>10} {'recovery s':>10}")
+for row in phase_rows:
+    drops = f"{row['udp_drops']:>10}" if "udp_drops" in row else " " * 10
+    recovered = f"{row['recovery_s']:>10.0f}" if "recovery_s" in row else " " * 10
+    print(f"{row['phase']:<22} {row['rate']:>8} {row['goodput_per_s']:>10.0f} {row['stored_p99_ms']:>11.1f} {row['latency_p99_ms']:>12.1f} {row['busy']:>9} {row['busy_p99_ms']:>9.1f} {drops} {recovered}")
+print(f"reconnect storm: {storm['providers']} providers at {storm['rate']}/s, killed at {storm['kill_s']:.1f} s, back at {storm['restart_s']:.1f} s; "
+      f"every backlog stored {storm['backlog_stored_after_s']:.0f} s after the restart; stored p99 meanwhile {storm['p99_ms']:.0f} ms; lost {storm['lost']}, doubled {storm['doubled']}")
 print(f"\nfloor (udp_floor): a datagram over 127.0.0.1 costs the kernel {floor['datagram_send_us']:.2f} us to send and "
       f"{floor['datagram_receive_us']:.2f} us to receive back to back, {floor['datagram_waking_a_sleeper_us']:.1f} us when it wakes a sleeping receiver;")
 print(f"  the open loop (one message and one answer per datagram) needs at least {floor_us:.1f} us per message for those two datagrams"

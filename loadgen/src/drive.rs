@@ -356,8 +356,8 @@ struct State {
     retry: VecDeque<(usize, Instant)>,
     /// Interim indices to retransmit on the duplicate stream.
     duplicate_queue: VecDeque<usize>,
-    /// After "busy, retry": no retry before its end (peer::backoff, the
-    /// provider library's rule); the closed loop sends nothing new either.
+    /// After "busy, retry": nothing is sent before its end (peer::backoff,
+    /// the provider library's rule).
     backoff: peer::backoff::Backoff,
 }
 
@@ -757,7 +757,10 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             let sending_phase = state.cursor < interims
                 && (now < clock.send_until || (!settings.max && schedule.interim(state.cursor) < clock.send_until));
             let backoff_ready = state.backoff.ready(now);
-            let room = if settings.max && !backoff_ready {
+            // A backoff holds everything (as a producer library does): what
+            // falls due meanwhile goes out together when it ends, its
+            // latency counted from its scheduled time.
+            let room = if !backoff_ready {
                 0
             } else if settings.max {
                 settings.window.saturating_sub(state.inflight.len())
@@ -856,16 +859,8 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                 (state.finals_sent < provider.plan.finals.len())
                     .then(|| schedule.final_(state.cursor, state.finals_sent) + linger)
             };
-            // In a backoff with retries waiting (or in the closed loop):
-            // pick up again when it ends.
-            let backoff_until = state
-                .backoff
-                .until(now)
-                .filter(|_| settings.max || !state.retry.is_empty());
-            let next_due = match (next_due, backoff_until) {
-                (Some(due), Some(until)) => Some(due.min(until)),
-                (due, until) => due.or(until),
-            };
+            // In a backoff: pick up again when it ends.
+            let next_due = state.backoff.until(now).or(next_due);
             let window_full = settings.max && state.inflight.len() >= settings.window;
             (
                 (state.retry.is_empty() || window_full || !backoff_ready) && state.duplicate_queue.is_empty(),
