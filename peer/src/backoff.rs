@@ -11,7 +11,7 @@
 //! of the same flight) count once. A stored answer ends the streak.
 //!
 //! Used by [`crate::node::ProviderNode`] per partition and by loadgen per
-//! provider: the same code path. docs/protocol.md 4.12 states the rule for
+//! provider: the same code path. docs/protocol.md 3.2 states the rule for
 //! any client.
 
 use std::hash::{BuildHasher, Hasher};
