@@ -36,7 +36,7 @@ SMOKE=1 RUNS=2 BIN="$target_dir/debug" OUT="$smoke_out" bash bench/scripts/harne
 python3 - "$smoke_out" <<'PY'
 import json, sys
 median = json.load(open(sys.argv[1]))
-assert len(median["runs"]) == 2 and len(median["targets"]) == 11 and len(median["systems"]) >= 12, median
+assert len(median["runs"]) == 2 and len(median["targets"]) == 19 and len(median["systems"]) >= 12, median
 for path in median["runs"]:
     run = json.load(open(path))
     assert len(run["systems"]) >= 12 and len(run["targets"]) == 19, path

@@ -65,8 +65,8 @@ pub struct Stats {
     /// Latency (µs) of interims and finals from their intended send time to
     /// the answer that settled them.
     pub latency: Histogram<u64>,
-    /// Latency (µs) of each attempt of an interim or final from its send
-    /// (a first attempt: its intended time) to a stored answer.
+    /// Latency (µs) of each attempt of an interim or final from when it
+    /// was picked up to be written to a stored answer.
     pub attempt_stored: Histogram<u64>,
     /// The same to a "busy, retry" answer.
     pub attempt_busy: Histogram<u64>,
@@ -343,9 +343,9 @@ struct State {
     next_fault: usize,
     /// Finals sent (after the sending phase).
     finals_sent: usize,
-    /// Main stream: message id → (intended send time, this attempt's send
-    /// time, message index). A first attempt counts from its intended time
-    /// (linger included), a retry from when it was sent again.
+    /// Main stream: message id → (intended send time, when this attempt
+    /// was picked up to be written, message index). The latency counts from
+    /// the first, the attempt latency (the AM's answer time) from the second.
     inflight: Map<MessageId, (Instant, Instant, usize)>,
     /// Duplicate stream: message ids sent.
     duplicates: Map<MessageId, Instant>,
@@ -434,11 +434,12 @@ impl Schedule {
         let mut phases = Vec::new();
         let (mut begin, mut first) = (0.0, 0usize);
         for (rate, seconds) in settings.steps() {
+            // Slots j with offset + j × interval inside the phase, counted
+            // in whole messages (as the plan shares them out).
+            let slots = crate::settings::slots(rate.saturating_mul(seconds), providers, provider_index);
             let rate = rate.max(1) as f64;
             let interval = providers as f64 / rate;
             let offset = provider_index as f64 / rate;
-            // Slots j with offset + j × interval inside the phase.
-            let slots = ((seconds as f64 - offset) / interval).ceil().max(0.0) as usize;
             phases.push(Phase {
                 begin,
                 interval,
@@ -757,6 +758,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             let sending_phase = state.cursor < interims
                 && (now < clock.send_until || (!settings.max && schedule.interim(state.cursor) < clock.send_until));
             let backoff_ready = state.backoff.ready(now);
+            let held_until = state.backoff.last_until();
             // A backoff holds everything (as a producer library does): what
             // falls due meanwhile goes out together when it ends, its
             // latency counted from its scheduled time.
@@ -797,9 +799,10 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                     let message = provider.message(index);
                     state
                         .inflight
-                        .insert(message.value().message_id(), (intended, intended, index));
+                        .insert(message.value().message_id(), (intended, now, index));
                     batch.push(message);
-                    due.push(intended);
+                    // Held by a backoff: loadgen's own lateness counts from its end.
+                    due.push(held_until.map_or(intended, |until| intended.max(until)));
                     state.cursor += 1;
                     interims_sent += 1;
                 }
@@ -820,9 +823,10 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                     let message = provider.message(index);
                     state
                         .inflight
-                        .insert(message.value().message_id(), (intended, intended, index));
+                        .insert(message.value().message_id(), (intended, now, index));
                     batch.push(message);
-                    due.push(intended);
+                    // Held by a backoff: loadgen's own lateness counts from its end.
+                    due.push(held_until.map_or(intended, |until| intended.max(until)));
                     state.finals_sent += 1;
                     finals_queued += 1;
                 }
@@ -844,7 +848,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                 faults.push(fault.clone());
                 state.next_fault += 1;
             }
-            while let Some(index) = state.duplicate_queue.pop_front() {
+            while let Some(index) = backoff_ready.then(|| state.duplicate_queue.pop_front()).flatten() {
                 let message = provider.message(index);
                 state.duplicates.insert(message.value().message_id(), now);
                 duplicates.push(message);
@@ -863,7 +867,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             let next_due = state.backoff.until(now).or(next_due);
             let window_full = settings.max && state.inflight.len() >= settings.window;
             (
-                (state.retry.is_empty() || window_full || !backoff_ready) && state.duplicate_queue.is_empty(),
+                !backoff_ready || ((state.retry.is_empty() || window_full) && state.duplicate_queue.is_empty()),
                 state.inflight.len() + state.duplicates.len() + state.faults.len(),
                 next_due,
             )
@@ -913,8 +917,11 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             }
         }
         let now = Instant::now();
-        let finals_done = provider.lock().finals_sent == provider.plan.finals.len();
-        if finals_done && idle && pending == 0 {
+        let (finals_done, retries_waiting) = {
+            let state = provider.lock();
+            (state.finals_sent == provider.plan.finals.len(), !state.retry.is_empty())
+        };
+        if finals_done && idle && pending == 0 && !retries_waiting {
             return true;
         }
         if now >= clock.drain_until {
@@ -1067,13 +1074,13 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                     }
                 }
             }
-            // "Busy, retry" among a frame's answers starts a backoff (the
-            // rest of the flight's count with it); else a stored one ends
-            // the streak.
+            // A stored answer among a frame's ends the streak; a "busy,
+            // retry" starts a backoff (the rest of the flight's count with it).
+            if stored {
+                state.backoff.stored();
+            }
             if refused {
                 state.backoff.refused(now);
-            } else if stored {
-                state.backoff.stored();
             }
             !provider.open_loop
                 || state.retry.len() + state.duplicate_queue.len() > queued_before
@@ -1190,6 +1197,45 @@ mod tests {
         assert_eq!(schedule.final_(112, 0), slot(112.0));
         assert_eq!(schedule.final_(112, 4), slot(116.0));
         assert!(schedule.final_(112, 1) > schedule.final_(112, 0));
+    }
+
+    #[test]
+    fn rate_steps_fill_each_phase_at_its_own_pace_with_the_messages_the_plan_gives() {
+        let start = Instant::now();
+        let clock = Clock {
+            start,
+            send_until: start + Duration::from_secs(3),
+            drain_until: start + Duration::from_secs(33),
+        };
+        let mut settings = Settings::try_parse_from([
+            "loadgen",
+            "--am",
+            "127.0.0.1:1",
+            "--pki",
+            "/nonexistent",
+            "--rate-steps",
+            "100:2,301:1",
+        ])
+        .expect("settings parse");
+        settings.check().expect("valid");
+        settings.apply_steps();
+        assert_eq!((settings.duration, settings.rate), (3, 100));
+        let providers = 7;
+        let mut in_phase = [0usize; 2];
+        for index in 0..providers {
+            let schedule = Schedule::new(&settings, providers, index, clock);
+            // The plan's share: every phase's slots of this provider.
+            let share = crate::settings::slots(200, providers, index) + crate::settings::slots(301, providers, index);
+            let mut last = start;
+            for n in 0..share {
+                let due = schedule.interim(n);
+                assert!(due >= last && due < clock.send_until, "provider {index} message {n}");
+                last = due;
+                in_phase[usize::from(due >= start + Duration::from_secs(2))] += 1;
+            }
+        }
+        // 100/s for 2 s, then 301/s for 1 s: every message in its phase.
+        assert_eq!(in_phase, [200, 301]);
     }
 
     #[test]

@@ -348,7 +348,18 @@ pub fn sign_ahead(
         by_provider[*provider].push(credential.clone());
     }
     let total = settings.interims_planned();
+    // With --rate-steps, each phase's share as its schedule has slots
+    // (crate::settings::slots), so that no provider has interims left over
+    // past the last phase.
+    let stepped = settings.rate_steps.is_some() && !settings.max;
     let share = |index: usize| -> usize {
+        if stepped {
+            return settings
+                .steps()
+                .iter()
+                .map(|(rate, seconds)| crate::settings::slots(rate.saturating_mul(*seconds), providers, index))
+                .sum();
+        }
         let base = total / providers as u64;
         let extra = u64::from((index as u64) < total % providers as u64);
         (base + extra) as usize

@@ -62,7 +62,7 @@ pub struct Second {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_lateness_max_ms: Option<f64>,
     /// The latency of the attempts answered stored in this second, each
-    /// from its own send (a first attempt: from its intended time).
+    /// from when loadgen picked it up to write it (retries included).
     pub stored_attempt_ms: Latency,
     /// Attempts answered "busy, retry" in this second.
     pub busy: u64,

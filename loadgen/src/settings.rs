@@ -178,7 +178,16 @@ impl Settings {
             return Err(format!("--drain must be at most {DURATION_S_MAX} seconds"));
         }
         if let Some(steps) = &self.rate_steps {
-            parse_steps(steps)?;
+            let messages: u64 = parse_steps(steps)?
+                .iter()
+                .map(|(rate, seconds)| rate.saturating_mul(*seconds))
+                .fold(0u64, u64::saturating_add);
+            if messages > self.messages_max {
+                return Err(format!(
+                    "--rate-steps asks for {messages} messages, more than --messages-max {}: raise it",
+                    self.messages_max
+                ));
+            }
         }
         if !self.max && self.rate == 0 {
             return Err("--rate must be at least 1 (or use --max)".into());
@@ -239,6 +248,17 @@ impl Settings {
             self.duration = steps.iter().map(|(_, seconds)| seconds).sum();
             self.rate = steps.first().map_or(self.rate, |(rate, _)| *rate);
         }
+    }
+}
+
+/// A provider's slots in a phase of `messages` in all over `providers`
+/// taking turns: those j with index + j × providers < messages.
+pub fn slots(messages: u64, providers: usize, index: usize) -> usize {
+    let (providers, index) = (providers.max(1) as u64, index as u64);
+    if messages <= index {
+        0
+    } else {
+        ((messages - index - 1) / providers + 1) as usize
     }
 }
 

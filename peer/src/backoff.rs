@@ -1,5 +1,5 @@
-//! Backing off after "busy, retry" (BUSY or SHUTTING_DOWN answers, and
-//! Errors with those codes): the next attempt waits a jittered,
+//! Backing off after "busy, retry" (BUSY, OUT_OF_SPACE or SHUTTING_DOWN
+//! answers): the next attempt waits a jittered,
 //! exponentially growing delay, so that an overloaded AM that sheds load is
 //! not met by providers that send the shed messages straight back (a spin
 //! that turns shedding into more load).
@@ -92,6 +92,11 @@ impl Backoff {
     /// When retries may start again; `None` when not backing off.
     pub fn until(&self, now: Instant) -> Option<Instant> {
         self.until.filter(|until| *until > now)
+    }
+
+    /// When the last backoff ended or ends (`None`: none yet).
+    pub fn last_until(&self) -> Option<Instant> {
+        self.until
     }
 
     /// Whether a retry may go at `now`.

@@ -338,23 +338,26 @@ impl Inner {
             .and_then(|backoff| backoff.until(Instant::now()))
     }
 
-    /// One frame of answers from `partition`: a "busy, retry" among them
-    /// starts a backoff (once per flight), else a stored one ends the streak.
-    fn note_answers(&self, partition: PartitionId, entries: &[wire::AckEntry]) {
+    /// One frame of answers from `partition`: a stored one ends the
+    /// streak, a "busy, retry" starts a backoff (once per flight). True
+    /// when one asked for a backoff.
+    fn note_answers(&self, partition: PartitionId, entries: &[wire::AckEntry]) -> bool {
         let busy = entries.iter().any(|entry| asks_backoff(entry.status));
         let stored = entries.iter().any(|entry| entry.status.is_stored());
         if !busy && !stored {
-            return;
+            return false;
         }
         let Ok(mut backoff) = self.backoff.lock() else {
-            return;
+            return busy;
         };
         let backoff = backoff.entry(partition).or_default();
-        if busy {
-            backoff.refused(Instant::now());
-        } else {
+        if stored {
             backoff.stored();
         }
+        if busy {
+            backoff.refused(Instant::now());
+        }
+        busy
     }
 
     /// The route now.
@@ -794,11 +797,16 @@ async fn deliver_once(
     let (mut sender, mut receiver) = (stream.sender, stream.receiver);
     let expected = outgoing.len();
     // Send and read at once: the AM reads a stream only while its acks
-    // are read, so sending everything first could block both sides.
+    // are read, so sending everything first could block both sides. A
+    // "busy, retry" answer stops the sending (the backoff holds the rest):
+    // the stream is finished, the AM answers what it read and finishes its
+    // side, which ends the loop below.
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_sending = refused.clone();
     let writer = AbortOnDrop(tokio::spawn(async move {
         for chunk in outgoing.chunks(256) {
-            if sender.send(chunk).await.is_err() {
-                return;
+            if stop_sending.load(std::sync::atomic::Ordering::Relaxed) || sender.send(chunk).await.is_err() {
+                break;
             }
         }
         let _ = sender.finish();
@@ -812,7 +820,9 @@ async fn deliver_once(
             Ok(Ok(None)) | Err(_) => break,
             Ok(Err(error)) => return Ok((client, Err((error, answered)))),
         };
-        inner.note_answers(partition, &entries);
+        if inner.note_answers(partition, &entries) {
+            refused.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let Ok(mut sessions) = inner.sessions.lock() else {
             return Err(ClientError::Connection("sessions poisoned".into()));
         };

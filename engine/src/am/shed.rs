@@ -16,10 +16,13 @@
 //! share += ALPHA × (delay − target) / target + BETA × (delay − previous delay) / target
 //! ```
 //!
-//! clamped to 0..=[`SHARE_MAX`]. A delay that stays at twice the target
-//! raises the share by [`ALPHA`] per interval (from 0 to a half in 250 ms);
-//! once the delay is under the target the share falls as fast, and an
-//! empty queue decays it by a tenth per interval. The share is applied
+//! clamped to 0..=[`SHARE_MAX`], rising by at most [`RISE_MAX`] per
+//! interval (one slow batch does not shed everything at once). A delay
+//! that stays at twice the target raises the share by [`ALPHA`] per
+//! interval (from 0 to a half in about 250 ms); once the delay is under
+//! the target the share falls as fast, an empty queue decays it by a tenth
+//! per interval, and so does every interval in which no read was admitted
+//! (updates run on admission). The share is applied
 //! without randomness: each read adds the share to a running sum and is
 //! shed when the sum crosses a whole number, so that exactly that share of
 //! reads is shed, spread evenly (the reads of one connection are no more
@@ -43,6 +46,10 @@ pub const UPDATE_INTERVAL: Duration = Duration::from_millis(10);
 pub const ALPHA: f64 = 0.02;
 /// Share gained per interval per target the delay grew by since the last.
 pub const BETA: f64 = 0.05;
+/// The most the share rises in one interval: one slow batch (a commit
+/// that took a second) does not shed nearly everything at once; a delay
+/// that stays high still reaches a half in 100 ms.
+pub const RISE_MAX: f64 = 0.05;
 /// The share never reaches 1: some reads always get through, so that the
 /// delay keeps being measured and providers keep making progress.
 pub const SHARE_MAX: f64 = 0.98;
@@ -77,6 +84,8 @@ struct Control {
     share: f64,
     /// The delay measured at the last update, seconds.
     previous_delay: f64,
+    /// When the last update ran (µs since the epoch).
+    last_update_us: u64,
 }
 
 /// The verify queue's overload control, shared by every stream's admission
@@ -126,6 +135,7 @@ impl Shedder {
             control: Mutex::new(Control {
                 share: 0.0,
                 previous_delay: 0.0,
+                last_update_us: 0,
             }),
         }
     }
@@ -196,9 +206,21 @@ impl Shedder {
         let Ok(mut control) = self.control.lock() else {
             return;
         };
-        let mut share = control.share
-            + ALPHA * (delay - self.target) / self.target
-            + BETA * (delay - control.previous_delay) / self.target;
+        // Updates run only while reads are admitted: after a pause (every
+        // provider backing off at once) the share decays by a tenth per
+        // interval missed, and with nothing queued the samples from before
+        // the pause say nothing about now.
+        let interval = UPDATE_INTERVAL.as_micros() as u64;
+        let missed = (now_us.saturating_sub(control.last_update_us) / interval).saturating_sub(1);
+        control.last_update_us = now_us;
+        let (mut share, delay) = if missed > 0 {
+            let decayed = control.share * 0.9f64.powi(i32::try_from(missed.min(1_000)).unwrap_or(1_000));
+            (decayed, if queued == 0 { 0.0 } else { delay })
+        } else {
+            (control.share, delay)
+        };
+        let step = ALPHA * (delay - self.target) / self.target + BETA * (delay - control.previous_delay) / self.target;
+        share += step.min(RISE_MAX);
         if queued == 0 && count == 0 {
             share *= 0.9;
         }
@@ -252,7 +274,7 @@ mod tests {
         // Twice the target: ALPHA per interval (the growth adds BETA once).
         let (now, _) = drive(&shedder, Instant::now(), 10, 2 * TARGET, 100);
         let raised = shedder.share();
-        assert!((0.25..=0.5).contains(&raised), "share {raised}");
+        assert!((0.2..=0.5).contains(&raised), "share {raised}");
         let (now, shed) = drive(&shedder, now, 1, 2 * TARGET, 1000);
         let expected = shedder.share() * 1000.0;
         assert!(
@@ -283,6 +305,25 @@ mod tests {
             now += UPDATE_INTERVAL;
             shedder.shed(0, now);
         }
+        assert_eq!(shedder.share(), 0.0);
+    }
+
+    #[test]
+    fn one_slow_batch_raises_the_share_by_a_step_only() {
+        let shedder = Shedder::new(TARGET);
+        let (now, _) = drive(&shedder, Instant::now(), 10, Duration::from_millis(5), 10);
+        let (_, _) = drive(&shedder, now, 1, Duration::from_secs(1), 1);
+        assert!(shedder.share() <= RISE_MAX + 1e-9, "share {}", shedder.share());
+    }
+
+    #[test]
+    fn a_pause_in_admissions_decays_the_share() {
+        let shedder = Shedder::new(TARGET);
+        let (now, _) = drive(&shedder, Instant::now(), 30, 4 * TARGET, 10);
+        assert!(shedder.share() > 0.5, "share {}", shedder.share());
+        // Two seconds without an admission, the queue drained meanwhile.
+        let later = now + Duration::from_secs(2);
+        shedder.shed(0, later);
         assert_eq!(shedder.share(), 0.0);
     }
 
