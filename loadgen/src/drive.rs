@@ -488,6 +488,12 @@ impl Schedule {
 const CONNECT_ATTEMPTS: u32 = 3;
 /// How long one handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one reconnection attempt may take (after a lost connection).
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first backoff before a reconnection, and the longest (jittered
+/// 0.5-1.5x).
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MOST: Duration = Duration::from_secs(2);
 
 /// Connect every provider before the timed phase, at most
 /// `--connect-concurrency` handshakes at once; `progress` counts the
@@ -601,13 +607,19 @@ async fn run_provider(
     handshakes: &Semaphore,
 ) {
     let shared = context.shared;
+    // Reconnections back off with jitter; each attempt is short, so that
+    // one begun while the AM was down (its Initial unanswered, QUIC's
+    // retransmissions backing off to 8 s and more) does not keep the
+    // provider away long after the AM is back.
+    let mut reconnect = peer::backoff::Backoff::with_bounds(RECONNECT_FIRST, RECONNECT_MOST, None);
+    let mut attempt_timeout = HANDSHAKE_TIMEOUT;
     while Instant::now() < context.clock.drain_until {
         let client = match initial.take() {
             Some(client) => Ok(Ok(client)),
             None => {
                 let _permit = handshakes.acquire().await;
                 tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
+                    attempt_timeout,
                     AmClient::connect_with(&endpoint, config.clone(), provider.address),
                 )
                 .await
@@ -616,9 +628,12 @@ async fn run_provider(
         let Ok(Ok(client)) = client else {
             shared.with(|stats| stats.connect_failures += 1);
             shared.errors.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let until = reconnect.refused(Instant::now());
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
             continue;
         };
+        reconnect.stored();
+        attempt_timeout = RECONNECT_TIMEOUT;
         let done = run_connection(provider, &client, context).await;
         let traffic = client.connection_handle().stats();
         shared.with(|stats| stats.quic.add(&traffic));
@@ -643,7 +658,8 @@ async fn run_provider(
             state.duplicates.clear();
             state.faults.clear();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let until = reconnect.refused(Instant::now());
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
     }
     let state = provider.lock();
     let mut missing: BTreeMap<Class, u64> = BTreeMap::new();

@@ -41,18 +41,37 @@ pub struct Backoff {
     until: Option<Instant>,
     /// xorshift64 state of the jitter.
     random: u64,
+    /// The first delay and the longest (before jitter).
+    first: Duration,
+    most: Duration,
 }
 
 impl Default for Backoff {
+    /// The rule after "busy, retry", with a random seed (per process,
+    /// without another dependency).
     fn default() -> Self {
-        // A per-process random seed without another dependency.
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(0x9e37_79b9_7f4a_7c15);
-        Self::with_seed(hasher.finish())
+        Self::with_seed(random_seed())
     }
 }
 
+/// A fresh per-process seed.
+fn random_seed() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0x9e37_79b9_7f4a_7c15);
+    hasher.finish()
+}
+
 impl Backoff {
+    /// The same rule with other bounds (reconnection attempts), the jitter
+    /// drawn from `seed` (`None`: a fresh random one).
+    pub fn with_bounds(first: Duration, most: Duration, seed: Option<u64>) -> Self {
+        Self {
+            first,
+            most,
+            ..Self::with_seed(seed.unwrap_or_else(random_seed))
+        }
+    }
+
     /// A backoff whose jitter is drawn from `seed` (reproducible runs).
     pub fn with_seed(seed: u64) -> Self {
         // splitmix64 of the seed: nearby seeds (provider numbers) start
@@ -65,6 +84,8 @@ impl Backoff {
             streak: 0,
             until: None,
             random: mixed | 1,
+            first: BUSY_BACKOFF_MIN,
+            most: BUSY_BACKOFF_MAX,
         }
     }
 
@@ -77,8 +98,8 @@ impl Backoff {
             return until;
         }
         self.streak = self.streak.saturating_add(1);
-        let doubled = BUSY_BACKOFF_MIN.saturating_mul(1u32 << (self.streak - 1).min(16));
-        let delay = doubled.min(BUSY_BACKOFF_MAX).mul_f64(0.5 + self.uniform());
+        let doubled = self.first.saturating_mul(1u32 << (self.streak - 1).min(16));
+        let delay = doubled.min(self.most).mul_f64(0.5 + self.uniform());
         let until = now + delay;
         self.until = Some(until);
         until

@@ -128,7 +128,8 @@ struct Target {
 
 /// How long after its lifetime a session is kept (late accounting, acks).
 const SESSION_GRACE_MS: u64 = 3_600_000;
-/// Backoff between reconnection attempts, doubling up to the maximum.
+/// Backoff between reconnection attempts, doubling up to the maximum,
+/// jittered 0.5-1.5x (`peer::backoff`).
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// Sessions are pruned when the map reaches a multiple of this size.
@@ -295,7 +296,9 @@ fn route_in(map: &ClusterMap, keys: &HashMap<PartitionId, PublicKey>, provider: 
 /// Reconnect (with backoff) whenever the AM connection is closed, until
 /// the node is dropped.
 async fn keep_connected(inner: std::sync::Weak<Inner>) {
-    let mut backoff = RECONNECT_MIN;
+    // Jittered: providers that lost the AM together do not all come back
+    // in the same instant.
+    let mut backoff = Backoff::with_bounds(RECONNECT_MIN, RECONNECT_MAX, None);
     loop {
         // Only a weak reference while waiting: a node dropped without `stop`
         // is freed.
@@ -316,14 +319,17 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
                     () = changed.notified() => {}
                 }
             }
-            None => tokio::time::sleep(backoff).await,
+            None => {
+                let until = backoff.until(Instant::now()).unwrap_or_else(Instant::now);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            }
         }
         let Some(node) = inner.upgrade() else { return };
         match node.connect(node.home()).await {
-            Ok(_) => backoff = RECONNECT_MIN,
+            Ok(_) => backoff.stored(),
             Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RECONNECT_MAX);
+                let until = backoff.refused(Instant::now());
+                tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
             }
         }
     }
