@@ -569,7 +569,6 @@ targets = [
     target("seconds to recover the pre-overload p99 (x2) after a phase", max(recovery[i] for i in (1, 3)), 5, 1, higher=False),
     target("reconnect storm: fresh traffic's p99 until the backlog is stored, ms", storm["p99_ms"], 1000, 250, higher=False),
     target("lost + doubled after the overload phases and the storm", lost_doubled, 0, 0, higher=False),
-    target(f"throughput {providers(acct['max_10k'])} / {providers(acct['max_1k'])} providers", acct["max_10k"]["throughput_per_s"] / rate, 0.8, 0.95),
     target(f"AM peak RSS with {providers(acct['max_10k'])} providers, MiB", rss("max_10k") / 1024, 1024, 512, higher=False),
     target("ingest p99 with export / without, at 15% of max", lat(acct["open_15_export"])["p99"] / max(lat(acct["open_15"])["p99"], 1e-9), 2, 1.3, higher=False),
     target("ingest p99 with export / without, at 50% of max", lat(acct["open_50_export"])["p99"] / max(lat(acct["open_50"])["p99"], 1e-9), 2, 1.3, higher=False),
@@ -597,6 +596,9 @@ result = {
     "records": ceiling["records"], "signed_bytes_mean": ceiling["signed_bytes_mean"], "duplicate_ratio": 0.01,
     "systems": systems, "targets": targets, "floor": floor,
     "open_loop_max_per_s": open_max, "phases": result_phases, "storm": storm,
+    # Printed every run, not a target (issue 30).
+    "connections_ratio": {"providers": [providers(acct["max_10k"]), providers(acct["max_1k"])],
+                          "value": acct["max_10k"]["throughput_per_s"] / rate},
 }
 json.dump(result, open(out, "w"), indent=2)
 print(f"{'system':<52} {'msgs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'AM p99 ms':>9}")
@@ -611,6 +613,8 @@ print(f"{'figure':<58} {'value':>9} {'required':>9} {'goal':>7}  result")
 for t in targets:
     verdict = "goal met" if t["goal_met"] else "required met" if t["required_met"] else "NOT MET"
     print(f"{t['figure']:<58} {t['value']:>9.2f} {t['required']:>9} {t['goal']:>7}  {verdict}")
+print(f"\nthroughput {providers(acct['max_10k'])} / {providers(acct['max_1k'])} providers, closed loop: "
+      f"{result['connections_ratio']['value']:.2f} (a figure, not a target)")
 print(f"\nopen-loop max {open_max}/s ({open_max / rate:.2f} of the closed loop's {rate:.0f}/s); phases (p99s: stored acks, each attempt from its send; latency: from the schedule):")
 print(f"{'phase':<22} {'rate/s':>8} {'goodput/s':>10} {'stored p99':>11} {'latency p99':>12} {'busy':>9} {'busy p99':>9} {'UDP drops':>10} {'recovery s':>10}")
 for row in phase_rows:

@@ -301,7 +301,7 @@ impl Default for IngestConfig {
             commit_group_messages_max: 4_096,
             stream_inflight_messages_max: 1_024,
             admission_wait_ms: 50,
-            queue_delay_target_ms: 50,
+            queue_delay_target_ms: 100,
             connections_max: 20_000,
             connections_per_provider_max: 64,
             streams_per_connection_max: 8,
@@ -463,7 +463,7 @@ data = "data"
 # commit_group_messages_max = 4096        # messages per WAL sync
 # stream_inflight_messages_max = 1024     # then QUIC flow control holds the provider
 # admission_wait_ms = 50                  # for room in a full verify queue, then "busy, retry"
-# queue_delay_target_ms = 50              # overload control sheds reads BUSY above this delay; 0: off
+# queue_delay_target_ms = 100             # overload control sheds reads BUSY above this delay; 0: off
 # connections_max = 20000
 # connections_per_provider_max = 64      # then code 8 right after the handshake
 # streams_per_connection_max = 8

@@ -359,7 +359,17 @@ struct State {
     /// After "busy, retry": nothing is sent before its end (peer::backoff,
     /// the provider library's rule).
     backoff: peer::backoff::Backoff,
+    /// Unanswered messages allowed on the main stream: `--window` in the
+    /// closed loop, [`OPEN_LOOP_WINDOW`] in the open loop, halved at each
+    /// backoff (peer::backoff::Window).
+    window: peer::backoff::Window,
 }
+
+/// The open loop's largest window per provider: the AM's default bound on a
+/// stream's unanswered messages (`ingest.stream_inflight_messages_max`).
+/// Until a backoff halves it, it holds nothing back at any rate the AM
+/// keeps up with.
+const OPEN_LOOP_WINDOW: usize = 1024;
 
 impl Provider {
     fn message(&self, index: usize) -> &Signed<wire::Accounting> {
@@ -569,7 +579,14 @@ pub async fn run(
         let provider = Arc::new(Provider {
             address,
             plan,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                window: peer::backoff::Window::new(if settings.max {
+                    settings.window
+                } else {
+                    OPEN_LOOP_WINDOW
+                }),
+                ..State::default()
+            }),
             changed: Notify::new(),
             open_loop: !settings.max,
             malformed: Arc::new(Semaphore::new(MALFORMED_STREAMS_MAX)),
@@ -778,12 +795,10 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             // A backoff holds everything (as a producer library does): what
             // falls due meanwhile goes out together when it ends, its
             // latency counted from its scheduled time.
-            let room = if !backoff_ready {
-                0
-            } else if settings.max {
-                settings.window.saturating_sub(state.inflight.len())
+            let room = if backoff_ready {
+                state.window.size().saturating_sub(state.inflight.len())
             } else {
-                usize::MAX
+                0
             };
             let limit = room.min(WRITE_MESSAGES_MAX);
             while backoff_ready && batch.len() < limit {
@@ -879,9 +894,12 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                 (state.finals_sent < provider.plan.finals.len())
                     .then(|| schedule.final_(state.cursor, state.finals_sent) + linger)
             };
+            // A full window: pick up again when an answer makes room (the
+            // receiver wakes this task), not at a due time already past.
+            let window_full = state.inflight.len() >= state.window.size();
+            let next_due = if window_full { None } else { next_due };
             // In a backoff: pick up again when it ends.
             let next_due = state.backoff.until(now).or(next_due);
-            let window_full = settings.max && state.inflight.len() >= settings.window;
             (
                 !backoff_ready || ((state.retry.is_empty() || window_full) && state.duplicate_queue.is_empty()),
                 state.inflight.len() + state.duplicates.len() + state.faults.len(),
@@ -1046,7 +1064,10 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
         let wake = {
             let mut state = provider.lock();
             let queued_before = state.retry.len() + state.duplicate_queue.len();
-            let (mut refused, mut stored) = (false, false);
+            let in_flight = state.inflight.len();
+            let window_was_full = in_flight >= state.window.size();
+            let mut refused = false;
+            let mut stored = 0usize;
             for entry in &entries {
                 match stream {
                     Stream::Main => {
@@ -1054,7 +1075,7 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                             continue;
                         };
                         refused |= peer::backoff::asks_backoff(entry.status);
-                        stored |= entry.status.is_stored();
+                        stored += usize::from(entry.status.is_stored());
                         let class = provider.class(index);
                         // WRONG_PARTITION is retryable elsewhere, but loadgen
                         // sends each provider to one partition only: its map
@@ -1090,15 +1111,21 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                     }
                 }
             }
-            // A stored answer among a frame's ends the streak; a "busy,
-            // retry" starts a backoff (the rest of the flight's count with it).
-            if stored {
-                state.backoff.stored();
+            // A "busy, retry" starts a backoff (the rest of the flight's
+            // count with it); the streak ends after a quiet time
+            // (peer::backoff), not at a stored answer.
+            // The window halves when a backoff begins and grows with stored answers.
+            if stored > 0 {
+                state.window.stored(stored);
             }
             if refused {
+                if state.backoff.ready(now) {
+                    state.window.backed_off(in_flight);
+                }
                 state.backoff.refused(now);
             }
             !provider.open_loop
+                || window_was_full
                 || state.retry.len() + state.duplicate_queue.len() > queued_before
                 || (state.inflight.is_empty() && state.duplicates.is_empty() && state.faults.is_empty())
         };

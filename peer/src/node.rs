@@ -344,26 +344,17 @@ impl Inner {
             .and_then(|backoff| backoff.until(Instant::now()))
     }
 
-    /// One frame of answers from `partition`: a stored one ends the
-    /// streak, a "busy, retry" starts a backoff (once per flight). True
-    /// when one asked for a backoff.
+    /// One frame of answers from `partition`: a "busy, retry" starts a
+    /// backoff (once per flight; the streak ends after a quiet time, not
+    /// at a stored answer: peer::backoff). True when one asked for a backoff.
     fn note_answers(&self, partition: PartitionId, entries: &[wire::AckEntry]) -> bool {
-        let busy = entries.iter().any(|entry| asks_backoff(entry.status));
-        let stored = entries.iter().any(|entry| entry.status.is_stored());
-        if !busy && !stored {
+        if !entries.iter().any(|entry| asks_backoff(entry.status)) {
             return false;
         }
-        let Ok(mut backoff) = self.backoff.lock() else {
-            return busy;
-        };
-        let backoff = backoff.entry(partition).or_default();
-        if stored {
-            backoff.stored();
+        if let Ok(mut backoff) = self.backoff.lock() {
+            backoff.entry(partition).or_default().refused(Instant::now());
         }
-        if busy {
-            backoff.refused(Instant::now());
-        }
-        busy
+        true
     }
 
     /// The route now.

@@ -174,3 +174,72 @@ fn loadgen_audit_without_the_cold_folder_counts_exported_records_as_stored() {
     assert!(exported > 0, "no exported record was reported:\n{stdout}");
     assert!(am.terminate(Duration::from_secs(30)), "acct serve did not stop cleanly");
 }
+
+#[test]
+fn an_overloaded_am_answers_busy_early_and_stores_every_shed_message_once() {
+    // An AM made to overload at once: one verifier, small batches, a queue
+    // of 256 and a 1 ms delay target, so that overload control sheds reads
+    // (a debug build verifies slowly). loadgen's providers back off on every
+    // BUSY and send again; the audit must find every message stored once.
+    let pki = TestPki::new(0, 0);
+    let folder = tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
+    let config = pki.node_config(
+        "am-1",
+        "127.0.0.1:0",
+        folder.path(),
+        "[ingest]\nverify_threads = 1\nverify_batch_messages_max = 64\nverify_queue_messages_max = 256\n\
+         queue_delay_target_ms = 1\nadmission_wait_ms = 1\n",
+    );
+    let metrics_port = acct_tests::free_tcp_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let args: Vec<std::ffi::OsString> = ["serve", "--config"]
+        .iter()
+        .map(Into::into)
+        .chain([config.into_os_string()])
+        .chain(["--no-export", "--metrics", &metrics].iter().map(Into::into))
+        .collect();
+    let am = AmProcess::spawn(&args, &[], "acct serve: listening on ");
+    let report_path = folder.path().join("report.json");
+    let mut loadgen = Command::new(binary("loadgen"));
+    loadgen
+        .args(["--am", &am.address.to_string()])
+        .arg("--pki")
+        .arg(pki.pki())
+        .args(["--providers", "40", "--sessions", "80", "--users", "10"])
+        .args([
+            "--max",
+            "--window",
+            "256",
+            "--messages-max",
+            "20000",
+            "--duration",
+            "4",
+            "--drain",
+            "60",
+        ])
+        .args(["--seed", "3", "--audit", "--quiet", "--json"])
+        .arg(&report_path);
+    let (report, stdout) = run_loadgen(&mut loadgen, &report_path);
+    let number = |field: &str| {
+        report[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("report field {field} missing:\n{report:#}"))
+    };
+    // Shed: BUSY answers came, and quickly (each attempt from its send).
+    let busy = report["attempt_latency_ms"]["busy"]["count"].as_u64().unwrap_or(0);
+    assert!(busy > 0, "no BUSY answer: the AM was not overloaded\n{stdout}");
+    assert!(number("retried") >= busy, "{stdout}");
+    let text = acct_tests::http_get(metrics_port, "/metrics");
+    let shed: f64 = text
+        .lines()
+        .filter(|line| line.starts_with("acct_shed_messages_total{reason=\"queue_delay\"}"))
+        .filter_map(|line| line.split_whitespace().last()?.parse().ok())
+        .sum();
+    assert!(shed > 0.0, "no read shed for its queue delay:\n{text}");
+    // Everything shed was sent again and stored once.
+    assert_eq!(number("unanswered"), 0, "{stdout}");
+    assert_eq!(number("acked_stored"), number("sent_accounting"), "{stdout}");
+    assert_eq!(number("lost"), 0, "{stdout}");
+    assert_eq!(number("double_stored"), 0, "{stdout}");
+    assert!(am.terminate(Duration::from_secs(30)), "acct serve did not stop cleanly");
+}
