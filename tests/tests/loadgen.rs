@@ -233,7 +233,7 @@ fn an_overloaded_am_answers_busy_early_and_stores_every_shed_message_once() {
     let shed: f64 = text
         .lines()
         .filter(|line| line.starts_with("acct_shed_messages_total{reason=\"queue_delay\"}"))
-        .filter_map(|line| line.split_whitespace().last()?.parse().ok())
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
         .sum();
     assert!(shed > 0.0, "no read shed for its queue delay:\n{text}");
     // Everything shed was sent again and stored once.
