@@ -20,7 +20,7 @@ mode="${1:?closed or steps}" target="${2:?queue delay target, ms}"
 work="$(mktemp -d)"
 am_pid=""
 cleanup() {
-  [ -n "$am_pid" ] && kill -TERM "$am_pid" 2>/dev/null || true
+  if [ -n "$am_pid" ]; then kill -TERM "$am_pid" 2>/dev/null || true; wait "$am_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

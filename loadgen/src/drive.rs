@@ -363,6 +363,8 @@ struct State {
     /// closed loop, [`OPEN_LOOP_WINDOW`] in the open loop, halved at each
     /// backoff (peer::backoff::Window).
     window: peer::backoff::Window,
+    /// When answers last made room in a full window.
+    window_opened: Option<Instant>,
 }
 
 /// The open loop's largest window per provider: the AM's default bound on a
@@ -631,6 +633,7 @@ async fn run_provider(
     let mut reconnect = peer::backoff::Backoff::with_bounds(RECONNECT_FIRST, RECONNECT_MOST, None);
     let mut attempt_timeout = HANDSHAKE_TIMEOUT;
     while Instant::now() < context.clock.drain_until {
+        let attempt = Instant::now();
         let client = match initial.take() {
             Some(client) => Ok(Ok(client)),
             None => {
@@ -645,7 +648,7 @@ async fn run_provider(
         let Ok(Ok(client)) = client else {
             shared.with(|stats| stats.connect_failures += 1);
             shared.errors.fetch_add(1, Ordering::Relaxed);
-            let until = reconnect.refused(Instant::now());
+            let until = reconnect.refused(Instant::now(), attempt);
             tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
             continue;
         };
@@ -675,7 +678,8 @@ async fn run_provider(
             state.duplicates.clear();
             state.faults.clear();
         }
-        let until = reconnect.refused(Instant::now());
+        let now = Instant::now();
+        let until = reconnect.refused(now, now);
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
     }
     let state = provider.lock();
@@ -791,7 +795,9 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             let sending_phase = state.cursor < interims
                 && (now < clock.send_until || (!settings.max && schedule.interim(state.cursor) < clock.send_until));
             let backoff_ready = state.backoff.ready(now);
-            let held_until = state.backoff.last_until();
+            // Held by a backoff or a full window: loadgen's own lateness
+            // counts from when it let go.
+            let held_until = state.backoff.last_until().max(state.window_opened);
             // A backoff holds everything (as a producer library does): what
             // falls due meanwhile goes out together when it ends, its
             // latency counted from its scheduled time.
@@ -832,7 +838,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                         .inflight
                         .insert(message.value().message_id(), (intended, now, index));
                     batch.push(message);
-                    // Held by a backoff: loadgen's own lateness counts from its end.
+                    // Held by a backoff or the window: lateness counts from the release.
                     due.push(held_until.map_or(intended, |until| intended.max(until)));
                     state.cursor += 1;
                     interims_sent += 1;
@@ -856,7 +862,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
                         .inflight
                         .insert(message.value().message_id(), (intended, now, index));
                     batch.push(message);
-                    // Held by a backoff: loadgen's own lateness counts from its end.
+                    // Held by a backoff or the window: lateness counts from the release.
                     due.push(held_until.map_or(intended, |until| intended.max(until)));
                     state.finals_sent += 1;
                     finals_queued += 1;
@@ -1066,7 +1072,7 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
             let queued_before = state.retry.len() + state.duplicate_queue.len();
             let in_flight = state.inflight.len();
             let window_was_full = in_flight >= state.window.size();
-            let mut refused = false;
+            let mut refused: Option<Instant> = None;
             let mut stored = 0usize;
             for entry in &entries {
                 match stream {
@@ -1074,7 +1080,10 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
                         let Some((intended, attempt, index)) = state.inflight.remove(&entry.message_id) else {
                             continue;
                         };
-                        refused |= peer::backoff::asks_backoff(entry.status);
+                        // The earliest refused attempt's send (peer::backoff times the quiet from it).
+                        if peer::backoff::asks_backoff(entry.status) {
+                            refused = Some(refused.map_or(attempt, |earliest| earliest.min(attempt)));
+                        }
                         stored += usize::from(entry.status.is_stored());
                         let class = provider.class(index);
                         // WRONG_PARTITION is retryable elsewhere, but loadgen
@@ -1118,11 +1127,16 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
             if stored > 0 {
                 state.window.stored(stored);
             }
-            if refused {
+            if let Some(sent) = refused {
                 if state.backoff.ready(now) {
                     state.window.backed_off(in_flight);
                 }
-                state.backoff.refused(now);
+                state.backoff.refused(now, sent);
+            }
+            // Room again in a window that was full: loadgen's own lateness
+            // counts from now for what the window held.
+            if window_was_full {
+                state.window_opened = Some(now);
             }
             !provider.open_loop
                 || window_was_full

@@ -9,8 +9,10 @@
 //! uniformly from 0.5..1.5: providers refused together do not come back
 //! together. Refusals that arrive while a backoff runs (the other answers
 //! of the same flight) count once. The streak ends only after a quiet
-//! time: a refusal that comes at least the last backoff's nominal delay
-//! after that backoff ended starts again at the first delay. A stored
+//! time: a refusal of an attempt sent at least the last backoff's nominal
+//! delay after that backoff ended starts again at the first delay (timed
+//! by the attempt's send, not by the answer, which a full queue or a slow
+//! connection attempt delays by as much as a first backoff). A stored
 //! answer does not end it: an AM that sheds a share of the reads stores
 //! the rest, so nearly every flight that meets a shedding AM gets both
 //! answers, and a streak ended by each stored one would never grow past
@@ -101,16 +103,17 @@ impl Backoff {
         }
     }
 
-    /// A "busy, retry" answer (or a failed attempt) at `now`: starts the
-    /// next backoff unless one runs. Returns when retries may start.
-    pub fn refused(&mut self, now: Instant) -> Instant {
+    /// A "busy, retry" answer (or a failed attempt) at `now` to an attempt
+    /// sent at `sent`: starts the next backoff unless one runs. Returns
+    /// when retries may start.
+    pub fn refused(&mut self, now: Instant, sent: Instant) -> Instant {
         if let Some(until) = self.until {
             if until > now {
                 return until;
             }
-            // Quiet since the last backoff ended for as long as it lasted
-            // (nominally): the streak starts again.
-            if now.saturating_duration_since(until) >= self.nominal {
+            // The attempt went out after a quiet time as long as the last
+            // backoff (nominally): the streak starts again.
+            if sent.saturating_duration_since(until) >= self.nominal {
                 self.streak = 0;
             }
         }
@@ -232,7 +235,7 @@ mod tests {
         let mut now = start;
         let mut delays = Vec::new();
         for _ in 0..12 {
-            let until = backoff.refused(now);
+            let until = backoff.refused(now, now);
             delays.push(until - now);
             assert!(!backoff.ready(now));
             now = until;
@@ -247,7 +250,7 @@ mod tests {
         }
         // An explicit success ends the streak: the next refusal starts over.
         backoff.stored();
-        let until = backoff.refused(now);
+        let until = backoff.refused(now, now);
         assert!(until - now < BUSY_BACKOFF_MIN * 3 / 2);
     }
 
@@ -258,36 +261,59 @@ mod tests {
         // Three refusals, each as the previous backoff ends: 50, 100, 200 ms.
         let mut now = start;
         for _ in 0..3 {
-            now = backoff.refused(now);
+            now = backoff.refused(now, now);
         }
         // Refused again 100 ms after the 200 ms backoff ended: not quiet
         // long enough, the fourth backoff (400 ms nominal).
-        let until = backoff.refused(now + Duration::from_millis(100));
+        let until = backoff.refused(now + Duration::from_millis(100), now + Duration::from_millis(100));
         let delay = until - (now + Duration::from_millis(100));
         assert!(delay >= Duration::from_millis(200), "{delay:?}");
         // Refused 400 ms after that one ended: quiet long enough, the first delay again.
         let later = until + Duration::from_millis(400);
-        let delay = backoff.refused(later) - later;
+        let delay = backoff.refused(later, later) - later;
         assert!(delay < BUSY_BACKOFF_MIN * 3 / 2, "{delay:?}");
+    }
+
+    #[test]
+    fn a_late_answer_to_an_attempt_sent_at_once_still_doubles() {
+        // A full queue answers BUSY after admission_wait_ms (50 ms, as long
+        // as the first backoff): the quiet time counts from the send.
+        let start = Instant::now();
+        let mut backoff = Backoff::with_seed(5);
+        let mut now = start;
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            let sent = now;
+            let answered = sent + Duration::from_millis(120);
+            let until = backoff.refused(answered, sent);
+            delays.push(until - answered);
+            now = until;
+        }
+        assert!(delays[3] >= BUSY_BACKOFF_MIN * 4, "{delays:?}");
     }
 
     #[test]
     fn refusals_during_a_backoff_count_once() {
         let start = Instant::now();
         let mut backoff = Backoff::with_seed(1);
-        let first = backoff.refused(start);
+        let first = backoff.refused(start, start);
         for _ in 0..100 {
-            assert_eq!(backoff.refused(start + Duration::from_millis(1)), first);
+            assert_eq!(
+                backoff.refused(start + Duration::from_millis(1), start + Duration::from_millis(1)),
+                first
+            );
         }
         // The second backoff is the second of the streak, not the 101st.
-        let second = backoff.refused(first);
+        let second = backoff.refused(first, first);
         assert!(second - first < BUSY_BACKOFF_MIN * 2 * 3 / 2);
     }
 
     #[test]
     fn the_jitter_spreads_providers_refused_together() {
         let now = Instant::now();
-        let mut untils: Vec<Instant> = (1..=100).map(|seed| Backoff::with_seed(seed).refused(now)).collect();
+        let mut untils: Vec<Instant> = (1..=100)
+            .map(|seed| Backoff::with_seed(seed).refused(now, now))
+            .collect();
         untils.sort();
         untils.dedup();
         assert!(untils.len() > 90, "{} distinct of 100", untils.len());

@@ -325,10 +325,11 @@ async fn keep_connected(inner: std::sync::Weak<Inner>) {
             }
         }
         let Some(node) = inner.upgrade() else { return };
+        let attempt = Instant::now();
         match node.connect(node.home()).await {
             Ok(_) => backoff.stored(),
             Err(_) => {
-                let until = backoff.refused(Instant::now());
+                let until = backoff.refused(Instant::now(), attempt);
                 tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
             }
         }
@@ -347,12 +348,13 @@ impl Inner {
     /// One frame of answers from `partition`: a "busy, retry" starts a
     /// backoff (once per flight; the streak ends after a quiet time, not
     /// at a stored answer: peer::backoff). True when one asked for a backoff.
-    fn note_answers(&self, partition: PartitionId, entries: &[wire::AckEntry]) -> bool {
+    /// `sent`: when the delivery began writing (the earliest send).
+    fn note_answers(&self, partition: PartitionId, entries: &[wire::AckEntry], sent: Instant) -> bool {
         if !entries.iter().any(|entry| asks_backoff(entry.status)) {
             return false;
         }
         if let Ok(mut backoff) = self.backoff.lock() {
-            backoff.entry(partition).or_default().refused(Instant::now());
+            backoff.entry(partition).or_default().refused(Instant::now(), sent);
         }
         true
     }
@@ -800,6 +802,7 @@ async fn deliver_once(
     // side, which ends the loop below.
     let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_sending = refused.clone();
+    let sent = Instant::now();
     let writer = AbortOnDrop(tokio::spawn(async move {
         for chunk in outgoing.chunks(256) {
             if stop_sending.load(std::sync::atomic::Ordering::Relaxed) || sender.send(chunk).await.is_err() {
@@ -817,7 +820,7 @@ async fn deliver_once(
             Ok(Ok(None)) | Err(_) => break,
             Ok(Err(error)) => return Ok((client, Err((error, answered)))),
         };
-        if inner.note_answers(partition, &entries) {
+        if inner.note_answers(partition, &entries, sent) {
             refused.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let Ok(mut sessions) = inner.sessions.lock() else {
