@@ -49,7 +49,7 @@
 # PostgreSQL and JetStream verify no signature; acct verifies every one.
 # Prints one table and writes it as JSON ($OUT, default ./harness.json).
 #
-#   bash bench/scripts/harness.sh [seconds]       # default 20 s per system: about 10 minutes
+#   bash bench/scripts/harness.sh [seconds]       # default 20 s per system: about 20 minutes (18 measured)
 #   RUNS=3 bash bench/scripts/harness.sh          # three whole runs and the median of each figure
 #   SMOKE=1 bash bench/scripts/harness.sh 1       # tiny sizes, for CI
 #
