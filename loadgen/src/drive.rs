@@ -778,7 +778,8 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
     let mut due: Vec<Instant> = Vec::with_capacity(WRITE_MESSAGES_MAX);
     // Open loop with a linger: nothing is picked up until the oldest due
     // message has waited this long; then everything due goes together.
-    let linger = Duration::from_millis(settings.linger_ms);
+    // The rule ProviderNode's sender follows too (peer::linger).
+    let linger = peer::linger::Linger::new(Duration::from_millis(settings.linger_ms));
     loop {
         let now = Instant::now();
         batch.clear();
@@ -824,7 +825,7 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             }
             // Whether the oldest due message has lingered its time (always
             // without a linger, and in the closed loop).
-            let ripe = |intended: Instant| settings.max || intended + linger <= now;
+            let ripe = |intended: Instant| settings.max || linger.ripe(intended, now);
             if sending_phase {
                 let lingered = state.cursor < interims && ripe(schedule.interim(state.cursor));
                 while lingered && batch.len() < limit && state.cursor < interims {
@@ -895,10 +896,11 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             let next_due = if settings.max {
                 None
             } else if sending_phase {
-                (state.cursor < interims).then(|| schedule.interim(state.cursor).min(clock.send_until) + linger)
+                (state.cursor < interims)
+                    .then(|| linger.release_at(schedule.interim(state.cursor).min(clock.send_until)))
             } else {
                 (state.finals_sent < provider.plan.finals.len())
-                    .then(|| schedule.final_(state.cursor, state.finals_sent) + linger)
+                    .then(|| linger.release_at(schedule.final_(state.cursor, state.finals_sent)))
             };
             // A full window: pick up again when an answer makes room (the
             // receiver wakes this task), not at a due time already past.

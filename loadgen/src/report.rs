@@ -227,7 +227,8 @@ pub struct PartitionReport {
     pub providers: u64,
     /// Sessions it minted.
     pub sessions: u64,
-    /// Interims and finals it acked as stored.
+    /// Interims and finals it acked as stored: STORED, or DUPLICATE for one
+    /// stored before (its first ack lost, say with a killed partition).
     pub acked_stored: u64,
     /// Stored acks per second of the run (second 0 starts the timed phase).
     pub acked_per_second: Vec<u64>,

@@ -12,8 +12,8 @@ pub const PROVIDERS_MAX: usize = 100_000;
 pub const SESSIONS_MAX: usize = 1_000_000;
 /// Longest run.
 pub const DURATION_S_MAX: u64 = 3_600;
-/// Longest open-loop linger.
-pub const LINGER_MS_MAX: u64 = 1_000;
+/// Longest open-loop linger (`peer::linger::LINGER_MAX`).
+pub const LINGER_MS_MAX: u64 = peer::linger::LINGER_MAX.as_millis() as u64;
 /// In-flight messages per provider in closed-loop mode, at most.
 pub const WINDOW_MAX: usize = 16_384;
 

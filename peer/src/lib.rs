@@ -16,12 +16,16 @@
 //!   requests) and the small user ↔ provider channel (210/211).
 //! - [`node`]: a whole Service Provider: pushed credentials, its endpoint
 //!   for users, accounting with retransmission after reconnects.
+//! - [`backoff`] and [`linger`]: when a provider waits after "busy, retry",
+//!   and how long it holds a due message for others to join it; the node
+//!   and loadgen share both.
 //!
 //! In [`user`] and [`provider`] time is always an argument (Unix ms), so
 //! every decision is testable; [`node`] reads the system clock.
 
 pub mod backoff;
 pub mod clock;
+pub mod linger;
 pub mod net;
 pub mod node;
 pub mod provider;

@@ -12,12 +12,25 @@
 //! minted before the cluster map changed). Addresses are names resolved
 //! again at every connection.
 //!
+//! Accounting goes out by itself: a background sender holds each accounted
+//! message for the node's linger (default [`LINGER_DEFAULT`], 5 ms; zero
+//! sends at once; `None` leaves sending to [`ProviderNode::deliver`]) so that
+//! the messages accounted meanwhile travel with it in one write, as a
+//! producer's `linger.ms` does (peer::linger, the rule loadgen's
+//! `--linger-ms` follows too). What a partition does not answer stored is
+//! sent again after its backoff (peer::backoff). [`ProviderNode::deliver`]
+//! sends everything unacked at once and waits for the answers, those to the
+//! background sender's flights included.
+//!
 //! Bounds: sessions held are those the AM pushed (the AM bounds them);
-//! each session holds at most `UNACKED_MESSAGES_MAX` unacked messages;
+//! each session holds at most `UNACKED_MESSAGES_MAX` unacked messages (a
+//! message is in at most one flight at a time); background flights: at
+//! most [`FLIGHTS_MAX`] at once, each at most [`FLIGHT_TIMEOUT`];
+//! refusals kept for the next delivery's report: [`REFUSED_REPORTED_MAX`];
 //! pushed-credential notifications queue up to [`ARRIVALS_MAX`];
 //! connections: one per partition of the map at most.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +43,7 @@ use wire::{
 
 use crate::backoff::{Backoff, asks_backoff};
 use crate::clock::now_ms;
+use crate::linger::{Held, LINGER_DEFAULT, Linger};
 use crate::net::ServiceServer;
 use crate::provider::{AckOutcome, ProviderError, ProviderSession};
 use crate::quic::{AmClient, ClientError, ClientIdentity, Received};
@@ -37,13 +51,27 @@ use crate::receipts::Receipts;
 
 /// Pushed credentials waiting to be noticed by [`ProviderNode::next_credential`].
 pub const ARRIVALS_MAX: usize = 1024;
+/// Background flights at once (each its own stream; the AM allows 8 per
+/// connection by default): when all are out, what is accounted meanwhile
+/// waits and goes together with the next, as a producer's
+/// `max.in.flight` holds it.
+pub const FLIGHTS_MAX: usize = 4;
+/// Longest a background flight waits for its answers; what is unanswered
+/// then is sent again.
+pub const FLIGHT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refusals the background sender keeps for the next delivery's report
+/// (`Delivery::refused`); past it, only the counts are reported.
+pub const REFUSED_REPORTED_MAX: usize = 4096;
 
 type Sessions = Arc<Mutex<HashMap<SessionId, ProviderSession>>>;
 
-/// What one [`ProviderNode::deliver`] achieved.
+/// What one [`ProviderNode::deliver`] achieved. The answers counted are
+/// those it read and those the background sender read since the last
+/// delivery: each message's answer is counted once, by one delivery.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// Messages sent (unacked ones, retransmissions included).
+    /// Messages unacked when it began (retransmissions included), whether
+    /// it sent them or waited for the background sender's flight.
     pub sent: usize,
     /// Answered STORED or DUPLICATE: stored once at the AM.
     pub stored: usize,
@@ -67,6 +95,8 @@ pub struct ProviderNode {
     arrivals: tokio::sync::Mutex<mpsc::Receiver<SessionId>>,
     server: ServiceServer,
     keeper: tokio::task::JoinHandle<()>,
+    /// The background sender (aborted with the node: its flights too).
+    _sender: AbortOnDrop,
 }
 
 /// What the node's tasks share.
@@ -95,6 +125,28 @@ struct Inner {
     /// Per partition: the backoff after it answered "busy, retry" (one
     /// entry per partition of the map at most).
     backoff: std::sync::Mutex<HashMap<PartitionId, Backoff>>,
+    /// What the background sender and the deliveries share. Locked after
+    /// `sessions` when both are.
+    sending: std::sync::Mutex<Sending>,
+    /// Wakes the background sender: a message held, the linger changed,
+    /// a flight left messages unanswered.
+    send_wake: Arc<tokio::sync::Notify>,
+    /// Wakes deliveries waiting for messages another one has in flight.
+    flight_done: tokio::sync::Notify,
+}
+
+/// The background sender's state, and what deliveries have in flight.
+struct Sending {
+    /// `None`: accounted messages wait for [`ProviderNode::deliver`].
+    linger: Option<Linger>,
+    /// When the oldest message not yet handed to a flight was accounted.
+    held: Held,
+    /// Messages a delivery is writing or awaiting answers for: no other
+    /// sends them meanwhile (at most the sessions' unacked messages).
+    in_flight: HashSet<MessageId>,
+    /// The answers the background sender's flights read, until the next
+    /// [`ProviderNode::deliver`] reports them.
+    answered: Part,
 }
 
 /// The partitions and the home.
@@ -253,16 +305,26 @@ impl ProviderNode {
             receipts: Arc::new(std::sync::Mutex::new(Receipts::default())),
             receipt_arrived: Arc::new(tokio::sync::Notify::new()),
             backoff: std::sync::Mutex::new(HashMap::new()),
+            sending: std::sync::Mutex::new(Sending {
+                linger: Some(Linger::new(LINGER_DEFAULT)),
+                held: Held::default(),
+                in_flight: HashSet::new(),
+                answered: Part::default(),
+            }),
+            send_wake: Arc::new(tokio::sync::Notify::new()),
+            flight_done: tokio::sync::Notify::new(),
         });
         inner.connect(home).await?;
         // Keep the connection to the AM up even when nothing is to be sent:
         // an idle provider must still receive new sessions.
         let keeper = tokio::spawn(keep_connected(Arc::downgrade(&inner)));
+        let sender = AbortOnDrop(tokio::spawn(send_held(Arc::downgrade(&inner))));
         Ok(Self {
             inner,
             arrivals: tokio::sync::Mutex::new(arrivals),
             server,
             keeper,
+            _sender: sender,
         })
     }
 }
@@ -357,6 +419,23 @@ impl Inner {
             backoff.entry(partition).or_default().refused(Instant::now(), sent);
         }
         true
+    }
+
+    /// A message to send fell due at `due`: the background sender sends it
+    /// (with everything else unacked and not in flight) once the linger has
+    /// passed.
+    fn hold(&self, due: Instant) {
+        let wake = match self.sending.lock() {
+            Ok(mut sending) if sending.linger.is_some() => {
+                let first = sending.held.is_empty();
+                sending.held.note(due);
+                first
+            }
+            _ => false,
+        };
+        if wake {
+            self.send_wake.notify_one();
+        }
     }
 
     /// The route now.
@@ -533,18 +612,57 @@ impl ProviderNode {
         tokio::time::timeout(timeout, arrivals.recv()).await.ok().flatten()
     }
 
-    /// Account for a session: the message is signed and kept until acked.
+    /// Account for a session: the message is signed and kept until acked;
+    /// the background sender sends it once the linger has passed (with
+    /// everything accounted meanwhile), unless the linger is off
+    /// ([`ProviderNode::set_linger`]).
     pub fn account(
         &self,
         session_id: SessionId,
         kind: AccountingKind,
         usage: Usage,
     ) -> Result<MessageId, ProviderError> {
-        let mut sessions = self.inner.sessions.lock().map_err(|_| ProviderError::Backlog)?;
-        let session = sessions
-            .get_mut(&session_id)
-            .ok_or(ProviderError::WrongSession(session_id))?;
-        Ok(session.account(kind, usage)?.value().message_id())
+        let message_id = {
+            let mut sessions = self.inner.sessions.lock().map_err(|_| ProviderError::Backlog)?;
+            let session = sessions
+                .get_mut(&session_id)
+                .ok_or(ProviderError::WrongSession(session_id))?;
+            session.account(kind, usage)?.value().message_id()
+        };
+        self.inner.hold(Instant::now());
+        Ok(message_id)
+    }
+
+    /// How long the background sender holds an accounted message for those
+    /// accounted after it to join it in one write (capped at
+    /// [`crate::linger::LINGER_MAX`]; zero sends each at once). `None`
+    /// turns the background sender off: accounting then goes only with
+    /// [`ProviderNode::deliver`]. The default is [`LINGER_DEFAULT`].
+    pub fn set_linger(&self, linger: Option<Duration>) {
+        if let Ok(mut sending) = self.inner.sending.lock() {
+            sending.linger = linger.map(Linger::new);
+        }
+        // What is unacked now goes after the new linger.
+        if self.unacked_count() > 0 {
+            self.inner.hold(Instant::now());
+        }
+        self.inner.send_wake.notify_one();
+    }
+
+    /// The linger now (`None`: no background sending).
+    pub fn linger(&self) -> Option<Duration> {
+        self.inner
+            .sending
+            .lock()
+            .ok()
+            .and_then(|sending| sending.linger.map(Linger::hold))
+    }
+
+    /// Messages accounted and not yet answered for good (sent or not).
+    pub fn unacked_count(&self) -> usize {
+        self.inner.sessions.lock().map_or(0, |sessions| {
+            sessions.values().map(|session| session.unacked().count()).sum()
+        })
     }
 
     /// Sessions held (pushed and not yet pruned).
@@ -609,57 +727,77 @@ impl ProviderNode {
     }
 
     /// Send every unacked message of every session (retransmissions keep
-    /// their ids) while reading their acks, all within `timeout`.
-    /// Reconnects first if the connection to the AM is gone.
+    /// their ids) while reading their acks, all within `timeout`; those the
+    /// background sender has in flight are not sent twice: their answers
+    /// are waited for instead. Reconnects first if the connection to the AM
+    /// is gone. Each message is sent at most once by one delivery.
     pub async fn deliver(&self, timeout: Duration) -> Result<Delivery, ClientError> {
-        let outgoing: Vec<_> = match self.inner.sessions.lock() {
-            Ok(sessions) => sessions
-                .values()
-                .flat_map(|session| session.unacked().cloned())
-                .collect(),
+        let deadline = Instant::now() + timeout;
+        // Every message unacked now that has a partition to go to.
+        let route = self.inner.route();
+        let (unacked, unroutable) = match self.inner.sessions.lock() {
+            Ok(sessions) => {
+                let mut unacked = HashSet::new();
+                let mut unroutable = 0;
+                for message in sessions.values().flat_map(ProviderSession::unacked) {
+                    match Inner::partition_of(&route, &message.value().session_id) {
+                        Some(_) => {
+                            unacked.insert(message.value().message_id());
+                        }
+                        None => unroutable += 1,
+                    }
+                }
+                (unacked, unroutable)
+            }
             Err(_) => return Err(ClientError::Connection("sessions poisoned".into())),
         };
         let mut delivery = Delivery {
-            sent: outgoing.len(),
+            sent: unacked.len(),
+            unroutable,
             ..Delivery::default()
         };
-        // Each session's messages to the partition that holds it.
-        let route = self.inner.route();
-        let mut by_partition: HashMap<PartitionId, Vec<wire::Signed<wire::Accounting>>> = HashMap::new();
-        for message in outgoing {
-            match Inner::partition_of(&route, &message.value().session_id) {
-                Some(partition) => by_partition.entry(partition).or_default().push(message),
-                None => delivery.unroutable += 1,
-            }
-        }
-        delivery.sent -= delivery.unroutable;
-        // Every partition at once, each bounded by the deadline: one that
-        // is down does not hold back the others.
-        let deadline = Instant::now() + timeout;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (partition, outgoing) in by_partition {
-            let inner = self.inner.clone();
-            tasks.spawn(async move {
-                deliver_to(&inner, partition, outgoing, deadline)
-                    .await
-                    .map_err(|error| (partition, error))
-            });
-        }
         let mut failed = None;
         let mut reached = 0;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(part)) => {
-                    reached += 1;
+        // Not yet sent by this delivery: bounded rounds, since each round
+        // sends some of them and none twice.
+        let mut unsent = unacked.clone();
+        loop {
+            let flight_ended = self.inner.flight_done.notified();
+            tokio::pin!(flight_ended);
+            flight_ended.as_mut().enable();
+            let claimed = claim(&self.inner, Some(&unsent))?;
+            if !claimed.is_empty() {
+                for (outgoing, _) in claimed.values() {
+                    for message in outgoing {
+                        unsent.remove(&message.value().message_id());
+                    }
+                }
+                for (partition, part, result) in fly(&self.inner, claimed, deadline).await {
                     delivery.stored += part.stored;
                     delivery.duplicates += part.duplicates;
                     delivery.refused.extend(part.refused);
+                    match result {
+                        Ok(()) => reached += 1,
+                        Err(error) => {
+                            delivery.unreached.push((partition, error.to_string()));
+                            failed = Some(error);
+                        }
+                    }
                 }
-                Ok(Err((partition, error))) => {
-                    delivery.unreached.push((partition, error.to_string()));
-                    failed = Some(error);
-                }
-                Err(error) => failed = Some(ClientError::Connection(error.to_string())),
+                continue;
+            }
+            // The rest is in the background sender's flights: wait for
+            // them (what they leave unanswered is sent in the next round).
+            let waiting = match self.inner.sending.lock() {
+                Ok(sending) => unsent.iter().any(|id| sending.in_flight.contains(id)),
+                Err(_) => false,
+            };
+            if !waiting
+                || tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), flight_ended)
+                    .await
+                    .is_err()
+            {
+                break;
             }
         }
         // Only when no partition could be reached is it an error; otherwise
@@ -667,12 +805,18 @@ impl ProviderNode {
         if let (0, Some(error)) = (reached, failed) {
             return Err(error);
         }
-        delivery.pending = self
-            .inner
-            .sessions
-            .lock()
-            .map(|sessions| sessions.values().map(|session| session.unacked().count()).sum())
-            .unwrap_or(0);
+        // What the background sender was answered since the last delivery.
+        if let Ok(mut sending) = self.inner.sending.lock() {
+            let answered = std::mem::take(&mut sending.answered);
+            delivery.stored += answered.stored;
+            delivery.duplicates += answered.duplicates;
+            delivery.refused.extend(answered.refused);
+        }
+        delivery.pending = self.unacked_count();
+        if delivery.pending > 0 {
+            // The background sender tries again after the backoff.
+            self.inner.hold(Instant::now());
+        }
         self.close_idle().await;
         Ok(delivery)
     }
@@ -724,40 +868,237 @@ impl ProviderNode {
     }
 }
 
-/// What one partition answered in a [`ProviderNode::deliver`].
-#[derive(Default)]
+/// What one partition answered in a delivery.
+#[derive(Debug, Default)]
 struct Part {
     stored: usize,
     duplicates: usize,
     refused: Vec<(MessageId, AckStatus)>,
 }
 
-/// Send `outgoing` to `partition` while reading the acks, until `deadline`.
+impl Part {
+    /// Answers for good: stored or refused.
+    fn settled(&self) -> usize {
+        self.stored + self.refused.len()
+    }
+
+    /// Add `other`'s answers, keeping at most [`REFUSED_REPORTED_MAX`] refusals.
+    fn absorb(&mut self, other: Part) {
+        self.stored += other.stored;
+        self.duplicates += other.duplicates;
+        let room = REFUSED_REPORTED_MAX.saturating_sub(self.refused.len());
+        self.refused.extend(other.refused.into_iter().take(room));
+    }
+}
+
+/// Messages a delivery took to send: no other delivery sends them until
+/// they are released, when this is dropped (however the delivery ends).
+struct Claim {
+    inner: Arc<Inner>,
+    message_ids: Vec<MessageId>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut sending) = self.inner.sending.lock() {
+            for message_id in &self.message_ids {
+                sending.in_flight.remove(message_id);
+            }
+        }
+        self.inner.flight_done.notify_waiters();
+    }
+}
+
+/// Claimed messages by partition.
+type Claimed = HashMap<PartitionId, (Vec<wire::Signed<wire::Accounting>>, Claim)>;
+
+/// Claim the unacked messages (of `only`, when given) that no delivery has
+/// in flight and whose partition is known, by partition.
+fn claim(inner: &Arc<Inner>, only: Option<&HashSet<MessageId>>) -> Result<Claimed, ClientError> {
+    let route = inner.route();
+    let sessions = inner
+        .sessions
+        .lock()
+        .map_err(|_| ClientError::Connection("sessions poisoned".into()))?;
+    let mut sending = inner
+        .sending
+        .lock()
+        .map_err(|_| ClientError::Connection("sending state poisoned".into()))?;
+    let mut claimed = Claimed::new();
+    for message in sessions.values().flat_map(ProviderSession::unacked) {
+        let message_id = message.value().message_id();
+        if only.is_some_and(|only| !only.contains(&message_id)) || sending.in_flight.contains(&message_id) {
+            continue;
+        }
+        let Some(partition) = Inner::partition_of(&route, &message.value().session_id) else {
+            continue;
+        };
+        sending.in_flight.insert(message_id);
+        let (outgoing, claim) = claimed.entry(partition).or_insert_with(|| {
+            (
+                Vec::new(),
+                Claim {
+                    inner: inner.clone(),
+                    message_ids: Vec::new(),
+                },
+            )
+        });
+        outgoing.push(message.clone());
+        claim.message_ids.push(message_id);
+    }
+    Ok(claimed)
+}
+
+/// Deliver claimed messages to every partition at once, each bounded by
+/// the deadline (one that is down holds back no other): what each answered,
+/// and how it ended.
+async fn fly(
+    inner: &Arc<Inner>,
+    claimed: Claimed,
+    deadline: Instant,
+) -> Vec<(PartitionId, Part, Result<(), ClientError>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut partitions = HashMap::new();
+    for (partition, (outgoing, claim)) in claimed {
+        let inner = inner.clone();
+        let task = tasks.spawn(async move {
+            let (part, result) = deliver_to(&inner, partition, outgoing, deadline).await;
+            drop(claim);
+            (partition, part, result)
+        });
+        partitions.insert(task.id(), partition);
+    }
+    let mut ended = Vec::new();
+    while let Some(joined) = tasks.join_next_with_id().await {
+        match joined {
+            Ok((_, flight)) => ended.push(flight),
+            Err(error) => {
+                if let Some(partition) = partitions.get(&error.id()) {
+                    ended.push((
+                        *partition,
+                        Part::default(),
+                        Err(ClientError::Connection(error.to_string())),
+                    ));
+                }
+            }
+        }
+    }
+    ended
+}
+
+/// The background sender: when what is held has lingered its time, claim
+/// every unacked message no delivery has in flight and send it, one flight
+/// per partition, at most [`FLIGHTS_MAX`] at once; until the node is gone.
+async fn send_held(inner: std::sync::Weak<Inner>) {
+    let mut flights = tokio::task::JoinSet::new();
+    loop {
+        // Only a weak reference while waiting: a node dropped without
+        // `stop` is freed.
+        let (wake, release_at) = {
+            let Some(node) = inner.upgrade() else { return };
+            let Ok(sending) = node.sending.lock() else { return };
+            let release_at = sending.linger.and_then(|linger| sending.held.release_at(linger));
+            (node.send_wake.clone(), release_at)
+        };
+        let room = flights.len() < FLIGHTS_MAX;
+        let release = tokio::time::Instant::from_std(release_at.unwrap_or_else(Instant::now));
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep_until(release), if room && release_at.is_some() => {}
+            Some(_) = flights.join_next(), if !flights.is_empty() => {}
+        }
+        while flights.try_join_next().is_some() {}
+        if flights.len() >= FLIGHTS_MAX {
+            continue;
+        }
+        let Some(node) = inner.upgrade() else { return };
+        let ripe = match node.sending.lock() {
+            Ok(mut sending) => match sending.linger {
+                Some(linger) => sending.held.take_if_ripe(linger, Instant::now()),
+                None => false,
+            },
+            Err(_) => return,
+        };
+        if !ripe {
+            continue;
+        }
+        let Ok(claimed) = claim(&node, None) else { return };
+        let deadline = Instant::now() + FLIGHT_TIMEOUT;
+        for (partition, (outgoing, claim)) in claimed {
+            flights.spawn(background_flight(node.clone(), partition, outgoing, claim, deadline));
+        }
+    }
+}
+
+/// One flight of the background sender: its answers are kept for the next
+/// delivery's report (before its messages are released, so that a delivery
+/// waiting for them finds them); what it leaves unanswered is held again,
+/// to go after the partition's backoff.
+async fn background_flight(
+    inner: Arc<Inner>,
+    partition: PartitionId,
+    outgoing: Vec<wire::Signed<wire::Accounting>>,
+    claim: Claim,
+    deadline: Instant,
+) {
+    let claimed = outgoing.len();
+    let attempt = Instant::now();
+    let (part, result) = deliver_to(&inner, partition, outgoing, deadline).await;
+    if result.is_err() {
+        // Unreached or cut off: the next flight there waits a backoff (it
+        // would otherwise try again at once).
+        if let Ok(mut backoff) = inner.backoff.lock() {
+            backoff.entry(partition).or_default().refused(Instant::now(), attempt);
+        }
+    }
+    let settled = part.settled();
+    if let Ok(mut sending) = inner.sending.lock() {
+        sending.answered.absorb(part);
+    }
+    if settled < claimed {
+        inner.hold(Instant::now());
+    }
+    drop(claim);
+}
+
+/// Send `outgoing` to `partition` while reading the acks, until `deadline`:
+/// what was answered (also when it failed part way), and how it ended.
 async fn deliver_to(
     inner: &Inner,
     partition: PartitionId,
     outgoing: Vec<wire::Signed<wire::Accounting>>,
     deadline: Instant,
-) -> Result<Part, ClientError> {
+) -> (Part, Result<(), ClientError>) {
+    let mut part = Part::default();
+    let result = deliver_into(inner, partition, outgoing, deadline, &mut part).await;
+    (part, result)
+}
+
+async fn deliver_into(
+    inner: &Inner,
+    partition: PartitionId,
+    outgoing: Vec<wire::Signed<wire::Accounting>>,
+    deadline: Instant,
+    part: &mut Part,
+) -> Result<(), ClientError> {
     // A partition that answered "busy, retry" gets nothing before its
     // backoff ends (peer::backoff): what waits stays pending for a later
     // delivery when the backoff outlasts this one.
     if let Some(until) = inner.backoff_until(partition) {
         if until >= deadline {
-            return Ok(Part::default());
+            return Ok(());
         }
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
     }
     // A connection from before the partition restarted looks open until
     // its first packets meet a stateless reset: when it breaks before any
     // answer, it is dropped and the delivery made once more on a new one.
-    let mut part = Part::default();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (client, answered) = deliver_once(inner, partition, outgoing.clone(), deadline, &mut part).await?;
+        let (client, answered) = deliver_once(inner, partition, outgoing.clone(), deadline, part).await?;
         match answered {
-            Ok(()) => return Ok(part),
+            Ok(()) => return Ok(()),
             Err((error, 0)) if attempt == 1 && matches!(error, ClientError::Connection(_)) => {
                 let mut clients = inner.clients.lock().await;
                 if clients.get(&partition).is_some_and(|held| Arc::ptr_eq(held, &client)) {

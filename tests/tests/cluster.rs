@@ -272,7 +272,14 @@ fn three_partitions_carry_the_load_and_one_killed_partition_recovers() {
         assert!(number(&partition["acked_stored"]) > 0, "{partition}");
         stored_sum += number(&partition["acked_stored"]);
     }
-    assert_eq!(stored_sum, stored);
+    // Each partition counts the answers that settled a message as stored
+    // (STORED, or DUPLICATE after the killed partition lost an ack), the
+    // total only the STORED ones.
+    let duplicates = number(&report["acked_duplicate"]);
+    assert!(
+        stored <= stored_sum && stored_sum - stored <= duplicates,
+        "partitions {stored_sum}, STORED {stored}, DUPLICATE {duplicates}"
+    );
 
     // The figure: stored acks per second of partitions 1 and 3 while 2 was
     // down, against the seconds before the kill (the first two left out:

@@ -426,6 +426,8 @@ fn a_provider_reconnecting_mid_session_delivers_its_accounting_once() {
     let world = world();
     runtime().block_on(async {
         let provider = world.provider().await;
+        // Only deliveries send here: the cut below is this test's own.
+        provider.set_linger(None);
         let credential = world.credential(1).await.unwrap();
         let session_id = credential.value().session_id;
         provider.next_credential(Duration::from_secs(10)).await.unwrap();
@@ -457,6 +459,73 @@ fn a_provider_reconnecting_mid_session_delivers_its_accounting_once() {
     let unique: std::collections::HashSet<_> = stored.iter().collect();
     assert_eq!(stored.len(), 7, "each message of the session stored");
     assert_eq!(unique.len(), 7, "none twice");
+}
+
+/// Wait (at most 30 s, polling every 10 ms) until `provider` holds no
+/// unanswered message: the time from `since`.
+async fn all_answered(provider: &ProviderNode, since: std::time::Instant) -> Duration {
+    for _ in 0..3_000 {
+        if provider.unacked_count() == 0 {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} messages still unanswered after 30 s", provider.unacked_count())
+}
+
+#[test]
+fn a_provider_node_sends_its_accounting_by_itself_once_the_linger_has_passed() {
+    let world = world();
+    runtime().block_on(async {
+        let provider = world.provider().await;
+        assert_eq!(provider.linger(), Some(peer::linger::LINGER_DEFAULT), "on by default");
+        let credential = world.credential(1).await.unwrap();
+        let session_id = credential.value().session_id;
+        provider.next_credential(Duration::from_secs(10)).await.unwrap();
+        // Off: accounting waits for a delivery.
+        provider.set_linger(None);
+        assert_eq!(provider.linger(), None);
+        provider.account(session_id, AccountingKind::INTERIM, usage(1)).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(provider.unacked_count(), 1, "nothing sent without a linger");
+        // A one-second linger: what is accounted within it goes with the
+        // first message, and nothing before the second is over.
+        let accounted = std::time::Instant::now();
+        provider.set_linger(Some(Duration::from_secs(1)));
+        for units in 2..=10 {
+            provider
+                .account(session_id, AccountingKind::INTERIM, usage(units))
+                .unwrap();
+        }
+        let waited = all_answered(&provider, accounted).await;
+        assert!(
+            waited >= Duration::from_secs(1),
+            "sent before the linger was over: {waited:?}"
+        );
+        // The next delivery reports what the background sender was answered.
+        let delivery = provider.deliver(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(
+            (delivery.sent, delivery.stored, delivery.duplicates, delivery.pending),
+            (0, 10, 0, 0),
+            "{delivery:?}"
+        );
+        // The default linger; a delivery right after the Final (which the
+        // background sender may have in flight already) counts it once.
+        provider.set_linger(Some(peer::linger::LINGER_DEFAULT));
+        provider.account(session_id, AccountingKind::FINAL, usage(11)).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let delivery = provider.deliver(Duration::from_secs(30)).await.unwrap();
+        assert_eq!((delivery.stored, delivery.pending), (1, 0), "{delivery:?}");
+        assert!(delivery.sent <= 1, "{delivery:?}");
+        all_answered(&provider, std::time::Instant::now()).await;
+        assert_eq!(provider.is_closed(session_id), Some(true));
+        provider.stop().await;
+    });
+    assert!(world.am.terminate(Duration::from_secs(60)));
+    let stored = acct_tests::stored_messages(world.pki.data());
+    let unique: std::collections::HashSet<_> = stored.iter().collect();
+    assert_eq!(stored.len(), 11, "ten interims and the final");
+    assert_eq!(unique.len(), 11, "none twice");
 }
 
 #[test]
