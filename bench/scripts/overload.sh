@@ -13,6 +13,10 @@
 #       from its send), the p99 from the schedule, and the AM socket's UDP
 #       receive drops over the run
 #
+# INGEST='key = value; key = value' adds settings to the AM's [ingest] table
+# (an A/B of another setting); LINGER_MS=L gives the open loop's providers
+# a linger (loadgen --linger-ms, default 0).
+#
 # Not a test; needs python3. Every server listens on 127.0.0.1.
 set -euo pipefail
 BIN="${BIN:-target/release}"
@@ -28,12 +32,13 @@ trap cleanup EXIT
 # A config of acct init's with the target set.
 "$BIN/acct" init "$work/node" >/dev/null
 config="$(ls "$work"/node/*.toml | head -1)"
-python3 - "$config" "$target" <<'PY'
+python3 - "$config" "$target" "${INGEST:-}" <<'PY'
 import re, sys
-path, target = sys.argv[1], sys.argv[2]
+path, target, extra = sys.argv[1], sys.argv[2], sys.argv[3]
 text = open(path).read()
 assert re.search(r"^\[ingest\]$", text, re.M), "acct init's config has no [ingest] table"
-text = re.sub(r"^\[ingest\]\n", f"[ingest]\nqueue_delay_target_ms = {target}\n", text, count=1, flags=re.M)
+lines = "".join(f"{line.strip()}\n" for line in extra.split(";") if line.strip())
+text = re.sub(r"^\[ingest\]\n", f"[ingest]\nqueue_delay_target_ms = {target}\n{lines}", text, count=1, flags=re.M)
 open(path, "w").write(text)
 PY
 metrics_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -52,7 +57,7 @@ case "$mode" in
   steps)
     steps="${3:?RATE:SECONDS,...}"
     messages="$(python3 -c "import sys; print(max(1000, sum(int(r) * int(s) for r, s in (x.split(':') for x in sys.argv[1].split(',')))))" "$steps")"
-    "$BIN/loadgen" "${common[@]}" --rate-steps "$steps" --messages-max "$messages" --audit >/dev/null ;;
+    "$BIN/loadgen" "${common[@]}" --rate-steps "$steps" --linger-ms "${LINGER_MS:-0}" --messages-max "$messages" --audit >/dev/null ;;
   *) echo "overload.sh: closed or steps, not $mode" >&2; exit 2 ;;
 esac
 drops_after="$(udp_drops)"

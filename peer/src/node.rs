@@ -17,18 +17,22 @@
 //! sends at once; `None` leaves sending to [`ProviderNode::deliver`]) so that
 //! the messages accounted meanwhile travel with it in one write, as a
 //! producer's `linger.ms` does (peer::linger, the rule loadgen's
-//! `--linger-ms` follows too). What a partition does not answer stored is
-//! sent again after its backoff (peer::backoff). [`ProviderNode::deliver`]
-//! sends everything unacked at once and waits for the answers, those to the
-//! background sender's flights included.
+//! `--linger-ms` follows too). Each partition has one flight out at a time
+//! (a stream carrying a batch and its answers): what is accounted while it
+//! flies waits and goes with the next, so a session's messages reach its
+//! partition in order and the batches grow when answers are slow, as a
+//! producer's `max.in.flight` of one does. What a flight leaves unanswered
+//! (BUSY, a partition that is down) goes again after that partition's
+//! backoff (peer::backoff). [`ProviderNode::deliver`] sends at once what no
+//! flight holds and waits for the flights' answers.
 //!
 //! Bounds: sessions held are those the AM pushed (the AM bounds them);
 //! each session holds at most `UNACKED_MESSAGES_MAX` unacked messages (a
-//! message is in at most one flight at a time); background flights: at
-//! most [`FLIGHTS_MAX`] at once, each at most [`FLIGHT_TIMEOUT`];
-//! refusals kept for the next delivery's report: [`REFUSED_REPORTED_MAX`];
-//! pushed-credential notifications queue up to [`ARRIVALS_MAX`];
-//! connections: one per partition of the map at most.
+//! message is in at most one flight at a time); flights: one per partition
+//! of the map at a time, the background's each at most
+//! [`FLIGHT_TIMEOUT`]; refusals kept for the next delivery's report:
+//! [`REFUSED_REPORTED_MAX`]; pushed-credential notifications queue up to
+//! [`ARRIVALS_MAX`]; connections: one per partition of the map at most.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -51,23 +55,19 @@ use crate::receipts::Receipts;
 
 /// Pushed credentials waiting to be noticed by [`ProviderNode::next_credential`].
 pub const ARRIVALS_MAX: usize = 1024;
-/// Background flights at once (each its own stream; the AM allows 8 per
-/// connection by default): when all are out, what is accounted meanwhile
-/// waits and goes together with the next, as a producer's
-/// `max.in.flight` holds it.
-pub const FLIGHTS_MAX: usize = 4;
 /// Longest a background flight waits for its answers; what is unanswered
 /// then is sent again.
 pub const FLIGHT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Refusals the background sender keeps for the next delivery's report
-/// (`Delivery::refused`); past it, only the counts are reported.
+/// Refusals kept for the next delivery's report (`Delivery::refused`);
+/// past it they are counted in `Delivery::refused_unlisted`.
 pub const REFUSED_REPORTED_MAX: usize = 4096;
 
 type Sessions = Arc<Mutex<HashMap<SessionId, ProviderSession>>>;
 
 /// What one [`ProviderNode::deliver`] achieved. The answers counted are
-/// those it read and those the background sender read since the last
-/// delivery: each message's answer is counted once, by one delivery.
+/// all those read since the last delivery that returned `Ok` (by it or by
+/// the background sender): each message's answer is counted once, in one
+/// report.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Messages unacked when it began (retransmissions included), whether
@@ -77,8 +77,10 @@ pub struct Delivery {
     pub stored: usize,
     /// Of those, answered DUPLICATE (a retransmission of a stored message).
     pub duplicates: usize,
-    /// Refused for good, with the reason.
+    /// Refused for good, with the reason (at most [`REFUSED_REPORTED_MAX`]).
     pub refused: Vec<(MessageId, AckStatus)>,
+    /// Refused for good beyond those listed.
+    pub refused_unlisted: usize,
     /// Still unacked (retry later).
     pub pending: usize,
     /// Of those, held unsent: their session's partition is not in the
@@ -96,7 +98,7 @@ pub struct ProviderNode {
     server: ServiceServer,
     keeper: tokio::task::JoinHandle<()>,
     /// The background sender (aborted with the node: its flights too).
-    _sender: AbortOnDrop,
+    sender: AbortOnDrop,
 }
 
 /// What the node's tasks share.
@@ -141,11 +143,13 @@ struct Sending {
     linger: Option<Linger>,
     /// When the oldest message not yet handed to a flight was accounted.
     held: Held,
-    /// Messages a delivery is writing or awaiting answers for: no other
+    /// Messages a flight is writing or awaiting answers for: no other
     /// sends them meanwhile (at most the sessions' unacked messages).
     in_flight: HashSet<MessageId>,
-    /// The answers the background sender's flights read, until the next
-    /// [`ProviderNode::deliver`] reports them.
+    /// Partitions with a flight out (one at a time each).
+    flying: HashSet<PartitionId>,
+    /// Every answer read, counted as it settles its message (under the
+    /// sessions' lock), until a [`ProviderNode::deliver`] reports it.
     answered: Part,
 }
 
@@ -241,6 +245,15 @@ impl ProviderNode {
     /// until the next map. A connection already open to a partition keeps
     /// the key and address it was opened with.
     pub async fn set_map(&self, map: &ClusterMap, keys: &HashMap<PartitionId, PublicKey>) -> Result<(), ClientError> {
+        let applied = self.apply_map(map, keys).await;
+        // Messages the old map could not route may go now.
+        if self.unacked_count() > 0 {
+            self.inner.hold(Instant::now());
+        }
+        applied
+    }
+
+    async fn apply_map(&self, map: &ClusterMap, keys: &HashMap<PartitionId, PublicKey>) -> Result<(), ClientError> {
         let provider = self
             .inner
             .name
@@ -309,6 +322,7 @@ impl ProviderNode {
                 linger: Some(Linger::new(LINGER_DEFAULT)),
                 held: Held::default(),
                 in_flight: HashSet::new(),
+                flying: HashSet::new(),
                 answered: Part::default(),
             }),
             send_wake: Arc::new(tokio::sync::Notify::new()),
@@ -324,7 +338,7 @@ impl ProviderNode {
             arrivals: tokio::sync::Mutex::new(arrivals),
             server,
             keeper,
-            _sender: sender,
+            sender,
         })
     }
 }
@@ -661,7 +675,7 @@ impl ProviderNode {
     /// Messages accounted and not yet answered for good (sent or not).
     pub fn unacked_count(&self) -> usize {
         self.inner.sessions.lock().map_or(0, |sessions| {
-            sessions.values().map(|session| session.unacked().count()).sum()
+            sessions.values().map(ProviderSession::unacked_count).sum()
         })
     }
 
@@ -727,15 +741,17 @@ impl ProviderNode {
     }
 
     /// Send every unacked message of every session (retransmissions keep
-    /// their ids) while reading their acks, all within `timeout`; those the
-    /// background sender has in flight are not sent twice: their answers
-    /// are waited for instead. Reconnects first if the connection to the AM
-    /// is gone. Each message is sent at most once by one delivery.
+    /// their ids) while reading their acks, all within `timeout`. What a
+    /// flight of the background sender holds is not sent twice: its answers
+    /// are waited for, and what it leaves unanswered is sent then (a
+    /// partition has one flight at a time, so a delivery may wait for the
+    /// one out there). Reconnects first if the connection to the AM is gone.
+    /// Each message is sent at most once by one delivery.
     pub async fn deliver(&self, timeout: Duration) -> Result<Delivery, ClientError> {
         let deadline = Instant::now() + timeout;
         // Every message unacked now that has a partition to go to.
         let route = self.inner.route();
-        let (unacked, unroutable) = match self.inner.sessions.lock() {
+        let (mut unsent, unroutable) = match self.inner.sessions.lock() {
             Ok(sessions) => {
                 let mut unacked = HashSet::new();
                 let mut unroutable = 0;
@@ -752,30 +768,26 @@ impl ProviderNode {
             Err(_) => return Err(ClientError::Connection("sessions poisoned".into())),
         };
         let mut delivery = Delivery {
-            sent: unacked.len(),
+            sent: unsent.len(),
             unroutable,
             ..Delivery::default()
         };
         let mut failed = None;
         let mut reached = 0;
-        // Not yet sent by this delivery: bounded rounds, since each round
-        // sends some of them and none twice.
-        let mut unsent = unacked.clone();
+        // Rounds: each sends some of `unsent` (removing them) or waits for
+        // a flight to end, until the deadline.
         loop {
             let flight_ended = self.inner.flight_done.notified();
             tokio::pin!(flight_ended);
             flight_ended.as_mut().enable();
-            let claimed = claim(&self.inner, Some(&unsent))?;
+            let (claimed, blocked) = claim(&self.inner, Some((&unsent, deadline)))?;
             if !claimed.is_empty() {
                 for (outgoing, _) in claimed.values() {
                     for message in outgoing {
                         unsent.remove(&message.value().message_id());
                     }
                 }
-                for (partition, part, result) in fly(&self.inner, claimed, deadline).await {
-                    delivery.stored += part.stored;
-                    delivery.duplicates += part.duplicates;
-                    delivery.refused.extend(part.refused);
+                for (partition, _, result) in fly(&self.inner, claimed, deadline).await {
                     match result {
                         Ok(()) => reached += 1,
                         Err(error) => {
@@ -786,13 +798,8 @@ impl ProviderNode {
                 }
                 continue;
             }
-            // The rest is in the background sender's flights: wait for
-            // them (what they leave unanswered is sent in the next round).
-            let waiting = match self.inner.sending.lock() {
-                Ok(sending) => unsent.iter().any(|id| sending.in_flight.contains(id)),
-                Err(_) => false,
-            };
-            if !waiting
+            // The rest waits for flights out (the background sender's).
+            if !blocked
                 || tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), flight_ended)
                     .await
                     .is_err()
@@ -801,20 +808,39 @@ impl ProviderNode {
             }
         }
         // Only when no partition could be reached is it an error; otherwise
-        // what is left shows in `pending`.
+        // what is left shows in `pending`. Either way the answers read stay
+        // counted until a delivery reports them.
         if let (0, Some(error)) = (reached, failed) {
+            self.inner.hold(Instant::now());
             return Err(error);
         }
-        // What the background sender was answered since the last delivery.
         if let Ok(mut sending) = self.inner.sending.lock() {
             let answered = std::mem::take(&mut sending.answered);
-            delivery.stored += answered.stored;
-            delivery.duplicates += answered.duplicates;
-            delivery.refused.extend(answered.refused);
+            delivery.stored = answered.stored;
+            delivery.duplicates = answered.duplicates;
+            delivery.refused = answered.refused;
+            delivery.refused_unlisted = answered.refused_unlisted;
+        }
+        // Partitions where a flight this delivery waited for did not land.
+        if let Ok(sessions) = self.inner.sessions.lock() {
+            let mut late: Vec<PartitionId> = sessions
+                .values()
+                .flat_map(ProviderSession::unacked)
+                .filter(|message| unsent.contains(&message.value().message_id()))
+                .filter_map(|message| Inner::partition_of(&route, &message.value().session_id))
+                .filter(|partition| delivery.unreached.iter().all(|(unreached, _)| unreached != partition))
+                .collect();
+            late.sort();
+            late.dedup();
+            for partition in late {
+                delivery
+                    .unreached
+                    .push((partition, "its flight out (or backoff) outlasted the delivery".into()));
+            }
         }
         delivery.pending = self.unacked_count();
         if delivery.pending > 0 {
-            // The background sender tries again after the backoff.
+            // The background sender tries again (after the backoff).
             self.inner.hold(Instant::now());
         }
         self.close_idle().await;
@@ -862,59 +888,96 @@ impl ProviderNode {
 
     /// Stop: close the AM connection and the users' endpoint.
     pub async fn stop(self) {
+        // The sender first: its flights would reconnect what is closed below.
+        self.sender.0.abort();
         self.keeper.abort();
         self.disconnect().await;
         self.server.stop();
     }
 }
 
-/// What one partition answered in a delivery.
+/// Answers counted: by one flight (what it settled), or all of them until
+/// a delivery reports them.
 #[derive(Debug, Default)]
 struct Part {
     stored: usize,
     duplicates: usize,
     refused: Vec<(MessageId, AckStatus)>,
+    refused_unlisted: usize,
 }
 
 impl Part {
     /// Answers for good: stored or refused.
     fn settled(&self) -> usize {
-        self.stored + self.refused.len()
+        self.stored + self.refused.len() + self.refused_unlisted
     }
 
-    /// Add `other`'s answers, keeping at most [`REFUSED_REPORTED_MAX`] refusals.
-    fn absorb(&mut self, other: Part) {
-        self.stored += other.stored;
-        self.duplicates += other.duplicates;
-        let room = REFUSED_REPORTED_MAX.saturating_sub(self.refused.len());
-        self.refused.extend(other.refused.into_iter().take(room));
+    /// Count one answer's outcome.
+    fn count(&mut self, message_id: MessageId, status: AckStatus, outcome: &AckOutcome) {
+        match outcome {
+            AckOutcome::Stored => {
+                self.stored += 1;
+                if status == AckStatus::DUPLICATE {
+                    self.duplicates += 1;
+                }
+            }
+            AckOutcome::Refused(status) if self.refused.len() < REFUSED_REPORTED_MAX => {
+                self.refused.push((message_id, *status));
+            }
+            AckOutcome::Refused(_) => self.refused_unlisted += 1,
+            AckOutcome::Retry(_) | AckOutcome::Unknown => {}
+        }
     }
 }
 
-/// Messages a delivery took to send: no other delivery sends them until
-/// they are released, when this is dropped (however the delivery ends).
+/// One flight's messages, all to one partition: no other flight sends them,
+/// nor anything else to that partition, until this is dropped (however the
+/// flight ends). Then, with the linger on, what is still unacked is held
+/// again for the background sender.
 struct Claim {
     inner: Arc<Inner>,
+    partition: PartitionId,
     message_ids: Vec<MessageId>,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if let Ok(mut sending) = self.inner.sending.lock() {
-            for message_id in &self.message_ids {
-                sending.in_flight.remove(message_id);
+        let wake = match self.inner.sending.lock() {
+            Ok(mut sending) => {
+                for message_id in &self.message_ids {
+                    sending.in_flight.remove(message_id);
+                }
+                sending.flying.remove(&self.partition);
+                // Held again, after the release: the sender claims it (or
+                // what waited for this partition) once the linger passed;
+                // if everything was answered it finds nothing.
+                match sending.linger {
+                    Some(_) => {
+                        let first = sending.held.is_empty();
+                        sending.held.note(Instant::now());
+                        first
+                    }
+                    None => false,
+                }
             }
-        }
+            Err(_) => false,
+        };
         self.inner.flight_done.notify_waiters();
+        if wake {
+            self.inner.send_wake.notify_one();
+        }
     }
 }
 
 /// Claimed messages by partition.
 type Claimed = HashMap<PartitionId, (Vec<wire::Signed<wire::Accounting>>, Claim)>;
 
-/// Claim the unacked messages (of `only`, when given) that no delivery has
-/// in flight and whose partition is known, by partition.
-fn claim(inner: &Arc<Inner>, only: Option<&HashSet<MessageId>>) -> Result<Claimed, ClientError> {
+/// Claim, by partition, the unacked messages that no flight holds and whose
+/// partition is known and has no flight out; with `only`, just those of the
+/// set. Also whether any message of `only` is held back by a flight out
+/// (not counting partitions whose backoff outlasts the deadline: nothing
+/// would go there in time anyway).
+fn claim(inner: &Arc<Inner>, only: Option<(&HashSet<MessageId>, Instant)>) -> Result<(Claimed, bool), ClientError> {
     let route = inner.route();
     let sessions = inner
         .sessions
@@ -925,20 +988,27 @@ fn claim(inner: &Arc<Inner>, only: Option<&HashSet<MessageId>>) -> Result<Claime
         .lock()
         .map_err(|_| ClientError::Connection("sending state poisoned".into()))?;
     let mut claimed = Claimed::new();
+    let mut blocked = false;
     for message in sessions.values().flat_map(ProviderSession::unacked) {
         let message_id = message.value().message_id();
-        if only.is_some_and(|only| !only.contains(&message_id)) || sending.in_flight.contains(&message_id) {
+        if only.is_some_and(|(only, _)| !only.contains(&message_id)) {
             continue;
         }
         let Some(partition) = Inner::partition_of(&route, &message.value().session_id) else {
             continue;
         };
-        sending.in_flight.insert(message_id);
+        if sending.in_flight.contains(&message_id) || sending.flying.contains(&partition) {
+            if let Some((_, deadline)) = only {
+                blocked |= inner.backoff_until(partition).is_none_or(|until| until < deadline);
+            }
+            continue;
+        }
         let (outgoing, claim) = claimed.entry(partition).or_insert_with(|| {
             (
                 Vec::new(),
                 Claim {
                     inner: inner.clone(),
+                    partition,
                     message_ids: Vec::new(),
                 },
             )
@@ -946,25 +1016,31 @@ fn claim(inner: &Arc<Inner>, only: Option<&HashSet<MessageId>>) -> Result<Claime
         outgoing.push(message.clone());
         claim.message_ids.push(message_id);
     }
-    Ok(claimed)
+    for (partition, (outgoing, _)) in &claimed {
+        sending.flying.insert(*partition);
+        for message in outgoing {
+            sending.in_flight.insert(message.value().message_id());
+        }
+    }
+    Ok((claimed, blocked))
 }
 
-/// Deliver claimed messages to every partition at once, each bounded by
-/// the deadline (one that is down holds back no other): what each answered,
+/// Fly claimed messages to every partition at once, each bounded by the
+/// deadline (one that is down holds back no other): what each settled,
 /// and how it ended.
 async fn fly(
     inner: &Arc<Inner>,
     claimed: Claimed,
     deadline: Instant,
-) -> Vec<(PartitionId, Part, Result<(), ClientError>)> {
+) -> Vec<(PartitionId, usize, Result<(), ClientError>)> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut partitions = HashMap::new();
     for (partition, (outgoing, claim)) in claimed {
         let inner = inner.clone();
         let task = tasks.spawn(async move {
-            let (part, result) = deliver_to(&inner, partition, outgoing, deadline).await;
+            let (settled, result) = flight(&inner, partition, outgoing, deadline).await;
             drop(claim);
-            (partition, part, result)
+            (partition, settled, result)
         });
         partitions.insert(task.id(), partition);
     }
@@ -974,11 +1050,7 @@ async fn fly(
             Ok((_, flight)) => ended.push(flight),
             Err(error) => {
                 if let Some(partition) = partitions.get(&error.id()) {
-                    ended.push((
-                        *partition,
-                        Part::default(),
-                        Err(ClientError::Connection(error.to_string())),
-                    ));
+                    ended.push((*partition, 0, Err(ClientError::Connection(error.to_string()))));
                 }
             }
         }
@@ -986,9 +1058,31 @@ async fn fly(
     ended
 }
 
+/// One flight to `partition`: what it settled and how it ended. When it
+/// leaves messages unsettled (BUSY, unreached, cut off, unanswered in
+/// time), the partition backs off: the next flight there waits.
+async fn flight(
+    inner: &Inner,
+    partition: PartitionId,
+    outgoing: Vec<wire::Signed<wire::Accounting>>,
+    deadline: Instant,
+) -> (usize, Result<(), ClientError>) {
+    let claimed = outgoing.len();
+    let started = Instant::now();
+    let (part, result) = deliver_to(inner, partition, outgoing, deadline).await;
+    let settled = part.settled();
+    if settled < claimed
+        && let Ok(mut backoff) = inner.backoff.lock()
+    {
+        backoff.entry(partition).or_default().refused(Instant::now(), started);
+    }
+    (settled, result)
+}
+
 /// The background sender: when what is held has lingered its time, claim
-/// every unacked message no delivery has in flight and send it, one flight
-/// per partition, at most [`FLIGHTS_MAX`] at once; until the node is gone.
+/// every unacked message that no flight holds and fly it, one flight per
+/// partition at most (a partition with one out gets the next batch when it
+/// lands); until the node is gone.
 async fn send_held(inner: std::sync::Weak<Inner>) {
     let mut flights = tokio::task::JoinSet::new();
     loop {
@@ -1000,17 +1094,13 @@ async fn send_held(inner: std::sync::Weak<Inner>) {
             let release_at = sending.linger.and_then(|linger| sending.held.release_at(linger));
             (node.send_wake.clone(), release_at)
         };
-        let room = flights.len() < FLIGHTS_MAX;
         let release = tokio::time::Instant::from_std(release_at.unwrap_or_else(Instant::now));
         tokio::select! {
             () = wake.notified() => {}
-            () = tokio::time::sleep_until(release), if room && release_at.is_some() => {}
+            () = tokio::time::sleep_until(release), if release_at.is_some() => {}
             Some(_) = flights.join_next(), if !flights.is_empty() => {}
         }
         while flights.try_join_next().is_some() {}
-        if flights.len() >= FLIGHTS_MAX {
-            continue;
-        }
         let Some(node) = inner.upgrade() else { return };
         let ripe = match node.sending.lock() {
             Ok(mut sending) => match sending.linger {
@@ -1022,43 +1112,18 @@ async fn send_held(inner: std::sync::Weak<Inner>) {
         if !ripe {
             continue;
         }
-        let Ok(claimed) = claim(&node, None) else { return };
+        let Ok((claimed, _)) = claim(&node, None) else { return };
         let deadline = Instant::now() + FLIGHT_TIMEOUT;
         for (partition, (outgoing, claim)) in claimed {
-            flights.spawn(background_flight(node.clone(), partition, outgoing, claim, deadline));
+            let node = node.clone();
+            flights.spawn(async move {
+                // What it left is held again when the claim drops; the
+                // partition backs off.
+                let _ended = flight(&node, partition, outgoing, deadline).await;
+                drop(claim);
+            });
         }
     }
-}
-
-/// One flight of the background sender: its answers are kept for the next
-/// delivery's report (before its messages are released, so that a delivery
-/// waiting for them finds them); what it leaves unanswered is held again,
-/// to go after the partition's backoff.
-async fn background_flight(
-    inner: Arc<Inner>,
-    partition: PartitionId,
-    outgoing: Vec<wire::Signed<wire::Accounting>>,
-    claim: Claim,
-    deadline: Instant,
-) {
-    let claimed = outgoing.len();
-    let attempt = Instant::now();
-    let (part, result) = deliver_to(&inner, partition, outgoing, deadline).await;
-    if result.is_err() {
-        // Unreached or cut off: the next flight there waits a backoff (it
-        // would otherwise try again at once).
-        if let Ok(mut backoff) = inner.backoff.lock() {
-            backoff.entry(partition).or_default().refused(Instant::now(), attempt);
-        }
-    }
-    let settled = part.settled();
-    if let Ok(mut sending) = inner.sending.lock() {
-        sending.answered.absorb(part);
-    }
-    if settled < claimed {
-        inner.hold(Instant::now());
-    }
-    drop(claim);
 }
 
 /// Send `outgoing` to `partition` while reading the acks, until `deadline`:
@@ -1167,21 +1232,19 @@ async fn deliver_once(
         let Ok(mut sessions) = inner.sessions.lock() else {
             return Err(ClientError::Connection("sessions poisoned".into()));
         };
+        // Counted for the report in the same critical section that settles
+        // the message: a delivery that finds it settled finds it counted.
+        let Ok(mut sending) = inner.sending.lock() else {
+            return Err(ClientError::Connection("sending state poisoned".into()));
+        };
         for entry in entries {
             answered += 1;
             let Some(session) = sessions.get_mut(&entry.message_id.session_id) else {
                 continue;
             };
-            match session.on_ack(&entry) {
-                AckOutcome::Stored => {
-                    part.stored += 1;
-                    if entry.status == AckStatus::DUPLICATE {
-                        part.duplicates += 1;
-                    }
-                }
-                AckOutcome::Refused(status) => part.refused.push((entry.message_id, status)),
-                AckOutcome::Retry(_) | AckOutcome::Unknown => {}
-            }
+            let outcome = session.on_ack(&entry);
+            part.count(entry.message_id, entry.status, &outcome);
+            sending.answered.count(entry.message_id, entry.status, &outcome);
         }
     }
     drop(writer);

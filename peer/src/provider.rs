@@ -219,6 +219,11 @@ impl ProviderSession {
         self.unacked.values()
     }
 
+    /// How many messages await an ack.
+    pub fn unacked_count(&self) -> usize {
+        self.unacked.len()
+    }
+
     /// Whether the Final Accounting was made.
     pub fn is_closed(&self) -> bool {
         self.closed

@@ -552,6 +552,15 @@ fn a_moved_provider_keeps_its_old_sessions_where_they_were_minted() {
     });
     cluster.restart(1);
     rt.block_on(async {
+        // The message am-1 missed goes by itself once it is back: the
+        // node's background sender tries again after each backoff.
+        for _ in 0..600 {
+            if node.unacked_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(node.unacked_count(), 0, "am-1's message was not sent again by itself");
         // The old session ends on am-1, back from its data directory.
         node.account(old, AccountingKind::FINAL, usage(5)).unwrap();
         // The connection from before the restart breaks on its first
