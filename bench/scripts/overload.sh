@@ -14,7 +14,7 @@
 #       receive drops over the run
 #
 # INGEST='key = value; key = value' adds settings to the AM's [ingest] table
-# (an A/B of another setting); LINGER_MS=L gives the open loop's providers
+# (an A/B of another setting; not queue_delay_target_ms, the second argument); LINGER_MS=L gives the open loop's providers
 # a linger (loadgen --linger-ms, default 0).
 #
 # Not a test; needs python3. Every server listens on 127.0.0.1.

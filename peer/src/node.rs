@@ -19,12 +19,14 @@
 //! producer's `linger.ms` does (peer::linger, the rule loadgen's
 //! `--linger-ms` follows too). Each partition has one flight out at a time
 //! (a stream carrying a batch and its answers): what is accounted while it
-//! flies waits and goes with the next, so a session's messages reach its
-//! partition in order and the batches grow when answers are slow, as a
+//! flies waits and goes with the next, so a session's messages are written
+//! in the order they were accounted (a retransmission goes after what was
+//! written before it) and the batches grow when answers are slow, as a
 //! producer's `max.in.flight` of one does. What a flight leaves unanswered
-//! (BUSY, a partition that is down) goes again after that partition's
-//! backoff (peer::backoff). [`ProviderNode::deliver`] sends at once what no
-//! flight holds and waits for the flights' answers.
+//! (BUSY, a partition that is down, WRONG_PARTITION from a stale map) goes
+//! again after that partition's backoff (peer::backoff), never at once.
+//! [`ProviderNode::deliver`] sends at once what no flight holds and waits
+//! for the flights' answers.
 //!
 //! Bounds: sessions held are those the AM pushed (the AM bounds them);
 //! each session holds at most `UNACKED_MESSAGES_MAX` unacked messages (a
@@ -96,7 +98,8 @@ pub struct ProviderNode {
     inner: Arc<Inner>,
     arrivals: tokio::sync::Mutex<mpsc::Receiver<SessionId>>,
     server: ServiceServer,
-    keeper: tokio::task::JoinHandle<()>,
+    /// Keeps the home's connection up (aborted with the node).
+    keeper: AbortOnDrop,
     /// The background sender (aborted with the node: its flights too).
     sender: AbortOnDrop,
 }
@@ -135,14 +138,17 @@ struct Inner {
     send_wake: Arc<tokio::sync::Notify>,
     /// Wakes deliveries waiting for messages another one has in flight.
     flight_done: tokio::sync::Notify,
+    /// Set by [`ProviderNode::stop`]: no connection is kept after it.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// The background sender's state, and what deliveries have in flight.
 struct Sending {
     /// `None`: accounted messages wait for [`ProviderNode::deliver`].
     linger: Option<Linger>,
-    /// When the oldest message not yet handed to a flight was accounted.
-    held: Held,
+    /// Per partition: when its oldest message not yet handed to a flight
+    /// was accounted (an entry per partition of the maps seen at most).
+    held: HashMap<PartitionId, Held>,
     /// Messages a flight is writing or awaiting answers for: no other
     /// sends them meanwhile (at most the sessions' unacked messages).
     in_flight: HashSet<MessageId>,
@@ -248,7 +254,7 @@ impl ProviderNode {
         let applied = self.apply_map(map, keys).await;
         // Messages the old map could not route may go now.
         if self.unacked_count() > 0 {
-            self.inner.hold(Instant::now());
+            self.inner.hold_all(Instant::now());
         }
         applied
     }
@@ -320,18 +326,19 @@ impl ProviderNode {
             backoff: std::sync::Mutex::new(HashMap::new()),
             sending: std::sync::Mutex::new(Sending {
                 linger: Some(Linger::new(LINGER_DEFAULT)),
-                held: Held::default(),
+                held: HashMap::new(),
                 in_flight: HashSet::new(),
                 flying: HashSet::new(),
                 answered: Part::default(),
             }),
             send_wake: Arc::new(tokio::sync::Notify::new()),
             flight_done: tokio::sync::Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         inner.connect(home).await?;
         // Keep the connection to the AM up even when nothing is to be sent:
         // an idle provider must still receive new sessions.
-        let keeper = tokio::spawn(keep_connected(Arc::downgrade(&inner)));
+        let keeper = AbortOnDrop(tokio::spawn(keep_connected(Arc::downgrade(&inner))));
         let sender = AbortOnDrop(tokio::spawn(send_held(Arc::downgrade(&inner))));
         Ok(Self {
             inner,
@@ -435,20 +442,28 @@ impl Inner {
         true
     }
 
-    /// A message to send fell due at `due`: the background sender sends it
-    /// (with everything else unacked and not in flight) once the linger has
-    /// passed.
-    fn hold(&self, due: Instant) {
+    /// A message for `partition` fell due at `due`: the background sender
+    /// sends it (with everything else unacked there and in no flight) once
+    /// the linger has passed and no flight or backoff holds the partition.
+    fn hold_for(&self, partition: PartitionId, due: Instant) {
         let wake = match self.sending.lock() {
             Ok(mut sending) if sending.linger.is_some() => {
-                let first = sending.held.is_empty();
-                sending.held.note(due);
+                let held = sending.held.entry(partition).or_default();
+                let first = held.is_empty();
+                held.note(due);
                 first
             }
             _ => false,
         };
         if wake {
             self.send_wake.notify_one();
+        }
+    }
+
+    /// [`Inner::hold_for`] every partition of the map.
+    fn hold_all(&self, due: Instant) {
+        for target in self.route().partitions {
+            self.hold_for(target.id, due);
         }
     }
 
@@ -587,8 +602,14 @@ impl Inner {
         );
         client.confirm_served(Duration::from_secs(10)).await?;
         let client = Arc::new(client);
+        let mut clients = self.clients.lock().await;
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            // Stopped meanwhile: `orphan` closes it.
+            return Err(ClientError::Connect("the node is stopping".into()));
+        }
         // The one it replaces is closed already (or it would be live).
-        let replaced = self.clients.lock().await.insert(partition, client.clone());
+        let replaced = clients.insert(partition, client.clone());
+        drop(clients);
         orphan.0 = None;
         drop(replaced);
         Ok(client)
@@ -643,7 +664,10 @@ impl ProviderNode {
                 .ok_or(ProviderError::WrongSession(session_id))?;
             session.account(kind, usage)?.value().message_id()
         };
-        self.inner.hold(Instant::now());
+        // (A session the map cannot route waits for the map that can: set_map.)
+        if let Some(partition) = Inner::partition_of(&self.inner.route(), &session_id) {
+            self.inner.hold_for(partition, Instant::now());
+        }
         Ok(message_id)
     }
 
@@ -658,7 +682,7 @@ impl ProviderNode {
         }
         // What is unacked now goes after the new linger.
         if self.unacked_count() > 0 {
-            self.inner.hold(Instant::now());
+            self.inner.hold_all(Instant::now());
         }
         self.inner.send_wake.notify_one();
     }
@@ -780,14 +804,14 @@ impl ProviderNode {
             let flight_ended = self.inner.flight_done.notified();
             tokio::pin!(flight_ended);
             flight_ended.as_mut().enable();
-            let (claimed, blocked) = claim(&self.inner, Some((&unsent, deadline)))?;
+            let (claimed, blocked) = claim(&self.inner, Scope::Messages(&unsent, deadline))?;
             if !claimed.is_empty() {
                 for (outgoing, _) in claimed.values() {
                     for message in outgoing {
                         unsent.remove(&message.value().message_id());
                     }
                 }
-                for (partition, _, result) in fly(&self.inner, claimed, deadline).await {
+                for (partition, _, result) in fly(&self.inner, claimed, deadline, false).await {
                     match result {
                         Ok(()) => reached += 1,
                         Err(error) => {
@@ -811,7 +835,7 @@ impl ProviderNode {
         // what is left shows in `pending`. Either way the answers read stay
         // counted until a delivery reports them.
         if let (0, Some(error)) = (reached, failed) {
-            self.inner.hold(Instant::now());
+            self.inner.hold_all(Instant::now());
             return Err(error);
         }
         if let Ok(mut sending) = self.inner.sending.lock() {
@@ -835,13 +859,13 @@ impl ProviderNode {
             for partition in late {
                 delivery
                     .unreached
-                    .push((partition, "its flight out (or backoff) outlasted the delivery".into()));
+                    .push((partition, "its flight out or its backoff outlasted the delivery".into()));
             }
         }
         delivery.pending = self.unacked_count();
         if delivery.pending > 0 {
             // The background sender tries again (after the backoff).
-            self.inner.hold(Instant::now());
+            self.inner.hold_all(Instant::now());
         }
         self.close_idle().await;
         Ok(delivery)
@@ -888,9 +912,11 @@ impl ProviderNode {
 
     /// Stop: close the AM connection and the users' endpoint.
     pub async fn stop(self) {
-        // The sender first: its flights would reconnect what is closed below.
+        // No connection is kept from now on (a flight or the keeper that
+        // is connecting closes what it gets); then the tasks.
+        self.inner.closing.store(true, std::sync::atomic::Ordering::SeqCst);
         self.sender.0.abort();
-        self.keeper.abort();
+        self.keeper.0.abort();
         self.disconnect().await;
         self.server.stop();
     }
@@ -904,6 +930,9 @@ struct Part {
     duplicates: usize,
     refused: Vec<(MessageId, AckStatus)>,
     refused_unlisted: usize,
+    /// A "busy, retry" answer started (or fell within) the partition's
+    /// backoff during this flight.
+    backed_off: bool,
 }
 
 impl Part {
@@ -948,14 +977,15 @@ impl Drop for Claim {
                     sending.in_flight.remove(message_id);
                 }
                 sending.flying.remove(&self.partition);
-                // Held again, after the release: the sender claims it (or
-                // what waited for this partition) once the linger passed;
-                // if everything was answered it finds nothing.
+                // Held again, after the release: the sender claims what is
+                // left, or what waited for this partition, once the linger
+                // (and any backoff) passed; if all was answered it finds
+                // nothing. The sender left this partition out while it
+                // flew: wake it to count it in again.
                 match sending.linger {
                     Some(_) => {
-                        let first = sending.held.is_empty();
-                        sending.held.note(Instant::now());
-                        first
+                        sending.held.entry(self.partition).or_default().note(Instant::now());
+                        true
                     }
                     None => false,
                 }
@@ -972,13 +1002,26 @@ impl Drop for Claim {
 /// Claimed messages by partition.
 type Claimed = HashMap<PartitionId, (Vec<wire::Signed<wire::Accounting>>, Claim)>;
 
-/// Claim, by partition, the unacked messages that no flight holds and whose
-/// partition is known and has no flight out; with `only`, just those of the
-/// set. Also whether any message of `only` is held back by a flight out
-/// (not counting partitions whose backoff outlasts the deadline: nothing
-/// would go there in time anyway).
-fn claim(inner: &Arc<Inner>, only: Option<(&HashSet<MessageId>, Instant)>) -> Result<(Claimed, bool), ClientError> {
+/// What a [`claim`] may take.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// The background sender: every unacked message of these partitions
+    /// (none of them flying).
+    Partitions(&'a HashSet<PartitionId>),
+    /// A delivery: these messages, by its deadline.
+    Messages(&'a HashSet<MessageId>, Instant),
+}
+
+/// Claim, by partition, the unacked messages in `scope` that no flight
+/// holds and whose partition is known and has no flight out. For a
+/// delivery, also whether any of its messages waits for a flight out (a
+/// partition whose backoff outlasts the deadline is left alone: nothing
+/// would go there in time, and the delivery reports it unreached).
+fn claim(inner: &Arc<Inner>, scope: Scope<'_>) -> Result<(Claimed, bool), ClientError> {
     let route = inner.route();
+    // Before the guards: were anything below to panic, the guards are
+    // released before a `Claim` drops (and locks `sending`).
+    let mut claimed = Claimed::new();
     let sessions = inner
         .sessions
         .lock()
@@ -987,34 +1030,58 @@ fn claim(inner: &Arc<Inner>, only: Option<(&HashSet<MessageId>, Instant)>) -> Re
         .sending
         .lock()
         .map_err(|_| ClientError::Connection("sending state poisoned".into()))?;
-    let mut claimed = Claimed::new();
     let mut blocked = false;
-    for message in sessions.values().flat_map(ProviderSession::unacked) {
-        let message_id = message.value().message_id();
-        if only.is_some_and(|(only, _)| !only.contains(&message_id)) {
+    let mut backoffs: HashMap<PartitionId, Option<Instant>> = HashMap::new();
+    for session in sessions.values() {
+        if session.unacked_count() == 0 {
             continue;
         }
-        let Some(partition) = Inner::partition_of(&route, &message.value().session_id) else {
+        let Some(partition) = Inner::partition_of(&route, &session.session_id()) else {
             continue;
         };
-        if sending.in_flight.contains(&message_id) || sending.flying.contains(&partition) {
-            if let Some((_, deadline)) = only {
-                blocked |= inner.backoff_until(partition).is_none_or(|until| until < deadline);
-            }
+        let flying = sending.flying.contains(&partition);
+        if let Scope::Partitions(partitions) = scope
+            && (flying || !partitions.contains(&partition))
+        {
             continue;
         }
-        let (outgoing, claim) = claimed.entry(partition).or_insert_with(|| {
-            (
-                Vec::new(),
-                Claim {
-                    inner: inner.clone(),
-                    partition,
-                    message_ids: Vec::new(),
-                },
-            )
-        });
-        outgoing.push(message.clone());
-        claim.message_ids.push(message_id);
+        let backoff_until = *backoffs
+            .entry(partition)
+            .or_insert_with(|| inner.backoff_until(partition));
+        for message in session.unacked() {
+            let message_id = message.value().message_id();
+            let in_flight = sending.in_flight.contains(&message_id);
+            if let Scope::Messages(only, deadline) = scope {
+                if !only.contains(&message_id) {
+                    continue;
+                }
+                if in_flight {
+                    blocked = true;
+                    continue;
+                }
+                if backoff_until.is_some_and(|until| until >= deadline) {
+                    continue;
+                }
+                if flying {
+                    blocked = true;
+                    continue;
+                }
+            } else if in_flight {
+                continue;
+            }
+            let (outgoing, claim) = claimed.entry(partition).or_insert_with(|| {
+                (
+                    Vec::new(),
+                    Claim {
+                        inner: inner.clone(),
+                        partition,
+                        message_ids: Vec::new(),
+                    },
+                )
+            });
+            outgoing.push(message.clone());
+            claim.message_ids.push(message_id);
+        }
     }
     for (partition, (outgoing, _)) in &claimed {
         sending.flying.insert(*partition);
@@ -1022,6 +1089,8 @@ fn claim(inner: &Arc<Inner>, only: Option<(&HashSet<MessageId>, Instant)>) -> Re
             sending.in_flight.insert(message.value().message_id());
         }
     }
+    drop(sending);
+    drop(sessions);
     Ok((claimed, blocked))
 }
 
@@ -1032,13 +1101,14 @@ async fn fly(
     inner: &Arc<Inner>,
     claimed: Claimed,
     deadline: Instant,
+    own_deadline: bool,
 ) -> Vec<(PartitionId, usize, Result<(), ClientError>)> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut partitions = HashMap::new();
     for (partition, (outgoing, claim)) in claimed {
         let inner = inner.clone();
         let task = tasks.spawn(async move {
-            let (settled, result) = flight(&inner, partition, outgoing, deadline).await;
+            let (settled, result) = flight(&inner, partition, outgoing, deadline, own_deadline).await;
             drop(claim);
             (partition, settled, result)
         });
@@ -1058,20 +1128,27 @@ async fn fly(
     ended
 }
 
-/// One flight to `partition`: what it settled and how it ended. When it
-/// leaves messages unsettled (BUSY, unreached, cut off, unanswered in
-/// time), the partition backs off: the next flight there waits.
+/// One flight to `partition`: what it settled and how it ended. When the
+/// partition left messages unsettled (unreached, cut off, its stream ended
+/// early, WRONG_PARTITION, no answer within the flight's own timeout) it
+/// backs off: the next flight there waits. A BUSY answer has started the
+/// backoff already (once per flight), and a caller's deadline running out
+/// (`own_deadline` false: a delivery's) is not the partition's doing.
 async fn flight(
     inner: &Inner,
     partition: PartitionId,
     outgoing: Vec<wire::Signed<wire::Accounting>>,
     deadline: Instant,
+    own_deadline: bool,
 ) -> (usize, Result<(), ClientError>) {
     let claimed = outgoing.len();
     let started = Instant::now();
     let (part, result) = deliver_to(inner, partition, outgoing, deadline).await;
     let settled = part.settled();
+    let cut_by_caller = !own_deadline && Instant::now() >= deadline;
     if settled < claimed
+        && !part.backed_off
+        && !cut_by_caller
         && let Ok(mut backoff) = inner.backoff.lock()
     {
         backoff.entry(partition).or_default().refused(Instant::now(), started);
@@ -1079,10 +1156,11 @@ async fn flight(
     (settled, result)
 }
 
-/// The background sender: when what is held has lingered its time, claim
-/// every unacked message that no flight holds and fly it, one flight per
-/// partition at most (a partition with one out gets the next batch when it
-/// lands); until the node is gone.
+/// The background sender: for each partition with no flight out, once
+/// what is held there has lingered its time and its backoff has ended,
+/// claim every unacked message there that no flight holds and fly it (a
+/// partition with a flight out gets the next batch when it lands); until
+/// the node is gone.
 async fn send_held(inner: std::sync::Weak<Inner>) {
     let mut flights = tokio::task::JoinSet::new();
     loop {
@@ -1091,7 +1169,20 @@ async fn send_held(inner: std::sync::Weak<Inner>) {
         let (wake, release_at) = {
             let Some(node) = inner.upgrade() else { return };
             let Ok(sending) = node.sending.lock() else { return };
-            let release_at = sending.linger.and_then(|linger| sending.held.release_at(linger));
+            let release_at = sending.linger.and_then(|linger| {
+                sending
+                    .held
+                    .iter()
+                    .filter(|(partition, _)| !sending.flying.contains(partition))
+                    .filter_map(|(partition, held)| {
+                        let release = held.release_at(linger)?;
+                        Some(
+                            node.backoff_until(*partition)
+                                .map_or(release, |until| until.max(release)),
+                        )
+                    })
+                    .min()
+            });
             (node.send_wake.clone(), release_at)
         };
         let release = tokio::time::Instant::from_std(release_at.unwrap_or_else(Instant::now));
@@ -1102,24 +1193,32 @@ async fn send_held(inner: std::sync::Weak<Inner>) {
         }
         while flights.try_join_next().is_some() {}
         let Some(node) = inner.upgrade() else { return };
-        let ripe = match node.sending.lock() {
-            Ok(mut sending) => match sending.linger {
-                Some(linger) => sending.held.take_if_ripe(linger, Instant::now()),
-                None => false,
-            },
-            Err(_) => return,
+        let ripe: HashSet<PartitionId> = {
+            let Ok(mut sending) = node.sending.lock() else { return };
+            let Some(linger) = sending.linger else { continue };
+            let now = Instant::now();
+            let Sending { held, flying, .. } = &mut *sending;
+            let ripe = held
+                .iter_mut()
+                .filter(|(partition, _)| !flying.contains(partition) && node.backoff_until(**partition).is_none())
+                .filter_map(|(partition, held)| held.take_if_ripe(linger, now).then_some(*partition))
+                .collect();
+            held.retain(|_, held| !held.is_empty());
+            ripe
         };
-        if !ripe {
+        if ripe.is_empty() {
             continue;
         }
-        let Ok((claimed, _)) = claim(&node, None) else { return };
+        let Ok((claimed, _)) = claim(&node, Scope::Partitions(&ripe)) else {
+            return;
+        };
         let deadline = Instant::now() + FLIGHT_TIMEOUT;
         for (partition, (outgoing, claim)) in claimed {
             let node = node.clone();
             flights.spawn(async move {
                 // What it left is held again when the claim drops; the
                 // partition backs off.
-                let _ended = flight(&node, partition, outgoing, deadline).await;
+                let _ended = flight(&node, partition, outgoing, deadline, true).await;
                 drop(claim);
             });
         }
@@ -1228,6 +1327,7 @@ async fn deliver_once(
         };
         if inner.note_answers(partition, &entries, sent) {
             refused.store(true, std::sync::atomic::Ordering::Relaxed);
+            part.backed_off = true;
         }
         let Ok(mut sessions) = inner.sessions.lock() else {
             return Err(ClientError::Connection("sessions poisoned".into()));

@@ -553,7 +553,9 @@ fn a_moved_provider_keeps_its_old_sessions_where_they_were_minted() {
     cluster.restart(1);
     rt.block_on(async {
         // The message am-1 missed goes by itself once it is back: the
-        // node's background sender tries again after each backoff.
+        // node's background sender tries again after each backoff (the
+        // connection from before the restart breaks on its first packets,
+        // a stateless reset, and the flight connects again).
         for _ in 0..600 {
             if node.unacked_count() == 0 {
                 break;
@@ -563,8 +565,6 @@ fn a_moved_provider_keeps_its_old_sessions_where_they_were_minted() {
         assert_eq!(node.unacked_count(), 0, "am-1's message was not sent again by itself");
         // The old session ends on am-1, back from its data directory.
         node.account(old, AccountingKind::FINAL, usage(5)).unwrap();
-        // The connection from before the restart breaks on its first
-        // packets (a stateless reset): the delivery connects again itself.
         let delivery = node.deliver(Duration::from_secs(30)).await.unwrap();
         assert_eq!((delivery.stored, delivery.pending), (2, 0), "{delivery:?}");
         // am-1 is the previous home: kept until the next map.
