@@ -61,7 +61,10 @@
 # draw, the median of three is a measurement.
 #
 # Settings (environment): BIN (prebuilt binaries; default: build release),
-# OUT, RUNS, SMOKE, ACCT_VENV. Needs root (PostgreSQL runs as user postgres).
+# OUT, RUNS, SMOKE, ACCT_VENV; HOLD=1 gives every open-loop loadgen
+# --hold-unanswered (each provider holds what falls due while a write of its
+# is unanswered, as peer::node::ProviderNode sends; off by default, the JSON
+# says which). Needs root (PostgreSQL runs as user postgres).
 set -euo pipefail
 script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../.."
@@ -215,9 +218,11 @@ run_acct() {
   # --duration unless the flags give --rate-steps (which sets it).
   local duration=(--duration "$seconds")
   [[ " $* " == *" --rate-steps "* ]] && duration=()
+  local hold=()
+  [ -n "${HOLD:-}" ] && [[ " $* " != *" --max "* ]] && hold=(--hold-unanswered)
   /usr/bin/time -f "%U %S" -o "$work/$name.loadgen_cpu" \
     "$BIN/loadgen" --am "$address" --pki "$data/pki" "${duration[@]}" --duplicates "$duplicates" \
-    --quiet --json "$work/$name.json" "$@" >/dev/null
+    --quiet --json "$work/$name.json" "${hold[@]}" "$@" >/dev/null
   kill "$sampler" 2>/dev/null || true
   sampler=""
   awk '/VmHWM/ {print $2}' "/proc/$am_pid/status" >"$work/$name.rss_kib"
@@ -364,7 +369,7 @@ print(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("acct_
   start_am
   say "storm: loadgen, $storm_providers providers at $o50/s; the AM is killed $kill_after s into the traffic"
   "$BIN/loadgen" --am "127.0.0.1:$port" --pki "$data/pki" --providers "$storm_providers" --sessions "$storm_providers" \
-    --rate "$o50" --duration "$storm_s" --messages-max "$(( o50 * storm_s + 1000 ))" --duplicates "$duplicates" --audit --quiet --json "$work/storm.json" \
+    --rate "$o50" --duration "$storm_s" --messages-max "$(( o50 * storm_s + 1000 ))" --duplicates "$duplicates" ${HOLD:+--hold-unanswered} --audit --quiet --json "$work/storm.json" \
     >/dev/null 2>"$work/storm.loadgen.stderr" &
   local loadgen_pid=$!
   for _ in $(seq 1 3000); do
@@ -602,6 +607,7 @@ result_phases = phase_rows
 result = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
+    "open_loop_hold_unanswered": bool(os.environ.get("HOLD")),
     "records": ceiling["records"], "signed_bytes_mean": ceiling["signed_bytes_mean"], "duplicate_ratio": 0.01,
     "systems": systems, "targets": targets, "floor": floor,
     "open_loop_max_per_s": open_max, "phases": result_phases, "storm": storm,

@@ -15,7 +15,8 @@
 #
 # INGEST='key = value; key = value' adds settings to the AM's [ingest] table
 # (an A/B of another setting; not queue_delay_target_ms, the second argument); LINGER_MS=L gives the open loop's providers
-# a linger (loadgen --linger-ms, default 0).
+# a linger (loadgen --linger-ms, default 0); HOLD=1 makes each hold what falls
+# due while a write of its is unanswered (loadgen --hold-unanswered).
 #
 # Not a test; needs python3. Every server listens on 127.0.0.1.
 set -euo pipefail
@@ -57,7 +58,7 @@ case "$mode" in
   steps)
     steps="${3:?RATE:SECONDS,...}"
     messages="$(python3 -c "import sys; print(max(1000, sum(int(r) * int(s) for r, s in (x.split(':') for x in sys.argv[1].split(',')))))" "$steps")"
-    "$BIN/loadgen" "${common[@]}" --rate-steps "$steps" --linger-ms "${LINGER_MS:-0}" --messages-max "$messages" --audit >/dev/null ;;
+    "$BIN/loadgen" "${common[@]}" --rate-steps "$steps" --linger-ms "${LINGER_MS:-0}" ${HOLD:+--hold-unanswered} --messages-max "$messages" --audit >/dev/null ;;
   *) echo "overload.sh: closed or steps, not $mode" >&2; exit 2 ;;
 esac
 drops_after="$(udp_drops)"

@@ -332,6 +332,8 @@ struct Provider {
     /// last outstanding message; a wake per answer would double the task
     /// wakeups per message.
     open_loop: bool,
+    /// `--hold-unanswered`: nothing new goes while a write is unanswered.
+    hold_unanswered: bool,
     malformed: Arc<Semaphore>,
 }
 
@@ -591,6 +593,7 @@ pub async fn run(
             }),
             changed: Notify::new(),
             open_loop: !settings.max,
+            hold_unanswered: settings.hold_unanswered,
             malformed: Arc::new(Semaphore::new(MALFORMED_STREAMS_MAX)),
         });
         let settings = settings.clone();
@@ -802,7 +805,9 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             // A backoff holds everything (as a producer library does): what
             // falls due meanwhile goes out together when it ends, its
             // latency counted from its scheduled time.
-            let room = if backoff_ready {
+            // --hold-unanswered: an unanswered write holds the next.
+            let held_by_flight = provider.hold_unanswered && !state.inflight.is_empty();
+            let room = if backoff_ready && !held_by_flight {
                 state.window.size().saturating_sub(state.inflight.len())
             } else {
                 0
@@ -904,7 +909,8 @@ async fn send_all(provider: &Arc<Provider>, client: &AmClient, senders: &mut Sen
             };
             // A full window: pick up again when an answer makes room (the
             // receiver wakes this task), not at a due time already past.
-            let window_full = state.inflight.len() >= state.window.size();
+            let window_full =
+                state.inflight.len() >= state.window.size() || (provider.hold_unanswered && !state.inflight.is_empty());
             let next_due = if window_full { None } else { next_due };
             // In a backoff: pick up again when it ends.
             let next_due = state.backoff.until(now).or(next_due);
@@ -1073,7 +1079,7 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
             let mut state = provider.lock();
             let queued_before = state.retry.len() + state.duplicate_queue.len();
             let in_flight = state.inflight.len();
-            let window_was_full = in_flight >= state.window.size();
+            let window_was_full = in_flight >= state.window.size() || (provider.hold_unanswered && in_flight > 0);
             let mut refused: Option<Instant> = None;
             let mut stored = 0usize;
             for entry in &entries {
@@ -1137,11 +1143,14 @@ async fn receive(provider: Arc<Provider>, mut receiver: AckReceiver, shared: Arc
             }
             // Room again in a window that was full: loadgen's own lateness
             // counts from now for what the window held.
-            if window_was_full {
+            let opened = window_was_full
+                && (state.inflight.len() < state.window.size())
+                && (!provider.hold_unanswered || state.inflight.is_empty());
+            if opened {
                 state.window_opened = Some(now);
             }
             !provider.open_loop
-                || window_was_full
+                || opened
                 || state.retry.len() + state.duplicate_queue.len() > queued_before
                 || (state.inflight.is_empty() && state.duplicates.is_empty() && state.faults.is_empty())
         };

@@ -70,6 +70,14 @@ pub struct Settings {
     /// counts from each message's scheduled time, linger included.
     #[arg(long, default_value_t = 0, conflicts_with = "max")]
     pub linger_ms: u64,
+    /// Open loop: a provider writes nothing new while a write of its is
+    /// unanswered; what falls due meanwhile goes in its next write, so
+    /// writes grow as answers slow down (a producer's `max.in.flight` of
+    /// one, as `peer::node::ProviderNode` sends). The latency still counts
+    /// from each message's scheduled time. Off by default: the harness
+    /// measures without it.
+    #[arg(long, conflicts_with = "max")]
+    pub hold_unanswered: bool,
     /// Closed loop: as fast as acks allow, `--window` messages in flight
     /// per provider.
     #[arg(long)]

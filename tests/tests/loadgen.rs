@@ -147,6 +147,40 @@ fn loadgen_linger_holds_each_message_and_loses_none() {
     assert!(am.terminate(Duration::from_secs(30)), "acct serve did not stop cleanly");
 }
 
+#[test]
+fn loadgen_holding_while_a_write_is_unanswered_loses_nothing() {
+    // 20 providers at 50 messages a second each, 2% retransmitted, each
+    // provider writing nothing new while a write is unanswered: every
+    // message still goes (in the next write) and is stored once.
+    let pki = TestPki::new(0, 0);
+    let am = AmProcess::start(pki.data(), &["--no-export"]);
+    let report_path = pki.data().join("report.json");
+    let mut loadgen = Command::new(binary("loadgen"));
+    loadgen
+        .args(["--am", &am.address.to_string()])
+        .arg("--pki")
+        .arg(pki.pki())
+        .args(["--providers", "20", "--sessions", "40", "--users", "5"])
+        .args([
+            "--rate",
+            "1000",
+            "--duration",
+            "3",
+            "--drain",
+            "30",
+            "--hold-unanswered",
+        ])
+        .args(["--duplicates", "0.02", "--seed", "4", "--audit", "--quiet", "--json"])
+        .arg(&report_path);
+    let (report, stdout) = run_loadgen(&mut loadgen, &report_path);
+    assert_eq!(report["settings"]["hold_unanswered"].as_bool(), Some(true), "{stdout}");
+    assert_eq!(report["acked_stored"].as_u64(), Some(3000 + 40), "{stdout}");
+    assert_eq!(report["unanswered"].as_u64(), Some(0), "{stdout}");
+    assert_eq!(report["lost"].as_u64(), Some(0), "{stdout}");
+    assert_eq!(report["double_stored"].as_u64(), Some(0), "{stdout}");
+    assert!(am.terminate(Duration::from_secs(30)), "acct serve did not stop cleanly");
+}
+
 /// Records exported during the run are not "lost": without `--cold` the
 /// AM's audit answers them from the dedup markers it keeps.
 #[test]
